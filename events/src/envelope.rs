@@ -1,0 +1,179 @@
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::payloads::{SignalReceived, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked};
+
+/// One event payload type: its name and version on the wire.
+pub trait EventPayload: Serialize + DeserializeOwned + JsonSchema {
+    /// Past-tense name carried in the envelope's `type`.
+    const TYPE: &'static str;
+    /// Schema version carried in the envelope's `version`; bumped on a breaking change.
+    const VERSION: u32;
+}
+
+/// The envelope every event travels in. The payload is kept as raw JSON so that a consumer
+/// can route on `type`/`version` first and so that raw fields inside it keep their exact bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Envelope {
+    /// UUIDv7 (time-ordered), or a deterministic UUID for events derived from other events.
+    pub id: Uuid,
+    /// Event type, e.g. `SignalReceived`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Version of the payload's schema.
+    pub version: u32,
+    /// Tenant slug; also the second token of the subject.
+    pub tenant: String,
+    /// When the thing the event describes happened (for an alert: when the webhook arrived).
+    pub occurred_at: DateTime<Utc>,
+    /// When the event was appended.
+    pub recorded_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    /// The HTTP request id (`X-Request-Id`) that caused the event, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[schemars(with = "serde_json::Value")]
+    pub payload: Box<RawValue>,
+}
+
+/// Metadata a producer attaches to an event besides its payload.
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub request_id: Option<String>,
+}
+
+/// Every event type this build understands, decoded.
+#[derive(Debug, Clone)]
+pub enum Event {
+    SignalReceived(SignalReceived),
+    TenantCreated(TenantCreated),
+    WebhookTokenIssued(WebhookTokenIssued),
+    WebhookTokenRevoked(WebhookTokenRevoked),
+}
+
+/// Why an event could not be decoded. Every variant is permanent: retrying will not help, so a
+/// consumer parks the event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("envelope is not valid: {0}")]
+    Envelope(serde_json::Error),
+    #[error("unknown event type {event_type} version {version}")]
+    UnknownType { event_type: String, version: u32 },
+    #[error("payload of {event_type} v{version} is not valid: {source}")]
+    Payload {
+        event_type: String,
+        version: u32,
+        source: serde_json::Error,
+    },
+}
+
+impl Envelope {
+    /// Wraps a payload in a new envelope with a fresh UUIDv7. `occurred_at` comes from the caller;
+    /// `recorded_at` is the same instant for events recorded as they happen.
+    pub fn new<P: EventPayload>(
+        tenant: &str,
+        payload: &P,
+        occurred_at: DateTime<Utc>,
+        headers: Headers,
+    ) -> Self {
+        Self::with_id(Uuid::now_v7(), tenant, payload, occurred_at, headers)
+    }
+
+    /// Wraps a payload with a caller-chosen id (deterministic ids for derived events).
+    pub fn with_id<P: EventPayload>(
+        id: Uuid,
+        tenant: &str,
+        payload: &P,
+        occurred_at: DateTime<Utc>,
+        headers: Headers,
+    ) -> Self {
+        let payload = serde_json::value::to_raw_value(payload)
+            .expect("event payloads serialize: they hold only maps, strings and numbers");
+        Self {
+            id,
+            event_type: P::TYPE.to_owned(),
+            version: P::VERSION,
+            tenant: tenant.to_owned(),
+            occurred_at,
+            recorded_at: occurred_at,
+            correlation_id: headers.correlation_id,
+            causation_id: headers.causation_id,
+            request_id: headers.request_id,
+            payload,
+        }
+    }
+
+    /// Serializes the envelope for publishing.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope always serializes")
+    }
+
+    /// Parses an envelope from a message body.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(bytes).map_err(DecodeError::Envelope)
+    }
+
+    /// Decodes the payload into the event it names. Older versions are upcast here, before typed
+    /// decoding, so only the newest Rust type of each event exists.
+    pub fn decode(&self) -> Result<Event, DecodeError> {
+        fn typed<P: EventPayload>(env: &Envelope) -> Result<P, DecodeError> {
+            serde_json::from_str(env.payload.get()).map_err(|source| DecodeError::Payload {
+                event_type: env.event_type.clone(),
+                version: env.version,
+                source,
+            })
+        }
+        match (self.event_type.as_str(), self.version) {
+            (SignalReceived::TYPE, SignalReceived::VERSION) => typed(self).map(Event::SignalReceived),
+            (TenantCreated::TYPE, TenantCreated::VERSION) => typed(self).map(Event::TenantCreated),
+            (WebhookTokenIssued::TYPE, WebhookTokenIssued::VERSION) => {
+                typed(self).map(Event::WebhookTokenIssued)
+            }
+            (WebhookTokenRevoked::TYPE, WebhookTokenRevoked::VERSION) => {
+                typed(self).map(Event::WebhookTokenRevoked)
+            }
+            (other, version) => Err(DecodeError::UnknownType {
+                event_type: other.to_owned(),
+                version,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payloads::TenantCreated;
+
+    #[test]
+    fn an_envelope_round_trips_and_decodes_to_its_event() {
+        let payload = TenantCreated {
+            slug: "acme".into(),
+            name: "Acme".into(),
+            created_by: "cli".into(),
+        };
+        let at = "2026-01-01T00:00:00Z".parse().unwrap();
+        let env = Envelope::new("acme", &payload, at, Headers::default());
+
+        let back = Envelope::from_slice(&env.to_bytes()).unwrap();
+
+        assert_eq!(back.event_type, "TenantCreated");
+        assert!(matches!(back.decode().unwrap(), Event::TenantCreated(t) if t == payload));
+    }
+
+    #[test]
+    fn an_unknown_event_type_is_a_decode_error_not_a_panic() {
+        let raw = br#"{"id":"0190b0a0-0000-7000-8000-000000000000","type":"Nope","version":1,
+            "tenant":"a","occurred_at":"2026-01-01T00:00:00Z","recorded_at":"2026-01-01T00:00:00Z","payload":{}}"#;
+        let env = Envelope::from_slice(raw).unwrap();
+        assert!(matches!(env.decode(), Err(DecodeError::UnknownType { .. })));
+    }
+}

@@ -1,0 +1,59 @@
+//! The event contract of the copilot.
+//!
+//! Every component talks to every other through events appended to JetStream, so this crate owns
+//! everything two components must agree on: the envelope, the payload of each event type and its
+//! version, the subjects and stream names, the message-id rules that make appends idempotent, and
+//! the JSON Schemas generated from those types (`schemas/`, checked by a test).
+
+mod envelope;
+mod payloads;
+pub mod schema;
+pub mod subjects;
+
+pub use envelope::{DecodeError, Envelope, Event, EventPayload, Headers};
+pub use payloads::{
+    Role, Severity, SignalReceived, SignalSource, SignalStatus, TenantCreated, WebhookTokenIssued,
+    WebhookTokenRevoked,
+};
+
+/// A deterministic `Nats-Msg-Id`: blake3 over the parts, each separated by a NUL so that
+/// `("ab", "c")` and `("a", "bc")` differ.
+pub fn message_id(parts: &[&str]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update(&[0]);
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// A tenant slug: 1 to 63 characters of `a-z`, `0-9` and `-`, starting with a letter or digit.
+/// Slugs travel in subjects, so they must be a single valid subject token.
+pub fn is_valid_slug(slug: &str) -> bool {
+    !slug.is_empty()
+        && slug.len() <= 63
+        && !slug.starts_with('-')
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_differ_when_parts_shift_across_a_boundary() {
+        assert_ne!(message_id(&["ab", "c"]), message_id(&["a", "bc"]));
+        assert_eq!(message_id(&["a", "b"]), message_id(&["a", "b"]));
+    }
+
+    #[test]
+    fn slugs_accept_subject_safe_names_only() {
+        assert!(is_valid_slug("default"));
+        assert!(is_valid_slug("team-7"));
+        for bad in ["", "-x", "A", "a.b", "a b", "a*", "a>", &"x".repeat(64)] {
+            assert!(!is_valid_slug(bad), "{bad:?} should be refused");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::envelope::EventPayload;
+
+/// Where a signal came from; also the last token of its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalSource {
+    Alertmanager,
+    Grafana,
+}
+
+impl SignalSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alertmanager => "alertmanager",
+            Self::Grafana => "grafana",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalStatus {
+    Firing,
+    Resolved,
+}
+
+impl SignalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Firing => "firing",
+            Self::Resolved => "resolved",
+        }
+    }
+}
+
+/// Severity normalised from the alert's `severity` (or `priority`) label, so that `P1`, `page`
+/// and `critical` sort together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Unknown,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Error => "error",
+            Self::Critical => "critical",
+        }
+    }
+
+    /// Derives a severity from a label value as sources and teams spell it.
+    pub fn from_label(value: &str) -> Self {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "critical" | "crit" | "page" | "fatal" | "emergency" | "alert" | "p0" | "p1"
+            | "sev0" | "sev1" | "sev-1" | "disaster" => Self::Critical,
+            "error" | "err" | "high" | "major" | "p2" | "sev2" | "sev-2" => Self::Error,
+            "warning" | "warn" | "medium" | "minor" | "average" | "p3" | "sev3" | "sev-3" => {
+                Self::Warning
+            }
+            "info" | "informational" | "information" | "low" | "notice" | "none" | "p4"
+            | "p5" | "sev4" | "sev-4" | "debug" => Self::Info,
+            _ => Self::Unknown,
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "unknown" => Self::Unknown,
+            "info" => Self::Info,
+            "warning" => Self::Warning,
+            "error" => Self::Error,
+            "critical" => Self::Critical,
+            _ => return None,
+        })
+    }
+}
+
+/// One alert instance as one notification reported it. A webhook with n alerts yields n events.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SignalReceived {
+    pub source: SignalSource,
+    pub status: SignalStatus,
+    /// The upstream fingerprint, or blake3 of the sorted label set when the source sent none.
+    pub fingerprint: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub starts_at: DateTime<Utc>,
+    /// `None` while firing (Alertmanager sends the zero time `0001-01-01T00:00:00Z`).
+    pub ends_at: Option<DateTime<Utc>>,
+    /// Absolute link back to the alert's source; relative Grafana links are joined with `externalURL`.
+    pub generator_url: Option<String>,
+    /// The notification's group key, as a string whatever type the source sent.
+    pub group_key: Option<String>,
+    pub receiver: Option<String>,
+    pub severity: Severity,
+    pub service: Option<String>,
+    pub title: String,
+    /// Grafana's evaluated query values (`values`), when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<BTreeMap<String, serde_json::Value>>,
+    /// The alert object exactly as received, byte for byte.
+    #[schemars(with = "serde_json::Value")]
+    pub raw: Box<RawValue>,
+}
+
+impl EventPayload for SignalReceived {
+    const TYPE: &'static str = "SignalReceived";
+    const VERSION: u32 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantCreated {
+    pub slug: String,
+    pub name: String,
+    /// Who created it: `cli`, `up`, or a user id.
+    pub created_by: String,
+}
+
+impl EventPayload for TenantCreated {
+    const TYPE: &'static str = "TenantCreated";
+    const VERSION: u32 = 1;
+}
+
+/// A webhook token. Only its blake3 hash and a short prefix (to tell tokens apart) are recorded;
+/// the token itself is shown once, to whoever issued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WebhookTokenIssued {
+    pub token_id: Uuid,
+    /// Hex blake3 hash of the token.
+    pub token_hash: String,
+    /// The first characters of the token, safe to display.
+    pub prefix: String,
+    pub issued_by: String,
+}
+
+impl EventPayload for WebhookTokenIssued {
+    const TYPE: &'static str = "WebhookTokenIssued";
+    const VERSION: u32 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WebhookTokenRevoked {
+    pub token_id: Uuid,
+    pub revoked_by: String,
+}
+
+impl EventPayload for WebhookTokenRevoked {
+    const TYPE: &'static str = "WebhookTokenRevoked";
+    const VERSION: u32 = 1;
+}
+
+/// A role in a tenant, ordered by what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Engineer,
+    Admin,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Self::Viewer),
+            "engineer" => Ok(Self::Engineer),
+            "admin" => Ok(Self::Admin),
+            other => Err(format!("unknown role {other:?}: expected viewer, engineer or admin")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn severities_are_normalised_from_common_spellings() {
+        assert_eq!(Severity::from_label("P1"), Severity::Critical);
+        assert_eq!(Severity::from_label("page"), Severity::Critical);
+        assert_eq!(Severity::from_label(" Warning "), Severity::Warning);
+        assert_eq!(Severity::from_label("high"), Severity::Error);
+        assert_eq!(Severity::from_label("low"), Severity::Info);
+        assert_eq!(Severity::from_label("whatever"), Severity::Unknown);
+        assert!(Severity::Critical > Severity::Warning);
+    }
+}

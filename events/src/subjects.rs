@@ -1,0 +1,71 @@
+//! Stream names and subject builders. No other crate spells a subject or a stream name.
+
+/// Alerts from every source, one message per alert instance notification.
+pub const SIGNALS: &str = "SIGNALS";
+/// Tenant administration: creation, tokens, settings.
+pub const TENANTS: &str = "TENANTS";
+/// Incident decisions and lifecycle commands, one subject per incident.
+pub const INCIDENTS: &str = "INCIDENTS";
+/// Analyst questions and replays.
+pub const QUERIES: &str = "QUERIES";
+/// Usage and pipeline telemetry (model calls, costs).
+pub const TELEMETRY: &str = "TELEMETRY";
+/// Background tasks, one subject per task.
+pub const TASKS: &str = "TASKS";
+/// Events a consumer could not apply, parked with the reason.
+pub const DEADLETTERS: &str = "DEADLETTERS";
+
+/// Every stream the system defines, in the order they are provisioned.
+pub const ALL_STREAMS: [&str; 7] = [SIGNALS, TENANTS, INCIDENTS, QUERIES, TELEMETRY, TASKS, DEADLETTERS];
+
+/// Filter matching every subject of a stream (`signals.>`).
+pub fn all(stream: &str) -> String {
+    format!("{}.>", stream.to_ascii_lowercase())
+}
+
+/// `signals.<tenant>.<source>`
+pub fn signal(tenant: &str, source: &str) -> String {
+    format!("signals.{tenant}.{source}")
+}
+
+/// `tenants.<tenant>.tenant`: the tenant aggregate (creation, suspension, settings).
+pub fn tenant(tenant: &str) -> String {
+    format!("tenants.{tenant}.tenant")
+}
+
+/// `tenants.<tenant>.tokens`: webhook tokens issued and revoked.
+pub fn tenant_tokens(tenant: &str) -> String {
+    format!("tenants.{tenant}.tokens")
+}
+
+/// `deadletters.<tenant>.<consumer>`: where a consumer parks an event it cannot apply. The tenant is
+/// `_unknown` when the event was too broken to say.
+pub fn dead_letter(tenant: &str, consumer: &str) -> String {
+    format!("deadletters.{tenant}.{consumer}")
+}
+
+/// Tenant to use in a subject when a broken event does not name one.
+pub const UNKNOWN_TENANT: &str = "_unknown";
+
+/// NATS header carrying the HTTP request id that caused an event.
+pub const HEADER_REQUEST_ID: &str = "X-Request-Id";
+/// NATS header carrying the event type, so a consumer can route without parsing the body.
+pub const HEADER_EVENT_TYPE: &str = "Copilot-Event-Type";
+/// NATS header on a dead letter: why it was parked.
+pub const HEADER_DEAD_LETTER_REASON: &str = "Copilot-Dead-Letter-Reason";
+/// NATS header on a dead letter: the stream and sequence it came from.
+pub const HEADER_DEAD_LETTER_ORIGIN: &str = "Copilot-Dead-Letter-Origin";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_put_the_tenant_second() {
+        assert_eq!(signal("acme", "alertmanager"), "signals.acme.alertmanager");
+        assert_eq!(tenant("acme"), "tenants.acme.tenant");
+        assert_eq!(tenant_tokens("acme"), "tenants.acme.tokens");
+        assert_eq!(dead_letter("acme", "projector-signals"), "deadletters.acme.projector-signals");
+        assert_eq!(all(SIGNALS), "signals.>");
+    }
+}

@@ -1,0 +1,210 @@
+//! The gateway: turns Alertmanager and Grafana webhooks into `SignalReceived` events on
+//! JetStream. It answers 202 only once JetStream has acknowledged every alert of the webhook,
+//! and 503 with `Retry-After` when it cannot, so the sender retries and nothing acknowledged is
+//! lost. Each event's `Nats-Msg-Id` is derived from what makes the notification unique, so a
+//! retried webhook is dropped by the stream's duplicate window.
+
+mod auth;
+pub mod parse;
+
+use std::sync::Arc;
+
+use async_nats::{HeaderMap as NatsHeaders, jetstream::message::PublishMessage};
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, StatusCode, header},
+    response::IntoResponse,
+    routing::post,
+};
+use chrono::Utc;
+use copilot_events::{Envelope, EventPayload, Headers, SignalReceived, SignalSource, message_id, subjects};
+use copilot_runtime::{
+    Context, Settings,
+    http::{ApiError, RequestId},
+    metrics::Metrics,
+};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Seconds a sender should wait before retrying when JetStream is unavailable.
+const RETRY_AFTER_SECS: u64 = 5;
+
+#[derive(Clone)]
+pub struct Gateway {
+    ctx: Context,
+    tokens: Arc<auth::TokenCache>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    /// Alerts in the webhook, all durably appended.
+    pub accepted: usize,
+    /// How many of them JetStream already had (a retried or repeated notification).
+    pub duplicates: usize,
+}
+
+/// The webhook routes, to be served alone or beside the other services.
+pub fn router(ctx: Context) -> Router {
+    let gateway = Gateway {
+        ctx,
+        tokens: Arc::new(auth::TokenCache::default()),
+    };
+    Router::new()
+        .route("/v1/webhooks/alertmanager", post(alertmanager))
+        .route("/v1/webhooks/grafana", post(grafana))
+        .with_state(gateway)
+}
+
+/// Runs the gateway alone: webhooks, health and metrics on `settings.listen`.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ctx = Context::connect(settings, "gateway").await?;
+    let app = copilot_runtime::http::finish(router(ctx.clone()).merge(copilot_runtime::http::health_routes(ctx.clone())));
+    copilot_runtime::http::serve(ctx.settings.listen, app, shutdown).await
+}
+
+async fn alertmanager(State(gw): State<Gateway>, req: Request) -> Result<impl IntoResponse, ApiError> {
+    gw.intake(SignalSource::Alertmanager, req).await
+}
+
+async fn grafana(State(gw): State<Gateway>, req: Request) -> Result<impl IntoResponse, ApiError> {
+    gw.intake(SignalSource::Grafana, req).await
+}
+
+impl Gateway {
+    async fn intake(&self, source: SignalSource, req: Request) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+        let (parts, body) = req.into_parts();
+        let tenant = self.tokens.authenticate(&self.ctx.store, &parts.headers).await?;
+        check_content_type(&parts.headers)?;
+        let body = read_body(&parts.headers, body, self.ctx.settings.max_body_bytes).await?;
+        let signals = parse::parse(source, &body).map_err(|e| match e {
+            parse::ParseError::Json(_) => ApiError::BadRequest(e.to_string()),
+            _ => ApiError::Unprocessable(e.to_string()),
+        })?;
+        let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+        let duplicates = self.append(&tenant, source, &signals, request_id).await?;
+        tracing::debug!(tenant, source = source.as_str(), alerts = signals.len(), duplicates, "webhook accepted");
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                accepted: signals.len(),
+                duplicates,
+            }),
+        ))
+    }
+
+    /// Appends every signal and waits for every acknowledgement; returns how many were duplicates.
+    async fn append(
+        &self,
+        tenant: &str,
+        source: SignalSource,
+        signals: &[SignalReceived],
+        request_id: Option<String>,
+    ) -> Result<usize, ApiError> {
+        let metrics = Metrics::global();
+        let unavailable = |detail: String| {
+            metrics
+                .events_appended_total
+                .with_label_values(&[subjects::SIGNALS, "error"])
+                .inc_by(signals.len() as u64);
+            ApiError::Unavailable {
+                detail,
+                retry_after_secs: RETRY_AFTER_SECS,
+            }
+        };
+        if self.ctx.nats.connection_state() != async_nats::connection::State::Connected {
+            tracing::warn!(tenant, "jetstream unreachable, refusing webhook");
+            return Err(unavailable("the event store is unreachable; retry later".into()));
+        }
+        let subject = subjects::signal(tenant, source.as_str());
+        let now = Utc::now();
+        let mut acks = Vec::with_capacity(signals.len());
+        for signal in signals {
+            let envelope = Envelope::new(
+                tenant,
+                signal,
+                now,
+                Headers {
+                    request_id: request_id.clone(),
+                    ..Headers::default()
+                },
+            );
+            let id = message_id(&[
+                tenant,
+                source.as_str(),
+                &signal.fingerprint,
+                signal.status.as_str(),
+                &signal.starts_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            ]);
+            let mut headers = NatsHeaders::new();
+            headers.insert(subjects::HEADER_EVENT_TYPE, SignalReceived::TYPE);
+            if let Some(rid) = &request_id {
+                headers.insert(subjects::HEADER_REQUEST_ID, rid.as_str());
+            }
+            let message = PublishMessage::build()
+                .payload(envelope.to_bytes().into())
+                .headers(headers)
+                .message_id(id);
+            let ack = self.ctx.js.send_publish(subject.clone(), message).await.map_err(|e| {
+                tracing::warn!(tenant, error = %e, "publish failed");
+                unavailable("the event store did not take the alerts; retry later".into())
+            })?;
+            acks.push(ack.into_future());
+        }
+        let results = futures::future::join_all(acks).await;
+        let mut duplicates = 0;
+        for result in results {
+            match result {
+                Ok(ack) if ack.duplicate => duplicates += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(tenant, error = %e, "append not acknowledged");
+                    return Err(unavailable("the event store did not acknowledge the alerts; retry later".into()));
+                }
+            }
+        }
+        let appended = &metrics.events_appended_total;
+        appended
+            .with_label_values(&[subjects::SIGNALS, "ok"])
+            .inc_by((signals.len() - duplicates) as u64);
+        appended
+            .with_label_values(&[subjects::SIGNALS, "duplicate"])
+            .inc_by(duplicates as u64);
+        Ok(duplicates)
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "expected Content-Type application/json, got {:?}",
+            content_type
+        )))
+    }
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge(format!("the body exceeds the limit of {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            too_large()
+        } else {
+            ApiError::BadRequest("the request body could not be read".into())
+        }
+    })
+}

@@ -1,0 +1,207 @@
+//! HTTP plumbing shared by every service: the one error type (RFC 9457 problem JSON that never
+//! leaks internals), request ids, request metrics, and the health and metrics routes.
+
+use std::time::Instant;
+
+use axum::{
+    Json, Router,
+    extract::{MatchedPath, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Serialize;
+use tracing::Instrument as _;
+
+use crate::{Context, metrics::Metrics};
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request id of the current request (from `X-Request-Id`, or generated).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Every error an HTTP handler can answer with. Each maps to one status and a problem body;
+/// `Internal` logs its cause and tells the client only that something failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{detail}")]
+    Unavailable { detail: String, retry_after_secs: u64 },
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+            }
+            Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-payload", "Invalid payload"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        if let Self::Internal(err) = &self {
+            tracing::error!(error = format!("{err:#}"), "request failed");
+        }
+        let body = Problem {
+            kind: &format!("urn:copilot:problem:{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+            request_id: None,
+        };
+        let mut response = (status, Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Self::Unavailable { retry_after_secs, .. } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Assigns the request id, runs the request inside a span carrying it, records the request
+/// metrics under the route template, and echoes the id in `X-Request-Id`.
+pub async fn observe(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let metrics = Metrics::global();
+    metrics.http_requests_in_flight.inc();
+    let started = Instant::now();
+    let span = tracing::info_span!("http", request_id = %id, %method, route = %route);
+    let mut response = next.run(req).instrument(span).await;
+    metrics.http_requests_in_flight.dec();
+    metrics
+        .http_request_duration_seconds
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests_total
+        .with_label_values(&[&route, &method, response.status().as_str()])
+        .inc();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// Adds the shared layers and fallbacks to a service's routes: request ids and metrics on every
+/// route (route layer so the template is known), problem JSON for unknown routes and methods.
+pub fn finish(router: Router) -> Router {
+    router
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn(observe))
+}
+
+/// `/healthz` (the process is up), `/readyz` (NATS and Postgres answer), `/metrics`.
+pub fn health_routes(ctx: Context) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    Metrics::global().render(),
+                )
+            }),
+        )
+        .with_state(ctx)
+}
+
+async fn readyz(State(ctx): State<Context>) -> Response {
+    let nats_ok = ctx.nats.connection_state() == async_nats::connection::State::Connected;
+    let pg_ok = ctx.store.ping().await.is_ok();
+    let body = Json(serde_json::json!({
+        "status": if nats_ok && pg_ok { "ready" } else { "unavailable" },
+        "checks": {
+            "nats": if nats_ok { "ok" } else { "unreachable" },
+            "postgres": if pg_ok { "ok" } else { "unreachable" },
+        }
+    }));
+    let status = if nats_ok && pg_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, body).into_response()
+}
+
+/// Serves `app` on `addr` until `shutdown`, letting requests in flight finish.
+pub async fn serve(addr: std::net::SocketAddr, app: Router, shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} (is another copilot running? set COPILOT_LISTEN)"))?;
+    serve_on(listener, app, shutdown).await
+}
+
+/// Serves `app` on a bound listener until `shutdown`.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "http listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! Plumbing every service shares, so each service crate holds only its own logic: settings,
+//! logging, shutdown, the NATS connection and stream provisioning, authentication (webhook
+//! tokens and JWTs), the one HTTP error type, request ids and Prometheus metrics.
+
+pub mod auth;
+pub mod http;
+pub mod metrics;
+pub mod nats;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use settings::Settings;
+
+use std::sync::Arc;
+
+/// Connections and shared state one process hands to each service it runs.
+#[derive(Clone)]
+pub struct Context {
+    pub settings: Arc<Settings>,
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub store: copilot_store::Store,
+}
+
+impl Context {
+    /// Connects to NATS and Postgres as the settings say. Provisioning streams and running
+    /// migrations are separate steps (`nats::provision`, `Store::migrate`).
+    pub async fn connect(settings: Settings, service: &str) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let nats = nats::connect(&settings.nats_url(), service).await?;
+        let js = nats::jetstream(nats.clone(), settings.publish_timeout());
+        let store = copilot_store::Store::connect(&settings.database_url(), settings.db_max_connections)
+            .await
+            .with_context(|| format!("connecting to Postgres at {}", settings::redact(&settings.database_url())))?;
+        Ok(Self {
+            settings: Arc::new(settings),
+            nats,
+            js,
+            store,
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! Prometheus metrics of the process. One registry per process: every service run by
+//! `copilot up` reports into it, and each service's `/metrics` shows all of it. Label sets are
+//! bounded: route templates, not paths; streams and projections, not tenants.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests_total: IntCounterVec,
+    pub http_request_duration_seconds: HistogramVec,
+    pub http_requests_in_flight: IntGauge,
+    /// Appends to JetStream by stream and outcome (`ok`, `duplicate`, `error`).
+    pub events_appended_total: IntCounterVec,
+    /// Events applied to read models, by projection.
+    pub events_projected_total: IntCounterVec,
+    /// Events parked as dead letters, by projection.
+    pub events_dead_lettered_total: IntCounterVec,
+    /// Messages the consumer has not yet delivered, as of the last delivery (JetStream's `pending`).
+    pub consumer_pending_messages: IntGaugeVec,
+    /// Stream sequence of the last event a projection committed.
+    pub projection_checkpoint_sequence: IntGaugeVec,
+}
+
+impl Metrics {
+    /// The process-wide metrics.
+    pub fn global() -> &'static Metrics {
+        static METRICS: OnceLock<Metrics> = OnceLock::new();
+        METRICS.get_or_init(Metrics::new)
+    }
+
+    fn new() -> Self {
+        let registry = Registry::new();
+        let http_requests_total = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests answered, by route template, method and status"),
+            &["route", "method", "status"],
+        )
+        .unwrap();
+        let http_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "Time to answer an HTTP request")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["route", "method"],
+        )
+        .unwrap();
+        let http_requests_in_flight =
+            IntGauge::new("http_requests_in_flight", "HTTP requests being answered now").unwrap();
+        let events_appended_total = IntCounterVec::new(
+            Opts::new("events_appended_total", "Events appended to JetStream, by stream and outcome"),
+            &["stream", "outcome"],
+        )
+        .unwrap();
+        let events_projected_total = IntCounterVec::new(
+            Opts::new("events_projected_total", "Events applied to Postgres read models, by projection"),
+            &["projection"],
+        )
+        .unwrap();
+        let events_dead_lettered_total = IntCounterVec::new(
+            Opts::new("events_dead_lettered_total", "Events a projection could not apply and parked"),
+            &["projection"],
+        )
+        .unwrap();
+        let consumer_pending_messages = IntGaugeVec::new(
+            Opts::new("consumer_pending_messages", "Messages a consumer has yet to receive (its lag)"),
+            &["consumer"],
+        )
+        .unwrap();
+        let projection_checkpoint_sequence = IntGaugeVec::new(
+            Opts::new("projection_checkpoint_sequence", "Stream sequence a projection has committed up to"),
+            &["projection"],
+        )
+        .unwrap();
+        for collector in [
+            Box::new(http_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_request_duration_seconds.clone()),
+            Box::new(http_requests_in_flight.clone()),
+            Box::new(events_appended_total.clone()),
+            Box::new(events_projected_total.clone()),
+            Box::new(events_dead_lettered_total.clone()),
+            Box::new(consumer_pending_messages.clone()),
+            Box::new(projection_checkpoint_sequence.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            http_requests_total,
+            http_request_duration_seconds,
+            http_requests_in_flight,
+            events_appended_total,
+            events_projected_total,
+            events_dead_lettered_total,
+            consumer_pending_messages,
+            projection_checkpoint_sequence,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding metrics to memory cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}

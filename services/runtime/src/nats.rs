@@ -1,0 +1,175 @@
+//! The NATS connection and the provisioning of streams and consumers from `nats/`.
+//! The definitions are JSON in the JetStream API format, embedded at build time, so the binary
+//! needs no files beside it and an operator can read exactly what is applied.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::pull, stream};
+use copilot_events::subjects;
+
+/// Stream definitions, `(name, JSON)`.
+pub const STREAM_DEFINITIONS: [(&str, &str); 7] = [
+    (subjects::SIGNALS, include_str!("../../../nats/streams/SIGNALS.json")),
+    (subjects::TENANTS, include_str!("../../../nats/streams/TENANTS.json")),
+    (subjects::INCIDENTS, include_str!("../../../nats/streams/INCIDENTS.json")),
+    (subjects::QUERIES, include_str!("../../../nats/streams/QUERIES.json")),
+    (subjects::TELEMETRY, include_str!("../../../nats/streams/TELEMETRY.json")),
+    (subjects::TASKS, include_str!("../../../nats/streams/TASKS.json")),
+    (subjects::DEADLETTERS, include_str!("../../../nats/streams/DEADLETTERS.json")),
+];
+
+/// Durable consumer of the signals projection.
+pub const CONSUMER_PROJECTOR_SIGNALS: &str = "projector-signals";
+/// Durable consumer of the tenants projection.
+pub const CONSUMER_PROJECTOR_TENANTS: &str = "projector-tenants";
+
+/// Consumer definitions, `(stream, JSON)`.
+pub const CONSUMER_DEFINITIONS: [(&str, &str); 2] = [
+    (subjects::SIGNALS, include_str!("../../../nats/consumers/SIGNALS.projector-signals.json")),
+    (subjects::TENANTS, include_str!("../../../nats/consumers/TENANTS.projector-tenants.json")),
+];
+
+/// Connects to NATS, failing within a few seconds with a clear message when nothing answers.
+/// Once connected, the client reconnects forever in the background.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name(format!("copilot-{name}"))
+        .connection_timeout(Duration::from_secs(3))
+        .max_reconnects(None)
+        .client_capacity(65_536)
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to NATS at {url} (is nats-server -js running?)"))
+}
+
+/// A JetStream context whose requests and awaited acks give up after `timeout`, so that a
+/// caller can answer 503 instead of hanging when JetStream is away.
+pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(timeout)
+        .max_ack_inflight(16_384)
+        .backpressure_on_inflight(true)
+        .build(client)
+}
+
+/// What applying one definition did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Applies every stream and consumer definition: creates what is missing, updates what differs,
+/// leaves the rest. Safe to run at every start and from several processes at once.
+pub async fn provision(js: &jetstream::Context) -> anyhow::Result<Vec<(String, Applied)>> {
+    let mut report = Vec::new();
+    for (name, json) in STREAM_DEFINITIONS {
+        let config: stream::Config =
+            serde_json::from_str(json).with_context(|| format!("nats/streams/{name}.json is not a stream config"))?;
+        let applied = apply_stream(js, config).await.with_context(|| format!("applying stream {name}"))?;
+        report.push((format!("stream {name}"), applied));
+    }
+    for (stream_name, json) in CONSUMER_DEFINITIONS {
+        let config: pull::Config = serde_json::from_str(json)
+            .with_context(|| format!("a consumer definition of {stream_name} is not a pull consumer config"))?;
+        let name = config.durable_name.clone().context("consumer definitions must be durable")?;
+        let applied = apply_consumer(js, stream_name, config)
+            .await
+            .with_context(|| format!("applying consumer {stream_name}/{name}"))?;
+        report.push((format!("consumer {stream_name}/{name}"), applied));
+    }
+    Ok(report)
+}
+
+async fn apply_stream(js: &jetstream::Context, wanted: stream::Config) -> anyhow::Result<Applied> {
+    match js.get_stream(&wanted.name).await {
+        Ok(mut existing) => {
+            let current = existing.info().await?.config.clone();
+            if same_stream(&current, &wanted) {
+                Ok(Applied::Unchanged)
+            } else {
+                js.update_stream(&wanted).await?;
+                Ok(Applied::Updated)
+            }
+        }
+        Err(err)
+            if matches!(
+                err.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref e)
+                    if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            js.create_stream(wanted).await?;
+            Ok(Applied::Created)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Compares the fields a definition sets; the server fills in others we do not manage.
+fn same_stream(current: &stream::Config, wanted: &stream::Config) -> bool {
+    current.subjects == wanted.subjects
+        && current.description == wanted.description
+        && current.duplicate_window == wanted.duplicate_window
+        && current.max_age == wanted.max_age
+        && current.max_bytes == wanted.max_bytes
+        && current.max_messages == wanted.max_messages
+        && current.max_message_size == wanted.max_message_size
+        && current.allow_direct == wanted.allow_direct
+        && current.deny_delete == wanted.deny_delete
+        && current.discard == wanted.discard
+}
+
+async fn apply_consumer(js: &jetstream::Context, stream_name: &str, wanted: pull::Config) -> anyhow::Result<Applied> {
+    let stream = js.get_stream(stream_name).await?;
+    let name = wanted.durable_name.clone().unwrap_or_default();
+    match stream.get_consumer::<pull::Config>(&name).await {
+        Ok(mut existing) => {
+            let current = existing.info().await?.config.clone();
+            let same = current.description == wanted.description
+                && current.ack_wait == wanted.ack_wait
+                && current.max_deliver == wanted.max_deliver
+                && current.max_ack_pending == wanted.max_ack_pending
+                && current.filter_subject == wanted.filter_subject;
+            if same {
+                Ok(Applied::Unchanged)
+            } else {
+                stream.create_consumer(wanted).await?;
+                Ok(Applied::Updated)
+            }
+        }
+        Err(_) => {
+            stream.create_consumer(wanted).await?;
+            Ok(Applied::Created)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_definition_parses_and_uses_only_what_nats_server_2_9_understands() {
+        for (name, json) in STREAM_DEFINITIONS {
+            let config: stream::Config = serde_json::from_str(json).unwrap();
+            assert_eq!(config.name, name);
+            assert_eq!(config.storage, stream::StorageType::File);
+            assert!(config.duplicate_window >= Duration::from_secs(120), "{name} needs a duplicate window");
+            assert_eq!(config.subjects, vec![subjects::all(name)]);
+            let value: serde_json::Value = serde_json::from_str(json).unwrap();
+            for newer in ["metadata", "first_seq", "subject_transform", "compression", "consumer_limits"] {
+                assert!(value.get(newer).is_none(), "{name} uses {newer}, which 2.9 ignores");
+            }
+        }
+        for (stream_name, json) in CONSUMER_DEFINITIONS {
+            let config: pull::Config = serde_json::from_str(json).unwrap();
+            assert!(config.durable_name.is_some());
+            assert_eq!(config.filter_subject, subjects::all(stream_name));
+            let value: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert!(value.get("filter_subjects").is_none(), "2.9 ignores filter_subjects");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Settings for every service, from flags or environment variables (flags win). One struct
+//! serves all services so that `copilot up` and the separate services read the same names.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Default NATS URL when `NATS_URL` is not set.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Default Postgres URL when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/copilot";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Settings {
+    /// NATS server with JetStream [default: nats://127.0.0.1:4222; `copilot up` starts one if none answers]
+    #[arg(long, env = "NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+
+    /// Postgres database for the read models [default: postgres://postgres@127.0.0.1:5432/copilot; `copilot up` starts one if none answers]
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Address the HTTP server listens on
+    #[arg(long, env = "COPILOT_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// URL users reach the HTTP server at, used in printed instructions [default: http://<listen>]
+    #[arg(long, env = "COPILOT_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// HS256 secret for API JWTs (at least 32 bytes); `copilot up` generates and keeps one in the data directory when unset
+    #[arg(long, env = "COPILOT_JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+
+    /// JWT issuer (`iss`) issued and required
+    #[arg(long, env = "COPILOT_JWT_ISSUER", default_value = "copilot", global = true)]
+    pub jwt_issuer: String,
+
+    /// JWT audience (`aud`) issued and required
+    #[arg(long, env = "COPILOT_JWT_AUDIENCE", default_value = "copilot-api", global = true)]
+    pub jwt_audience: String,
+
+    /// Largest webhook body accepted, in bytes
+    #[arg(long, env = "COPILOT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// How long the gateway waits for JetStream to acknowledge an append before answering 503, in milliseconds
+    #[arg(long, env = "COPILOT_PUBLISH_TIMEOUT_MS", default_value_t = 5000, global = true)]
+    pub publish_timeout_ms: u64,
+
+    /// Most events the projector applies in one transaction
+    #[arg(long, env = "COPILOT_PROJECTOR_BATCH", default_value_t = 1000, global = true)]
+    pub projector_batch: usize,
+
+    /// Postgres connections per process
+    #[arg(long, env = "COPILOT_DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    pub db_max_connections: u32,
+
+    /// Where `copilot up` keeps its local NATS and Postgres data and its generated secret
+    #[arg(long, env = "COPILOT_DATA_DIR", default_value = ".copilot", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Log format: json or text
+    #[arg(long, env = "COPILOT_LOG_FORMAT", default_value = "json", global = true)]
+    pub log_format: crate::telemetry::LogFormat,
+}
+
+impl Settings {
+    pub fn nats_url(&self) -> String {
+        self.nats_url.clone().unwrap_or_else(|| DEFAULT_NATS_URL.to_owned())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned())
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// Settings with every default, for tests and tools that fill in what they need.
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        <Wrapper as clap::Parser>::try_parse_from(["copilot"])
+            .expect("defaults parse")
+            .settings
+    }
+}
+
+/// A URL with its password replaced, safe to log or print.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_password_and_keeps_the_rest() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+}

@@ -1,0 +1,181 @@
+//! The read-model store. All SQL of the system lives here, one function per query, so that a
+//! schema change is one file away from every statement it affects. Writes take the caller's
+//! transaction: a projection's rows and its checkpoint commit together or not at all.
+
+mod signals;
+mod tenants;
+
+pub use signals::{SignalCursor, SignalFilter, SignalRow, SignalView};
+pub use tenants::{TenantRow, TokenOwner, TokenRevocation, TokenRow};
+
+use sqlx::{Connection as _, PgConnection, PgPool, Postgres, Transaction, postgres::PgPoolOptions};
+
+/// A transaction on the read-model database.
+pub type Tx<'a> = Transaction<'a, Postgres>;
+
+/// The migrations of every read model, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// Exclusive right to run one projection, held as a Postgres session advisory lock on a
+/// connection of its own; dropping the lease closes the connection and frees the lock.
+pub struct Lease {
+    _conn: PgConnection,
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn begin(&self) -> Result<Tx<'static>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Tries to become the one writer of `projection`. `None` when another process holds it.
+    pub async fn try_lease(&self, projection: &str) -> Result<Option<Lease>> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(format!("copilot.projection.{projection}"))
+            .fetch_one(&mut conn)
+            .await?;
+        if got {
+            Ok(Some(Lease { _conn: conn }))
+        } else {
+            conn.close().await.ok();
+            Ok(None)
+        }
+    }
+
+    /// The stream sequence `projection` has applied up to (0 when it has applied nothing).
+    pub async fn checkpoint(&self, tx: &mut Tx<'_>, projection: &str) -> Result<u64> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE")
+                .bind(projection)
+                .fetch_optional(&mut **tx)
+                .await?;
+        Ok(seq.unwrap_or(0) as u64)
+    }
+
+    /// The checkpoint outside a transaction, for readers that wait on a projection.
+    pub async fn read_checkpoint(&self, projection: &str) -> Result<u64> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE projection = $1")
+            .bind(projection)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0) as u64)
+    }
+
+    pub async fn set_checkpoint(&self, tx: &mut Tx<'_>, projection: &str, stream: &str, seq: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, stream, last_seq) VALUES ($1, $2, $3)
+             ON CONFLICT (projection) DO UPDATE SET last_seq = excluded.last_seq
+             WHERE projection_checkpoints.last_seq < excluded.last_seq",
+        )
+        .bind(projection)
+        .bind(stream)
+        .bind(seq as i64)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Parks an event a projection could not apply.
+    pub async fn insert_dead_letter(
+        &self,
+        tx: &mut Tx<'_>,
+        projection: &str,
+        stream: &str,
+        seq: u64,
+        subject: &str,
+        reason: &str,
+        body: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO dead_letters (projection, stream, seq, subject, reason, body) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (projection, seq) DO NOTHING",
+        )
+        .bind(projection)
+        .bind(stream)
+        .bind(seq as i64)
+        .bind(subject)
+        .bind(reason)
+        .bind(body)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// blake3 over the rows of a read-model table in key order: two databases with equal
+    /// checksums hold the same rows. Used to prove a rebuild equals the live model.
+    pub async fn checksum(&self, table: ReadModel) -> Result<String> {
+        let (name, key) = table.name_and_key();
+        let rows: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT t::text FROM {name} t ORDER BY {key}")))
+                .fetch_all(&self.pool)
+                .await?;
+        let mut hasher = blake3::Hasher::new();
+        for row in rows {
+            hasher.update(row.as_bytes());
+            hasher.update(b"\n");
+        }
+        Ok(hasher.finalize().to_hex().to_string())
+    }
+}
+
+/// The read-model tables, for checksums.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadModel {
+    Tenants,
+    WebhookTokens,
+    Signals,
+}
+
+impl ReadModel {
+    pub const ALL: [ReadModel; 3] = [Self::Tenants, Self::WebhookTokens, Self::Signals];
+
+    fn name_and_key(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Tenants => ("tenants", "slug"),
+            Self::WebhookTokens => ("webhook_tokens", "token_id"),
+            Self::Signals => ("signals", "id"),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Postgres, QueryBuilder, Row as _, postgres::PgRow};
+use uuid::Uuid;
+
+use crate::{Result, Store, Tx};
+
+/// One alert instance, folded from one or more notifications of one batch, ready to upsert.
+/// JSON columns are carried as serialized text and cast by Postgres.
+#[derive(Debug, Clone)]
+pub struct SignalRow {
+    pub id: Uuid,
+    pub tenant: String,
+    pub fingerprint: String,
+    pub starts_at: DateTime<Utc>,
+    pub source: String,
+    pub status: String,
+    pub severity: String,
+    pub service: Option<String>,
+    pub title: String,
+    pub labels: String,
+    pub annotations: String,
+    pub values: Option<String>,
+    pub generator_url: Option<String>,
+    pub group_key: Option<String>,
+    pub receiver: Option<String>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub first_received_at: DateTime<Utc>,
+    pub last_received_at: DateTime<Utc>,
+    pub notification_count: i32,
+    pub raw: String,
+    pub last_event_id: Uuid,
+    pub last_request_id: Option<String>,
+    pub last_seq: u64,
+}
+
+/// A signal as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignalView {
+    pub id: Uuid,
+    pub fingerprint: String,
+    pub source: String,
+    pub status: String,
+    pub severity: String,
+    pub service: Option<String>,
+    pub title: String,
+    pub labels: serde_json::Value,
+    pub annotations: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<serde_json::Value>,
+    pub generator_url: Option<String>,
+    pub group_key: Option<String>,
+    pub receiver: Option<String>,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub first_received_at: DateTime<Utc>,
+    pub last_received_at: DateTime<Utc>,
+    pub notification_count: i32,
+    /// The alert exactly as the source last sent it; only on single-signal reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<serde_json::Value>,
+}
+
+/// Filters of `GET /v1/signals`; all optional, combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct SignalFilter {
+    pub status: Option<String>,
+    pub source: Option<String>,
+    pub service: Option<String>,
+    pub severity: Option<String>,
+    /// Alerts that started at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Alerts that started before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Position after the last row of a page (newest first: `starts_at` then `id`, descending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalCursor {
+    pub starts_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+const VIEW_COLUMNS: &str = "id, fingerprint, source, status, severity, service, title, labels, annotations, \"values\", \
+     generator_url, group_key, receiver, starts_at, ends_at, first_received_at, last_received_at, notification_count";
+
+fn view(row: &PgRow, with_raw: bool) -> std::result::Result<SignalView, sqlx::Error> {
+    Ok(SignalView {
+        id: row.try_get("id")?,
+        fingerprint: row.try_get("fingerprint")?,
+        source: row.try_get("source")?,
+        status: row.try_get("status")?,
+        severity: row.try_get("severity")?,
+        service: row.try_get("service")?,
+        title: row.try_get("title")?,
+        labels: row.try_get("labels")?,
+        annotations: row.try_get("annotations")?,
+        values: row.try_get("values")?,
+        generator_url: row.try_get("generator_url")?,
+        group_key: row.try_get("group_key")?,
+        receiver: row.try_get("receiver")?,
+        starts_at: row.try_get("starts_at")?,
+        ends_at: row.try_get("ends_at")?,
+        first_received_at: row.try_get("first_received_at")?,
+        last_received_at: row.try_get("last_received_at")?,
+        notification_count: row.try_get("notification_count")?,
+        raw: if with_raw { row.try_get("raw")? } else { None },
+    })
+}
+
+impl Store {
+    /// Upserts folded signal rows. A repeated notification adds to the count and moves
+    /// `last_received_at`; `resolved` is sticky for an alert instance (Alertmanager in HA mode
+    /// can deliver a stale `firing` after the `resolved`); a row never moves back to an older event.
+    /// The caller guarantees one row per id.
+    pub async fn upsert_signals(&self, tx: &mut Tx<'_>, rows: &[SignalRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        macro_rules! column {
+            ($field:ident) => {
+                rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+            };
+        }
+        sqlx::query(
+            r#"INSERT INTO signals AS s (id, tenant, fingerprint, starts_at, source, status, severity, service, title,
+                   labels, annotations, "values", generator_url, group_key, receiver, ends_at, first_received_at,
+                   last_received_at, notification_count, raw, last_event_id, last_request_id, last_seq)
+               SELECT id, tenant, fingerprint, starts_at, source, status, severity, service, title,
+                   labels::jsonb, annotations::jsonb, vals::jsonb, generator_url, group_key, receiver, ends_at,
+                   first_received_at, last_received_at, notification_count, raw::jsonb, last_event_id,
+                   last_request_id, last_seq
+               FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
+                   $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                   $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::int4[], $20::text[], $21::uuid[],
+                   $22::text[], $23::int8[])
+                 AS u(id, tenant, fingerprint, starts_at, source, status, severity, service, title, labels,
+                   annotations, vals, generator_url, group_key, receiver, ends_at, first_received_at,
+                   last_received_at, notification_count, raw, last_event_id, last_request_id, last_seq)
+               ON CONFLICT (id) DO UPDATE SET
+                   status = CASE WHEN s.status = 'resolved' OR excluded.status = 'resolved'
+                                 THEN 'resolved' ELSE excluded.status END,
+                   ends_at = GREATEST(s.ends_at, excluded.ends_at),
+                   severity = excluded.severity,
+                   service = excluded.service,
+                   title = excluded.title,
+                   labels = excluded.labels,
+                   annotations = excluded.annotations,
+                   "values" = excluded."values",
+                   generator_url = excluded.generator_url,
+                   group_key = excluded.group_key,
+                   receiver = excluded.receiver,
+                   first_received_at = LEAST(s.first_received_at, excluded.first_received_at),
+                   last_received_at = GREATEST(s.last_received_at, excluded.last_received_at),
+                   notification_count = s.notification_count + excluded.notification_count,
+                   raw = excluded.raw,
+                   last_event_id = excluded.last_event_id,
+                   last_request_id = excluded.last_request_id,
+                   last_seq = excluded.last_seq
+               WHERE s.last_seq < excluded.last_seq"#,
+        )
+        .bind(column!(id))
+        .bind(column!(tenant))
+        .bind(column!(fingerprint))
+        .bind(column!(starts_at))
+        .bind(column!(source))
+        .bind(column!(status))
+        .bind(column!(severity))
+        .bind(column!(service))
+        .bind(column!(title))
+        .bind(column!(labels))
+        .bind(column!(annotations))
+        .bind(column!(values))
+        .bind(column!(generator_url))
+        .bind(column!(group_key))
+        .bind(column!(receiver))
+        .bind(column!(ends_at))
+        .bind(column!(first_received_at))
+        .bind(column!(last_received_at))
+        .bind(column!(notification_count))
+        .bind(column!(raw))
+        .bind(column!(last_event_id))
+        .bind(column!(last_request_id))
+        .bind(rows.iter().map(|r| r.last_seq as i64).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A page of a tenant's signals, newest first, after `cursor`.
+    pub async fn list_signals(
+        &self,
+        tenant: &str,
+        filter: &SignalFilter,
+        cursor: Option<SignalCursor>,
+        limit: u32,
+    ) -> Result<Vec<SignalView>> {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {VIEW_COLUMNS} FROM signals WHERE tenant = "));
+        q.push_bind(tenant);
+        for (column, value) in [
+            ("status", &filter.status),
+            ("source", &filter.source),
+            ("service", &filter.service),
+            ("severity", &filter.severity),
+        ] {
+            if let Some(value) = value {
+                q.push(format_args!(" AND {column} = ")).push_bind(value.clone());
+            }
+        }
+        if let Some(since) = filter.since {
+            q.push(" AND starts_at >= ").push_bind(since);
+        }
+        if let Some(until) = filter.until {
+            q.push(" AND starts_at < ").push_bind(until);
+        }
+        if let Some(c) = cursor {
+            q.push(" AND (starts_at, id) < (").push_bind(c.starts_at).push(", ").push_bind(c.id).push(")");
+        }
+        q.push(" ORDER BY starts_at DESC, id DESC LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| view(r, false)).collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// One signal of a tenant; `None` for another tenant's signal as for a missing one.
+    pub async fn get_signal(&self, tenant: &str, id: Uuid) -> Result<Option<SignalView>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {VIEW_COLUMNS}, raw FROM signals WHERE tenant = $1 AND id = $2")))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| view(&r, true)).transpose()?)
+    }
+}
