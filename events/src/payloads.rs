@@ -119,6 +119,21 @@ pub struct SignalReceived {
     pub raw: Box<RawValue>,
 }
 
+impl SignalReceived {
+    /// The id of the alert instance this notification is about: the same for every
+    /// notification of one tenant's fingerprint firing from one `starts_at`, whatever the order
+    /// or number of notifications, so replays give the same ids.
+    pub fn instance_id(&self, tenant: &str) -> Uuid {
+        let starts_at = self.starts_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let digest = crate::message_id(&["signal", tenant, &self.fingerprint, &starts_at]);
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).expect("blake3 hex");
+        }
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+}
+
 impl EventPayload for SignalReceived {
     const TYPE: &'static str = "SignalReceived";
     const VERSION: u32 = 1;

@@ -1,1 +1,6 @@
-fn main() {}
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    copilot::cli::main(copilot::cli::Cli::parse()).await
+}

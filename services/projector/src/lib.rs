@@ -1,1 +1,324 @@
+//! The projector: folds the streams into the Postgres read models.
+//!
+//! Each projection is one writer at a time (a Postgres advisory-lock lease), reading its durable
+//! pull consumer. It takes whatever messages are ready (up to a batch), applies them in one
+//! transaction with bulk statements, stores the last stream sequence in the same transaction and
+//! acks only after commit. The Postgres checkpoint is the truth: on start, and after any failure,
+//! the durable consumer is repositioned to the message after the checkpoint, so a crash between
+//! commit and ack, a lost ack or a dropped database never skips or doubles an event.
+//! An event that cannot be applied is parked (row in `dead_letters`, message on the DEADLETTERS
+//! stream, a metric, a log line) and the events behind it go on.
 
+mod fold;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, PullConsumer, pull},
+};
+use copilot_events::{Envelope, subjects};
+use copilot_runtime::{Context, Settings, metrics::Metrics, nats};
+use futures::{FutureExt as _, StreamExt as _};
+use tokio_util::sync::CancellationToken;
+
+use fold::Fold;
+
+/// The read models the projector maintains, each from one stream through one durable consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projection {
+    Tenants,
+    Signals,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 2] = [Self::Tenants, Self::Signals];
+
+    /// Name of the projection, its checkpoint key and its lease.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tenants => "tenants",
+            Self::Signals => "signals",
+        }
+    }
+
+    pub fn stream(self) -> &'static str {
+        match self {
+            Self::Tenants => subjects::TENANTS,
+            Self::Signals => subjects::SIGNALS,
+        }
+    }
+
+    pub fn consumer(self) -> &'static str {
+        match self {
+            Self::Tenants => nats::CONSUMER_PROJECTOR_TENANTS,
+            Self::Signals => nats::CONSUMER_PROJECTOR_SIGNALS,
+        }
+    }
+}
+
+/// Runs the projector alone until `shutdown`.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ctx = Context::connect(settings, "projector").await?;
+    serve(ctx, shutdown).await
+}
+
+/// Runs every projection until `shutdown`.
+pub async fn serve(ctx: Context, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tasks = Projection::ALL.map(|p| follow(ctx.clone(), p, shutdown.clone()));
+    futures::future::try_join_all(tasks).await?;
+    Ok(())
+}
+
+/// Applies everything the stream holds now and returns. When another process holds the
+/// projection's lease, waits until that process has caught up instead. For commands that must
+/// see their own effect (`copilot tenants create`) whether or not a projector is running.
+pub async fn catch_up(ctx: &Context, projection: Projection, timeout: Duration) -> anyhow::Result<()> {
+    let target = ctx
+        .js
+        .get_stream(projection.stream())
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if ctx.store.read_checkpoint(projection.name()).await? >= target {
+            return Ok(());
+        }
+        if let Some(_lease) = ctx.store.try_lease(projection.name()).await? {
+            let never = CancellationToken::new();
+            return project(ctx, projection, &never, Some(target)).await;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the {} projection did not reach sequence {target} within {timeout:?}",
+            projection.name()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Keeps one projection running: waits for its lease, projects, and after a failure repositions
+/// and goes on, with a growing pause.
+async fn follow(ctx: Context, projection: Projection, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let name = projection.name();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let lease = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            lease = ctx.store.try_lease(name) => lease,
+        };
+        match lease {
+            Ok(Some(_lease)) => {
+                tracing::info!(projection = name, "projection lease acquired");
+                match project(&ctx, projection, &shutdown, None).await {
+                    Ok(()) => return Ok(()),
+                    Err(err) => tracing::warn!(projection = name, error = format!("{err:#}"), "projection failed, repositioning"),
+                }
+            }
+            Ok(None) => backoff = Duration::from_secs(1),
+            Err(err) => tracing::warn!(projection = name, error = %err, "cannot take the projection lease"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Projects while holding the lease, until shutdown or, with `until`, until that sequence is applied.
+async fn project(ctx: &Context, projection: Projection, shutdown: &CancellationToken, until: Option<u64>) -> anyhow::Result<()> {
+    let consumer = position(ctx, projection).await?;
+    if until.is_some_and(|target| target == 0) {
+        return Ok(());
+    }
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(ctx.settings.projector_batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .context("subscribing to the consumer")?;
+    let max_batch = ctx.settings.projector_batch.max(1);
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let first = match next {
+            Some(Ok(message)) => message,
+            Some(Err(err)) if err.kind() == pull::MessagesErrorKind::MissingHeartbeat => {
+                tracing::debug!(projection = projection.name(), "heartbeat missed, still waiting");
+                continue;
+            }
+            Some(Err(err)) => return Err(err).context("reading the consumer"),
+            None => anyhow::bail!("the consumer's message stream ended"),
+        };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(message))) => batch.push(message),
+                _ => break,
+            }
+        }
+        let applied_to = apply_batch(ctx, projection, batch).await?;
+        if until.is_some_and(|target| applied_to >= target) {
+            return Ok(());
+        }
+    }
+}
+
+/// Makes the durable consumer deliver from the message after the checkpoint. A consumer that
+/// delivered exactly up to the checkpoint with nothing pending is kept; any other is recreated
+/// (after a crash with messages in flight, or when the read models were dropped for a rebuild).
+async fn position(ctx: &Context, projection: Projection) -> anyhow::Result<PullConsumer> {
+    let stream = ctx.js.get_stream(projection.stream()).await?;
+    let (_, mut config) = nats::consumer_definition(projection.consumer())
+        .with_context(|| format!("no definition for consumer {}", projection.consumer()))?;
+    let checkpoint = ctx.store.read_checkpoint(projection.name()).await?;
+    if let Ok(mut existing) = stream.get_consumer::<pull::Config>(projection.consumer()).await {
+        let info = existing.info().await?;
+        if info.delivered.stream_sequence == checkpoint && info.num_ack_pending == 0 {
+            return Ok(existing);
+        }
+        tracing::info!(
+            projection = projection.name(),
+            checkpoint,
+            delivered = info.delivered.stream_sequence,
+            "repositioning consumer at the checkpoint"
+        );
+        stream.delete_consumer(projection.consumer()).await?;
+    }
+    if checkpoint > 0 {
+        config.deliver_policy = DeliverPolicy::ByStartSequence {
+            start_sequence: checkpoint + 1,
+        };
+    }
+    Ok(stream.create_consumer(config).await?)
+}
+
+struct Parked {
+    seq: u64,
+    subject: String,
+    tenant: String,
+    reason: String,
+    body: bytes::Bytes,
+}
+
+/// Applies one batch in one transaction; returns the sequence the checkpoint now stands at.
+async fn apply_batch(ctx: &Context, projection: Projection, batch: Vec<jetstream::Message>) -> anyhow::Result<u64> {
+    let name = projection.name();
+    let store = &ctx.store;
+    let mut tx = store.begin().await?;
+    let checkpoint = store.checkpoint(&mut tx, name).await?;
+    let mut fold = Fold::new(projection);
+    let mut parked = Vec::new();
+    let mut last = checkpoint;
+    let mut pending = None;
+    let mut request_ids = BTreeSet::new();
+    for message in &batch {
+        let info = message.info().map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?;
+        pending = Some(info.pending);
+        let seq = info.stream_sequence;
+        if seq <= last {
+            continue;
+        }
+        last = seq;
+        let subject = message.subject.as_str();
+        let outcome = Envelope::from_slice(&message.payload)
+            .map_err(|e| (subject_tenant(subject).to_owned(), e.to_string()))
+            .and_then(|envelope| {
+                let tenant = envelope.tenant.clone();
+                fold.add(seq, subject, &envelope).map(|()| envelope.request_id).map_err(|reason| (tenant, reason))
+            });
+        match outcome {
+            Ok(request_id) => {
+                if request_ids.len() < 10
+                    && let Some(id) = request_id
+                {
+                    request_ids.insert(id);
+                }
+            }
+            Err((tenant, reason)) => parked.push(Parked {
+                seq,
+                subject: subject.to_owned(),
+                tenant,
+                reason,
+                body: message.payload.clone(),
+            }),
+        }
+    }
+    let applied = fold.len();
+    fold.write(store, &mut tx).await?;
+    for p in &parked {
+        store
+            .insert_dead_letter(&mut tx, name, projection.stream(), p.seq, &p.subject, &p.reason, &p.body)
+            .await?;
+        park(ctx, projection, p).await?;
+    }
+    store.set_checkpoint(&mut tx, name, projection.stream(), last).await?;
+    tx.commit().await.context("committing the batch")?;
+    for message in &batch {
+        if let Err(err) = message.ack().await {
+            tracing::debug!(projection = name, error = %err, "ack failed; the checkpoint covers it");
+        }
+    }
+    let metrics = Metrics::global();
+    metrics.events_projected_total.with_label_values(&[name]).inc_by(applied as u64);
+    metrics.projection_checkpoint_sequence.with_label_values(&[name]).set(last as i64);
+    if let Some(pending) = pending {
+        metrics.consumer_pending_messages.with_label_values(&[projection.consumer()]).set(pending as i64);
+    }
+    if !parked.is_empty() {
+        metrics.events_dead_lettered_total.with_label_values(&[name]).inc_by(parked.len() as u64);
+    }
+    tracing::info!(
+        projection = name,
+        events = batch.len(),
+        applied,
+        parked = parked.len(),
+        checkpoint = last,
+        request_ids = ?request_ids,
+        "batch projected"
+    );
+    Ok(last)
+}
+
+/// Publishes a parked event to the DEADLETTERS stream, with why and where it came from.
+async fn park(ctx: &Context, projection: Projection, parked: &Parked) -> anyhow::Result<()> {
+    tracing::warn!(
+        projection = projection.name(),
+        seq = parked.seq,
+        subject = parked.subject,
+        tenant = parked.tenant,
+        reason = parked.reason,
+        "event parked as a dead letter"
+    );
+    let tenant = if copilot_events::is_valid_slug(&parked.tenant) { parked.tenant.as_str() } else { subjects::UNKNOWN_TENANT };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(subjects::HEADER_DEAD_LETTER_REASON, parked.reason.replace(['\r', '\n'], " ").as_str());
+    headers.insert(
+        subjects::HEADER_DEAD_LETTER_ORIGIN,
+        format!("{}:{}:{}", projection.stream(), parked.seq, parked.subject).as_str(),
+    );
+    let message = jetstream::message::PublishMessage::build()
+        .payload(parked.body.clone())
+        .headers(headers)
+        .message_id(format!("{}:{}:{}", projection.name(), projection.stream(), parked.seq));
+    ctx.js
+        .send_publish(subjects::dead_letter(tenant, projection.consumer()), message)
+        .await?
+        .await
+        .context("publishing a dead letter")?;
+    Ok(())
+}
+
+/// The tenant token of a subject (`signals.<tenant>.…`).
+fn subject_tenant(subject: &str) -> &str {
+    subject.split('.').nth(1).unwrap_or(subjects::UNKNOWN_TENANT)
+}

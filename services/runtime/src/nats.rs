@@ -30,6 +30,14 @@ pub const CONSUMER_DEFINITIONS: [(&str, &str); 2] = [
     (subjects::TENANTS, include_str!("../../../nats/consumers/TENANTS.projector-tenants.json")),
 ];
 
+/// The definition of a durable consumer by name.
+pub fn consumer_definition(name: &str) -> Option<(&'static str, pull::Config)> {
+    CONSUMER_DEFINITIONS.iter().find_map(|(stream, json)| {
+        let config: pull::Config = serde_json::from_str(json).ok()?;
+        (config.durable_name.as_deref() == Some(name)).then_some((*stream, config))
+    })
+}
+
 /// Connects to NATS, failing within a few seconds with a clear message when nothing answers.
 /// Once connected, the client reconnects forever in the background.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {

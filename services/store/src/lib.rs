@@ -179,3 +179,32 @@ impl ReadModel {
         }
     }
 }
+
+/// Creates database `name` on the server `admin_url` points at, unless it exists. For
+/// `copilot up` and the test harness, which bring their own database.
+pub async fn ensure_database(admin_url: &str, name: &str) -> Result<()> {
+    let mut conn = PgConnection::connect(admin_url).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// Drops database `name` (closing other sessions on it), if it exists.
+pub async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
+    let mut conn = PgConnection::connect(admin_url).await?;
+    let quoted = name.replace('"', "\"\"");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)")))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! `GET /v1/signals` and `GET /v1/signals/{id}`.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::QueryRejection},
+};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use copilot_events::{Role, Severity};
+use copilot_runtime::http::ApiError;
+use copilot_store::{SignalCursor, SignalFilter, SignalView};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Api, Caller};
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    source: Option<String>,
+    service: Option<String>,
+    severity: Option<String>,
+    /// RFC 3339; signals that started at or after.
+    since: Option<DateTime<Utc>>,
+    /// RFC 3339; signals that started before.
+    until: Option<DateTime<Utc>>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Page {
+    items: Vec<SignalView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+pub async fn list(
+    State(api): State<Api>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Page>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let one_of = |name: &str, value: Option<String>, allowed: &[&str]| match value {
+        Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::BadRequest(format!(
+            "{name} must be one of {}",
+            allowed.join(", ")
+        ))),
+        other => Ok(other),
+    };
+    let filter = SignalFilter {
+        status: one_of("status", q.status, &["firing", "resolved"])?,
+        source: one_of("source", q.source, &["alertmanager", "grafana"])?,
+        severity: match q.severity {
+            Some(s) if Severity::parse(&s).is_none() => {
+                return Err(ApiError::BadRequest(
+                    "severity must be one of critical, error, warning, info, unknown".into(),
+                ));
+            }
+            other => other,
+        },
+        service: q.service,
+        since: q.since,
+        until: q.until,
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let mut items = api
+        .ctx
+        .store
+        .list_signals(&caller.0.tenant, &filter, cursor, limit + 1)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|s| encode_cursor(SignalCursor { starts_at: s.starts_at, id: s.id }))
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+pub async fn get(State(api): State<Api>, caller: Caller, Path(id): Path<String>) -> Result<Json<SignalView>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    api.ctx
+        .store
+        .get_signal(&caller.0.tenant, id)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+fn encode_cursor(cursor: SignalCursor) -> String {
+    let text = format!("{}|{}", cursor.starts_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true), cursor.id);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn decode_cursor(text: &str) -> Result<SignalCursor, ApiError> {
+    let invalid = || ApiError::BadRequest("cursor is not one this API returned".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (at, id) = text.split_once('|').ok_or_else(invalid)?;
+    Ok(SignalCursor {
+        starts_at: DateTime::parse_from_rfc3339(at).map_err(|_| invalid())?.with_timezone(&Utc),
+        id: Uuid::parse_str(id).map_err(|_| invalid())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips_and_garbage_is_refused() {
+        let cursor = SignalCursor {
+            starts_at: "2026-05-05T13:04:57.622813140Z".parse().unwrap(),
+            id: Uuid::now_v7(),
+        };
+        assert_eq!(decode_cursor(&encode_cursor(cursor)).unwrap(), cursor);
+        assert!(decode_cursor("not-a-cursor").is_err());
+        assert!(decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x|y")).is_err());
+    }
+}

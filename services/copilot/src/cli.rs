@@ -1,0 +1,291 @@
+//! The command line. Each subcommand parses its flags and calls into a library; settings come
+//! from flags or environment variables (see `copilot --help` and the README's table).
+
+use std::{path::Path, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use copilot_events::Role;
+use copilot_runtime::{Context, Settings, auth::Jwt, telemetry};
+
+use crate::{
+    app::{self, App, Services},
+    local::Local,
+};
+
+/// Incident copilot: Alertmanager and Grafana webhooks into JetStream, read models in Postgres.
+#[derive(Parser, Debug)]
+#[command(name = "copilot", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run everything in one process on one port: migrate, apply streams, start the gateway,
+    /// projector and API; start local NATS and Postgres when none answer and none are configured
+    Up,
+    /// Run the webhook gateway alone
+    Gateway,
+    /// Run the projector alone
+    Projector,
+    /// Run the read API alone
+    Api,
+    /// Apply the database migrations
+    Migrate,
+    /// JetStream stream and consumer definitions
+    Streams {
+        #[command(subcommand)]
+        command: StreamsCommand,
+    },
+    /// Tenant administration
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+    /// API tokens (JWTs)
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Benchmarks against real NATS and Postgres
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StreamsCommand {
+    /// Create or update every stream and consumer in nats/ (idempotent)
+    Apply,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantsCommand {
+    /// Create a tenant; prints its webhook token (shown once) and an admin JWT
+    Create {
+        /// Tenant slug: 1-63 of a-z, 0-9 and -
+        slug: String,
+        /// Display name [default: the slug]
+        #[arg(long)]
+        name: Option<String>,
+        /// Print JSON for scripts
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Issue an API JWT for a tenant
+    Issue {
+        #[arg(long)]
+        tenant: String,
+        /// viewer, engineer or admin
+        #[arg(long, default_value = "viewer")]
+        role: Role,
+        /// Subject (`sub`) of the token
+        #[arg(long, default_value = "cli")]
+        sub: String,
+        /// Validity in hours
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Webhook ingest: gateway vs raw JetStream throughput, projector rate, alert-to-row latency
+    Ingest(crate::bench::IngestArgs),
+}
+
+/// Runs a parsed command line; errors are printed with their causes.
+pub async fn main(cli: Cli) -> ExitCode {
+    telemetry::init(cli.settings.log_format);
+    match dispatch(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let mut settings = cli.settings;
+    let shutdown = copilot_runtime::shutdown::on_signal();
+    match cli.command {
+        Command::Up => up(settings).await,
+        Command::Gateway => copilot_gateway::run(settings, shutdown).await,
+        Command::Projector => copilot_projector::run(settings, shutdown).await,
+        Command::Api => {
+            load_secret(&mut settings, false)?;
+            copilot_api::run(settings, shutdown).await
+        }
+        Command::Migrate => {
+            let ctx = Context::connect(settings, "cli").await?;
+            ctx.store.migrate().await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Streams { command: StreamsCommand::Apply } => {
+            let ctx = Context::connect(settings, "cli").await?;
+            for (what, applied) in copilot_runtime::nats::provision(&ctx.js).await? {
+                println!("{what}: {applied:?}");
+            }
+            Ok(())
+        }
+        Command::Tenants { command: TenantsCommand::Create { slug, name, json } } => {
+            load_secret(&mut settings, false)?;
+            let jwt = Jwt::from_settings(&settings)?;
+            let ctx = Context::connect(settings, "cli").await?;
+            app::prepare(&ctx).await?;
+            let created = create_tenant(&ctx, &slug, name.as_deref().unwrap_or(&slug), "cli").await?;
+            let admin = jwt.issue("cli", &slug, Role::Admin, Duration::from_secs(30 * 24 * 3600));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"tenant": slug, "webhook_token": created.webhook_token, "admin_jwt": admin})
+                );
+            } else {
+                println!("tenant {slug} created");
+                println!("webhook token (shown once): {}", created.webhook_token);
+                println!("admin JWT (30 days):        {admin}");
+            }
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Issue { tenant, role, sub, ttl_hours } } => {
+            load_secret(&mut settings, false)?;
+            let jwt = Jwt::from_settings(&settings)?;
+            let ctx = Context::connect(settings, "cli").await?;
+            anyhow::ensure!(ctx.store.tenant_exists(&tenant).await?, "tenant {tenant:?} does not exist");
+            println!("{}", jwt.issue(&sub, &tenant, role, Duration::from_secs(ttl_hours * 3600)));
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Ingest(args) } => crate::bench::ingest(settings, args).await,
+    }
+}
+
+/// Creates a tenant and waits until the projector has recorded it, so its token works at once.
+pub async fn create_tenant(
+    ctx: &Context,
+    slug: &str,
+    name: &str,
+    actor: &str,
+) -> anyhow::Result<copilot_api::commands::CreatedTenant> {
+    let created = copilot_api::commands::create_tenant(&ctx.js, slug, name, actor, None).await?;
+    copilot_projector::catch_up(ctx, copilot_projector::Projection::Tenants, Duration::from_secs(30))
+        .await
+        .context("waiting for the tenant to be projected")?;
+    Ok(created)
+}
+
+const SECRET_FILE: &str = "jwt-secret";
+const DEFAULT_TOKEN_FILE: &str = "default-webhook-token";
+const DEFAULT_TENANT: &str = "default";
+
+/// Uses `COPILOT_JWT_SECRET` when set; otherwise the secret kept in the data directory,
+/// generated there (mode 0600) when `create` is set.
+fn load_secret(settings: &mut Settings, create: bool) -> anyhow::Result<()> {
+    if settings.jwt_secret.is_some() {
+        return Ok(());
+    }
+    let path = settings.data_dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(secret) => settings.jwt_secret = Some(secret.trim().to_owned()),
+        Err(_) if create => {
+            let secret = copilot_runtime::auth::generate_secret();
+            write_private(&path, &secret)?;
+            settings.jwt_secret = Some(secret);
+        }
+        Err(_) => anyhow::bail!(
+            "no JWT secret: set COPILOT_JWT_SECRET, or run `copilot up` once so it generates {}",
+            path.display()
+        ),
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::io::Write as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+async fn up(mut settings: Settings) -> anyhow::Result<()> {
+    let local = Local::resolve(&mut settings).await?;
+    load_secret(&mut settings, true)?;
+    let data_dir = settings.data_dir.clone();
+    let public_url = settings.public_url.clone();
+    let stop = copilot_runtime::shutdown::on_signal();
+    let result = async {
+        let app = App::start(settings, Services::All).await?;
+        let base = public_url.unwrap_or_else(|| app.url());
+        let token_path = data_dir.join(DEFAULT_TOKEN_FILE);
+        let token = if app.ctx.store.tenant_exists(DEFAULT_TENANT).await? {
+            std::fs::read_to_string(&token_path).ok().map(|t| t.trim().to_owned())
+        } else {
+            let created = create_tenant(&app.ctx, DEFAULT_TENANT, "Default", "up").await?;
+            write_private(&token_path, &created.webhook_token)?;
+            Some(created.webhook_token)
+        };
+        let jwt = app.jwt.issue("up", DEFAULT_TENANT, Role::Admin, Duration::from_secs(30 * 24 * 3600));
+        for note in &local.notes {
+            eprintln!("{note}");
+        }
+        println!("{}", banner(&base, token.as_deref(), &jwt));
+        app.run_until(stop).await
+    }
+    .await;
+    local.stop().await;
+    result
+}
+
+fn banner(base: &str, token: Option<&str>, jwt: &str) -> String {
+    let token = token.unwrap_or("<the token printed at first start; `copilot tenants create` makes new tenants>");
+    format!(
+        r#"
+copilot is up on {base}
+
+  Alertmanager webhook  {base}/v1/webhooks/alertmanager
+  Grafana webhook       {base}/v1/webhooks/grafana
+  tenant                {DEFAULT_TENANT}
+  webhook token         {token}
+  admin JWT (30 days)   {jwt}
+
+Alertmanager (alertmanager.yml):
+
+  receivers:
+    - name: copilot
+      webhook_configs:
+        - url: {base}/v1/webhooks/alertmanager
+          send_resolved: true
+          http_config:
+            authorization:
+              credentials: {token}
+
+Try it:
+
+  curl -sS -X POST {base}/v1/webhooks/alertmanager \
+    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \
+    -d '{{"version":"4","status":"firing","receiver":"copilot","alerts":[{{"status":"firing","labels":{{"alertname":"HighErrorRate","service":"checkout","severity":"critical"}},"annotations":{{"summary":"checkout 5xx above 5%"}},"startsAt":"2026-01-01T00:00:00Z"}}]}}'
+
+  curl -sS {base}/v1/signals -H 'Authorization: Bearer {jwt}'
+"#
+    )
+}

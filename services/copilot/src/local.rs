@@ -1,0 +1,186 @@
+//! Local infrastructure for `copilot up`: reuse NATS and Postgres when they answer on their
+//! default ports, otherwise start `nats-server -js` and a throwaway Postgres cluster from PATH
+//! under the data directory, or say exactly what to install.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use copilot_runtime::{Settings, settings::DEFAULT_DATABASE_URL};
+use tokio::process::{Child, Command};
+
+const NATS_ADDR: &str = "127.0.0.1:4222";
+const PG_ADDR: &str = "127.0.0.1:5432";
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const DATABASE: &str = "copilot";
+
+/// Processes `copilot up` started, stopped when it stops.
+#[derive(Default)]
+pub struct Local {
+    nats: Option<Child>,
+    postgres: Option<(PathBuf, PathBuf)>,
+    pub notes: Vec<String>,
+}
+
+impl Local {
+    /// Fills in `NATS_URL` and `DATABASE_URL` when unset, starting what is missing.
+    pub async fn resolve(settings: &mut Settings) -> anyhow::Result<Self> {
+        let mut local = Local::default();
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+        let data_dir = std::fs::canonicalize(&settings.data_dir)?;
+        if settings.nats_url.is_none() {
+            if listening(NATS_ADDR).await {
+                local.notes.push(format!("NATS: reusing the server on {NATS_ADDR}"));
+            } else {
+                local.nats = Some(start_nats(&data_dir).await?);
+                local.notes.push(format!("NATS: started nats-server -js on {NATS_ADDR}, data in {}/nats", data_dir.display()));
+            }
+            settings.nats_url = Some(format!("nats://{NATS_ADDR}"));
+        }
+        if settings.database_url.is_none() {
+            if listening(PG_ADDR).await {
+                local.notes.push(format!("Postgres: reusing the server on {PG_ADDR}, database {DATABASE}"));
+            } else {
+                local.postgres = Some(start_postgres(&data_dir).await?);
+                local.notes.push(format!("Postgres: started a local cluster on {PG_ADDR}, data in {}/postgres", data_dir.display()));
+            }
+            copilot_store::ensure_database(PG_ADMIN_URL, DATABASE).await.with_context(|| {
+                format!("creating database {DATABASE} on {PG_ADDR} as user postgres; set DATABASE_URL to use another server or user")
+            })?;
+            settings.database_url = Some(DEFAULT_DATABASE_URL.to_owned());
+        }
+        Ok(local)
+    }
+
+    /// Stops what `resolve` started.
+    pub async fn stop(mut self) {
+        if let Some(mut nats) = self.nats.take() {
+            let _ = nats.kill().await;
+        }
+        if let Some((pg_ctl, dir)) = self.postgres.take() {
+            let _ = as_postgres(&pg_ctl)
+                .args(["stop", "-m", "fast", "-D"])
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .status()
+                .await;
+        }
+    }
+}
+
+async fn listening(addr: &str) -> bool {
+    let addr: SocketAddr = addr.parse().expect("a literal address");
+    tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+async fn wait_listening(addr: &str, what: &str, log: &Path) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if listening(addr).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{what} did not start listening on {addr} within 10s; see {}", log.display())
+}
+
+/// Finds a program on PATH or in the places Debian puts server binaries.
+fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.push("/usr/sbin".into());
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        dirs.extend(versions.into_iter().rev());
+    }
+    dirs.into_iter().map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+async fn start_nats(data_dir: &Path) -> anyhow::Result<Child> {
+    let Some(bin) = find("nats-server") else {
+        bail!(
+            "nothing answers on {NATS_ADDR} and nats-server is not installed.\n  \
+             Install it (Debian/Ubuntu: `apt-get install nats-server`; elsewhere: https://docs.nats.io), \
+             or set NATS_URL to a NATS server with JetStream enabled."
+        );
+    };
+    let store = data_dir.join("nats");
+    std::fs::create_dir_all(&store)?;
+    let log = data_dir.join("nats.log");
+    let child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", "4222", "-js", "-sd"])
+        .arg(&store)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting nats-server")?;
+    wait_listening(NATS_ADDR, "nats-server", &log).await?;
+    Ok(child)
+}
+
+/// `pg_ctl`/`initdb` refuse to run as root; run them as the `postgres` user then.
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+async fn start_postgres(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (Some(initdb), Some(pg_ctl)) = (find("initdb"), find("pg_ctl")) else {
+        bail!(
+            "nothing answers on {PG_ADDR} and PostgreSQL's initdb/pg_ctl are not installed.\n  \
+             Install PostgreSQL (Debian/Ubuntu: `apt-get install postgresql`), \
+             or set DATABASE_URL to a database copilot may create tables in."
+        );
+    };
+    let dir = data_dir.join("postgres");
+    let log = data_dir.join("postgres.log");
+    if !dir.join("PG_VERSION").exists() {
+        std::fs::create_dir_all(&dir)?;
+        if is_root() {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().await?;
+            anyhow::ensure!(status.success(), "chown of {} to postgres failed", dir.display());
+        }
+        let out = as_postgres(&initdb)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "-D"])
+            .arg(&dir)
+            .output()
+            .await
+            .context("running initdb")?;
+        anyhow::ensure!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    if is_root() {
+        let _ = Command::new("touch").arg(&log).status().await;
+        let _ = Command::new("chown").arg("postgres:postgres").arg(&log).status().await;
+    }
+    let status = as_postgres(&pg_ctl)
+        .args(["start", "-w", "-D"])
+        .arg(&dir)
+        .arg("-l")
+        .arg(&log)
+        .args(["-o", &format!("-c listen_addresses=127.0.0.1 -p 5432 -k {}", dir.display())])
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .context("running pg_ctl start")?;
+    anyhow::ensure!(status.success(), "pg_ctl start failed; see {}", log.display());
+    wait_listening(PG_ADDR, "postgres", &log).await?;
+    Ok((pg_ctl, dir))
+}
