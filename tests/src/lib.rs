@@ -1,1 +1,282 @@
+//! The end-to-end test harness. Every test gets its own `nats-server -js` (free port, temporary
+//! store, killed on drop) and its own Postgres database (dropped on drop), and runs the real
+//! services in-process, so tests run in parallel and leave nothing behind.
+//!
+//! Postgres: `COPILOT_TEST_DATABASE_URL` names a server and a database to connect to for
+//! creating test databases (default `postgres://postgres@127.0.0.1:5432/postgres`).
+//! nats-server: found on PATH or in /usr/sbin.
 
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use copilot::app::{App, Services};
+use copilot_events::Role;
+use copilot_runtime::{Context, Settings};
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// Reads a file of `../shared/fixtures`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// A nats-server with JetStream of this test's own.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let store = tempfile::tempdir().expect("temp dir");
+        let mut server = Self { child: None, port, store };
+        server.spawn().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let bin = ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).status().is_ok())
+            .expect("nats-server is not installed (Debian: apt-get install nats-server)");
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("nats-server did not listen on {} within 5s", self.port);
+    }
+
+    /// Kills the server, as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A Postgres database of this test's own.
+pub struct TestDb {
+    admin_url: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let admin_url = std::env::var("COPILOT_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let name = format!("copilot_test_{}", uuid::Uuid::new_v4().simple());
+        copilot_store::ensure_database(&admin_url, &name)
+            .await
+            .unwrap_or_else(|e| panic!("creating test database on {admin_url}: {e}"));
+        let (base, _) = admin_url.rsplit_once('/').expect("a database URL ends in /<db>");
+        let url = format!("{base}/{name}");
+        Self { admin_url, name, url }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(copilot_store::drop_database(&admin_url, &name))
+        })
+        .join();
+    }
+}
+
+/// A tenant of the test system with its credentials.
+pub struct TestTenant {
+    pub slug: String,
+    pub webhook_token: String,
+    pub token_id: uuid::Uuid,
+    pub viewer_jwt: String,
+}
+
+/// The whole system, started in-process against the test's own NATS and database.
+pub struct TestApp {
+    pub app: Option<App>,
+    pub nats: NatsServer,
+    pub db: TestDb,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub acme: TestTenant,
+    pub globex: TestTenant,
+}
+
+/// Settings pointing at a test's NATS and database, on a free port.
+pub fn settings(nats: &NatsServer, db: &TestDb) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.nats_url = Some(nats.url());
+    settings.database_url = Some(db.url.clone());
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.jwt_secret = Some(JWT_SECRET.to_owned());
+    settings.publish_timeout_ms = 1000;
+    settings.db_max_connections = 8;
+    settings.log_format = copilot_runtime::telemetry::LogFormat::Text;
+    settings
+}
+
+impl TestApp {
+    /// Everything `copilot up` runs, with tenants `acme` and `globex`.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Services::All, |_| {}).await
+    }
+
+    pub async fn spawn_with(services: Services, tweak: impl FnOnce(&mut Settings)) -> Self {
+        copilot_runtime::telemetry::init(copilot_runtime::telemetry::LogFormat::Text);
+        let nats = NatsServer::start().await;
+        let db = TestDb::create().await;
+        let mut settings = settings(&nats, &db);
+        tweak(&mut settings);
+        let app = App::start(settings, services).await.expect("starting the app");
+        let url = app.url();
+        let acme = tenant(&app, "acme").await;
+        let globex = tenant(&app, "globex").await;
+        Self {
+            app: Some(app),
+            nats,
+            db,
+            url,
+            http: reqwest::Client::new(),
+            acme,
+            globex,
+        }
+    }
+
+    pub fn ctx(&self) -> &Context {
+        &self.app.as_ref().expect("app running").ctx
+    }
+
+    /// Posts a webhook body with a bearer token.
+    pub async fn post_webhook(&self, source: &str, token: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/webhooks/{source}", self.url))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `GET path` with a bearer token.
+    pub async fn get(&self, path: &str, jwt: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(jwt)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Messages in a stream now.
+    pub async fn stream_messages(&self, stream: &str) -> u64 {
+        let mut stream = self.ctx().js.get_stream(stream).await.expect("stream exists");
+        stream.info().await.expect("stream info").state.messages
+    }
+
+    /// Waits until the projection has applied everything its stream holds now.
+    pub async fn settle(&self, projection: copilot_projector::Projection) {
+        let target = self.stream_last_seq(projection.stream()).await;
+        wait_until(Duration::from_secs(20), || async {
+            self.ctx().store.read_checkpoint(projection.name()).await.unwrap() >= target
+        })
+        .await;
+    }
+
+    pub async fn stream_last_seq(&self, stream: &str) -> u64 {
+        let mut stream = self.ctx().js.get_stream(stream).await.expect("stream exists");
+        stream.info().await.expect("stream info").state.last_sequence
+    }
+}
+
+async fn tenant(app: &App, slug: &str) -> TestTenant {
+    let created = copilot::cli::create_tenant(&app.ctx, slug, slug, "test").await.expect("creating tenant");
+    TestTenant {
+        slug: slug.to_owned(),
+        webhook_token: created.webhook_token,
+        token_id: created.token_id,
+        viewer_jwt: app.jwt.issue("tester", slug, Role::Viewer, Duration::from_secs(600)),
+    }
+}
+
+/// Polls `check` until it holds, failing the test after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An Alertmanager v4 notification with one alert per `(alertname, service, severity, startsAt)`.
+pub fn alertmanager_payload(status: &str, alerts: &[(&str, &str, &str, &str)]) -> Vec<u8> {
+    let alerts: Vec<_> = alerts
+        .iter()
+        .map(|(name, service, severity, starts_at)| {
+            serde_json::json!({
+                "status": status,
+                "labels": {"alertname": name, "service": service, "severity": severity},
+                "annotations": {"summary": format!("{name} on {service}")},
+                "startsAt": starts_at,
+                "endsAt": if status == "resolved" { "2026-11-22T10:00:00Z" } else { "0001-01-01T00:00:00Z" },
+                "generatorURL": "http://prometheus:9090/graph",
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "version": "4", "status": status, "receiver": "copilot", "groupKey": "{}:{}",
+        "truncatedAlerts": 0, "externalURL": "http://alertmanager:9093", "alerts": alerts,
+    }))
+    .unwrap()
+}
+
+/// Path of the workspace root, for tests that read committed files.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}

@@ -86,16 +86,23 @@ pub async fn issue_webhook_token(
         .payload(envelope.to_bytes().into())
         .header(subjects::HEADER_EVENT_TYPE, WebhookTokenIssued::TYPE)
         .message_id(envelope.id.to_string());
-    let seq = append(js, subjects::tenant_tokens(tenant), message).await.map_err(|e| match e {
-        AppendError::Conflict => CommandError::Append("unexpected sequence conflict".into()),
-        AppendError::Other(e) => CommandError::Append(e),
-    })?;
+    let seq = append(js, subjects::tenant_tokens(tenant), message).await.map_err(AppendError::unexpected)?;
     Ok((issued.token_id, token.secret, seq))
 }
 
 enum AppendError {
     Conflict,
     Other(String),
+}
+
+impl AppendError {
+    /// For appends without an expected sequence, where a conflict cannot happen.
+    fn unexpected(self) -> CommandError {
+        match self {
+            Self::Conflict => CommandError::Append("unexpected sequence conflict".into()),
+            Self::Other(e) => CommandError::Append(e),
+        }
+    }
 }
 
 async fn append(js: &jetstream::Context, subject: String, message: PublishMessage) -> Result<u64, AppendError> {
@@ -109,4 +116,24 @@ async fn append(js: &jetstream::Context, subject: String, message: PublishMessag
         Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(AppendError::Conflict),
         Err(e) => Err(AppendError::Other(e.to_string())),
     }
+}
+
+/// Revokes a webhook token; the gateway refuses it once the projector has applied the event.
+pub async fn revoke_webhook_token(
+    js: &jetstream::Context,
+    tenant: &str,
+    token_id: Uuid,
+    actor: &str,
+    headers: Headers,
+) -> Result<u64, CommandError> {
+    let revoked = copilot_events::WebhookTokenRevoked {
+        token_id,
+        revoked_by: actor.to_owned(),
+    };
+    let envelope = Envelope::new(tenant, &revoked, Utc::now(), headers);
+    let message = PublishMessage::build()
+        .payload(envelope.to_bytes().into())
+        .header(subjects::HEADER_EVENT_TYPE, copilot_events::WebhookTokenRevoked::TYPE)
+        .message_id(envelope.id.to_string());
+    append(js, subjects::tenant_tokens(tenant), message).await.map_err(AppendError::unexpected)
 }

@@ -208,3 +208,33 @@ pub async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
     conn.close().await?;
     Ok(())
 }
+
+impl Store {
+    /// Dead letters a projection has parked.
+    pub async fn count_dead_letters(&self, projection: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE projection = $1")
+            .bind(projection)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// `(alert instances, notifications)` recorded for a tenant.
+    pub async fn signal_totals(&self, tenant: &str) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT count(*), coalesce(sum(notification_count), 0)::int8 FROM signals WHERE tenant = $1",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The request id of the last notification applied to a signal.
+    pub async fn signal_request_id(&self, tenant: &str, id: uuid::Uuid) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT last_request_id FROM signals WHERE tenant = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten())
+    }
+}
