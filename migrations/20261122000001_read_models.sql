@@ -29,7 +29,8 @@ CREATE TABLE webhook_tokens (
 );
 CREATE INDEX webhook_tokens_tenant ON webhook_tokens (tenant, issued_at);
 
--- One row per alert instance: a tenant's fingerprint firing from one starts_at.
+-- One row per alert instance: a tenant's fingerprint firing from one starts_at. The id is
+-- derived from exactly those three (SignalReceived::instance_id), so it alone is the key.
 CREATE TABLE signals (
     id                 uuid PRIMARY KEY,
     tenant             text        NOT NULL,
@@ -50,11 +51,10 @@ CREATE TABLE signals (
     first_received_at  timestamptz NOT NULL,
     last_received_at   timestamptz NOT NULL,
     notification_count integer     NOT NULL,
-    raw                jsonb       NOT NULL,
+    raw                json        NOT NULL, -- json, not jsonb: the alert's bytes exactly as received
     last_event_id      uuid        NOT NULL,
     last_request_id    text,
-    last_seq           bigint      NOT NULL,
-    UNIQUE (tenant, fingerprint, starts_at)
+    last_seq           bigint      NOT NULL
 );
 CREATE INDEX signals_tenant_newest ON signals (tenant, starts_at DESC, id DESC);
 

@@ -132,7 +132,9 @@ impl Envelope {
             })
         }
         match (self.event_type.as_str(), self.version) {
-            (SignalReceived::TYPE, SignalReceived::VERSION) => typed(self).map(Event::SignalReceived),
+            (SignalReceived::TYPE, SignalReceived::VERSION) => {
+                typed(self).map(Event::SignalReceived)
+            }
             (TenantCreated::TYPE, TenantCreated::VERSION) => typed(self).map(Event::TenantCreated),
             (WebhookTokenIssued::TYPE, WebhookTokenIssued::VERSION) => {
                 typed(self).map(Event::WebhookTokenIssued)

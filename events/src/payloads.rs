@@ -43,7 +43,9 @@ impl SignalStatus {
 
 /// Severity normalised from the alert's `severity` (or `priority`) label, so that `P1`, `page`
 /// and `critical` sort together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Unknown,
@@ -73,8 +75,8 @@ impl Severity {
             "warning" | "warn" | "medium" | "minor" | "average" | "p3" | "sev3" | "sev-3" => {
                 Self::Warning
             }
-            "info" | "informational" | "information" | "low" | "notice" | "none" | "p4"
-            | "p5" | "sev4" | "sev-4" | "debug" => Self::Info,
+            "info" | "informational" | "information" | "low" | "notice" | "none" | "p4" | "p5"
+            | "sev4" | "sev-4" | "debug" => Self::Info,
             _ => Self::Unknown,
         }
     }
@@ -120,11 +122,27 @@ pub struct SignalReceived {
 }
 
 impl SignalReceived {
+    /// The `Nats-Msg-Id` of this notification: tenant, source, fingerprint, status and
+    /// `startsAt`, so a re-sent webhook is dropped by the stream while a resolve is not.
+    pub fn message_id(&self, tenant: &str) -> String {
+        crate::message_id(&[
+            tenant,
+            self.source.as_str(),
+            &self.fingerprint,
+            self.status.as_str(),
+            &self
+                .starts_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        ])
+    }
+
     /// The id of the alert instance this notification is about: the same for every
     /// notification of one tenant's fingerprint firing from one `starts_at`, whatever the order
     /// or number of notifications, so replays give the same ids.
     pub fn instance_id(&self, tenant: &str) -> Uuid {
-        let starts_at = self.starts_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let starts_at = self
+            .starts_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let digest = crate::message_id(&["signal", tenant, &self.fingerprint, &starts_at]);
         let mut bytes = [0u8; 16];
         for (i, byte) in bytes.iter_mut().enumerate() {
@@ -181,7 +199,9 @@ impl EventPayload for WebhookTokenRevoked {
 }
 
 /// A role in a tenant, ordered by what it may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -196,7 +216,9 @@ impl std::str::FromStr for Role {
             "viewer" => Ok(Self::Viewer),
             "engineer" => Ok(Self::Engineer),
             "admin" => Ok(Self::Admin),
-            other => Err(format!("unknown role {other:?}: expected viewer, engineer or admin")),
+            other => Err(format!(
+                "unknown role {other:?}: expected viewer, engineer or admin"
+            )),
         }
     }
 }

@@ -16,7 +16,15 @@ pub const TASKS: &str = "TASKS";
 pub const DEADLETTERS: &str = "DEADLETTERS";
 
 /// Every stream the system defines, in the order they are provisioned.
-pub const ALL_STREAMS: [&str; 7] = [SIGNALS, TENANTS, INCIDENTS, QUERIES, TELEMETRY, TASKS, DEADLETTERS];
+pub const ALL_STREAMS: [&str; 7] = [
+    SIGNALS,
+    TENANTS,
+    INCIDENTS,
+    QUERIES,
+    TELEMETRY,
+    TASKS,
+    DEADLETTERS,
+];
 
 /// Filter matching every subject of a stream (`signals.>`).
 pub fn all(stream: &str) -> String {
@@ -65,7 +73,10 @@ mod tests {
         assert_eq!(signal("acme", "alertmanager"), "signals.acme.alertmanager");
         assert_eq!(tenant("acme"), "tenants.acme.tenant");
         assert_eq!(tenant_tokens("acme"), "tenants.acme.tokens");
-        assert_eq!(dead_letter("acme", "projector-signals"), "deadletters.acme.projector-signals");
+        assert_eq!(
+            dead_letter("acme", "projector-signals"),
+            "deadletters.acme.projector-signals"
+        );
         assert_eq!(all(SIGNALS), "signals.>");
     }
 }

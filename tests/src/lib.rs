@@ -6,12 +6,7 @@
 //! creating test databases (default `postgres://postgres@127.0.0.1:5432/postgres`).
 //! nats-server: found on PATH or in /usr/sbin.
 
-use std::{
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use copilot::app::{App, Services};
 use copilot_events::Role;
@@ -25,104 +20,19 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
-/// A nats-server with JetStream of this test's own.
-pub struct NatsServer {
-    child: Option<Child>,
-    pub port: u16,
-    store: tempfile::TempDir,
+pub use copilot::local::{EphemeralNats as NatsServer, ScratchDatabase as TestDb};
+
+/// Admin URL of the Postgres server tests create their databases on.
+pub fn admin_database_url() -> String {
+    std::env::var("COPILOT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-impl NatsServer {
-    pub async fn start() -> Self {
-        let port = free_port();
-        let store = tempfile::tempdir().expect("temp dir");
-        let mut server = Self { child: None, port, store };
-        server.spawn().await;
-        server
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) {
-        let bin = ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).status().is_ok())
-            .expect("nats-server is not installed (Debian: apt-get install nats-server)");
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting nats-server");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("nats-server did not listen on {} within 5s", self.port);
-    }
-
-    /// Kills the server, as a crash would.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port with the same store.
-    pub async fn restart(&mut self) {
-        self.stop();
-        self.spawn().await;
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A Postgres database of this test's own.
-pub struct TestDb {
-    admin_url: String,
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn create() -> Self {
-        let admin_url = std::env::var("COPILOT_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let name = format!("copilot_test_{}", uuid::Uuid::new_v4().simple());
-        copilot_store::ensure_database(&admin_url, &name)
-            .await
-            .unwrap_or_else(|e| panic!("creating test database on {admin_url}: {e}"));
-        let (base, _) = admin_url.rsplit_once('/').expect("a database URL ends in /<db>");
-        let url = format!("{base}/{name}");
-        Self { admin_url, name, url }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(copilot_store::drop_database(&admin_url, &name))
-        })
-        .join();
-    }
+/// A database of the test's own.
+pub async fn test_db() -> TestDb {
+    TestDb::create(&admin_database_url(), "copilot_test")
+        .await
+        .expect("creating a test database")
 }
 
 /// A tenant of the test system with its credentials.
@@ -165,11 +75,13 @@ impl TestApp {
 
     pub async fn spawn_with(services: Services, tweak: impl FnOnce(&mut Settings)) -> Self {
         copilot_runtime::telemetry::init(copilot_runtime::telemetry::LogFormat::Text);
-        let nats = NatsServer::start().await;
-        let db = TestDb::create().await;
+        let nats = NatsServer::start().await.expect("starting nats-server");
+        let db = test_db().await;
         let mut settings = settings(&nats, &db);
         tweak(&mut settings);
-        let app = App::start(settings, services).await.expect("starting the app");
+        let app = App::start(settings, services)
+            .await
+            .expect("starting the app");
         let url = app.url();
         let acme = tenant(&app, "acme").await;
         let globex = tenant(&app, "globex").await;
@@ -189,7 +101,12 @@ impl TestApp {
     }
 
     /// Posts a webhook body with a bearer token.
-    pub async fn post_webhook(&self, source: &str, token: &str, body: Vec<u8>) -> reqwest::Response {
+    pub async fn post_webhook(
+        &self,
+        source: &str,
+        token: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/webhooks/{source}", self.url))
             .bearer_auth(token)
@@ -212,7 +129,12 @@ impl TestApp {
 
     /// Messages in a stream now.
     pub async fn stream_messages(&self, stream: &str) -> u64 {
-        let mut stream = self.ctx().js.get_stream(stream).await.expect("stream exists");
+        let mut stream = self
+            .ctx()
+            .js
+            .get_stream(stream)
+            .await
+            .expect("stream exists");
         stream.info().await.expect("stream info").state.messages
     }
 
@@ -220,24 +142,43 @@ impl TestApp {
     pub async fn settle(&self, projection: copilot_projector::Projection) {
         let target = self.stream_last_seq(projection.stream()).await;
         wait_until(Duration::from_secs(20), || async {
-            self.ctx().store.read_checkpoint(projection.name()).await.unwrap() >= target
+            self.ctx()
+                .store
+                .read_checkpoint(projection.name())
+                .await
+                .unwrap()
+                >= target
         })
         .await;
     }
 
     pub async fn stream_last_seq(&self, stream: &str) -> u64 {
-        let mut stream = self.ctx().js.get_stream(stream).await.expect("stream exists");
-        stream.info().await.expect("stream info").state.last_sequence
+        let mut stream = self
+            .ctx()
+            .js
+            .get_stream(stream)
+            .await
+            .expect("stream exists");
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence
     }
 }
 
 async fn tenant(app: &App, slug: &str) -> TestTenant {
-    let created = copilot::cli::create_tenant(&app.ctx, slug, slug, "test").await.expect("creating tenant");
+    let created = copilot::cli::create_tenant(&app.ctx, slug, slug, "test")
+        .await
+        .expect("creating tenant");
     TestTenant {
         slug: slug.to_owned(),
         webhook_token: created.webhook_token,
         token_id: created.token_id,
-        viewer_jwt: app.jwt.issue("tester", slug, Role::Viewer, Duration::from_secs(600)),
+        viewer_jwt: app
+            .jwt
+            .issue("tester", slug, Role::Viewer, Duration::from_secs(600)),
     }
 }
 
@@ -249,7 +190,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

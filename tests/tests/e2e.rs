@@ -11,10 +11,26 @@ use copilot_store::ReadModel;
 use serde_json::Value;
 
 const FIXTURES: [(&str, &str, usize); 7] = [
-    ("alertmanager", "alertmanager-v4-firing-2alerts-oncall.json", 2),
-    ("alertmanager", "alertmanager-v4-firing-1alert-alerta.json", 1),
-    ("alertmanager", "alertmanager-v4-firing-1alert-minimal-msteams.json", 1),
-    ("alertmanager", "alertmanager-v3-legacy-numeric-groupkey-alerta.json", 1),
+    (
+        "alertmanager",
+        "alertmanager-v4-firing-2alerts-oncall.json",
+        2,
+    ),
+    (
+        "alertmanager",
+        "alertmanager-v4-firing-1alert-alerta.json",
+        1,
+    ),
+    (
+        "alertmanager",
+        "alertmanager-v4-firing-1alert-minimal-msteams.json",
+        1,
+    ),
+    (
+        "alertmanager",
+        "alertmanager-v3-legacy-numeric-groupkey-alerta.json",
+        1,
+    ),
     ("grafana", "grafana-v1-firing-1alert-alerting-test.json", 1),
     ("grafana", "grafana-v1-firing-1alert-grafana12-keep.json", 1),
     ("grafana", "grafana-v1-firing-2alerts-docs.json", 2),
@@ -30,7 +46,9 @@ async fn every_upstream_fixture_becomes_signal_rows_readable_through_the_api() {
 
     let mut expected = 0;
     for (source, name, alerts) in FIXTURES {
-        let response = t.post_webhook(source, &t.acme.webhook_token, fixture(name)).await;
+        let response = t
+            .post_webhook(source, &t.acme.webhook_token, fixture(name))
+            .await;
         assert_eq!(response.status(), 202, "{name}");
         assert_eq!(json(response).await["accepted"], alerts, "{name}");
         expected += alerts;
@@ -40,16 +58,32 @@ async fn every_upstream_fixture_becomes_signal_rows_readable_through_the_api() {
     let page = json(t.get("/v1/signals?limit=100", &t.acme.viewer_jwt).await).await;
     let items = page["items"].as_array().unwrap();
     assert_eq!(items.len(), expected);
-    let keep = items.iter().find(|s| s["fingerprint"] == "c4edaaf9f9f839b0").expect("grafana 12 alert");
+    let keep = items
+        .iter()
+        .find(|s| s["fingerprint"] == "c4edaaf9f9f839b0")
+        .expect("grafana 12 alert");
     assert_eq!(keep["generator_url"], "https://grafana.example.com?orgId=1");
     assert_eq!(keep["source"], "grafana");
     assert_eq!(keep["values"]["B"], 22);
-    let legacy = items.iter().find(|s| s["group_key"] == "5615590933959184469").expect("v3 alert");
+    let legacy = items
+        .iter()
+        .find(|s| s["group_key"] == "5615590933959184469")
+        .expect("v3 alert");
     assert_eq!(legacy["severity"], "critical");
     assert_eq!(legacy["service"], "System");
 
-    let one = json(t.get(&format!("/v1/signals/{}", legacy["id"].as_str().unwrap()), &t.acme.viewer_jwt).await).await;
-    assert_eq!(one["raw"]["labels"]["instance"], "host2", "the raw alert is kept");
+    let one = json(
+        t.get(
+            &format!("/v1/signals/{}", legacy["id"].as_str().unwrap()),
+            &t.acme.viewer_jwt,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        one["raw"]["labels"]["instance"], "host2",
+        "the raw alert is kept"
+    );
 }
 
 #[tokio::test]
@@ -57,9 +91,17 @@ async fn a_resent_webhook_is_dropped_by_the_stream_and_makes_no_second_row() {
     let t = TestApp::spawn().await;
     let body = fixture("alertmanager-v4-firing-2alerts-oncall.json");
 
-    let first = json(t.post_webhook("alertmanager", &t.acme.webhook_token, body.clone()).await).await;
+    let first = json(
+        t.post_webhook("alertmanager", &t.acme.webhook_token, body.clone())
+            .await,
+    )
+    .await;
     let before = t.stream_messages(subjects::SIGNALS).await;
-    let second = json(t.post_webhook("alertmanager", &t.acme.webhook_token, body).await).await;
+    let second = json(
+        t.post_webhook("alertmanager", &t.acme.webhook_token, body)
+            .await,
+    )
+    .await;
     t.settle(Projection::Signals).await;
 
     assert_eq!(first["duplicates"], 0);
@@ -81,8 +123,15 @@ async fn a_resolved_notification_updates_the_row_it_resolves() {
         alert["endsAt"] = "2023-06-12T09:00:00Z".into();
     }
 
-    t.post_webhook("alertmanager", &t.acme.webhook_token, firing).await;
-    let response = t.post_webhook("alertmanager", &t.acme.webhook_token, serde_json::to_vec(&resolved).unwrap()).await;
+    t.post_webhook("alertmanager", &t.acme.webhook_token, firing)
+        .await;
+    let response = t
+        .post_webhook(
+            "alertmanager",
+            &t.acme.webhook_token,
+            serde_json::to_vec(&resolved).unwrap(),
+        )
+        .await;
     assert_eq!(response.status(), 202);
     t.settle(Projection::Signals).await;
 
@@ -100,46 +149,162 @@ async fn a_resolved_notification_updates_the_row_it_resolves() {
 async fn bad_input_is_refused_with_a_problem_body_and_appends_nothing() {
     let t = TestApp::spawn_with(Services::All, |s| s.max_body_bytes = 64 * 1024).await;
     let good = fixture("alertmanager-v4-firing-1alert-alerta.json");
-    let revoked = copilot::cli::create_tenant(t.ctx(), "initech", "Initech", "test").await.unwrap();
-    copilot_api::commands::revoke_webhook_token(&t.ctx().js, "initech", revoked.token_id, "test", Default::default())
+    let revoked = copilot::cli::create_tenant(t.ctx(), "initech", "Initech", "test")
         .await
         .unwrap();
-    copilot_projector::catch_up(t.ctx(), Projection::Tenants, Duration::from_secs(10)).await.unwrap();
+    copilot_api::commands::revoke_webhook_token(
+        &t.ctx().js,
+        "initech",
+        revoked.token_id,
+        "test",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    copilot_projector::catch_up(t.ctx(), Projection::Tenants, Duration::from_secs(10))
+        .await
+        .unwrap();
     let before = t.stream_messages(subjects::SIGNALS).await;
     let url = format!("{}/v1/webhooks/alertmanager", t.url);
     let token = t.acme.webhook_token.as_str();
     let post = || t.http.post(&url);
-    let huge = alertmanager_payload("firing", &vec![("Big", "svc", "warning", "2026-01-01T00:00:00Z"); 1000]);
+    let huge = alertmanager_payload(
+        "firing",
+        &vec![("Big", "svc", "warning", "2026-01-01T00:00:00Z"); 1000],
+    );
 
     let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
-        ("malformed JSON", post().bearer_auth(token).header("content-type", "application/json").body("{\"alerts\": [}"), 400),
-        ("truncated JSON", post().bearer_auth(token).header("content-type", "application/json").body(good[..good.len() / 2].to_vec()), 400),
-        ("wrong content type", post().bearer_auth(token).header("content-type", "text/plain").body(good.clone()), 415),
-        ("no content type", post().bearer_auth(token).body(good.clone()), 415),
-        ("body over the limit", post().bearer_auth(token).header("content-type", "application/json").body(huge), 413),
-        ("no token", post().header("content-type", "application/json").body(good.clone()), 401),
-        ("wrong token", post().bearer_auth("cpw_not-a-token").header("content-type", "application/json").body(good.clone()), 401),
-        ("revoked token", post().bearer_auth(&revoked.webhook_token).header("content-type", "application/json").body(good.clone()), 401),
-        ("basic auth naming another tenant", post().basic_auth("globex", Some(token)).header("content-type", "application/json").body(good.clone()), 401),
-        ("a Grafana payload on the Alertmanager route", post().bearer_auth(token).header("content-type", "application/json").body(fixture("grafana-v1-firing-2alerts-docs.json")), 422),
-        ("no alerts", post().bearer_auth(token).header("content-type", "application/json").body(r#"{"version":"4","alerts":[]}"#), 422),
-        ("alert without startsAt", post().bearer_auth(token).header("content-type", "application/json").body(r#"{"version":"4","alerts":[{"labels":{"a":"b"}}]}"#), 422),
+        (
+            "malformed JSON",
+            post()
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body("{\"alerts\": [}"),
+            400,
+        ),
+        (
+            "truncated JSON",
+            post()
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(good[..good.len() / 2].to_vec()),
+            400,
+        ),
+        (
+            "wrong content type",
+            post()
+                .bearer_auth(token)
+                .header("content-type", "text/plain")
+                .body(good.clone()),
+            415,
+        ),
+        (
+            "no content type",
+            post().bearer_auth(token).body(good.clone()),
+            415,
+        ),
+        (
+            "body over the limit",
+            post()
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(huge),
+            413,
+        ),
+        (
+            "no token",
+            post()
+                .header("content-type", "application/json")
+                .body(good.clone()),
+            401,
+        ),
+        (
+            "wrong token",
+            post()
+                .bearer_auth("cpw_not-a-token")
+                .header("content-type", "application/json")
+                .body(good.clone()),
+            401,
+        ),
+        (
+            "revoked token",
+            post()
+                .bearer_auth(&revoked.webhook_token)
+                .header("content-type", "application/json")
+                .body(good.clone()),
+            401,
+        ),
+        (
+            "basic auth naming another tenant",
+            post()
+                .basic_auth("globex", Some(token))
+                .header("content-type", "application/json")
+                .body(good.clone()),
+            401,
+        ),
+        (
+            "a Grafana payload on the Alertmanager route",
+            post()
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(fixture("grafana-v1-firing-2alerts-docs.json")),
+            422,
+        ),
+        (
+            "no alerts",
+            post()
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(r#"{"version":"4","alerts":[]}"#),
+            422,
+        ),
+        (
+            "alert without startsAt",
+            post()
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(r#"{"version":"4","alerts":[{"labels":{"a":"b"}}]}"#),
+            422,
+        ),
     ];
     let count = cases.len();
     for (name, request, status) in cases {
         let response = request.send().await.unwrap();
         assert_eq!(response.status().as_u16(), status, "{name}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json", "{name}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{name}"
+        );
         let problem = json(response).await;
         for field in ["type", "title", "detail"] {
-            assert!(problem[field].is_string(), "{name}: problem body lacks {field}: {problem}");
+            assert!(
+                problem[field].is_string(),
+                "{name}: problem body lacks {field}: {problem}"
+            );
         }
     }
 
     assert_eq!(count, 12);
-    assert_eq!(t.stream_messages(subjects::SIGNALS).await, before, "nothing was appended");
-    let ok = t.http.post(&url).basic_auth("acme", Some(token)).header("content-type", "application/json").body(good).send().await.unwrap();
-    assert_eq!(ok.status(), 202, "basic auth with the tenant as user works and the service still serves");
+    assert_eq!(
+        t.stream_messages(subjects::SIGNALS).await,
+        before,
+        "nothing was appended"
+    );
+    let ok = t
+        .http
+        .post(&url)
+        .basic_auth("acme", Some(token))
+        .header("content-type", "application/json")
+        .body(good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.status(),
+        202,
+        "basic auth with the tenant as user works and the service still serves"
+    );
 }
 
 #[tokio::test]
@@ -148,22 +313,31 @@ async fn a_stopped_nats_server_yields_503_with_retry_after_and_service_resumes_a
     let body = fixture("alertmanager-v4-firing-1alert-alerta.json");
 
     t.nats.stop();
-    let refused = t.post_webhook("alertmanager", &t.acme.webhook_token, body.clone()).await;
+    let refused = t
+        .post_webhook("alertmanager", &t.acme.webhook_token, body.clone())
+        .await;
 
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "5");
     assert_eq!(t.get("/readyz", "").await.status(), 503);
 
-    t.nats.restart().await;
+    t.nats.restart().await.unwrap();
     let mut accepted = false;
     for _ in 0..100 {
-        if t.post_webhook("alertmanager", &t.acme.webhook_token, body.clone()).await.status() == 202 {
+        if t.post_webhook("alertmanager", &t.acme.webhook_token, body.clone())
+            .await
+            .status()
+            == 202
+        {
             accepted = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(accepted, "the gateway takes webhooks again once NATS is back");
+    assert!(
+        accepted,
+        "the gateway takes webhooks again once NATS is back"
+    );
     t.settle(Projection::Signals).await;
     assert_eq!(t.ctx().store.signal_totals("acme").await.unwrap(), (1, 1));
 }
@@ -171,25 +345,42 @@ async fn a_stopped_nats_server_yields_503_with_retry_after_and_service_resumes_a
 #[tokio::test]
 async fn a_projector_killed_mid_batch_and_restarted_leaves_the_rows_of_a_clean_rebuild() {
     let t = TestApp::spawn_with(Services::HttpOnly, |s| s.projector_batch = 7).await;
-    copilot_projector::catch_up(t.ctx(), Projection::Tenants, Duration::from_secs(10)).await.unwrap();
+    copilot_projector::catch_up(t.ctx(), Projection::Tenants, Duration::from_secs(10))
+        .await
+        .unwrap();
     let mut notifications = 0;
     for round in 0..3 {
         for batch in 0..20 {
-            let alerts: Vec<(String, String)> =
-                (0..10).map(|i| (format!("Alert{batch}x{i}"), format!("svc{}", i % 4))).collect();
+            let alerts: Vec<(String, String)> = (0..10)
+                .map(|i| (format!("Alert{batch}x{i}"), format!("svc{}", i % 4)))
+                .collect();
             let alerts: Vec<(&str, &str, &str, &str)> = alerts
                 .iter()
-                .map(|(name, svc)| (name.as_str(), svc.as_str(), "warning", "2026-11-22T08:00:00Z"))
+                .map(|(name, svc)| {
+                    (
+                        name.as_str(),
+                        svc.as_str(),
+                        "warning",
+                        "2026-11-22T08:00:00Z",
+                    )
+                })
                 .collect();
             let status = if round == 2 { "resolved" } else { "firing" };
-            let mut body: Value = serde_json::from_slice(&alertmanager_payload(status, &alerts)).unwrap();
+            let mut body: Value =
+                serde_json::from_slice(&alertmanager_payload(status, &alerts)).unwrap();
             if round == 1 {
                 // A repeat of round 0 with another startsAt: new alert instances.
                 for alert in body["alerts"].as_array_mut().unwrap() {
                     alert["startsAt"] = "2026-11-22T09:00:00Z".into();
                 }
             }
-            let response = t.post_webhook("alertmanager", &t.acme.webhook_token, serde_json::to_vec(&body).unwrap()).await;
+            let response = t
+                .post_webhook(
+                    "alertmanager",
+                    &t.acme.webhook_token,
+                    serde_json::to_vec(&body).unwrap(),
+                )
+                .await;
             assert_eq!(response.status(), 202);
             notifications += 10;
         }
@@ -198,7 +389,10 @@ async fn a_projector_killed_mid_batch_and_restarted_leaves_the_rows_of_a_clean_r
 
     // Kill the projector three times while it is part way through.
     for kill in 0..3 {
-        let task = tokio::spawn(copilot_projector::serve(t.ctx().clone(), Default::default()));
+        let task = tokio::spawn(copilot_projector::serve(
+            t.ctx().clone(),
+            Default::default(),
+        ));
         let floor = t.ctx().store.read_checkpoint("signals").await.unwrap();
         wait_until(Duration::from_secs(20), || async {
             t.ctx().store.read_checkpoint("signals").await.unwrap() > floor
@@ -207,38 +401,70 @@ async fn a_projector_killed_mid_batch_and_restarted_leaves_the_rows_of_a_clean_r
         task.abort();
         let _ = task.await;
         let reached = t.ctx().store.read_checkpoint("signals").await.unwrap();
-        assert!(reached < target || kill > 0, "the first kill lands before the end");
+        assert!(
+            reached < target || kill > 0,
+            "the first kill lands before the end"
+        );
     }
-    let task = tokio::spawn(copilot_projector::serve(t.ctx().clone(), Default::default()));
+    let task = tokio::spawn(copilot_projector::serve(
+        t.ctx().clone(),
+        Default::default(),
+    ));
     t.settle(Projection::Signals).await;
     task.abort();
     let _ = task.await;
     let live = t.ctx().store.checksum(ReadModel::Signals).await.unwrap();
-    assert_eq!(t.ctx().store.signal_totals("acme").await.unwrap(), (400, notifications));
+    assert_eq!(
+        t.ctx().store.signal_totals("acme").await.unwrap(),
+        (400, notifications)
+    );
 
     // A clean run: a fresh database rebuilt from the stream by an uninterrupted projector.
-    let rebuilt_db = copilot_e2e::TestDb::create().await;
-    let rebuilt = copilot_runtime::Context::connect(copilot_e2e::settings(&t.nats, &rebuilt_db), "rebuild").await.unwrap();
+    let rebuilt_db = copilot_e2e::test_db().await;
+    let rebuilt =
+        copilot_runtime::Context::connect(copilot_e2e::settings(&t.nats, &rebuilt_db), "rebuild")
+            .await
+            .unwrap();
     rebuilt.store.migrate().await.unwrap();
-    copilot_projector::catch_up(&rebuilt, Projection::Signals, Duration::from_secs(30)).await.unwrap();
+    copilot_projector::catch_up(&rebuilt, Projection::Signals, Duration::from_secs(30))
+        .await
+        .unwrap();
 
-    assert_eq!(rebuilt.store.checksum(ReadModel::Signals).await.unwrap(), live);
+    assert_eq!(
+        rebuilt.store.checksum(ReadModel::Signals).await.unwrap(),
+        live
+    );
 }
 
 #[tokio::test]
 async fn a_token_of_one_tenant_never_reads_another_tenants_signals() {
     let t = TestApp::spawn().await;
-    t.post_webhook("alertmanager", &t.globex.webhook_token, fixture("alertmanager-v4-firing-1alert-alerta.json")).await;
+    t.post_webhook(
+        "alertmanager",
+        &t.globex.webhook_token,
+        fixture("alertmanager-v4-firing-1alert-alerta.json"),
+    )
+    .await;
     t.settle(Projection::Signals).await;
     let globex_page = json(t.get("/v1/signals", &t.globex.viewer_jwt).await).await;
-    let id = globex_page["items"][0]["id"].as_str().expect("globex sees its signal").to_owned();
+    let id = globex_page["items"][0]["id"]
+        .as_str()
+        .expect("globex sees its signal")
+        .to_owned();
 
-    let as_acme = t.get(&format!("/v1/signals/{id}"), &t.acme.viewer_jwt).await;
+    let as_acme = t
+        .get(&format!("/v1/signals/{id}"), &t.acme.viewer_jwt)
+        .await;
     let acme_page = json(t.get("/v1/signals", &t.acme.viewer_jwt).await).await;
 
     assert_eq!(as_acme.status(), 404);
     assert_eq!(acme_page["items"].as_array().unwrap().len(), 0);
-    assert_eq!(t.get(&format!("/v1/signals/{id}"), &t.globex.viewer_jwt).await.status(), 200);
+    assert_eq!(
+        t.get(&format!("/v1/signals/{id}"), &t.globex.viewer_jwt)
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -254,17 +480,48 @@ async fn the_signal_list_filters_and_pages_newest_first() {
             ("E", "search", "critical", "2026-11-22T05:00:00Z"),
         ],
     );
-    t.post_webhook("alertmanager", &t.acme.webhook_token, firing).await;
-    t.post_webhook("alertmanager", &t.acme.webhook_token, alertmanager_payload("resolved", &[("E", "search", "critical", "2026-11-22T05:00:00Z")])).await;
+    t.post_webhook("alertmanager", &t.acme.webhook_token, firing)
+        .await;
+    t.post_webhook(
+        "alertmanager",
+        &t.acme.webhook_token,
+        alertmanager_payload(
+            "resolved",
+            &[("E", "search", "critical", "2026-11-22T05:00:00Z")],
+        ),
+    )
+    .await;
     t.settle(Projection::Signals).await;
     let titles = |page: &Value| -> Vec<String> {
-        page["items"].as_array().unwrap().iter().map(|i| i["labels"]["alertname"].as_str().unwrap().to_owned()).collect()
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["labels"]["alertname"].as_str().unwrap().to_owned())
+            .collect()
     };
 
     let first = json(t.get("/v1/signals?limit=2", &t.acme.viewer_jwt).await).await;
     let cursor = first["next_cursor"].as_str().unwrap().to_owned();
-    let second = json(t.get(&format!("/v1/signals?limit=2&cursor={cursor}"), &t.acme.viewer_jwt).await).await;
-    let last = json(t.get(&format!("/v1/signals?limit=2&cursor={}", second["next_cursor"].as_str().unwrap()), &t.acme.viewer_jwt).await).await;
+    let second = json(
+        t.get(
+            &format!("/v1/signals?limit=2&cursor={cursor}"),
+            &t.acme.viewer_jwt,
+        )
+        .await,
+    )
+    .await;
+    let last = json(
+        t.get(
+            &format!(
+                "/v1/signals?limit=2&cursor={}",
+                second["next_cursor"].as_str().unwrap()
+            ),
+            &t.acme.viewer_jwt,
+        )
+        .await,
+    )
+    .await;
 
     assert_eq!(titles(&first), ["E", "D"]);
     assert_eq!(titles(&second), ["C", "B"]);
@@ -275,15 +532,35 @@ async fn the_signal_list_filters_and_pages_newest_first() {
         let t = &t;
         async move { t.get(&path, &t.acme.viewer_jwt).await }
     };
-    assert_eq!(titles(&json(q("severity=critical&status=firing").await).await), ["C", "A"]);
+    assert_eq!(
+        titles(&json(q("severity=critical&status=firing").await).await),
+        ["C", "A"]
+    );
     assert_eq!(titles(&json(q("service=checkout").await).await), ["B", "A"]);
     assert_eq!(titles(&json(q("status=resolved").await).await), ["E"]);
-    assert_eq!(titles(&json(q("since=2026-11-22T02:00:00Z&until=2026-11-22T04:00:00Z").await).await), ["C", "B"]);
-    assert_eq!(titles(&json(q("source=grafana").await).await), Vec::<String>::new());
-    for bad in ["status=burning", "severity=huge", "limit=0", "limit=501", "cursor=abc", "since=yesterday", "tenant=globex"] {
+    assert_eq!(
+        titles(&json(q("since=2026-11-22T02:00:00Z&until=2026-11-22T04:00:00Z").await).await),
+        ["C", "B"]
+    );
+    assert_eq!(
+        titles(&json(q("source=grafana").await).await),
+        Vec::<String>::new()
+    );
+    for bad in [
+        "status=burning",
+        "severity=huge",
+        "limit=0",
+        "limit=501",
+        "cursor=abc",
+        "since=yesterday",
+        "tenant=globex",
+    ] {
         let response = q(bad).await;
         assert_eq!(response.status(), 400, "{bad}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
     }
 }
 
@@ -292,45 +569,102 @@ async fn the_read_api_refuses_missing_forged_and_expired_tokens() {
     let t = TestApp::spawn().await;
     let forged = copilot_runtime::auth::Jwt::hs256(&[1u8; 32], "copilot", "copilot-api")
         .unwrap()
-        .issue("m", "acme", copilot_events::Role::Admin, Duration::from_secs(60));
-    let expired = t.app.as_ref().unwrap().jwt.issue("m", "acme", copilot_events::Role::Admin, Duration::ZERO);
+        .issue(
+            "m",
+            "acme",
+            copilot_events::Role::Admin,
+            Duration::from_secs(60),
+        );
+    let expired =
+        t.app
+            .as_ref()
+            .unwrap()
+            .jwt
+            .issue("m", "acme", copilot_events::Role::Admin, Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(10)).await;
 
-    assert_eq!(t.http.get(format!("{}/v1/signals", t.url)).send().await.unwrap().status(), 401);
+    assert_eq!(
+        t.http
+            .get(format!("{}/v1/signals", t.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     assert_eq!(t.get("/v1/signals", &forged).await.status(), 401);
     assert_eq!(t.get("/v1/signals", "not.a.jwt").await.status(), 401);
     let strict_expired = {
         // The API allows 30 s of clock skew, so an expired token is one from well before that.
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let claims = serde_json::json!({"sub":"m","tenant":"acme","role":"admin","iss":"copilot","aud":"copilot-api","iat":now-120,"exp":now-60});
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(copilot_e2e::JWT_SECRET.as_bytes())).unwrap()
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(copilot_e2e::JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
     };
     assert_eq!(t.get("/v1/signals", &strict_expired).await.status(), 401);
-    assert_eq!(t.get("/v1/signals", &expired).await.status(), 200, "within the leeway");
+    assert_eq!(
+        t.get("/v1/signals", &expired).await.status(),
+        200,
+        "within the leeway"
+    );
 }
 
 #[tokio::test]
 async fn a_poison_event_is_parked_and_the_events_behind_it_are_projected() {
     let t = TestApp::spawn().await;
     let js = &t.ctx().js;
-    js.publish("signals.acme.alertmanager", "not an envelope".into()).await.unwrap().await.unwrap();
+    js.publish("signals.acme.alertmanager", "not an envelope".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let wrong_tenant = copilot_events::Envelope::new(
         "globex",
-        &copilot_events::TenantCreated { slug: "globex".into(), name: "x".into(), created_by: "x".into() },
+        &copilot_events::TenantCreated {
+            slug: "globex".into(),
+            name: "x".into(),
+            created_by: "x".into(),
+        },
         chrono::Utc::now(),
         Default::default(),
     );
-    js.publish("signals.acme.alertmanager", wrong_tenant.to_bytes().into()).await.unwrap().await.unwrap();
-    let parked_before = copilot_runtime::metrics::Metrics::global().events_dead_lettered_total.with_label_values(&["signals"]).get();
+    js.publish("signals.acme.alertmanager", wrong_tenant.to_bytes().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let parked_before = copilot_runtime::metrics::Metrics::global()
+        .events_dead_lettered_total
+        .with_label_values(&["signals"])
+        .get();
 
-    let response = t.post_webhook("alertmanager", &t.acme.webhook_token, fixture("alertmanager-v4-firing-2alerts-oncall.json")).await;
+    let response = t
+        .post_webhook(
+            "alertmanager",
+            &t.acme.webhook_token,
+            fixture("alertmanager-v4-firing-2alerts-oncall.json"),
+        )
+        .await;
     assert_eq!(response.status(), 202);
     t.settle(Projection::Signals).await;
 
     assert_eq!(t.ctx().store.signal_totals("acme").await.unwrap(), (2, 2));
-    assert_eq!(t.ctx().store.count_dead_letters("signals").await.unwrap(), 2);
+    assert_eq!(
+        t.ctx().store.count_dead_letters("signals").await.unwrap(),
+        2
+    );
     assert_eq!(t.stream_messages(subjects::DEADLETTERS).await, 2);
-    let parked_after = copilot_runtime::metrics::Metrics::global().events_dead_lettered_total.with_label_values(&["signals"]).get();
+    let parked_after = copilot_runtime::metrics::Metrics::global()
+        .events_dead_lettered_total
+        .with_label_values(&["signals"])
+        .get();
     assert!(parked_after >= parked_before + 2);
 }
 
@@ -352,25 +686,61 @@ async fn the_request_id_travels_from_the_webhook_into_the_event_and_the_row() {
     let generated = t.get("/healthz", "").await;
 
     assert_eq!(response.headers()["x-request-id"], "req-e2e-42");
-    assert!(!generated.headers()["x-request-id"].is_empty(), "an id is generated when none is sent");
+    assert!(
+        !generated.headers()["x-request-id"].is_empty(),
+        "an id is generated when none is sent"
+    );
     use futures::StreamExt as _;
-    let message = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
-    assert_eq!(message.headers.as_ref().unwrap().get(subjects::HEADER_REQUEST_ID).unwrap().as_str(), "req-e2e-42");
+    let message = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        message
+            .headers
+            .as_ref()
+            .unwrap()
+            .get(subjects::HEADER_REQUEST_ID)
+            .unwrap()
+            .as_str(),
+        "req-e2e-42"
+    );
     let envelope = copilot_events::Envelope::from_slice(&message.payload).unwrap();
     assert_eq!(envelope.request_id.as_deref(), Some("req-e2e-42"));
     t.settle(Projection::Signals).await;
     let page = json(t.get("/v1/signals", &t.acme.viewer_jwt).await).await;
     let id: uuid::Uuid = page["items"][0]["id"].as_str().unwrap().parse().unwrap();
-    assert_eq!(t.ctx().store.signal_request_id("acme", id).await.unwrap().as_deref(), Some("req-e2e-42"));
+    assert_eq!(
+        t.ctx()
+            .store
+            .signal_request_id("acme", id)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("req-e2e-42")
+    );
 }
 
 #[tokio::test]
 async fn metrics_count_requests_appends_and_projections_by_route_and_stream() {
     let t = TestApp::spawn().await;
-    t.post_webhook("alertmanager", &t.acme.webhook_token, fixture("alertmanager-v4-firing-2alerts-oncall.json")).await;
+    t.post_webhook(
+        "alertmanager",
+        &t.acme.webhook_token,
+        fixture("alertmanager-v4-firing-2alerts-oncall.json"),
+    )
+    .await;
     t.settle(Projection::Signals).await;
 
-    let text = t.http.get(format!("{}/metrics", t.url)).send().await.unwrap().text().await.unwrap();
+    let text = t
+        .http
+        .get(format!("{}/metrics", t.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
 
     for expected in [
         r#"http_requests_total{method="POST",route="/v1/webhooks/alertmanager",status="202"}"#,
@@ -388,9 +758,18 @@ async fn metrics_count_requests_appends_and_projections_by_route_and_stream() {
 async fn creating_a_tenant_twice_is_refused_and_streams_apply_is_idempotent() {
     let t = TestApp::spawn().await;
 
-    let again = copilot_api::commands::create_tenant(&t.ctx().js, "acme", "Acme", "test", None).await;
+    let again =
+        copilot_api::commands::create_tenant(&t.ctx().js, "acme", "Acme", "test", None).await;
     let report = copilot_runtime::nats::provision(&t.ctx().js).await.unwrap();
 
-    assert!(matches!(again, Err(copilot_api::commands::CommandError::TenantExists(_))));
-    assert!(report.iter().all(|(_, applied)| *applied == copilot_runtime::nats::Applied::Unchanged), "{report:?}");
+    assert!(matches!(
+        again,
+        Err(copilot_api::commands::CommandError::TenantExists(_))
+    ));
+    assert!(
+        report
+            .iter()
+            .all(|(_, applied)| *applied == copilot_runtime::nats::Applied::Unchanged),
+        "{report:?}"
+    );
 }

@@ -4,7 +4,9 @@
 
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use chrono::Utc;
-use copilot_events::{Envelope, EventPayload, Headers, TenantCreated, WebhookTokenIssued, is_valid_slug, subjects};
+use copilot_events::{
+    Envelope, EventPayload, Headers, TenantCreated, WebhookTokenIssued, is_valid_slug, subjects,
+};
 use copilot_runtime::auth::NewWebhookToken;
 use uuid::Uuid;
 
@@ -40,7 +42,10 @@ pub async fn create_tenant(
         return Err(CommandError::InvalidSlug(slug.to_owned()));
     }
     let now = Utc::now();
-    let headers = Headers { request_id, ..Headers::default() };
+    let headers = Headers {
+        request_id,
+        ..Headers::default()
+    };
     let created = TenantCreated {
         slug: slug.to_owned(),
         name: name.to_owned(),
@@ -86,7 +91,9 @@ pub async fn issue_webhook_token(
         .payload(envelope.to_bytes().into())
         .header(subjects::HEADER_EVENT_TYPE, WebhookTokenIssued::TYPE)
         .message_id(envelope.id.to_string());
-    let seq = append(js, subjects::tenant_tokens(tenant), message).await.map_err(AppendError::unexpected)?;
+    let seq = append(js, subjects::tenant_tokens(tenant), message)
+        .await
+        .map_err(AppendError::unexpected)?;
     Ok((issued.token_id, token.secret, seq))
 }
 
@@ -105,7 +112,11 @@ impl AppendError {
     }
 }
 
-async fn append(js: &jetstream::Context, subject: String, message: PublishMessage) -> Result<u64, AppendError> {
+async fn append(
+    js: &jetstream::Context,
+    subject: String,
+    message: PublishMessage,
+) -> Result<u64, AppendError> {
     let ack = js
         .send_publish(subject, message)
         .await
@@ -133,7 +144,12 @@ pub async fn revoke_webhook_token(
     let envelope = Envelope::new(tenant, &revoked, Utc::now(), headers);
     let message = PublishMessage::build()
         .payload(envelope.to_bytes().into())
-        .header(subjects::HEADER_EVENT_TYPE, copilot_events::WebhookTokenRevoked::TYPE)
+        .header(
+            subjects::HEADER_EVENT_TYPE,
+            copilot_events::WebhookTokenRevoked::TYPE,
+        )
         .message_id(envelope.id.to_string());
-    append(js, subjects::tenant_tokens(tenant), message).await.map_err(AppendError::unexpected)
+    append(js, subjects::tenant_tokens(tenant), message)
+        .await
+        .map_err(AppendError::unexpected)
 }

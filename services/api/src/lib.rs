@@ -42,7 +42,9 @@ impl Caller {
         if self.0.role >= role {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!("this needs the {role:?} role or higher").to_lowercase()))
+            Err(ApiError::Forbidden(
+                format!("this needs the {role:?} role or higher").to_lowercase(),
+            ))
         }
     }
 }
@@ -60,8 +62,13 @@ where
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer <JWT>`".into()))?;
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                ApiError::Unauthorized("missing `Authorization: Bearer <JWT>`".into())
+            })?;
         let claims = jwt
             .verify(token.trim())
             .map_err(|_| ApiError::Unauthorized("the token is invalid or expired".into()))?;
@@ -81,6 +88,8 @@ pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let jwt = Arc::new(Jwt::from_settings(&settings)?);
     let ctx = Context::connect(settings, "api").await?;
-    let app = copilot_runtime::http::finish(router(ctx.clone(), jwt).merge(copilot_runtime::http::health_routes(ctx.clone())));
+    let app = copilot_runtime::http::finish(
+        router(ctx.clone(), jwt).merge(copilot_runtime::http::health_routes(ctx.clone())),
+    );
     copilot_runtime::http::serve(ctx.settings.listen, app, shutdown).await
 }

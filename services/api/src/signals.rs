@@ -71,7 +71,9 @@ pub async fn list(
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}")));
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
     }
     let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
     let mut items = api
@@ -82,14 +84,23 @@ pub async fn list(
         .map_err(|e| ApiError::Internal(e.into()))?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
-        items.last().map(|s| encode_cursor(SignalCursor { starts_at: s.starts_at, id: s.id }))
+        items.last().map(|s| {
+            encode_cursor(SignalCursor {
+                starts_at: s.starts_at,
+                id: s.id,
+            })
+        })
     } else {
         None
     };
     Ok(Json(Page { items, next_cursor }))
 }
 
-pub async fn get(State(api): State<Api>, caller: Caller, Path(id): Path<String>) -> Result<Json<SignalView>, ApiError> {
+pub async fn get(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SignalView>, ApiError> {
     caller.require(Role::Viewer)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     api.ctx
@@ -102,17 +113,27 @@ pub async fn get(State(api): State<Api>, caller: Caller, Path(id): Path<String>)
 }
 
 fn encode_cursor(cursor: SignalCursor) -> String {
-    let text = format!("{}|{}", cursor.starts_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true), cursor.id);
+    let text = format!(
+        "{}|{}",
+        cursor
+            .starts_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        cursor.id
+    );
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
 fn decode_cursor(text: &str) -> Result<SignalCursor, ApiError> {
     let invalid = || ApiError::BadRequest("cursor is not one this API returned".into());
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (at, id) = text.split_once('|').ok_or_else(invalid)?;
     Ok(SignalCursor {
-        starts_at: DateTime::parse_from_rfc3339(at).map_err(|_| invalid())?.with_timezone(&Utc),
+        starts_at: DateTime::parse_from_rfc3339(at)
+            .map_err(|_| invalid())?
+            .with_timezone(&Utc),
         id: Uuid::parse_str(id).map_err(|_| invalid())?,
     })
 }
@@ -129,6 +150,8 @@ mod tests {
         };
         assert_eq!(decode_cursor(&encode_cursor(cursor)).unwrap(), cursor);
         assert!(decode_cursor("not-a-cursor").is_err());
-        assert!(decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x|y")).is_err());
+        assert!(
+            decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x|y")).is_err()
+        );
     }
 }

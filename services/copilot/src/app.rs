@@ -37,12 +37,21 @@ impl App {
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind(ctx.settings.listen)
             .await
-            .with_context(|| format!("binding {} (is another copilot running? set COPILOT_LISTEN)", ctx.settings.listen))?;
+            .with_context(|| {
+                format!(
+                    "binding {} (is another copilot running? set COPILOT_LISTEN)",
+                    ctx.settings.listen
+                )
+            })?;
         let addr = listener.local_addr()?;
         let routes = copilot_gateway::router(ctx.clone())
             .merge(copilot_api::router(ctx.clone(), jwt.clone()))
             .merge(http::health_routes(ctx.clone()));
-        let http = tokio::spawn(http::serve_on(listener, http::finish(routes), shutdown.clone()));
+        let http = tokio::spawn(http::serve_on(
+            listener,
+            http::finish(routes),
+            shutdown.clone(),
+        ));
         let projector = (services == Services::All)
             .then(|| tokio::spawn(copilot_projector::serve(ctx.clone(), shutdown.clone())));
         Ok(Self {
@@ -62,7 +71,12 @@ impl App {
 
     /// Runs until `stop` is cancelled or a service fails, then stops everything.
     pub async fn run_until(self, stop: CancellationToken) -> anyhow::Result<()> {
-        let Self { http, projector, shutdown, .. } = self;
+        let Self {
+            http,
+            projector,
+            shutdown,
+            ..
+        } = self;
         let projector = async {
             match projector {
                 Some(handle) => handle.await,
@@ -90,7 +104,12 @@ impl App {
 
 /// Migrates the read models and applies the stream definitions: both idempotent, safe at every start.
 pub async fn prepare(ctx: &Context) -> anyhow::Result<()> {
-    ctx.store.migrate().await.context("migrating the read models")?;
-    copilot_runtime::nats::provision(&ctx.js).await.context("provisioning JetStream streams")?;
+    ctx.store
+        .migrate()
+        .await
+        .context("migrating the read models")?;
+    copilot_runtime::nats::provision(&ctx.js)
+        .await
+        .context("provisioning JetStream streams")?;
     Ok(())
 }

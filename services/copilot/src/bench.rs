@@ -1,10 +1,459 @@
-//! `copilot bench ingest`.
+//! `copilot bench ingest`: measures the ingest path on this machine against a nats-server and a
+//! Postgres database of its own (nothing of a running system is touched):
+//!
+//! 1. gateway: realistic Alertmanager notifications POSTed concurrently, alerts/s acknowledged
+//!    (every 202 means JetStream acked every alert of that webhook);
+//! 2. raw JetStream: the same events appended straight from this process with async-nats
+//!    (1024 acks in flight), and the gateway's share of that ceiling;
+//! 3. projector: the backlog of both folded into Postgres, events/s;
+//! 4. alert-to-row latency at steady rates: one webhook at a time on a fixed schedule, each timed
+//!    from send until the projector's checkpoint covers its last alert (read in a tight loop).
 
-use copilot_runtime::Settings;
+use std::time::{Duration, Instant};
 
-#[derive(clap::Args, Debug)]
-pub struct IngestArgs {}
+use anyhow::Context as _;
+use async_nats::jetstream::message::PublishMessage;
+use copilot_events::{Envelope, EventPayload, Headers, SignalReceived, SignalSource, subjects};
+use copilot_projector::Projection;
+use copilot_runtime::{Context, Settings};
+use futures::{StreamExt as _, stream::FuturesUnordered};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 
-pub async fn ingest(_settings: Settings, _args: IngestArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+use crate::{
+    app::{App, Services},
+    local::{EphemeralNats, ScratchDatabase},
+};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct IngestArgs {
+    /// Webhooks sent in the throughput phase
+    #[arg(long, default_value_t = 5_000)]
+    pub webhooks: usize,
+    /// Alerts per webhook (Alertmanager groups alerts into one notification)
+    #[arg(long, default_value_t = 10)]
+    pub alerts_per_webhook: usize,
+    /// Webhooks in flight at once in the throughput phase
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Steady rates (alerts/s) at which to measure alert-to-row latency
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    pub rates: Vec<u32>,
+    /// Seconds each latency rate runs
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Postgres server to create the scratch database on [default: DATABASE_URL's server, else postgres://postgres@127.0.0.1:5432/postgres]
+    #[arg(long, env = "COPILOT_BENCH_ADMIN_URL")]
+    pub admin_url: Option<String>,
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IngestReport {
+    pub alerts: usize,
+    pub gateway_alerts_per_sec: f64,
+    pub raw_jetstream_events_per_sec: f64,
+    pub gateway_share_of_raw: f64,
+    pub projector_events: u64,
+    pub projector_events_per_sec: f64,
+    pub latency: Vec<LatencyReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LatencyReport {
+    pub target_alerts_per_sec: u32,
+    pub achieved_alerts_per_sec: f64,
+    pub webhooks: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+pub async fn ingest(settings: Settings, args: IngestArgs) -> anyhow::Result<()> {
+    let admin_url = args
+        .admin_url
+        .clone()
+        .unwrap_or_else(|| match &settings.database_url {
+            Some(url) => crate::local::with_database(url, "postgres"),
+            None => "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+        });
+    let nats = EphemeralNats::start().await?;
+    let db = ScratchDatabase::create(&admin_url, "copilot_bench").await?;
+    eprintln!(
+        "bench: nats-server on {}, scratch database {}",
+        nats.url(),
+        db.name
+    );
+    let mut settings = settings;
+    settings.nats_url = Some(nats.url());
+    settings.database_url = Some(db.url.clone());
+    settings.listen = "127.0.0.1:0".parse()?;
+    settings
+        .jwt_secret
+        .get_or_insert_with(copilot_runtime::auth::generate_secret);
+    let report = run(settings, &args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+async fn run(settings: Settings, args: &IngestArgs) -> anyhow::Result<IngestReport> {
+    let app = App::start(settings, Services::HttpOnly).await?;
+    let ctx = app.ctx.clone();
+    let tenant = crate::cli::create_tenant(&ctx, "bench", "Bench", "bench").await?;
+    let url = format!("{}/v1/webhooks/alertmanager", app.url());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let alerts = args.webhooks * args.alerts_per_webhook;
+
+    // 1. Gateway throughput.
+    let bodies: Vec<Vec<u8>> = (0..args.webhooks)
+        .map(|i| notification(i, args.alerts_per_webhook, 0))
+        .collect();
+    let bar = progress(args.webhooks as u64, "gateway");
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut sent = bodies.into_iter();
+    loop {
+        while in_flight.len() < args.concurrency {
+            let Some(body) = sent.next() else { break };
+            let request = client
+                .post(&url)
+                .bearer_auth(&tenant.webhook_token)
+                .header("content-type", "application/json")
+                .body(body);
+            in_flight.push(async move { request.send().await });
+        }
+        let Some(result) = in_flight.next().await else {
+            break;
+        };
+        let response = result.context("posting a webhook")?;
+        anyhow::ensure!(
+            response.status() == 202,
+            "the gateway answered {}",
+            response.status()
+        );
+        bar.inc(1);
+    }
+    let gateway_secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    // 2. The same events straight to JetStream.
+    let events = raw_events(args.webhooks, args.alerts_per_webhook);
+    let bar = progress(events.len() as u64, "raw jetstream");
+    let started = Instant::now();
+    let mut acks = FuturesUnordered::new();
+    for (subject, id, payload) in events {
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(id);
+        acks.push(ctx.js.send_publish(subject, message).await?.into_future());
+        if acks.len() >= 1024 {
+            acks.next()
+                .await
+                .expect("not empty")
+                .context("raw append")?;
+            bar.inc(1);
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack.context("raw append")?;
+        bar.inc(1);
+    }
+    let raw_secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    // 3. Projector on the backlog.
+    let target = last_seq(&ctx).await?;
+    let bar = progress(target, "projector");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let projector = tokio::spawn(copilot_projector::serve(ctx.clone(), shutdown.clone()));
+    loop {
+        let at = ctx
+            .store
+            .read_checkpoint(Projection::Signals.name())
+            .await?;
+        bar.set_position(at);
+        if at >= target {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let projector_secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    // 4. Alert-to-row latency at steady rates, with the projector running.
+    let mut latency = Vec::new();
+    for (round, rate) in args.rates.iter().enumerate() {
+        latency.push(
+            steady(
+                &ctx,
+                &client,
+                &url,
+                &tenant.webhook_token,
+                *rate,
+                args,
+                round + 1,
+            )
+            .await?,
+        );
+    }
+    shutdown.cancel();
+    let _ = projector.await;
+    app.stop().await;
+
+    Ok(IngestReport {
+        alerts,
+        gateway_alerts_per_sec: alerts as f64 / gateway_secs,
+        raw_jetstream_events_per_sec: alerts as f64 / raw_secs,
+        gateway_share_of_raw: raw_secs / gateway_secs,
+        projector_events: target,
+        projector_events_per_sec: target as f64 / projector_secs,
+        latency,
+    })
+}
+
+async fn steady(
+    ctx: &Context,
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    rate: u32,
+    args: &IngestArgs,
+    round: usize,
+) -> anyhow::Result<LatencyReport> {
+    let per_webhook = args.alerts_per_webhook;
+    let interval = Duration::from_secs_f64(per_webhook as f64 / f64::from(rate));
+    let count = (u64::from(rate) * args.seconds / per_webhook as u64).max(1);
+    let base = last_seq(ctx).await?;
+    // (send instant, stream sequence of the webhook's last alert), in send order.
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, u64)>();
+    let watcher = {
+        let store = ctx.store.clone();
+        tokio::spawn(async move {
+            let mut histogram =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut waiting = std::collections::VecDeque::new();
+            let mut closed = false;
+            while !(closed && waiting.is_empty()) {
+                loop {
+                    match sent_rx.try_recv() {
+                        Ok(item) => waiting.push_back(item),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+                if waiting.is_empty() {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let at = store.read_checkpoint(Projection::Signals.name()).await?;
+                let now = Instant::now();
+                while let Some((sent, seq)) = waiting.front() {
+                    if *seq > at {
+                        break;
+                    }
+                    histogram
+                        .record(now.duration_since(*sent).as_micros().max(1) as u64)
+                        .ok();
+                    waiting.pop_front();
+                }
+            }
+            anyhow::Ok(histogram)
+        })
+    };
+    let bar = progress(count, &format!("latency @ {rate}/s"));
+    let started = Instant::now();
+    for i in 0..count {
+        let due = started + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let body = notification(i as usize, per_webhook, round);
+        let sent = Instant::now();
+        let response = client
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 202,
+            "the gateway answered {}",
+            response.status()
+        );
+        let _ = sent_tx.send((sent, base + (i + 1) * per_webhook as u64));
+        bar.inc(1);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(sent_tx);
+    let histogram = tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .context("the projector did not catch up within 60s")???;
+    bar.finish_and_clear();
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    Ok(LatencyReport {
+        target_alerts_per_sec: rate,
+        achieved_alerts_per_sec: (count * per_webhook as u64) as f64 / elapsed,
+        webhooks: count,
+        p50_ms: ms(histogram.value_at_quantile(0.50)),
+        p99_ms: ms(histogram.value_at_quantile(0.99)),
+        max_ms: ms(histogram.max()),
+    })
+}
+
+async fn last_seq(ctx: &Context) -> anyhow::Result<u64> {
+    Ok(ctx
+        .js
+        .get_stream(subjects::SIGNALS)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence)
+}
+
+const SERVICES: [&str; 20] = [
+    "checkout",
+    "payments",
+    "search",
+    "cart",
+    "catalog",
+    "auth",
+    "gateway",
+    "orders",
+    "inventory",
+    "shipping",
+    "email",
+    "notifications",
+    "recommendations",
+    "reviews",
+    "pricing",
+    "billing",
+    "profile",
+    "ads",
+    "media",
+    "reports",
+];
+const ALERTS: [(&str, &str); 5] = [
+    ("HighErrorRate", "critical"),
+    ("HighLatencyP99", "warning"),
+    ("PodCrashLooping", "critical"),
+    ("CPUThrottlingHigh", "info"),
+    ("KubeDeploymentReplicasMismatch", "warning"),
+];
+
+/// A realistic Alertmanager v4 notification: one group of `alerts` firing alerts for one
+/// service, each with the labels and annotations kube-prometheus rules carry. `salt` keeps
+/// alert instances of different runs apart.
+fn notification(index: usize, alerts: usize, salt: usize) -> Vec<u8> {
+    let service = SERVICES[index % SERVICES.len()];
+    let (alertname, severity) = ALERTS[(index / SERVICES.len()) % ALERTS.len()];
+    let alerts: Vec<_> = (0..alerts)
+        .map(|i| {
+            let pod = format!("{service}-{index:x}-{i}");
+            serde_json::json!({
+                "status": "firing",
+                "labels": {
+                    "alertname": alertname, "service": service, "severity": severity, "namespace": "prod",
+                    "pod": pod, "instance": format!("10.0.{}.{}:8080", index % 250, i), "job": service,
+                    "cluster": "eu-west-1", "prometheus": "monitoring/k8s", "run": salt.to_string(),
+                },
+                "annotations": {
+                    "summary": format!("{alertname} on {service}"),
+                    "description": format!("{pod} of {service} has been in {alertname} for more than 5 minutes."),
+                    "runbook_url": format!("https://runbooks.example.com/{alertname}"),
+                },
+                "startsAt": "2026-11-22T08:00:00.000Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": format!("http://prometheus:9090/graph?g0.expr=up%7Bjob%3D%22{service}%22%7D"),
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "version": "4", "status": "firing", "receiver": "copilot", "truncatedAlerts": 0,
+        "groupKey": format!("{{}}:{{alertname=\"{alertname}\", service=\"{service}\"}}"),
+        "groupLabels": {"alertname": alertname, "service": service},
+        "commonLabels": {"alertname": alertname, "service": service, "severity": severity},
+        "commonAnnotations": {}, "externalURL": "http://alertmanager:9093", "alerts": alerts,
+    }))
+    .expect("json serializes")
+}
+
+/// The events the gateway would append for the throughput phase's webhooks, for another tenant
+/// so they are new: `(subject, Nats-Msg-Id, envelope bytes)`.
+fn raw_events(webhooks: usize, per_webhook: usize) -> Vec<(String, String, Vec<u8>)> {
+    let tenant = "bench-raw";
+    let subject = subjects::signal(tenant, SignalSource::Alertmanager.as_str());
+    let now = chrono::Utc::now();
+    (0..webhooks)
+        .flat_map(|i| {
+            copilot_gateway::parse::parse(
+                SignalSource::Alertmanager,
+                &notification(i, per_webhook, 0),
+            )
+            .expect("bench payloads parse")
+        })
+        .map(|signal: SignalReceived| {
+            let id = signal.message_id(tenant);
+            let envelope = Envelope::new(tenant, &signal, now, Headers::default());
+            debug_assert_eq!(envelope.event_type, SignalReceived::TYPE);
+            (subject.clone(), id, envelope.to_bytes())
+        })
+        .collect()
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>18} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn print_report(r: &IngestReport) {
+    println!(
+        "ingest benchmark ({} alerts in realistic Alertmanager notifications)",
+        r.alerts
+    );
+    println!(
+        "  gateway, acked by JetStream   {:>10.0} alerts/s",
+        r.gateway_alerts_per_sec
+    );
+    println!(
+        "  raw JetStream append          {:>10.0} events/s",
+        r.raw_jetstream_events_per_sec
+    );
+    println!(
+        "  gateway / raw                 {:>10.2}",
+        r.gateway_share_of_raw
+    );
+    println!(
+        "  projector into Postgres       {:>10.0} events/s ({} events)",
+        r.projector_events_per_sec, r.projector_events
+    );
+    for l in &r.latency {
+        println!(
+            "  alert-to-row @ {:>5}/s (got {:>6.0}/s, {} webhooks)  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            l.target_alerts_per_sec,
+            l.achieved_alerts_per_sec,
+            l.webhooks,
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms
+        );
+    }
 }

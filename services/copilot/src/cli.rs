@@ -132,20 +132,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Streams { command: StreamsCommand::Apply } => {
+        Command::Streams {
+            command: StreamsCommand::Apply,
+        } => {
             let ctx = Context::connect(settings, "cli").await?;
             for (what, applied) in copilot_runtime::nats::provision(&ctx.js).await? {
                 println!("{what}: {applied:?}");
             }
             Ok(())
         }
-        Command::Tenants { command: TenantsCommand::Create { slug, name, json } } => {
+        Command::Tenants {
+            command: TenantsCommand::Create { slug, name, json },
+        } => {
             load_secret(&mut settings, false)?;
             let jwt = Jwt::from_settings(&settings)?;
             let ctx = Context::connect(settings, "cli").await?;
             app::prepare(&ctx).await?;
-            let created = create_tenant(&ctx, &slug, name.as_deref().unwrap_or(&slug), "cli").await?;
-            let admin = jwt.issue("cli", &slug, Role::Admin, Duration::from_secs(30 * 24 * 3600));
+            let created =
+                create_tenant(&ctx, &slug, name.as_deref().unwrap_or(&slug), "cli").await?;
+            let admin = jwt.issue(
+                "cli",
+                &slug,
+                Role::Admin,
+                Duration::from_secs(30 * 24 * 3600),
+            );
             if json {
                 println!(
                     "{}",
@@ -158,15 +168,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Token { command: TokenCommand::Issue { tenant, role, sub, ttl_hours } } => {
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    tenant,
+                    role,
+                    sub,
+                    ttl_hours,
+                },
+        } => {
             load_secret(&mut settings, false)?;
             let jwt = Jwt::from_settings(&settings)?;
             let ctx = Context::connect(settings, "cli").await?;
-            anyhow::ensure!(ctx.store.tenant_exists(&tenant).await?, "tenant {tenant:?} does not exist");
-            println!("{}", jwt.issue(&sub, &tenant, role, Duration::from_secs(ttl_hours * 3600)));
+            anyhow::ensure!(
+                ctx.store.tenant_exists(&tenant).await?,
+                "tenant {tenant:?} does not exist"
+            );
+            println!(
+                "{}",
+                jwt.issue(&sub, &tenant, role, Duration::from_secs(ttl_hours * 3600))
+            );
             Ok(())
         }
-        Command::Bench { command: BenchCommand::Ingest(args) } => crate::bench::ingest(settings, args).await,
+        Command::Bench {
+            command: BenchCommand::Ingest(args),
+        } => crate::bench::ingest(settings, args).await,
     }
 }
 
@@ -178,9 +204,13 @@ pub async fn create_tenant(
     actor: &str,
 ) -> anyhow::Result<copilot_api::commands::CreatedTenant> {
     let created = copilot_api::commands::create_tenant(&ctx.js, slug, name, actor, None).await?;
-    copilot_projector::catch_up(ctx, copilot_projector::Projection::Tenants, Duration::from_secs(30))
-        .await
-        .context("waiting for the tenant to be projected")?;
+    copilot_projector::catch_up(
+        ctx,
+        copilot_projector::Projection::Tenants,
+        Duration::from_secs(30),
+    )
+    .await
+    .context("waiting for the tenant to be projected")?;
     Ok(created)
 }
 
@@ -211,8 +241,8 @@ fn load_secret(settings: &mut Settings, create: bool) -> anyhow::Result<()> {
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -238,13 +268,20 @@ async fn up(mut settings: Settings) -> anyhow::Result<()> {
         let base = public_url.unwrap_or_else(|| app.url());
         let token_path = data_dir.join(DEFAULT_TOKEN_FILE);
         let token = if app.ctx.store.tenant_exists(DEFAULT_TENANT).await? {
-            std::fs::read_to_string(&token_path).ok().map(|t| t.trim().to_owned())
+            std::fs::read_to_string(&token_path)
+                .ok()
+                .map(|t| t.trim().to_owned())
         } else {
             let created = create_tenant(&app.ctx, DEFAULT_TENANT, "Default", "up").await?;
             write_private(&token_path, &created.webhook_token)?;
             Some(created.webhook_token)
         };
-        let jwt = app.jwt.issue("up", DEFAULT_TENANT, Role::Admin, Duration::from_secs(30 * 24 * 3600));
+        let jwt = app.jwt.issue(
+            "up",
+            DEFAULT_TENANT,
+            Role::Admin,
+            Duration::from_secs(30 * 24 * 3600),
+        );
         for note in &local.notes {
             eprintln!("{note}");
         }
@@ -257,7 +294,9 @@ async fn up(mut settings: Settings) -> anyhow::Result<()> {
 }
 
 fn banner(base: &str, token: Option<&str>, jwt: &str) -> String {
-    let token = token.unwrap_or("<the token printed at first start; `copilot tenants create` makes new tenants>");
+    let token = token.unwrap_or(
+        "<the token printed at first start; `copilot tenants create` makes new tenants>",
+    );
     format!(
         r#"
 copilot is up on {base}

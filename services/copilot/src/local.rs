@@ -30,24 +30,38 @@ impl Local {
     /// Fills in `NATS_URL` and `DATABASE_URL` when unset, starting what is missing.
     pub async fn resolve(settings: &mut Settings) -> anyhow::Result<Self> {
         let mut local = Local::default();
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
         let data_dir = std::fs::canonicalize(&settings.data_dir)?;
         if settings.nats_url.is_none() {
             if listening(NATS_ADDR).await {
-                local.notes.push(format!("NATS: reusing the server on {NATS_ADDR}"));
+                local
+                    .notes
+                    .push(format!("NATS: reusing the server on {NATS_ADDR}"));
             } else {
                 local.nats = Some(start_nats(&data_dir).await?);
-                local.notes.push(format!("NATS: started nats-server -js on {NATS_ADDR}, data in {}/nats", data_dir.display()));
+                local.notes.push(format!(
+                    "NATS: started nats-server -js on {NATS_ADDR}, data in {}/nats",
+                    data_dir.display()
+                ));
             }
             settings.nats_url = Some(format!("nats://{NATS_ADDR}"));
         }
         if settings.database_url.is_none() {
             if listening(PG_ADDR).await {
-                local.notes.push(format!("Postgres: reusing the server on {PG_ADDR}, database {DATABASE}"));
+                local.notes.push(format!(
+                    "Postgres: reusing the server on {PG_ADDR}, database {DATABASE}"
+                ));
             } else {
                 local.postgres = Some(start_postgres(&data_dir).await?);
-                local.notes.push(format!("Postgres: started a local cluster on {PG_ADDR}, data in {}/postgres", data_dir.display()));
+                local.notes.push(format!(
+                    "Postgres: started a local cluster on {PG_ADDR}, data in {}/postgres",
+                    data_dir.display()
+                ));
             }
             copilot_store::ensure_database(PG_ADMIN_URL, DATABASE).await.with_context(|| {
                 format!("creating database {DATABASE} on {PG_ADDR} as user postgres; set DATABASE_URL to use another server or user")
@@ -75,9 +89,12 @@ impl Local {
 
 async fn listening(addr: &str) -> bool {
     let addr: SocketAddr = addr.parse().expect("a literal address");
-    tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr))
-        .await
-        .is_ok_and(|r| r.is_ok())
+    tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
 }
 
 async fn wait_listening(addr: &str, what: &str, log: &Path) -> anyhow::Result<()> {
@@ -87,7 +104,10 @@ async fn wait_listening(addr: &str, what: &str, log: &Path) -> anyhow::Result<()
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("{what} did not start listening on {addr} within 10s; see {}", log.display())
+    bail!(
+        "{what} did not start listening on {addr} within 10s; see {}",
+        log.display()
+    )
 }
 
 /// Finds a program on PATH or in the places Debian puts server binaries.
@@ -100,7 +120,9 @@ fn find(program: &str) -> Option<PathBuf> {
         versions.sort();
         dirs.extend(versions.into_iter().rev());
     }
-    dirs.into_iter().map(|d| d.join(program)).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 async fn start_nats(data_dir: &Path) -> anyhow::Result<Child> {
@@ -139,7 +161,9 @@ fn as_postgres(program: &Path) -> Command {
 
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 async fn start_postgres(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -155,8 +179,16 @@ async fn start_postgres(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     if !dir.join("PG_VERSION").exists() {
         std::fs::create_dir_all(&dir)?;
         if is_root() {
-            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().await?;
-            anyhow::ensure!(status.success(), "chown of {} to postgres failed", dir.display());
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .await?;
+            anyhow::ensure!(
+                status.success(),
+                "chown of {} to postgres failed",
+                dir.display()
+            );
         }
         let out = as_postgres(&initdb)
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "-D"])
@@ -164,23 +196,188 @@ async fn start_postgres(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
             .output()
             .await
             .context("running initdb")?;
-        anyhow::ensure!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     if is_root() {
         let _ = Command::new("touch").arg(&log).status().await;
-        let _ = Command::new("chown").arg("postgres:postgres").arg(&log).status().await;
+        let _ = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&log)
+            .status()
+            .await;
     }
     let status = as_postgres(&pg_ctl)
         .args(["start", "-w", "-D"])
         .arg(&dir)
         .arg("-l")
         .arg(&log)
-        .args(["-o", &format!("-c listen_addresses=127.0.0.1 -p 5432 -k {}", dir.display())])
+        .args([
+            "-o",
+            &format!("-c listen_addresses=127.0.0.1 -p 5432 -k {}", dir.display()),
+        ])
         .stdout(Stdio::null())
         .status()
         .await
         .context("running pg_ctl start")?;
-    anyhow::ensure!(status.success(), "pg_ctl start failed; see {}", log.display());
+    anyhow::ensure!(
+        status.success(),
+        "pg_ctl start failed; see {}",
+        log.display()
+    );
     wait_listening(PG_ADDR, "postgres", &log).await?;
     Ok((pg_ctl, dir))
+}
+
+/// A nats-server with JetStream on a free port with a temporary store, killed on drop. For
+/// tests and benchmarks, which must not touch the streams of a running system.
+pub struct EphemeralNats {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+impl EphemeralNats {
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let store = tempfile::tempdir()?;
+        let mut server = Self {
+            child: None,
+            port,
+            store,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let bin = find("nats-server")
+            .context("nats-server is not installed (Debian: apt-get install nats-server)")?;
+        let child = std::process::Command::new(bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server")?;
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait_listening(&addr, "nats-server", self.store.path()).await
+    }
+
+    /// Kills the server, as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn().await
+    }
+}
+
+impl Drop for EphemeralNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A database of its own on an existing server, dropped on drop.
+pub struct ScratchDatabase {
+    admin_url: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl ScratchDatabase {
+    /// Creates `<prefix>_<random>` on the server `admin_url` connects to.
+    pub async fn create(admin_url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        copilot_store::ensure_database(admin_url, &name)
+            .await
+            .with_context(|| {
+                format!(
+                    "creating database {name} via {}",
+                    copilot_runtime::settings::redact(admin_url)
+                )
+            })?;
+        let url = with_database(admin_url, &name);
+        Ok(Self {
+            admin_url: admin_url.to_owned(),
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs outside any async context we could borrow; use a short-lived runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(copilot_store::drop_database(&admin_url, &name))
+                .ok()
+        })
+        .join();
+    }
+}
+
+/// The same Postgres URL naming another database (query parameters kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{database}?{q}"),
+        None => format!("{host_part}/{database}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn with_database_swaps_only_the_database_name() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/db?host=/run/pg", "x"),
+            "postgres://u@h/x?host=/run/pg"
+        );
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
 }

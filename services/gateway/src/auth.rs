@@ -24,22 +24,33 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// The tenant the request's credentials belong to, or the 401 to answer.
-    pub async fn authenticate(&self, store: &Store, headers: &HeaderMap) -> Result<String, ApiError> {
+    pub async fn authenticate(
+        &self,
+        store: &Store,
+        headers: &HeaderMap,
+    ) -> Result<String, ApiError> {
         let (user, token) = credentials(headers)?;
         let hash = hash_token(&token);
         let owner = match self.cached(&hash) {
             Some(owner) => owner,
             None => {
-                let owner = store.find_token(&hash).await.map_err(|e| ApiError::Internal(e.into()))?;
+                let owner = store
+                    .find_token(&hash)
+                    .await
+                    .map_err(|e| ApiError::Internal(e.into()))?;
                 self.remember(hash, owner.clone());
                 owner
             }
         };
         match owner {
-            Some(owner) if owner.revoked => Err(ApiError::Unauthorized("the webhook token has been revoked".into())),
-            Some(owner) if user.as_ref().is_some_and(|u| *u != owner.tenant) => Err(ApiError::Unauthorized(
-                "the basic-auth user must be the tenant the token belongs to".into(),
+            Some(owner) if owner.revoked => Err(ApiError::Unauthorized(
+                "the webhook token has been revoked".into(),
             )),
+            Some(owner) if user.as_ref().is_some_and(|u| *u != owner.tenant) => {
+                Err(ApiError::Unauthorized(
+                    "the basic-auth user must be the tenant the token belongs to".into(),
+                ))
+            }
             Some(owner) => Ok(owner.tenant),
             None => Err(ApiError::Unauthorized("unknown webhook token".into())),
         }
@@ -85,13 +96,17 @@ fn credentials(headers: &HeaderMap) -> Result<(Option<String>, String), ApiError
             .decode(rest)
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| ApiError::Unauthorized("basic credentials are not valid base64 UTF-8".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("basic credentials are not valid base64 UTF-8".into())
+            })?;
         if let Some((user, password)) = decoded.split_once(':')
             && !password.is_empty()
         {
             return Ok((Some(user.to_owned()), password.to_owned()));
         }
-        return Err(ApiError::Unauthorized("basic credentials need `tenant:token`".into()));
+        return Err(ApiError::Unauthorized(
+            "basic credentials need `tenant:token`".into(),
+        ));
     }
     Err(missing())
 }

@@ -19,7 +19,7 @@ use axum::{
     routing::post,
 };
 use chrono::Utc;
-use copilot_events::{Envelope, EventPayload, Headers, SignalReceived, SignalSource, message_id, subjects};
+use copilot_events::{Envelope, EventPayload, Headers, SignalReceived, SignalSource, subjects};
 use copilot_runtime::{
     Context, Settings,
     http::{ApiError, RequestId},
@@ -60,11 +60,16 @@ pub fn router(ctx: Context) -> Router {
 /// Runs the gateway alone: webhooks, health and metrics on `settings.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "gateway").await?;
-    let app = copilot_runtime::http::finish(router(ctx.clone()).merge(copilot_runtime::http::health_routes(ctx.clone())));
+    let app = copilot_runtime::http::finish(
+        router(ctx.clone()).merge(copilot_runtime::http::health_routes(ctx.clone())),
+    );
     copilot_runtime::http::serve(ctx.settings.listen, app, shutdown).await
 }
 
-async fn alertmanager(State(gw): State<Gateway>, req: Request) -> Result<impl IntoResponse, ApiError> {
+async fn alertmanager(
+    State(gw): State<Gateway>,
+    req: Request,
+) -> Result<impl IntoResponse, ApiError> {
     gw.intake(SignalSource::Alertmanager, req).await
 }
 
@@ -73,9 +78,16 @@ async fn grafana(State(gw): State<Gateway>, req: Request) -> Result<impl IntoRes
 }
 
 impl Gateway {
-    async fn intake(&self, source: SignalSource, req: Request) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    async fn intake(
+        &self,
+        source: SignalSource,
+        req: Request,
+    ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
         let (parts, body) = req.into_parts();
-        let tenant = self.tokens.authenticate(&self.ctx.store, &parts.headers).await?;
+        let tenant = self
+            .tokens
+            .authenticate(&self.ctx.store, &parts.headers)
+            .await?;
         check_content_type(&parts.headers)?;
         let body = read_body(&parts.headers, body, self.ctx.settings.max_body_bytes).await?;
         let signals = parse::parse(source, &body).map_err(|e| match e {
@@ -84,7 +96,13 @@ impl Gateway {
         })?;
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
         let duplicates = self.append(&tenant, source, &signals, request_id).await?;
-        tracing::debug!(tenant, source = source.as_str(), alerts = signals.len(), duplicates, "webhook accepted");
+        tracing::debug!(
+            tenant,
+            source = source.as_str(),
+            alerts = signals.len(),
+            duplicates,
+            "webhook accepted"
+        );
         Ok((
             StatusCode::ACCEPTED,
             Json(Accepted {
@@ -115,7 +133,9 @@ impl Gateway {
         };
         if self.ctx.nats.connection_state() != async_nats::connection::State::Connected {
             tracing::warn!(tenant, "jetstream unreachable, refusing webhook");
-            return Err(unavailable("the event store is unreachable; retry later".into()));
+            return Err(unavailable(
+                "the event store is unreachable; retry later".into(),
+            ));
         }
         let subject = subjects::signal(tenant, source.as_str());
         let now = Utc::now();
@@ -130,13 +150,7 @@ impl Gateway {
                     ..Headers::default()
                 },
             );
-            let id = message_id(&[
-                tenant,
-                source.as_str(),
-                &signal.fingerprint,
-                signal.status.as_str(),
-                &signal.starts_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            ]);
+            let id = signal.message_id(tenant);
             let mut headers = NatsHeaders::new();
             headers.insert(subjects::HEADER_EVENT_TYPE, SignalReceived::TYPE);
             if let Some(rid) = &request_id {
@@ -146,10 +160,15 @@ impl Gateway {
                 .payload(envelope.to_bytes().into())
                 .headers(headers)
                 .message_id(id);
-            let ack = self.ctx.js.send_publish(subject.clone(), message).await.map_err(|e| {
-                tracing::warn!(tenant, error = %e, "publish failed");
-                unavailable("the event store did not take the alerts; retry later".into())
-            })?;
+            let ack = self
+                .ctx
+                .js
+                .send_publish(subject.clone(), message)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(tenant, error = %e, "publish failed");
+                    unavailable("the event store did not take the alerts; retry later".into())
+                })?;
             acks.push(ack.into_future());
         }
         let results = futures::future::join_all(acks).await;
@@ -160,7 +179,9 @@ impl Gateway {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(tenant, error = %e, "append not acknowledged");
-                    return Err(unavailable("the event store did not acknowledge the alerts; retry later".into()));
+                    return Err(unavailable(
+                        "the event store did not acknowledge the alerts; retry later".into(),
+                    ));
                 }
             }
         }
@@ -180,7 +201,12 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
         Ok(())
     } else {
@@ -191,8 +217,13 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    let too_large = || ApiError::PayloadTooLarge(format!("the body exceeds the limit of {limit} bytes"));
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("the body exceeds the limit of {limit} bytes"));
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -201,7 +232,8 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<byte
         return Err(too_large());
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
             too_large()
         } else {
             ApiError::BadRequest("the request body could not be read".into())

@@ -16,9 +16,16 @@ pub enum ParseError {
     #[error("body is not valid JSON: {0}")]
     Json(serde_json::Error),
     #[error("body is not a {kind} notification: {error}")]
-    Shape { kind: &'static str, error: serde_json::Error },
+    Shape {
+        kind: &'static str,
+        error: serde_json::Error,
+    },
     #[error("unsupported {kind} payload version {version:?}{hint}")]
-    Version { kind: &'static str, version: String, hint: &'static str },
+    Version {
+        kind: &'static str,
+        version: String,
+        hint: &'static str,
+    },
     #[error("the notification has no alerts")]
     NoAlerts,
     #[error("alert {index}: {reason}")]
@@ -59,8 +66,8 @@ struct Alert {
 pub fn parse(source: SignalSource, body: &[u8]) -> Result<Vec<SignalReceived>, ParseError> {
     let name = source.as_str();
     let value: &RawValue = serde_json::from_slice(body).map_err(ParseError::Json)?;
-    let notification: Notification =
-        serde_json::from_str(value.get()).map_err(|error| ParseError::Shape { kind: name, error })?;
+    let notification: Notification = serde_json::from_str(value.get())
+        .map_err(|error| ParseError::Shape { kind: name, error })?;
     check_version(source, notification.version.as_deref())?;
     if notification.alerts.is_empty() {
         return Err(ParseError::NoAlerts);
@@ -80,21 +87,38 @@ pub fn parse(source: SignalSource, body: &[u8]) -> Result<Vec<SignalReceived>, P
                 index,
                 reason: e.to_string(),
             })?;
-            signal(source, alert, raw, default_status, &notification, group_key.clone())
-                .map_err(|reason| ParseError::Alert { index, reason })
+            signal(
+                source,
+                alert,
+                raw,
+                default_status,
+                &notification,
+                group_key.clone(),
+            )
+            .map_err(|reason| ParseError::Alert { index, reason })
         })
         .collect()
 }
 
 fn check_version(source: SignalSource, version: Option<&str>) -> Result<(), ParseError> {
     let (accepted, hint): (&[&str], &str) = match source {
-        SignalSource::Alertmanager => (&["4", "3"], "; this endpoint takes Alertmanager versions 4 and 3 (Grafana's version 1 goes to /v1/webhooks/grafana)"),
-        SignalSource::Grafana => (&["1"], "; this endpoint takes Grafana version 1 (Alertmanager goes to /v1/webhooks/alertmanager)"),
+        SignalSource::Alertmanager => (
+            &["4", "3"],
+            "; this endpoint takes Alertmanager versions 4 and 3 (Grafana's version 1 goes to /v1/webhooks/grafana)",
+        ),
+        SignalSource::Grafana => (
+            &["1"],
+            "; this endpoint takes Grafana version 1 (Alertmanager goes to /v1/webhooks/alertmanager)",
+        ),
     };
     match version {
         None => Ok(()),
         Some(v) if accepted.contains(&v) => Ok(()),
-        Some(v) => Err(ParseError::Version { kind: source.as_str(), version: v.to_owned(), hint }),
+        Some(v) => Err(ParseError::Version {
+            kind: source.as_str(),
+            version: v.to_owned(),
+            hint,
+        }),
     }
 }
 
@@ -109,13 +133,19 @@ fn signal(
     let status = match alert.status.as_deref().or(default_status) {
         Some("firing") | None => SignalStatus::Firing,
         Some("resolved") => SignalStatus::Resolved,
-        Some(other) => return Err(format!("status {other:?} is neither \"firing\" nor \"resolved\"")),
+        Some(other) => {
+            return Err(format!(
+                "status {other:?} is neither \"firing\" nor \"resolved\""
+            ));
+        }
     };
     let starts_at = timestamp(alert.starts_at.as_deref().ok_or("startsAt is missing")?)
         .map_err(|e| format!("startsAt: {e}"))?;
     let ends_at = match alert.ends_at.as_deref() {
         None | Some("") => None,
-        Some(text) => Some(timestamp(text).map_err(|e| format!("endsAt: {e}"))?).filter(|t| !is_zero_time(t)),
+        Some(text) => {
+            Some(timestamp(text).map_err(|e| format!("endsAt: {e}"))?).filter(|t| !is_zero_time(t))
+        }
     };
     let fingerprint = match alert.fingerprint {
         Some(fp) if !fp.is_empty() => fp,
@@ -130,10 +160,17 @@ fn signal(
         .find_map(|k| alert.labels.get(*k))
         .map(|v| Severity::from_label(v))
         .unwrap_or(Severity::Unknown);
-    let service = ["service", "service_name", "app", "application", "app_kubernetes_io_name", "job"]
-        .iter()
-        .find_map(|k| alert.labels.get(*k).filter(|v| !v.is_empty()))
-        .cloned();
+    let service = [
+        "service",
+        "service_name",
+        "app",
+        "application",
+        "app_kubernetes_io_name",
+        "job",
+    ]
+    .iter()
+    .find_map(|k| alert.labels.get(*k).filter(|v| !v.is_empty()))
+    .cloned();
     let title = alert
         .annotations
         .get("summary")
@@ -204,26 +241,43 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let path = format!("{}/../../../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../../../shared/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
     }
 
     #[test]
     fn alertmanager_v4_with_fingerprints_keeps_them_and_derives_fields() {
-        let signals = parse(SignalSource::Alertmanager, &fixture("alertmanager-v4-firing-2alerts-oncall.json")).unwrap();
+        let signals = parse(
+            SignalSource::Alertmanager,
+            &fixture("alertmanager-v4-firing-2alerts-oncall.json"),
+        )
+        .unwrap();
 
         assert_eq!(signals.len(), 2);
         let first = &signals[0];
         assert_eq!(first.status, SignalStatus::Firing);
         assert!(!first.fingerprint.is_empty());
-        assert_eq!(first.group_key.as_deref(), Some("{}:{alertname=\"InstanceDown\"}"));
+        assert_eq!(
+            first.group_key.as_deref(),
+            Some("{}:{alertname=\"InstanceDown\"}")
+        );
         assert_eq!(first.ends_at, None, "the zero endsAt means still firing");
-        assert_eq!(first.generator_url, None, "an empty generatorURL is no link");
+        assert_eq!(
+            first.generator_url, None,
+            "an empty generatorURL is no link"
+        );
     }
 
     #[test]
     fn alertmanager_v3_with_a_numeric_group_key_is_tolerated_without_losing_digits() {
-        let signals = parse(SignalSource::Alertmanager, &fixture("alertmanager-v3-legacy-numeric-groupkey-alerta.json")).unwrap();
+        let signals = parse(
+            SignalSource::Alertmanager,
+            &fixture("alertmanager-v3-legacy-numeric-groupkey-alerta.json"),
+        )
+        .unwrap();
 
         let s = &signals[0];
         assert_eq!(s.group_key.as_deref(), Some("5615590933959184469"));
@@ -235,7 +289,11 @@ mod tests {
 
     #[test]
     fn alerts_without_status_or_fingerprint_take_the_notification_status_and_a_label_hash() {
-        let signals = parse(SignalSource::Alertmanager, &fixture("alertmanager-v4-firing-1alert-minimal-msteams.json")).unwrap();
+        let signals = parse(
+            SignalSource::Alertmanager,
+            &fixture("alertmanager-v4-firing-1alert-minimal-msteams.json"),
+        )
+        .unwrap();
 
         let s = &signals[0];
         assert_eq!(s.status, SignalStatus::Firing);
@@ -248,30 +306,52 @@ mod tests {
         let body = fixture("alertmanager-v4-firing-1alert-minimal-msteams.json");
         let text = String::from_utf8(body.clone()).unwrap();
         let signals = parse(SignalSource::Alertmanager, &body).unwrap();
-        assert!(text.contains(signals[0].raw.get()), "raw alert must be a verbatim slice of the body");
+        assert!(
+            text.contains(signals[0].raw.get()),
+            "raw alert must be a verbatim slice of the body"
+        );
     }
 
     #[test]
     fn grafana_relative_generator_urls_are_joined_with_the_external_url() {
-        let signals = parse(SignalSource::Grafana, &fixture("grafana-v1-firing-1alert-grafana12-keep.json")).unwrap();
+        let signals = parse(
+            SignalSource::Grafana,
+            &fixture("grafana-v1-firing-1alert-grafana12-keep.json"),
+        )
+        .unwrap();
 
         let s = &signals[0];
-        assert_eq!(s.generator_url.as_deref(), Some("https://grafana.example.com?orgId=1"));
+        assert_eq!(
+            s.generator_url.as_deref(),
+            Some("https://grafana.example.com?orgId=1")
+        );
         assert_eq!(s.fingerprint, "c4edaaf9f9f839b0");
         assert_eq!(s.values.as_ref().unwrap()["B"], serde_json::json!(22));
     }
 
     #[test]
     fn grafana_null_values_and_both_doc_alerts_parse() {
-        let one = parse(SignalSource::Grafana, &fixture("grafana-v1-firing-1alert-alerting-test.json")).unwrap();
+        let one = parse(
+            SignalSource::Grafana,
+            &fixture("grafana-v1-firing-1alert-alerting-test.json"),
+        )
+        .unwrap();
         assert_eq!(one[0].values, None);
-        let two = parse(SignalSource::Grafana, &fixture("grafana-v1-firing-2alerts-docs.json")).unwrap();
+        let two = parse(
+            SignalSource::Grafana,
+            &fixture("grafana-v1-firing-2alerts-docs.json"),
+        )
+        .unwrap();
         assert_eq!(two.len(), 2);
     }
 
     #[test]
     fn the_label_fingerprint_ignores_label_order_but_not_values() {
-        let a: BTreeMap<_, _> = [("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())].into();
+        let a: BTreeMap<_, _> = [
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "2".to_owned()),
+        ]
+        .into();
         let mut b = a.clone();
         assert_eq!(label_fingerprint(&a), label_fingerprint(&b));
         b.insert("b".into(), "3".into());
@@ -281,18 +361,42 @@ mod tests {
     #[test]
     fn wrong_versions_shapes_and_fields_are_refused_with_a_reason() {
         let grafana = fixture("grafana-v1-firing-2alerts-docs.json");
-        assert!(matches!(parse(SignalSource::Alertmanager, &grafana), Err(ParseError::Version { .. })));
-        assert!(matches!(parse(SignalSource::Alertmanager, b"{\"alerts\": 3}"), Err(ParseError::Shape { .. })));
-        assert!(matches!(parse(SignalSource::Alertmanager, b"{\"alerts\": []}"), Err(ParseError::NoAlerts)));
-        assert!(matches!(parse(SignalSource::Alertmanager, b"{\"alerts\": [{\"labels\":{}}]}"), Err(ParseError::Alert { index: 0, .. })));
         assert!(matches!(
-            parse(SignalSource::Alertmanager, br#"{"alerts": [{"startsAt":"2026-01-01T00:00:00Z","labels":{"a":1}}]}"#),
+            parse(SignalSource::Alertmanager, &grafana),
+            Err(ParseError::Version { .. })
+        ));
+        assert!(matches!(
+            parse(SignalSource::Alertmanager, b"{\"alerts\": 3}"),
+            Err(ParseError::Shape { .. })
+        ));
+        assert!(matches!(
+            parse(SignalSource::Alertmanager, b"{\"alerts\": []}"),
+            Err(ParseError::NoAlerts)
+        ));
+        assert!(matches!(
+            parse(
+                SignalSource::Alertmanager,
+                b"{\"alerts\": [{\"labels\":{}}]}"
+            ),
+            Err(ParseError::Alert { index: 0, .. })
+        ));
+        assert!(matches!(
+            parse(
+                SignalSource::Alertmanager,
+                br#"{"alerts": [{"startsAt":"2026-01-01T00:00:00Z","labels":{"a":1}}]}"#
+            ),
             Err(ParseError::Alert { .. })
         ));
         assert!(matches!(
-            parse(SignalSource::Alertmanager, br#"{"alerts": [{"startsAt":"yesterday"}]}"#),
+            parse(
+                SignalSource::Alertmanager,
+                br#"{"alerts": [{"startsAt":"yesterday"}]}"#
+            ),
             Err(ParseError::Alert { .. })
         ));
-        assert!(matches!(parse(SignalSource::Alertmanager, b"{\"alerts\": ["), Err(ParseError::Json(_))));
+        assert!(matches!(
+            parse(SignalSource::Alertmanager, b"{\"alerts\": ["),
+            Err(ParseError::Json(_))
+        ));
     }
 }

@@ -10,7 +10,10 @@ use crate::{Projection, subject_tenant};
 
 pub(crate) enum Fold {
     /// One row per alert instance; several notifications of one instance in a batch merge.
-    Signals { rows: HashMap<Uuid, SignalRow>, events: usize },
+    Signals {
+        rows: HashMap<Uuid, SignalRow>,
+        events: usize,
+    },
     /// Tenant administration, applied in order.
     Tenants(Vec<TenantChange>),
 }
@@ -24,7 +27,10 @@ pub(crate) enum TenantChange {
 impl Fold {
     pub fn new(projection: Projection) -> Self {
         match projection {
-            Projection::Signals => Self::Signals { rows: HashMap::new(), events: 0 },
+            Projection::Signals => Self::Signals {
+                rows: HashMap::new(),
+                events: 0,
+            },
             Projection::Tenants => Self::Tenants(Vec::new()),
         }
     }
@@ -40,7 +46,10 @@ impl Fold {
     /// Folds one event in. An `Err` is a reason to park it: it will never apply.
     pub fn add(&mut self, seq: u64, subject: &str, envelope: &Envelope) -> Result<(), String> {
         if subject_tenant(subject) != envelope.tenant {
-            return Err(format!("envelope tenant {:?} does not match subject {subject:?}", envelope.tenant));
+            return Err(format!(
+                "envelope tenant {:?} does not match subject {subject:?}",
+                envelope.tenant
+            ));
         }
         let event = envelope.decode().map_err(|e| e.to_string())?;
         let tenant = envelope.tenant.clone();
@@ -68,15 +77,17 @@ impl Fold {
                     seq,
                 }));
             }
-            (Self::Tenants(changes), Event::WebhookTokenIssued(issued)) => changes.push(TenantChange::TokenIssued(TokenRow {
-                token_id: issued.token_id,
-                tenant,
-                token_hash: issued.token_hash,
-                prefix: issued.prefix,
-                issued_by: issued.issued_by,
-                issued_at: at,
-                seq,
-            })),
+            (Self::Tenants(changes), Event::WebhookTokenIssued(issued)) => {
+                changes.push(TenantChange::TokenIssued(TokenRow {
+                    token_id: issued.token_id,
+                    tenant,
+                    token_hash: issued.token_hash,
+                    prefix: issued.prefix,
+                    issued_by: issued.issued_by,
+                    issued_at: at,
+                    seq,
+                }))
+            }
             (Self::Tenants(changes), Event::WebhookTokenRevoked(revoked)) => {
                 changes.push(TenantChange::TokenRevoked(TokenRevocation {
                     token_id: revoked.token_id,
@@ -86,7 +97,12 @@ impl Fold {
                     seq,
                 }))
             }
-            (_, other) => return Err(format!("{} does not belong on this stream", event_name(&other))),
+            (_, other) => {
+                return Err(format!(
+                    "{} does not belong on this stream",
+                    event_name(&other)
+                ));
+            }
         }
         Ok(())
     }
@@ -120,7 +136,12 @@ fn event_name(event: &Event) -> &'static str {
     }
 }
 
-fn signal_row(seq: u64, tenant: &str, envelope: &Envelope, signal: SignalReceived) -> Result<SignalRow, String> {
+fn signal_row(
+    seq: u64,
+    tenant: &str,
+    envelope: &Envelope,
+    signal: SignalReceived,
+) -> Result<SignalRow, String> {
     Ok(SignalRow {
         id: signal.instance_id(tenant),
         tenant: tenant.to_owned(),
@@ -156,7 +177,11 @@ fn merge(existing: &mut SignalRow, later: SignalRow) {
     let last = existing.last_received_at.max(later.last_received_at);
     let ends_at = existing.ends_at.max(later.ends_at);
     *existing = SignalRow {
-        status: if resolved { "resolved".into() } else { later.status },
+        status: if resolved {
+            "resolved".into()
+        } else {
+            later.status
+        },
         notification_count: count,
         first_received_at: first,
         last_received_at: last,

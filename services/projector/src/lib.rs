@@ -74,7 +74,11 @@ pub async fn serve(ctx: Context, shutdown: CancellationToken) -> anyhow::Result<
 /// Applies everything the stream holds now and returns. When another process holds the
 /// projection's lease, waits until that process has caught up instead. For commands that must
 /// see their own effect (`copilot tenants create`) whether or not a projector is running.
-pub async fn catch_up(ctx: &Context, projection: Projection, timeout: Duration) -> anyhow::Result<()> {
+pub async fn catch_up(
+    ctx: &Context,
+    projection: Projection,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let target = ctx
         .js
         .get_stream(projection.stream())
@@ -103,7 +107,11 @@ pub async fn catch_up(ctx: &Context, projection: Projection, timeout: Duration) 
 
 /// Keeps one projection running: waits for its lease, projects, and after a failure repositions
 /// and goes on, with a growing pause.
-async fn follow(ctx: Context, projection: Projection, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn follow(
+    ctx: Context,
+    projection: Projection,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let name = projection.name();
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -116,11 +124,17 @@ async fn follow(ctx: Context, projection: Projection, shutdown: CancellationToke
                 tracing::info!(projection = name, "projection lease acquired");
                 match project(&ctx, projection, &shutdown, None).await {
                     Ok(()) => return Ok(()),
-                    Err(err) => tracing::warn!(projection = name, error = format!("{err:#}"), "projection failed, repositioning"),
+                    Err(err) => tracing::warn!(
+                        projection = name,
+                        error = format!("{err:#}"),
+                        "projection failed, repositioning"
+                    ),
                 }
             }
             Ok(None) => backoff = Duration::from_secs(1),
-            Err(err) => tracing::warn!(projection = name, error = %err, "cannot take the projection lease"),
+            Err(err) => {
+                tracing::warn!(projection = name, error = %err, "cannot take the projection lease")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -131,7 +145,12 @@ async fn follow(ctx: Context, projection: Projection, shutdown: CancellationToke
 }
 
 /// Projects while holding the lease, until shutdown or, with `until`, until that sequence is applied.
-async fn project(ctx: &Context, projection: Projection, shutdown: &CancellationToken, until: Option<u64>) -> anyhow::Result<()> {
+async fn project(
+    ctx: &Context,
+    projection: Projection,
+    shutdown: &CancellationToken,
+    until: Option<u64>,
+) -> anyhow::Result<()> {
     let consumer = position(ctx, projection).await?;
     if until.is_some_and(|target| target == 0) {
         return Ok(());
@@ -153,17 +172,30 @@ async fn project(ctx: &Context, projection: Projection, shutdown: &CancellationT
         let first = match next {
             Some(Ok(message)) => message,
             Some(Err(err)) if err.kind() == pull::MessagesErrorKind::MissingHeartbeat => {
-                tracing::debug!(projection = projection.name(), "heartbeat missed, still waiting");
+                tracing::debug!(
+                    projection = projection.name(),
+                    "heartbeat missed, still waiting"
+                );
                 continue;
             }
             Some(Err(err)) => return Err(err).context("reading the consumer"),
             None => anyhow::bail!("the consumer's message stream ended"),
         };
         let mut batch = vec![first];
-        while batch.len() < max_batch {
+        // Take what is ready without lingering. "Ready" includes messages already read from the
+        // socket by the connection task, so give it a few turns before cutting the batch.
+        let mut idle_turns = 0;
+        while batch.len() < max_batch && idle_turns < 3 {
             match messages.next().now_or_never() {
-                Some(Some(Ok(message))) => batch.push(message),
-                _ => break,
+                Some(Some(Ok(message))) => {
+                    batch.push(message);
+                    idle_turns = 0;
+                }
+                Some(_) => break,
+                None => {
+                    idle_turns += 1;
+                    tokio::task::yield_now().await;
+                }
             }
         }
         let applied_to = apply_batch(ctx, projection, batch).await?;
@@ -181,7 +213,10 @@ async fn position(ctx: &Context, projection: Projection) -> anyhow::Result<PullC
     let (_, mut config) = nats::consumer_definition(projection.consumer())
         .with_context(|| format!("no definition for consumer {}", projection.consumer()))?;
     let checkpoint = ctx.store.read_checkpoint(projection.name()).await?;
-    if let Ok(mut existing) = stream.get_consumer::<pull::Config>(projection.consumer()).await {
+    if let Ok(mut existing) = stream
+        .get_consumer::<pull::Config>(projection.consumer())
+        .await
+    {
         let info = existing.info().await?;
         if info.delivered.stream_sequence == checkpoint && info.num_ack_pending == 0 {
             return Ok(existing);
@@ -211,9 +246,14 @@ struct Parked {
 }
 
 /// Applies one batch in one transaction; returns the sequence the checkpoint now stands at.
-async fn apply_batch(ctx: &Context, projection: Projection, batch: Vec<jetstream::Message>) -> anyhow::Result<u64> {
+async fn apply_batch(
+    ctx: &Context,
+    projection: Projection,
+    batch: Vec<jetstream::Message>,
+) -> anyhow::Result<u64> {
     let name = projection.name();
     let store = &ctx.store;
+    let started = std::time::Instant::now();
     let mut tx = store.begin().await?;
     let checkpoint = store.checkpoint(&mut tx, name).await?;
     let mut fold = Fold::new(projection);
@@ -222,7 +262,9 @@ async fn apply_batch(ctx: &Context, projection: Projection, batch: Vec<jetstream
     let mut pending = None;
     let mut request_ids = BTreeSet::new();
     for message in &batch {
-        let info = message.info().map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?;
+        let info = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?;
         pending = Some(info.pending);
         let seq = info.stream_sequence;
         if seq <= last {
@@ -234,7 +276,9 @@ async fn apply_batch(ctx: &Context, projection: Projection, batch: Vec<jetstream
             .map_err(|e| (subject_tenant(subject).to_owned(), e.to_string()))
             .and_then(|envelope| {
                 let tenant = envelope.tenant.clone();
-                fold.add(seq, subject, &envelope).map(|()| envelope.request_id).map_err(|reason| (tenant, reason))
+                fold.add(seq, subject, &envelope)
+                    .map(|()| envelope.request_id)
+                    .map_err(|reason| (tenant, reason))
             });
         match outcome {
             Ok(request_id) => {
@@ -254,28 +298,51 @@ async fn apply_batch(ctx: &Context, projection: Projection, batch: Vec<jetstream
         }
     }
     let applied = fold.len();
+    let folded = started.elapsed();
     fold.write(store, &mut tx).await?;
+    let written = started.elapsed();
     for p in &parked {
-        store
-            .insert_dead_letter(&mut tx, name, projection.stream(), p.seq, &p.subject, &p.reason, &p.body)
-            .await?;
+        let letter = copilot_store::DeadLetter {
+            projection: name,
+            stream: projection.stream(),
+            seq: p.seq,
+            subject: &p.subject,
+            reason: &p.reason,
+            body: &p.body,
+        };
+        store.insert_dead_letter(&mut tx, &letter).await?;
         park(ctx, projection, p).await?;
     }
-    store.set_checkpoint(&mut tx, name, projection.stream(), last).await?;
+    store
+        .set_checkpoint(&mut tx, name, projection.stream(), last)
+        .await?;
     tx.commit().await.context("committing the batch")?;
+    let committed = started.elapsed();
     for message in &batch {
         if let Err(err) = message.ack().await {
             tracing::debug!(projection = name, error = %err, "ack failed; the checkpoint covers it");
         }
     }
     let metrics = Metrics::global();
-    metrics.events_projected_total.with_label_values(&[name]).inc_by(applied as u64);
-    metrics.projection_checkpoint_sequence.with_label_values(&[name]).set(last as i64);
+    metrics
+        .events_projected_total
+        .with_label_values(&[name])
+        .inc_by(applied as u64);
+    metrics
+        .projection_checkpoint_sequence
+        .with_label_values(&[name])
+        .set(last as i64);
     if let Some(pending) = pending {
-        metrics.consumer_pending_messages.with_label_values(&[projection.consumer()]).set(pending as i64);
+        metrics
+            .consumer_pending_messages
+            .with_label_values(&[projection.consumer()])
+            .set(pending as i64);
     }
     if !parked.is_empty() {
-        metrics.events_dead_lettered_total.with_label_values(&[name]).inc_by(parked.len() as u64);
+        metrics
+            .events_dead_lettered_total
+            .with_label_values(&[name])
+            .inc_by(parked.len() as u64);
     }
     tracing::info!(
         projection = name,
@@ -284,6 +351,9 @@ async fn apply_batch(ctx: &Context, projection: Projection, batch: Vec<jetstream
         parked = parked.len(),
         checkpoint = last,
         request_ids = ?request_ids,
+        fold_us = folded.as_micros() as u64,
+        write_us = (written - folded).as_micros() as u64,
+        commit_us = (committed - written).as_micros() as u64,
         "batch projected"
     );
     Ok(last)
@@ -299,9 +369,16 @@ async fn park(ctx: &Context, projection: Projection, parked: &Parked) -> anyhow:
         reason = parked.reason,
         "event parked as a dead letter"
     );
-    let tenant = if copilot_events::is_valid_slug(&parked.tenant) { parked.tenant.as_str() } else { subjects::UNKNOWN_TENANT };
+    let tenant = if copilot_events::is_valid_slug(&parked.tenant) {
+        parked.tenant.as_str()
+    } else {
+        subjects::UNKNOWN_TENANT
+    };
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(subjects::HEADER_DEAD_LETTER_REASON, parked.reason.replace(['\r', '\n'], " ").as_str());
+    headers.insert(
+        subjects::HEADER_DEAD_LETTER_REASON,
+        parked.reason.replace(['\r', '\n'], " ").as_str(),
+    );
     headers.insert(
         subjects::HEADER_DEAD_LETTER_ORIGIN,
         format!("{}:{}:{}", projection.stream(), parked.seq, parked.subject).as_str(),
@@ -309,9 +386,17 @@ async fn park(ctx: &Context, projection: Projection, parked: &Parked) -> anyhow:
     let message = jetstream::message::PublishMessage::build()
         .payload(parked.body.clone())
         .headers(headers)
-        .message_id(format!("{}:{}:{}", projection.name(), projection.stream(), parked.seq));
+        .message_id(format!(
+            "{}:{}:{}",
+            projection.name(),
+            projection.stream(),
+            parked.seq
+        ));
     ctx.js
-        .send_publish(subjects::dead_letter(tenant, projection.consumer()), message)
+        .send_publish(
+            subjects::dead_letter(tenant, projection.consumer()),
+            message,
+        )
         .await?
         .await
         .context("publishing a dead letter")?;
@@ -320,5 +405,8 @@ async fn park(ctx: &Context, projection: Projection, parked: &Parked) -> anyhow:
 
 /// The tenant token of a subject (`signals.<tenant>.…`).
 fn subject_tenant(subject: &str) -> &str {
-    subject.split('.').nth(1).unwrap_or(subjects::UNKNOWN_TENANT)
+    subject
+        .split('.')
+        .nth(1)
+        .unwrap_or(subjects::UNKNOWN_TENANT)
 }

@@ -75,8 +75,15 @@ pub struct Jwt {
 
 impl Jwt {
     pub fn from_settings(settings: &Settings) -> Result<Self, JwtError> {
-        let secret = settings.jwt_secret.as_deref().ok_or(JwtError::MissingSecret)?;
-        Self::hs256(secret.as_bytes(), &settings.jwt_issuer, &settings.jwt_audience)
+        let secret = settings
+            .jwt_secret
+            .as_deref()
+            .ok_or(JwtError::MissingSecret)?;
+        Self::hs256(
+            secret.as_bytes(),
+            &settings.jwt_issuer,
+            &settings.jwt_audience,
+        )
     }
 
     pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Result<Self, JwtError> {
@@ -138,7 +145,10 @@ mod tests {
     fn an_issued_token_verifies_with_its_claims() {
         let token = jwt().issue("alice", "acme", Role::Engineer, Duration::from_secs(60));
         let claims = jwt().verify(&token).unwrap();
-        assert_eq!((claims.sub.as_str(), claims.tenant.as_str(), claims.role), ("alice", "acme", Role::Engineer));
+        assert_eq!(
+            (claims.sub.as_str(), claims.tenant.as_str(), claims.role),
+            ("alice", "acme", Role::Engineer)
+        );
     }
 
     #[test]
@@ -148,14 +158,21 @@ mod tests {
         assert!(jwt().verify(&forged).is_err());
 
         let other_aud = Jwt::hs256(&[7u8; 32], "copilot", "elsewhere").unwrap();
-        assert!(jwt().verify(&other_aud.issue("a", "acme", Role::Admin, Duration::from_secs(60))).is_err());
+        assert!(
+            jwt()
+                .verify(&other_aud.issue("a", "acme", Role::Admin, Duration::from_secs(60)))
+                .is_err()
+        );
 
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         let now = jsonwebtoken::get_current_timestamp();
         let none = format!(
             "{}.{}.",
             b64(r#"{"alg":"none","typ":"JWT"}"#),
-            b64(&format!(r#"{{"sub":"m","tenant":"acme","role":"admin","iss":"copilot","aud":"copilot-api","iat":{now},"exp":{}}}"#, now + 60))
+            b64(&format!(
+                r#"{{"sub":"m","tenant":"acme","role":"admin","iss":"copilot","aud":"copilot-api","iat":{now},"exp":{}}}"#,
+                now + 60
+            ))
         );
         assert!(jwt().verify(&none).is_err());
     }
@@ -171,7 +188,10 @@ mod tests {
 
     #[test]
     fn short_secrets_are_refused() {
-        assert!(matches!(Jwt::hs256(b"short", "i", "a"), Err(JwtError::WeakSecret(5))));
+        assert!(matches!(
+            Jwt::hs256(b"short", "i", "a"),
+            Err(JwtError::WeakSecret(5))
+        ));
     }
 
     #[test]

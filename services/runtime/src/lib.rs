@@ -30,9 +30,15 @@ impl Context {
         use anyhow::Context as _;
         let nats = nats::connect(&settings.nats_url(), service).await?;
         let js = nats::jetstream(nats.clone(), settings.publish_timeout());
-        let store = copilot_store::Store::connect(&settings.database_url(), settings.db_max_connections)
-            .await
-            .with_context(|| format!("connecting to Postgres at {}", settings::redact(&settings.database_url())))?;
+        let store =
+            copilot_store::Store::connect(&settings.database_url(), settings.db_max_connections)
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to Postgres at {}",
+                        settings::redact(&settings.database_url())
+                    )
+                })?;
         Ok(Self {
             settings: Arc::new(settings),
             nats,

@@ -5,7 +5,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -35,40 +36,67 @@ impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
         let http_requests_total = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests answered, by route template, method and status"),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests answered, by route template, method and status",
+            ),
             &["route", "method", "status"],
         )
         .unwrap();
         let http_request_duration_seconds = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "Time to answer an HTTP request")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time to answer an HTTP request",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
             &["route", "method"],
         )
         .unwrap();
-        let http_requests_in_flight =
-            IntGauge::new("http_requests_in_flight", "HTTP requests being answered now").unwrap();
+        let http_requests_in_flight = IntGauge::new(
+            "http_requests_in_flight",
+            "HTTP requests being answered now",
+        )
+        .unwrap();
         let events_appended_total = IntCounterVec::new(
-            Opts::new("events_appended_total", "Events appended to JetStream, by stream and outcome"),
+            Opts::new(
+                "events_appended_total",
+                "Events appended to JetStream, by stream and outcome",
+            ),
             &["stream", "outcome"],
         )
         .unwrap();
         let events_projected_total = IntCounterVec::new(
-            Opts::new("events_projected_total", "Events applied to Postgres read models, by projection"),
+            Opts::new(
+                "events_projected_total",
+                "Events applied to Postgres read models, by projection",
+            ),
             &["projection"],
         )
         .unwrap();
         let events_dead_lettered_total = IntCounterVec::new(
-            Opts::new("events_dead_lettered_total", "Events a projection could not apply and parked"),
+            Opts::new(
+                "events_dead_lettered_total",
+                "Events a projection could not apply and parked",
+            ),
             &["projection"],
         )
         .unwrap();
         let consumer_pending_messages = IntGaugeVec::new(
-            Opts::new("consumer_pending_messages", "Messages a consumer has yet to receive (its lag)"),
+            Opts::new(
+                "consumer_pending_messages",
+                "Messages a consumer has yet to receive (its lag)",
+            ),
             &["consumer"],
         )
         .unwrap();
         let projection_checkpoint_sequence = IntGaugeVec::new(
-            Opts::new("projection_checkpoint_sequence", "Stream sequence a projection has committed up to"),
+            Opts::new(
+                "projection_checkpoint_sequence",
+                "Stream sequence a projection has committed up to",
+            ),
             &["projection"],
         )
         .unwrap();
@@ -82,7 +110,9 @@ impl Metrics {
             Box::new(consumer_pending_messages.clone()),
             Box::new(projection_checkpoint_sequence.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Self {
             registry,

@@ -10,13 +10,34 @@ use copilot_events::subjects;
 
 /// Stream definitions, `(name, JSON)`.
 pub const STREAM_DEFINITIONS: [(&str, &str); 7] = [
-    (subjects::SIGNALS, include_str!("../../../nats/streams/SIGNALS.json")),
-    (subjects::TENANTS, include_str!("../../../nats/streams/TENANTS.json")),
-    (subjects::INCIDENTS, include_str!("../../../nats/streams/INCIDENTS.json")),
-    (subjects::QUERIES, include_str!("../../../nats/streams/QUERIES.json")),
-    (subjects::TELEMETRY, include_str!("../../../nats/streams/TELEMETRY.json")),
-    (subjects::TASKS, include_str!("../../../nats/streams/TASKS.json")),
-    (subjects::DEADLETTERS, include_str!("../../../nats/streams/DEADLETTERS.json")),
+    (
+        subjects::SIGNALS,
+        include_str!("../../../nats/streams/SIGNALS.json"),
+    ),
+    (
+        subjects::TENANTS,
+        include_str!("../../../nats/streams/TENANTS.json"),
+    ),
+    (
+        subjects::INCIDENTS,
+        include_str!("../../../nats/streams/INCIDENTS.json"),
+    ),
+    (
+        subjects::QUERIES,
+        include_str!("../../../nats/streams/QUERIES.json"),
+    ),
+    (
+        subjects::TELEMETRY,
+        include_str!("../../../nats/streams/TELEMETRY.json"),
+    ),
+    (
+        subjects::TASKS,
+        include_str!("../../../nats/streams/TASKS.json"),
+    ),
+    (
+        subjects::DEADLETTERS,
+        include_str!("../../../nats/streams/DEADLETTERS.json"),
+    ),
 ];
 
 /// Durable consumer of the signals projection.
@@ -26,8 +47,14 @@ pub const CONSUMER_PROJECTOR_TENANTS: &str = "projector-tenants";
 
 /// Consumer definitions, `(stream, JSON)`.
 pub const CONSUMER_DEFINITIONS: [(&str, &str); 2] = [
-    (subjects::SIGNALS, include_str!("../../../nats/consumers/SIGNALS.projector-signals.json")),
-    (subjects::TENANTS, include_str!("../../../nats/consumers/TENANTS.projector-tenants.json")),
+    (
+        subjects::SIGNALS,
+        include_str!("../../../nats/consumers/SIGNALS.projector-signals.json"),
+    ),
+    (
+        subjects::TENANTS,
+        include_str!("../../../nats/consumers/TENANTS.projector-tenants.json"),
+    ),
 ];
 
 /// The definition of a durable consumer by name.
@@ -74,15 +101,21 @@ pub enum Applied {
 pub async fn provision(js: &jetstream::Context) -> anyhow::Result<Vec<(String, Applied)>> {
     let mut report = Vec::new();
     for (name, json) in STREAM_DEFINITIONS {
-        let config: stream::Config =
-            serde_json::from_str(json).with_context(|| format!("nats/streams/{name}.json is not a stream config"))?;
-        let applied = apply_stream(js, config).await.with_context(|| format!("applying stream {name}"))?;
+        let config: stream::Config = serde_json::from_str(json)
+            .with_context(|| format!("nats/streams/{name}.json is not a stream config"))?;
+        let applied = apply_stream(js, config)
+            .await
+            .with_context(|| format!("applying stream {name}"))?;
         report.push((format!("stream {name}"), applied));
     }
     for (stream_name, json) in CONSUMER_DEFINITIONS {
-        let config: pull::Config = serde_json::from_str(json)
-            .with_context(|| format!("a consumer definition of {stream_name} is not a pull consumer config"))?;
-        let name = config.durable_name.clone().context("consumer definitions must be durable")?;
+        let config: pull::Config = serde_json::from_str(json).with_context(|| {
+            format!("a consumer definition of {stream_name} is not a pull consumer config")
+        })?;
+        let name = config
+            .durable_name
+            .clone()
+            .context("consumer definitions must be durable")?;
         let applied = apply_consumer(js, stream_name, config)
             .await
             .with_context(|| format!("applying consumer {stream_name}/{name}"))?;
@@ -130,7 +163,11 @@ fn same_stream(current: &stream::Config, wanted: &stream::Config) -> bool {
         && current.discard == wanted.discard
 }
 
-async fn apply_consumer(js: &jetstream::Context, stream_name: &str, wanted: pull::Config) -> anyhow::Result<Applied> {
+async fn apply_consumer(
+    js: &jetstream::Context,
+    stream_name: &str,
+    wanted: pull::Config,
+) -> anyhow::Result<Applied> {
     let stream = js.get_stream(stream_name).await?;
     let name = wanted.durable_name.clone().unwrap_or_default();
     match stream.get_consumer::<pull::Config>(&name).await {
@@ -165,11 +202,23 @@ mod tests {
             let config: stream::Config = serde_json::from_str(json).unwrap();
             assert_eq!(config.name, name);
             assert_eq!(config.storage, stream::StorageType::File);
-            assert!(config.duplicate_window >= Duration::from_secs(120), "{name} needs a duplicate window");
+            assert!(
+                config.duplicate_window >= Duration::from_secs(120),
+                "{name} needs a duplicate window"
+            );
             assert_eq!(config.subjects, vec![subjects::all(name)]);
             let value: serde_json::Value = serde_json::from_str(json).unwrap();
-            for newer in ["metadata", "first_seq", "subject_transform", "compression", "consumer_limits"] {
-                assert!(value.get(newer).is_none(), "{name} uses {newer}, which 2.9 ignores");
+            for newer in [
+                "metadata",
+                "first_seq",
+                "subject_transform",
+                "compression",
+                "consumer_limits",
+            ] {
+                assert!(
+                    value.get(newer).is_none(),
+                    "{name} uses {newer}, which 2.9 ignores"
+                );
             }
         }
         for (stream_name, json) in CONSUMER_DEFINITIONS {
@@ -177,7 +226,10 @@ mod tests {
             assert!(config.durable_name.is_some());
             assert_eq!(config.filter_subject, subjects::all(stream_name));
             let value: serde_json::Value = serde_json::from_str(json).unwrap();
-            assert!(value.get("filter_subjects").is_none(), "2.9 ignores filter_subjects");
+            assert!(
+                value.get("filter_subjects").is_none(),
+                "2.9 ignores filter_subjects"
+            );
         }
     }
 }

@@ -19,7 +19,12 @@ pub struct Settings {
     pub database_url: Option<String>,
 
     /// Address the HTTP server listens on
-    #[arg(long, env = "COPILOT_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "COPILOT_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// URL users reach the HTTP server at, used in printed instructions [default: http://<listen>]
@@ -27,15 +32,30 @@ pub struct Settings {
     pub public_url: Option<String>,
 
     /// HS256 secret for API JWTs (at least 32 bytes); `copilot up` generates and keeps one in the data directory when unset
-    #[arg(long, env = "COPILOT_JWT_SECRET", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "COPILOT_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// JWT issuer (`iss`) issued and required
-    #[arg(long, env = "COPILOT_JWT_ISSUER", default_value = "copilot", global = true)]
+    #[arg(
+        long,
+        env = "COPILOT_JWT_ISSUER",
+        default_value = "copilot",
+        global = true
+    )]
     pub jwt_issuer: String,
 
     /// JWT audience (`aud`) issued and required
-    #[arg(long, env = "COPILOT_JWT_AUDIENCE", default_value = "copilot-api", global = true)]
+    #[arg(
+        long,
+        env = "COPILOT_JWT_AUDIENCE",
+        default_value = "copilot-api",
+        global = true
+    )]
     pub jwt_audience: String,
 
     /// Largest webhook body accepted, in bytes
@@ -43,33 +63,62 @@ pub struct Settings {
     pub max_body_bytes: usize,
 
     /// How long the gateway waits for JetStream to acknowledge an append before answering 503, in milliseconds
-    #[arg(long, env = "COPILOT_PUBLISH_TIMEOUT_MS", default_value_t = 5000, global = true)]
+    #[arg(
+        long,
+        env = "COPILOT_PUBLISH_TIMEOUT_MS",
+        default_value_t = 5000,
+        global = true
+    )]
     pub publish_timeout_ms: u64,
 
     /// Most events the projector applies in one transaction
-    #[arg(long, env = "COPILOT_PROJECTOR_BATCH", default_value_t = 1000, global = true)]
+    #[arg(
+        long,
+        env = "COPILOT_PROJECTOR_BATCH",
+        default_value_t = 1000,
+        global = true
+    )]
     pub projector_batch: usize,
 
     /// Postgres connections per process
-    #[arg(long, env = "COPILOT_DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "COPILOT_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_max_connections: u32,
 
     /// Where `copilot up` keeps its local NATS and Postgres data and its generated secret
-    #[arg(long, env = "COPILOT_DATA_DIR", default_value = ".copilot", global = true)]
+    #[arg(
+        long,
+        env = "COPILOT_DATA_DIR",
+        default_value = ".copilot",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Log format: json or text
-    #[arg(long, env = "COPILOT_LOG_FORMAT", default_value = "json", global = true)]
+    #[arg(
+        long,
+        env = "COPILOT_LOG_FORMAT",
+        default_value = "json",
+        global = true
+    )]
     pub log_format: crate::telemetry::LogFormat,
 }
 
 impl Settings {
     pub fn nats_url(&self) -> String {
-        self.nats_url.clone().unwrap_or_else(|| DEFAULT_NATS_URL.to_owned())
+        self.nats_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NATS_URL.to_owned())
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned())
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned())
     }
 
     pub fn publish_timeout(&self) -> Duration {
@@ -117,7 +166,10 @@ mod tests {
 
     #[test]
     fn redact_hides_the_password_and_keeps_the_rest() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }

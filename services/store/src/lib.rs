@@ -31,6 +31,16 @@ pub struct Store {
     pool: PgPool,
 }
 
+/// An event a projection could not apply, with why.
+pub struct DeadLetter<'a> {
+    pub projection: &'a str,
+    pub stream: &'a str,
+    pub seq: u64,
+    pub subject: &'a str,
+    pub reason: &'a str,
+    pub body: &'a [u8],
+}
+
 /// Exclusive right to run one projection, held as a Postgres session advisory lock on a
 /// connection of its own; dropping the lease closes the connection and frees the lock.
 pub struct Lease {
@@ -86,24 +96,32 @@ impl Store {
 
     /// The stream sequence `projection` has applied up to (0 when it has applied nothing).
     pub async fn checkpoint(&self, tx: &mut Tx<'_>, projection: &str) -> Result<u64> {
-        let seq: Option<i64> =
-            sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE")
-                .bind(projection)
-                .fetch_optional(&mut **tx)
-                .await?;
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+        )
+        .bind(projection)
+        .fetch_optional(&mut **tx)
+        .await?;
         Ok(seq.unwrap_or(0) as u64)
     }
 
     /// The checkpoint outside a transaction, for readers that wait on a projection.
     pub async fn read_checkpoint(&self, projection: &str) -> Result<u64> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE projection = $1")
-            .bind(projection)
-            .fetch_optional(&self.pool)
-            .await?;
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE projection = $1")
+                .bind(projection)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(seq.unwrap_or(0) as u64)
     }
 
-    pub async fn set_checkpoint(&self, tx: &mut Tx<'_>, projection: &str, stream: &str, seq: u64) -> Result<()> {
+    pub async fn set_checkpoint(
+        &self,
+        tx: &mut Tx<'_>,
+        projection: &str,
+        stream: &str,
+        seq: u64,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO projection_checkpoints (projection, stream, last_seq) VALUES ($1, $2, $3)
              ON CONFLICT (projection) DO UPDATE SET last_seq = excluded.last_seq
@@ -118,26 +136,17 @@ impl Store {
     }
 
     /// Parks an event a projection could not apply.
-    pub async fn insert_dead_letter(
-        &self,
-        tx: &mut Tx<'_>,
-        projection: &str,
-        stream: &str,
-        seq: u64,
-        subject: &str,
-        reason: &str,
-        body: &[u8],
-    ) -> Result<()> {
+    pub async fn insert_dead_letter(&self, tx: &mut Tx<'_>, letter: &DeadLetter<'_>) -> Result<()> {
         sqlx::query(
             "INSERT INTO dead_letters (projection, stream, seq, subject, reason, body) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (projection, seq) DO NOTHING",
         )
-        .bind(projection)
-        .bind(stream)
-        .bind(seq as i64)
-        .bind(subject)
-        .bind(reason)
-        .bind(body)
+        .bind(letter.projection)
+        .bind(letter.stream)
+        .bind(letter.seq as i64)
+        .bind(letter.subject)
+        .bind(letter.reason)
+        .bind(letter.body)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -147,10 +156,11 @@ impl Store {
     /// checksums hold the same rows. Used to prove a rebuild equals the live model.
     pub async fn checksum(&self, table: ReadModel) -> Result<String> {
         let (name, key) = table.name_and_key();
-        let rows: Vec<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT t::text FROM {name} t ORDER BY {key}")))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT t::text FROM {name} t ORDER BY {key}"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
         let mut hasher = blake3::Hasher::new();
         for row in rows {
             hasher.update(row.as_bytes());
@@ -184,10 +194,11 @@ impl ReadModel {
 /// `copilot up` and the test harness, which bring their own database.
 pub async fn ensure_database(admin_url: &str, name: &str) -> Result<()> {
     let mut conn = PgConnection::connect(admin_url).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         let quoted = name.replace('"', "\"\"");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
@@ -202,9 +213,11 @@ pub async fn ensure_database(admin_url: &str, name: &str) -> Result<()> {
 pub async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
     let mut conn = PgConnection::connect(admin_url).await?;
     let quoted = name.replace('"', "\"\"");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)")))
-        .execute(&mut conn)
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
     conn.close().await?;
     Ok(())
 }
@@ -212,10 +225,12 @@ pub async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
 impl Store {
     /// Dead letters a projection has parked.
     pub async fn count_dead_letters(&self, projection: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE projection = $1")
-            .bind(projection)
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE projection = $1")
+                .bind(projection)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// `(alert instances, notifications)` recorded for a tenant.
@@ -230,11 +245,13 @@ impl Store {
 
     /// The request id of the last notification applied to a signal.
     pub async fn signal_request_id(&self, tenant: &str, id: uuid::Uuid) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT last_request_id FROM signals WHERE tenant = $1 AND id = $2")
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .flatten())
+        Ok(
+            sqlx::query_scalar("SELECT last_request_id FROM signals WHERE tenant = $1 AND id = $2")
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
     }
 }

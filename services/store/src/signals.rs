@@ -128,7 +128,7 @@ impl Store {
                    last_received_at, notification_count, raw, last_event_id, last_request_id, last_seq)
                SELECT id, tenant, fingerprint, starts_at, source, status, severity, service, title,
                    labels::jsonb, annotations::jsonb, vals::jsonb, generator_url, group_key, receiver, ends_at,
-                   first_received_at, last_received_at, notification_count, raw::jsonb, last_event_id,
+                   first_received_at, last_received_at, notification_count, raw::json, last_event_id,
                    last_request_id, last_seq
                FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
                    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
@@ -195,7 +195,9 @@ impl Store {
         cursor: Option<SignalCursor>,
         limit: u32,
     ) -> Result<Vec<SignalView>> {
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {VIEW_COLUMNS} FROM signals WHERE tenant = "));
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+            "SELECT {VIEW_COLUMNS} FROM signals WHERE tenant = "
+        ));
         q.push_bind(tenant);
         for (column, value) in [
             ("status", &filter.status),
@@ -204,7 +206,8 @@ impl Store {
             ("severity", &filter.severity),
         ] {
             if let Some(value) = value {
-                q.push(format_args!(" AND {column} = ")).push_bind(value.clone());
+                q.push(format_args!(" AND {column} = "))
+                    .push_bind(value.clone());
             }
         }
         if let Some(since) = filter.since {
@@ -214,20 +217,30 @@ impl Store {
             q.push(" AND starts_at < ").push_bind(until);
         }
         if let Some(c) = cursor {
-            q.push(" AND (starts_at, id) < (").push_bind(c.starts_at).push(", ").push_bind(c.id).push(")");
+            q.push(" AND (starts_at, id) < (")
+                .push_bind(c.starts_at)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")");
         }
-        q.push(" ORDER BY starts_at DESC, id DESC LIMIT ").push_bind(i64::from(limit));
+        q.push(" ORDER BY starts_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit));
         let rows = q.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| view(r, false)).collect::<std::result::Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(|r| view(r, false))
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     /// One signal of a tenant; `None` for another tenant's signal as for a missing one.
     pub async fn get_signal(&self, tenant: &str, id: Uuid) -> Result<Option<SignalView>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {VIEW_COLUMNS}, raw FROM signals WHERE tenant = $1 AND id = $2")))
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {VIEW_COLUMNS}, raw FROM signals WHERE tenant = $1 AND id = $2"
+        )))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|r| view(&r, true)).transpose()?)
     }
 }

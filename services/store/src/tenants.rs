@@ -93,21 +93,29 @@ impl Store {
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(tenant, token_id, revoked)| TokenOwner { tenant, token_id, revoked }))
+        Ok(row.map(|(tenant, token_id, revoked)| TokenOwner {
+            tenant,
+            token_id,
+            revoked,
+        }))
     }
 
     pub async fn tenant_exists(&self, slug: &str) -> Result<bool> {
-        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE slug = $1)")
-            .bind(slug)
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE slug = $1)")
+                .bind(slug)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Whether the projector has recorded a token (used to wait for a command's effect).
     pub async fn token_exists(&self, token_id: Uuid) -> Result<bool> {
-        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM webhook_tokens WHERE token_id = $1)")
-            .bind(token_id)
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM webhook_tokens WHERE token_id = $1)")
+                .bind(token_id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 }
