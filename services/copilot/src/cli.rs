@@ -15,7 +15,7 @@ use crate::{
 
 /// Incident copilot: Alertmanager and Grafana webhooks into JetStream, read models in Postgres.
 #[derive(Parser, Debug)]
-#[command(name = "copilot", version, about, long_about = None)]
+#[command(name = "copilot", version)]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,
