@@ -10,12 +10,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use copilot_runtime::{Settings, settings::DEFAULT_DATABASE_URL};
+use copilot_runtime::Settings;
 use tokio::process::{Child, Command};
 
 const NATS_ADDR: &str = "127.0.0.1:4222";
 const PG_ADDR: &str = "127.0.0.1:5432";
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Where Debian's PostgreSQL puts its socket.
+const DEBIAN_SOCKET_DIR: &str = "/var/run/postgresql";
 const DATABASE: &str = "copilot";
 
 /// Processes `copilot up` started, stopped when it stops.
@@ -52,21 +53,36 @@ impl Local {
             settings.nats_url = Some(format!("nats://{NATS_ADDR}"));
         }
         if settings.database_url.is_none() {
-            if listening(PG_ADDR).await {
+            let socket_dir = if listening(PG_ADDR).await {
                 local.notes.push(format!(
                     "Postgres: reusing the server on {PG_ADDR}, database {DATABASE}"
                 ));
+                Some(PathBuf::from(DEBIAN_SOCKET_DIR))
             } else {
-                local.postgres = Some(start_postgres(&data_dir).await?);
+                let (pg_ctl, dir) = start_postgres(&data_dir).await?;
                 local.notes.push(format!(
-                    "Postgres: started a local cluster on {PG_ADDR}, data in {}/postgres",
-                    data_dir.display()
+                    "Postgres: started a local cluster on {PG_ADDR}, data in {}",
+                    dir.display()
                 ));
-            }
-            copilot_store::ensure_database(PG_ADMIN_URL, DATABASE).await.with_context(|| {
-                format!("creating database {DATABASE} on {PG_ADDR} as user postgres; set DATABASE_URL to use another server or user")
-            })?;
-            settings.database_url = Some(DEFAULT_DATABASE_URL.to_owned());
+                local.postgres = Some((pg_ctl, dir.clone()));
+                Some(dir)
+            };
+            // Prefer the Unix socket when the server has one there: sqlx 0.9 does not set
+            // TCP_NODELAY, and small writes over TCP wait for delayed ACKs.
+            let socket_dir = socket_dir.filter(|d| d.join(".s.PGSQL.5432").exists());
+            let url = |db: &str| match &socket_dir {
+                Some(dir) => format!(
+                    "postgres://postgres@localhost/{db}?host={}&port=5432",
+                    dir.display()
+                ),
+                None => format!("postgres://postgres@{PG_ADDR}/{db}"),
+            };
+            copilot_store::ensure_database(&url("postgres"), DATABASE)
+                .await
+                .with_context(|| {
+                    format!("creating database {DATABASE} on {PG_ADDR} as user postgres; set DATABASE_URL to use another server or user")
+                })?;
+            settings.database_url = Some(url(DATABASE));
         }
         Ok(local)
     }

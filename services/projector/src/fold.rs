@@ -110,8 +110,7 @@ impl Fold {
     pub async fn write(self, store: &Store, tx: &mut Tx<'_>) -> copilot_store::Result<()> {
         match self {
             Self::Signals { rows, .. } => {
-                let rows: Vec<SignalRow> = rows.into_values().collect();
-                store.upsert_signals(tx, &rows).await
+                store.upsert_signals(tx, rows.into_values().collect()).await
             }
             Self::Tenants(changes) => {
                 for change in changes {

@@ -151,8 +151,8 @@ async fn project(
     shutdown: &CancellationToken,
     until: Option<u64>,
 ) -> anyhow::Result<()> {
-    let consumer = position(ctx, projection).await?;
-    if until.is_some_and(|target| target == 0) {
+    let (consumer, mut folded_to) = position(ctx, projection).await?;
+    if until.is_some_and(|target| target <= folded_to) {
         return Ok(());
     }
     let mut messages = consumer
@@ -164,9 +164,11 @@ async fn project(
         .await
         .context("subscribing to the consumer")?;
     let max_batch = ctx.settings.projector_batch.max(1);
+    // Two stages: while one batch commits, the next is read and folded.
+    let mut committing: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
     loop {
         let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => break,
             next = messages.next() => next,
         };
         let first = match next {
@@ -198,17 +200,28 @@ async fn project(
                 }
             }
         }
-        let applied_to = apply_batch(ctx, projection, batch).await?;
-        if until.is_some_and(|target| applied_to >= target) {
-            return Ok(());
+        let prepared = prepare(projection, batch, folded_to)?;
+        let from = folded_to;
+        folded_to = prepared.last;
+        if let Some(previous) = committing.take() {
+            previous.await.context("a batch commit panicked")??;
         }
+        let task = tokio::spawn(commit(ctx.clone(), projection, prepared, from));
+        if until.is_some_and(|target| folded_to >= target) {
+            return task.await.context("a batch commit panicked")?;
+        }
+        committing = Some(task);
     }
+    if let Some(previous) = committing {
+        previous.await.context("a batch commit panicked")??;
+    }
+    Ok(())
 }
 
 /// Makes the durable consumer deliver from the message after the checkpoint. A consumer that
 /// delivered exactly up to the checkpoint with nothing pending is kept; any other is recreated
 /// (after a crash with messages in flight, or when the read models were dropped for a rebuild).
-async fn position(ctx: &Context, projection: Projection) -> anyhow::Result<PullConsumer> {
+async fn position(ctx: &Context, projection: Projection) -> anyhow::Result<(PullConsumer, u64)> {
     let stream = ctx.js.get_stream(projection.stream()).await?;
     let (_, mut config) = nats::consumer_definition(projection.consumer())
         .with_context(|| format!("no definition for consumer {}", projection.consumer()))?;
@@ -219,7 +232,7 @@ async fn position(ctx: &Context, projection: Projection) -> anyhow::Result<PullC
     {
         let info = existing.info().await?;
         if info.delivered.stream_sequence == checkpoint && info.num_ack_pending == 0 {
-            return Ok(existing);
+            return Ok((existing, checkpoint));
         }
         tracing::info!(
             projection = projection.name(),
@@ -234,7 +247,7 @@ async fn position(ctx: &Context, projection: Projection) -> anyhow::Result<PullC
             start_sequence: checkpoint + 1,
         };
     }
-    Ok(stream.create_consumer(config).await?)
+    Ok((stream.create_consumer(config).await?, checkpoint))
 }
 
 struct Parked {
@@ -245,23 +258,33 @@ struct Parked {
     body: bytes::Bytes,
 }
 
-/// Applies one batch in one transaction; returns the sequence the checkpoint now stands at.
-async fn apply_batch(
-    ctx: &Context,
+/// A batch folded in memory, ready to commit.
+struct Prepared {
+    fold: Fold,
+    parked: Vec<Parked>,
+    /// Sequence of the last message of the batch: the checkpoint once it commits.
+    last: u64,
+    /// Messages the consumer had yet to deliver after this batch.
+    pending: Option<u64>,
+    request_ids: BTreeSet<String>,
+    messages: Vec<jetstream::Message>,
+    /// Time spent folding.
+    fold_time: Duration,
+}
+
+/// Folds a batch in memory, skipping what is at or below `from` (already applied).
+fn prepare(
     projection: Projection,
-    batch: Vec<jetstream::Message>,
-) -> anyhow::Result<u64> {
-    let name = projection.name();
-    let store = &ctx.store;
+    messages: Vec<jetstream::Message>,
+    from: u64,
+) -> anyhow::Result<Prepared> {
     let started = std::time::Instant::now();
-    let mut tx = store.begin().await?;
-    let checkpoint = store.checkpoint(&mut tx, name).await?;
     let mut fold = Fold::new(projection);
     let mut parked = Vec::new();
-    let mut last = checkpoint;
+    let mut last = from;
     let mut pending = None;
     let mut request_ids = BTreeSet::new();
-    for message in &batch {
+    for message in &messages {
         let info = message
             .info()
             .map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?;
@@ -297,8 +320,45 @@ async fn apply_batch(
             }),
         }
     }
+    Ok(Prepared {
+        fold,
+        parked,
+        last,
+        pending,
+        request_ids,
+        messages,
+        fold_time: started.elapsed(),
+    })
+}
+
+/// Commits a prepared batch in one transaction with its checkpoint, then acks its messages.
+/// `from` is the checkpoint the batch was folded on; if the database says otherwise another
+/// writer got in, and the batch is abandoned (the caller repositions).
+async fn commit(
+    ctx: Context,
+    projection: Projection,
+    prepared: Prepared,
+    from: u64,
+) -> anyhow::Result<()> {
+    let name = projection.name();
+    let store = &ctx.store;
+    let Prepared {
+        fold,
+        parked,
+        last,
+        pending,
+        request_ids,
+        messages,
+        fold_time,
+    } = prepared;
+    let started = std::time::Instant::now();
+    let mut tx = store.begin().await?;
+    let checkpoint = store.checkpoint(&mut tx, name).await?;
+    anyhow::ensure!(
+        checkpoint == from,
+        "the {name} checkpoint is at {checkpoint}, expected {from}: another writer?"
+    );
     let applied = fold.len();
-    let folded = started.elapsed();
     fold.write(store, &mut tx).await?;
     let written = started.elapsed();
     for p in &parked {
@@ -311,14 +371,14 @@ async fn apply_batch(
             body: &p.body,
         };
         store.insert_dead_letter(&mut tx, &letter).await?;
-        park(ctx, projection, p).await?;
+        park(&ctx, projection, p).await?;
     }
     store
         .set_checkpoint(&mut tx, name, projection.stream(), last)
         .await?;
     tx.commit().await.context("committing the batch")?;
     let committed = started.elapsed();
-    for message in &batch {
+    for message in &messages {
         if let Err(err) = message.ack().await {
             tracing::debug!(projection = name, error = %err, "ack failed; the checkpoint covers it");
         }
@@ -346,17 +406,17 @@ async fn apply_batch(
     }
     tracing::info!(
         projection = name,
-        events = batch.len(),
+        events = messages.len(),
         applied,
         parked = parked.len(),
         checkpoint = last,
         request_ids = ?request_ids,
-        fold_us = folded.as_micros() as u64,
-        write_us = (written - folded).as_micros() as u64,
+        fold_us = fold_time.as_micros() as u64,
+        write_us = written.as_micros() as u64,
         commit_us = (committed - written).as_micros() as u64,
         "batch projected"
     );
-    Ok(last)
+    Ok(())
 }
 
 /// Publishes a parked event to the DEADLETTERS stream, with why and where it came from.

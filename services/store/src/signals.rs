@@ -34,6 +34,66 @@ pub struct SignalRow {
     pub last_seq: u64,
 }
 
+/// Signal rows as one array per column, for `UNNEST`; built by moving the rows' fields.
+#[derive(Default)]
+struct SignalColumns {
+    id: Vec<Uuid>,
+    tenant: Vec<String>,
+    fingerprint: Vec<String>,
+    starts_at: Vec<DateTime<Utc>>,
+    source: Vec<String>,
+    status: Vec<String>,
+    severity: Vec<String>,
+    service: Vec<Option<String>>,
+    title: Vec<String>,
+    labels: Vec<String>,
+    annotations: Vec<String>,
+    values: Vec<Option<String>>,
+    generator_url: Vec<Option<String>>,
+    group_key: Vec<Option<String>>,
+    receiver: Vec<Option<String>>,
+    ends_at: Vec<Option<DateTime<Utc>>>,
+    first_received_at: Vec<DateTime<Utc>>,
+    last_received_at: Vec<DateTime<Utc>>,
+    notification_count: Vec<i32>,
+    raw: Vec<String>,
+    last_event_id: Vec<Uuid>,
+    last_request_id: Vec<Option<String>>,
+    last_seq: Vec<i64>,
+}
+
+impl From<Vec<SignalRow>> for SignalColumns {
+    fn from(rows: Vec<SignalRow>) -> Self {
+        let mut c = SignalColumns::default();
+        for r in rows {
+            c.id.push(r.id);
+            c.tenant.push(r.tenant);
+            c.fingerprint.push(r.fingerprint);
+            c.starts_at.push(r.starts_at);
+            c.source.push(r.source);
+            c.status.push(r.status);
+            c.severity.push(r.severity);
+            c.service.push(r.service);
+            c.title.push(r.title);
+            c.labels.push(r.labels);
+            c.annotations.push(r.annotations);
+            c.values.push(r.values);
+            c.generator_url.push(r.generator_url);
+            c.group_key.push(r.group_key);
+            c.receiver.push(r.receiver);
+            c.ends_at.push(r.ends_at);
+            c.first_received_at.push(r.first_received_at);
+            c.last_received_at.push(r.last_received_at);
+            c.notification_count.push(r.notification_count);
+            c.raw.push(r.raw);
+            c.last_event_id.push(r.last_event_id);
+            c.last_request_id.push(r.last_request_id);
+            c.last_seq.push(r.last_seq as i64);
+        }
+        c
+    }
+}
+
 /// A signal as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SignalView {
@@ -113,15 +173,11 @@ impl Store {
     /// `last_received_at`; `resolved` is sticky for an alert instance (Alertmanager in HA mode
     /// can deliver a stale `firing` after the `resolved`); a row never moves back to an older event.
     /// The caller guarantees one row per id.
-    pub async fn upsert_signals(&self, tx: &mut Tx<'_>, rows: &[SignalRow]) -> Result<()> {
+    pub async fn upsert_signals(&self, tx: &mut Tx<'_>, rows: Vec<SignalRow>) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        macro_rules! column {
-            ($field:ident) => {
-                rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
-            };
-        }
+        let c = SignalColumns::from(rows);
         sqlx::query(
             r#"INSERT INTO signals AS s (id, tenant, fingerprint, starts_at, source, status, severity, service, title,
                    labels, annotations, "values", generator_url, group_key, receiver, ends_at, first_received_at,
@@ -159,29 +215,29 @@ impl Store {
                    last_seq = excluded.last_seq
                WHERE s.last_seq < excluded.last_seq"#,
         )
-        .bind(column!(id))
-        .bind(column!(tenant))
-        .bind(column!(fingerprint))
-        .bind(column!(starts_at))
-        .bind(column!(source))
-        .bind(column!(status))
-        .bind(column!(severity))
-        .bind(column!(service))
-        .bind(column!(title))
-        .bind(column!(labels))
-        .bind(column!(annotations))
-        .bind(column!(values))
-        .bind(column!(generator_url))
-        .bind(column!(group_key))
-        .bind(column!(receiver))
-        .bind(column!(ends_at))
-        .bind(column!(first_received_at))
-        .bind(column!(last_received_at))
-        .bind(column!(notification_count))
-        .bind(column!(raw))
-        .bind(column!(last_event_id))
-        .bind(column!(last_request_id))
-        .bind(rows.iter().map(|r| r.last_seq as i64).collect::<Vec<_>>())
+        .bind(c.id)
+        .bind(c.tenant)
+        .bind(c.fingerprint)
+        .bind(c.starts_at)
+        .bind(c.source)
+        .bind(c.status)
+        .bind(c.severity)
+        .bind(c.service)
+        .bind(c.title)
+        .bind(c.labels)
+        .bind(c.annotations)
+        .bind(c.values)
+        .bind(c.generator_url)
+        .bind(c.group_key)
+        .bind(c.receiver)
+        .bind(c.ends_at)
+        .bind(c.first_received_at)
+        .bind(c.last_received_at)
+        .bind(c.notification_count)
+        .bind(c.raw)
+        .bind(c.last_event_id)
+        .bind(c.last_request_id)
+        .bind(c.last_seq)
         .execute(&mut **tx)
         .await?;
         Ok(())
