@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use copilot_events::Role;
 use copilot_runtime::{Context, Settings, auth::Jwt, telemetry};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::{self, App, Services},
@@ -119,7 +120,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let mut settings = cli.settings;
     let shutdown = copilot_runtime::shutdown::on_signal();
     match cli.command {
-        Command::Up => up(settings).await,
+        Command::Up => up(settings, shutdown).await,
         Command::Gateway => copilot_gateway::run(settings, shutdown).await,
         Command::Projector => copilot_projector::run(settings, shutdown).await,
         Command::Api => {
@@ -257,12 +258,11 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn up(mut settings: Settings) -> anyhow::Result<()> {
+async fn up(mut settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
     let local = Local::resolve(&mut settings).await?;
     load_secret(&mut settings, true)?;
     let data_dir = settings.data_dir.clone();
     let public_url = settings.public_url.clone();
-    let stop = copilot_runtime::shutdown::on_signal();
     let result = async {
         let app = App::start(settings, Services::All).await?;
         let base = public_url.unwrap_or_else(|| app.url());
