@@ -62,6 +62,7 @@ CREATE INDEX signals_tenant_newest ON signals (tenant, starts_at DESC, id DESC);
 -- DEADLETTERS stream). Written in the same transaction that moves the checkpoint past them.
 CREATE TABLE dead_letters (
     projection text   NOT NULL,
+    tenant     text   NOT NULL, -- from the subject the event was read on
     stream     text   NOT NULL,
     seq        bigint NOT NULL,
     subject    text   NOT NULL,

@@ -30,6 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Seconds a sender should wait before retrying when JetStream is unavailable.
 const RETRY_AFTER_SECS: u64 = 5;
+/// Appends whose acks are awaited together.
+const ACK_WINDOW: usize = 256;
+/// Room for the message headers (msg id, request id, event type) under the server's max payload.
+const HEADER_ALLOWANCE: usize = 1024;
 
 #[derive(Clone)]
 pub struct Gateway {
@@ -139,48 +143,68 @@ impl Gateway {
         }
         let subject = subjects::signal(tenant, source.as_str());
         let now = Utc::now();
-        let mut acks = Vec::with_capacity(signals.len());
-        for signal in signals {
-            let envelope = Envelope::new(
-                tenant,
-                signal,
-                now,
-                Headers {
-                    request_id: request_id.clone(),
-                    ..Headers::default()
-                },
-            );
-            let id = signal.message_id(tenant);
-            let mut headers = NatsHeaders::new();
-            headers.insert(subjects::HEADER_EVENT_TYPE, SignalReceived::TYPE);
-            if let Some(rid) = &request_id {
-                headers.insert(subjects::HEADER_REQUEST_ID, rid.as_str());
-            }
-            let message = PublishMessage::build()
-                .payload(envelope.to_bytes().into())
-                .headers(headers)
-                .message_id(id);
-            let ack = self
-                .ctx
-                .js
-                .send_publish(subject.clone(), message)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(tenant, error = %e, "publish failed");
-                    unavailable("the event store did not take the alerts; retry later".into())
-                })?;
-            acks.push(ack.into_future());
+        let messages: Vec<(bytes::Bytes, NatsHeaders, String)> = signals
+            .iter()
+            .map(|signal| {
+                let envelope = Envelope::new(
+                    tenant,
+                    signal,
+                    now,
+                    Headers {
+                        request_id: request_id.clone(),
+                        ..Headers::default()
+                    },
+                );
+                let mut headers = NatsHeaders::new();
+                headers.insert(subjects::HEADER_EVENT_TYPE, SignalReceived::TYPE);
+                if let Some(rid) = &request_id {
+                    headers.insert(subjects::HEADER_REQUEST_ID, rid.as_str());
+                }
+                (
+                    envelope.to_bytes().into(),
+                    headers,
+                    signal.message_id(tenant),
+                )
+            })
+            .collect();
+        // An event the server can never take is the sender's problem (413), not a reason to
+        // have it retry forever; check them all before appending any.
+        let max_payload = self.ctx.nats.server_info().max_payload;
+        if let Some((index, m)) = messages
+            .iter()
+            .enumerate()
+            .find(|(_, (payload, _, _))| payload.len() + HEADER_ALLOWANCE > max_payload)
+        {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "alert {index} makes an event of {} bytes; the event store takes at most {max_payload}",
+                m.0.len()
+            )));
         }
-        let results = futures::future::join_all(acks).await;
+        // Acks are awaited a window at a time, so one huge webhook cannot hold every in-flight
+        // permit of the connection, and the whole append gives up after the publish timeout.
+        // Acks are awaited a window at a time, so one huge webhook cannot hold every in-flight
+        // permit of the connection; a window that makes no progress within the publish timeout
+        // gives up with 503 instead of hanging.
+        let timeout = self.ctx.settings.publish_timeout();
         let mut duplicates = 0;
-        for result in results {
-            match result {
-                Ok(ack) if ack.duplicate => duplicates += 1,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(tenant, error = %e, "append not acknowledged");
+        let mut pending = messages.into_iter().peekable();
+        while pending.peek().is_some() {
+            let window: Vec<_> = pending.by_ref().take(ACK_WINDOW).collect();
+            let appended =
+                tokio::time::timeout(timeout, self.append_window(&subject, window)).await;
+            match appended {
+                Ok(Ok(window_duplicates)) => duplicates += window_duplicates,
+                Ok(Err(error)) => {
+                    tracing::warn!(tenant, error, "webhook not appended");
                     return Err(unavailable(
                         "the event store did not acknowledge the alerts; retry later".into(),
+                    ));
+                }
+                Err(_) => {
+                    tracing::warn!(tenant, "webhook append timed out");
+                    return Err(unavailable(
+                        "the event store did not acknowledge the alerts in time; retry later"
+                            .into(),
                     ));
                 }
             }
@@ -192,6 +216,39 @@ impl Gateway {
         appended
             .with_label_values(&[subjects::SIGNALS, "duplicate"])
             .inc_by(duplicates as u64);
+        Ok(duplicates)
+    }
+}
+
+impl Gateway {
+    /// Publishes one window of messages and waits for all their acks; returns the duplicates.
+    async fn append_window(
+        &self,
+        subject: &str,
+        window: Vec<(bytes::Bytes, NatsHeaders, String)>,
+    ) -> Result<usize, String> {
+        let mut acks = Vec::with_capacity(window.len());
+        for (payload, headers, id) in window {
+            let message = PublishMessage::build()
+                .payload(payload)
+                .headers(headers)
+                .message_id(id);
+            let ack = self
+                .ctx
+                .js
+                .send_publish(subject.to_owned(), message)
+                .await
+                .map_err(|e| format!("publish failed: {e}"))?;
+            acks.push(ack.into_future());
+        }
+        let mut duplicates = 0;
+        for result in futures::future::join_all(acks).await {
+            match result {
+                Ok(ack) if ack.duplicate => duplicates += 1,
+                Ok(_) => {}
+                Err(e) => return Err(format!("append not acknowledged: {e}")),
+            }
+        }
         Ok(duplicates)
     }
 }

@@ -179,6 +179,23 @@ fn signal(
         .filter(|t| !t.is_empty())
         .cloned()
         .unwrap_or_else(|| "untitled alert".to_owned());
+    let strings = alert
+        .labels
+        .iter()
+        .chain(alert.annotations.iter())
+        .flat_map(|(k, v)| [k, v])
+        .chain([&fingerprint])
+        .chain(generator_url.iter())
+        .chain(group_key.iter())
+        .chain(notification.receiver.iter());
+    if strings.into_iter().any(|s| s.contains('\0'))
+        || alert
+            .values
+            .as_ref()
+            .is_some_and(|v| v.iter().any(|(k, v)| k.contains('\0') || has_nul(v)))
+    {
+        return Err("contains a NUL character (\\u0000), which cannot be stored".into());
+    }
     Ok(SignalReceived {
         source,
         status,
@@ -196,6 +213,15 @@ fn signal(
         values: alert.values,
         raw: raw.to_owned(),
     })
+}
+
+fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 fn timestamp(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
@@ -398,5 +424,28 @@ mod tests {
             parse(SignalSource::Alertmanager, b"{\"alerts\": ["),
             Err(ParseError::Json(_))
         ));
+    }
+
+    #[test]
+    fn nul_characters_which_postgres_cannot_store_are_refused() {
+        let label =
+            br#"{"alerts": [{"startsAt":"2026-01-01T00:00:00Z","labels":{"a":"x\u0000y"}}]}"#;
+        let value =
+            br#"{"alerts": [{"startsAt":"2026-01-01T00:00:00Z","values":{"A":["\u0000"]}}]}"#;
+        let fine =
+            br#"{"alerts": [{"startsAt":"2026-01-01T00:00:00Z","labels":{"a":"x\\u0000y"}}]}"#;
+
+        assert!(matches!(
+            parse(SignalSource::Alertmanager, label),
+            Err(ParseError::Alert { index: 0, .. })
+        ));
+        assert!(matches!(
+            parse(SignalSource::Grafana, value),
+            Err(ParseError::Alert { index: 0, .. })
+        ));
+        assert!(
+            parse(SignalSource::Alertmanager, fine).is_ok(),
+            "an escaped backslash is not a NUL"
+        );
     }
 }

@@ -94,7 +94,15 @@ pub async fn catch_up(
         }
         if let Some(_lease) = ctx.store.try_lease(projection.name()).await? {
             let never = CancellationToken::new();
-            return project(ctx, projection, &never, Some(target)).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            return tokio::time::timeout(left, project(ctx, projection, &never, Some(target)))
+                .await
+                .with_context(|| {
+                    format!(
+                        "the {} projection did not reach sequence {target} within {timeout:?}",
+                        projection.name()
+                    )
+                })?;
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
@@ -151,10 +159,44 @@ async fn project(
     shutdown: &CancellationToken,
     until: Option<u64>,
 ) -> anyhow::Result<()> {
-    let (consumer, mut folded_to) = position(ctx, projection).await?;
+    let (consumer, folded_to) = position(ctx, projection).await?;
     if until.is_some_and(|target| target <= folded_to) {
         return Ok(());
     }
+    // Two stages: while one batch commits, the next is read and folded. Whatever ends the
+    // loop, the commit in flight is awaited, so no write outlives the lease.
+    let mut committing = None;
+    let result = pipeline(
+        ctx,
+        projection,
+        shutdown,
+        until,
+        consumer,
+        folded_to,
+        &mut committing,
+    )
+    .await;
+    let committed = match committing {
+        Some(task) => task
+            .await
+            .context("a batch commit panicked")
+            .and_then(|r| r),
+        None => Ok(()),
+    };
+    result.and(committed)
+}
+
+type Commit = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+async fn pipeline(
+    ctx: &Context,
+    projection: Projection,
+    shutdown: &CancellationToken,
+    until: Option<u64>,
+    consumer: PullConsumer,
+    mut folded_to: u64,
+    committing: &mut Option<Commit>,
+) -> anyhow::Result<()> {
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(ctx.settings.projector_batch)
@@ -164,11 +206,9 @@ async fn project(
         .await
         .context("subscribing to the consumer")?;
     let max_batch = ctx.settings.projector_batch.max(1);
-    // Two stages: while one batch commits, the next is read and folded.
-    let mut committing: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
     loop {
         let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return Ok(()),
             next = messages.next() => next,
         };
         let first = match next {
@@ -206,26 +246,48 @@ async fn project(
         if let Some(previous) = committing.take() {
             previous.await.context("a batch commit panicked")??;
         }
-        let task = tokio::spawn(commit(ctx.clone(), projection, prepared, from));
+        *committing = Some(tokio::spawn(commit(
+            ctx.clone(),
+            projection,
+            prepared,
+            from,
+        )));
         if until.is_some_and(|target| folded_to >= target) {
-            return task.await.context("a batch commit panicked")?;
+            return Ok(());
         }
-        committing = Some(task);
     }
-    if let Some(previous) = committing {
-        previous.await.context("a batch commit panicked")??;
-    }
-    Ok(())
 }
 
 /// Makes the durable consumer deliver from the message after the checkpoint. A consumer that
 /// delivered exactly up to the checkpoint with nothing pending is kept; any other is recreated
 /// (after a crash with messages in flight, or when the read models were dropped for a rebuild).
 async fn position(ctx: &Context, projection: Projection) -> anyhow::Result<(PullConsumer, u64)> {
-    let stream = ctx.js.get_stream(projection.stream()).await?;
+    let mut stream = ctx.js.get_stream(projection.stream()).await?;
     let (_, mut config) = nats::consumer_definition(projection.consumer())
         .with_context(|| format!("no definition for consumer {}", projection.consumer()))?;
-    let checkpoint = ctx.store.read_checkpoint(projection.name()).await?;
+    let name = projection.name();
+    ctx.store.init_checkpoint(name, projection.stream()).await?;
+    let mut checkpoint = ctx.store.read_checkpoint(name).await?;
+    let state = stream.info().await?.state.clone();
+    anyhow::ensure!(
+        checkpoint <= state.last_sequence,
+        "the {name} read model has applied up to sequence {checkpoint} but stream {} ends at {}: \
+         the stream was recreated; rebuild the read models into an empty database",
+        projection.stream(),
+        state.last_sequence
+    );
+    if state.messages > 0 && checkpoint + 1 < state.first_sequence {
+        tracing::warn!(
+            projection = name,
+            checkpoint,
+            first = state.first_sequence,
+            "the stream no longer holds the events after the checkpoint; going on from its first"
+        );
+        checkpoint = state.first_sequence - 1;
+        ctx.store
+            .advance_checkpoint(name, projection.stream(), checkpoint)
+            .await?;
+    }
     if let Ok(mut existing) = stream
         .get_consumer::<pull::Config>(projection.consumer())
         .await
@@ -253,9 +315,29 @@ async fn position(ctx: &Context, projection: Projection) -> anyhow::Result<(Pull
 struct Parked {
     seq: u64,
     subject: String,
-    tenant: String,
     reason: String,
     body: bytes::Bytes,
+}
+
+impl Parked {
+    fn new(seq: u64, message: &jetstream::Message, reason: String) -> Self {
+        Self {
+            seq,
+            subject: message.subject.to_string(),
+            reason,
+            body: message.payload.clone(),
+        }
+    }
+
+    /// The tenant of the subject it was read on (never the envelope's, which may lie).
+    fn tenant(&self) -> &str {
+        let tenant = subject_tenant(&self.subject);
+        if copilot_events::is_valid_slug(tenant) {
+            tenant
+        } else {
+            subjects::UNKNOWN_TENANT
+        }
+    }
 }
 
 /// A batch folded in memory, ready to commit.
@@ -293,15 +375,20 @@ fn prepare(
         if seq <= last {
             continue;
         }
+        // The consumer covers its whole stream, whose sequences have no holes (deletes are
+        // denied), so a jump means a delivery went missing: reposition rather than skip it.
+        anyhow::ensure!(
+            seq == last + 1,
+            "expected sequence {} but received {seq}; repositioning",
+            last + 1
+        );
         last = seq;
         let subject = message.subject.as_str();
         let outcome = Envelope::from_slice(&message.payload)
-            .map_err(|e| (subject_tenant(subject).to_owned(), e.to_string()))
+            .map_err(|e| e.to_string())
             .and_then(|envelope| {
-                let tenant = envelope.tenant.clone();
                 fold.add(seq, subject, &envelope)
                     .map(|()| envelope.request_id)
-                    .map_err(|reason| (tenant, reason))
             });
         match outcome {
             Ok(request_id) => {
@@ -311,13 +398,7 @@ fn prepare(
                     request_ids.insert(id);
                 }
             }
-            Err((tenant, reason)) => parked.push(Parked {
-                seq,
-                subject: subject.to_owned(),
-                tenant,
-                reason,
-                body: message.payload.clone(),
-            }),
+            Err(reason) => parked.push(Parked::new(seq, message, reason)),
         }
     }
     Ok(Prepared {
@@ -352,18 +433,38 @@ async fn commit(
         fold_time,
     } = prepared;
     let started = std::time::Instant::now();
+    let fold_len = fold.len();
     let mut tx = store.begin().await?;
     let checkpoint = store.checkpoint(&mut tx, name).await?;
     anyhow::ensure!(
         checkpoint == from,
         "the {name} checkpoint is at {checkpoint}, expected {from}: another writer?"
     );
-    let applied = fold.len();
-    fold.write(store, &mut tx).await?;
+    let mut parked = parked;
+    let applied = match fold.write(store, &mut tx).await {
+        Ok(()) => fold_len,
+        Err(err) if err.is_data_error() => {
+            tracing::warn!(
+                projection = name,
+                error = %err,
+                "the database refused a batch; applying its events one by one"
+            );
+            drop(tx);
+            tx = store.begin().await?;
+            let checkpoint = store.checkpoint(&mut tx, name).await?;
+            anyhow::ensure!(
+                checkpoint == from,
+                "the {name} checkpoint moved to {checkpoint}"
+            );
+            one_by_one(store, &mut tx, projection, &messages, from, &mut parked).await?
+        }
+        Err(err) => return Err(err.into()),
+    };
     let written = started.elapsed();
     for p in &parked {
         let letter = copilot_store::DeadLetter {
             projection: name,
+            tenant: p.tenant(),
             stream: projection.stream(),
             seq: p.seq,
             subject: &p.subject,
@@ -419,21 +520,65 @@ async fn commit(
     Ok(())
 }
 
+/// Applies a batch's events each in its own savepoint, parking those the database refuses.
+/// Slow, and only used when the batch as a whole was refused. Returns how many applied.
+async fn one_by_one(
+    store: &copilot_store::Store,
+    tx: &mut copilot_store::Tx<'static>,
+    projection: Projection,
+    messages: &[jetstream::Message],
+    from: u64,
+    parked: &mut Vec<Parked>,
+) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    for message in messages {
+        let seq = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?
+            .stream_sequence;
+        if seq <= from || parked.iter().any(|p| p.seq == seq) {
+            continue;
+        }
+        let mut fold = Fold::new(projection);
+        let added = Envelope::from_slice(&message.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|envelope| fold.add(seq, message.subject.as_str(), &envelope));
+        if let Err(reason) = added {
+            parked.push(Parked::new(seq, message, reason));
+            continue;
+        }
+        let mut savepoint = copilot_store::Store::savepoint(tx).await?;
+        match fold.write(store, &mut savepoint).await {
+            Ok(()) => {
+                savepoint.commit().await?;
+                applied += 1;
+            }
+            Err(err) if err.is_data_error() => {
+                savepoint.rollback().await?;
+                parked.push(Parked::new(
+                    seq,
+                    message,
+                    format!("refused by the database: {err}"),
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    parked.sort_by_key(|p| p.seq);
+    Ok(applied)
+}
+
 /// Publishes a parked event to the DEADLETTERS stream, with why and where it came from.
 async fn park(ctx: &Context, projection: Projection, parked: &Parked) -> anyhow::Result<()> {
     tracing::warn!(
         projection = projection.name(),
         seq = parked.seq,
         subject = parked.subject,
-        tenant = parked.tenant,
+        tenant = parked.tenant(),
         reason = parked.reason,
         "event parked as a dead letter"
     );
-    let tenant = if copilot_events::is_valid_slug(&parked.tenant) {
-        parked.tenant.as_str()
-    } else {
-        subjects::UNKNOWN_TENANT
-    };
+    let tenant = parked.tenant();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         subjects::HEADER_DEAD_LETTER_REASON,

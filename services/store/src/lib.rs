@@ -24,6 +24,19 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// Postgres refused the data itself (SQLSTATE class 22, data exception, or 54, a limit
+    /// exceeded): retrying the same rows will fail again, so the event behind them is poison.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Clone)]
@@ -34,6 +47,8 @@ pub struct Store {
 /// An event a projection could not apply, with why.
 pub struct DeadLetter<'a> {
     pub projection: &'a str,
+    /// The tenant of the subject the event was read from.
+    pub tenant: &'a str,
     pub stream: &'a str,
     pub seq: u64,
     pub subject: &'a str,
@@ -79,6 +94,11 @@ impl Store {
         Ok(self.pool.begin().await?)
     }
 
+    /// A savepoint inside `tx`: committing it keeps its writes, dropping it undoes them.
+    pub async fn savepoint<'a>(tx: &'a mut Tx<'_>) -> Result<Tx<'a>> {
+        Ok(sqlx::Connection::begin(&mut **tx).await?)
+    }
+
     /// Tries to become the one writer of `projection`. `None` when another process holds it.
     pub async fn try_lease(&self, projection: &str) -> Result<Option<Lease>> {
         let mut conn = self.pool.acquire().await?.detach();
@@ -115,6 +135,29 @@ impl Store {
         Ok(seq.unwrap_or(0) as u64)
     }
 
+    /// Makes sure the projection has a checkpoint row, so that `checkpoint` can lock it.
+    pub async fn init_checkpoint(&self, projection: &str, stream: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, stream, last_seq) VALUES ($1, $2, 0)
+             ON CONFLICT (projection) DO NOTHING",
+        )
+        .bind(projection)
+        .bind(stream)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves a checkpoint forward outside a batch: when the stream no longer holds the events
+    /// after it (they were removed by the stream's limits), there is nothing to fold there.
+    pub async fn advance_checkpoint(&self, projection: &str, stream: &str, seq: u64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.set_checkpoint(&mut tx, projection, stream, seq)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn set_checkpoint(
         &self,
         tx: &mut Tx<'_>,
@@ -138,10 +181,11 @@ impl Store {
     /// Parks an event a projection could not apply.
     pub async fn insert_dead_letter(&self, tx: &mut Tx<'_>, letter: &DeadLetter<'_>) -> Result<()> {
         sqlx::query(
-            "INSERT INTO dead_letters (projection, stream, seq, subject, reason, body) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (projection, seq) DO NOTHING",
+            "INSERT INTO dead_letters (projection, tenant, stream, seq, subject, reason, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (projection, seq) DO NOTHING",
         )
         .bind(letter.projection)
+        .bind(letter.tenant)
         .bind(letter.stream)
         .bind(letter.seq as i64)
         .bind(letter.subject)

@@ -116,9 +116,9 @@ pub struct SignalView {
     pub first_received_at: DateTime<Utc>,
     pub last_received_at: DateTime<Utc>,
     pub notification_count: i32,
-    /// The alert exactly as the source last sent it; only on single-signal reads.
+    /// The alert exactly as the source last sent it, byte for byte; only on single-signal reads.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub raw: Option<serde_json::Value>,
+    pub raw: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Filters of `GET /v1/signals`; all optional, combined with AND.
@@ -164,7 +164,15 @@ fn view(row: &PgRow, with_raw: bool) -> std::result::Result<SignalView, sqlx::Er
         first_received_at: row.try_get("first_received_at")?,
         last_received_at: row.try_get("last_received_at")?,
         notification_count: row.try_get("notification_count")?,
-        raw: if with_raw { row.try_get("raw")? } else { None },
+        raw: if with_raw {
+            let text: String = row.try_get("raw")?;
+            Some(
+                serde_json::value::RawValue::from_string(text)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            )
+        } else {
+            None
+        },
     })
 }
 
@@ -291,7 +299,7 @@ impl Store {
     /// One signal of a tenant; `None` for another tenant's signal as for a missing one.
     pub async fn get_signal(&self, tenant: &str, id: Uuid) -> Result<Option<SignalView>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {VIEW_COLUMNS}, raw FROM signals WHERE tenant = $1 AND id = $2"
+            "SELECT {VIEW_COLUMNS}, raw::text AS raw FROM signals WHERE tenant = $1 AND id = $2"
         )))
         .bind(tenant)
         .bind(id)
