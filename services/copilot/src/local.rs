@@ -67,16 +67,7 @@ impl Local {
                 local.postgres = Some((pg_ctl, dir.clone()));
                 Some(dir)
             };
-            // Prefer the Unix socket when the server has one there: sqlx 0.9 does not set
-            // TCP_NODELAY, and small writes over TCP wait for delayed ACKs.
-            let socket_dir = socket_dir.filter(|d| d.join(".s.PGSQL.5432").exists());
-            let url = |db: &str| match &socket_dir {
-                Some(dir) => format!(
-                    "postgres://postgres@localhost/{db}?host={}&port=5432",
-                    dir.display()
-                ),
-                None => format!("postgres://postgres@{PG_ADDR}/{db}"),
-            };
+            let url = |db: &str| postgres_url(socket_dir.as_deref(), db);
             copilot_store::ensure_database(&url("postgres"), DATABASE)
                 .await
                 .with_context(|| {
@@ -101,6 +92,24 @@ impl Local {
                 .await;
         }
     }
+}
+
+/// A URL for database `db` on the local server: over its Unix socket in `socket_dir` when
+/// there is one (sqlx 0.9 does not set TCP_NODELAY, and small writes over TCP wait for delayed
+/// ACKs), else over TCP.
+fn postgres_url(socket_dir: Option<&Path>, db: &str) -> String {
+    match socket_dir.filter(|d| d.join(".s.PGSQL.5432").exists()) {
+        Some(dir) => format!(
+            "postgres://postgres@localhost/{db}?host={}&port=5432",
+            dir.display()
+        ),
+        None => format!("postgres://postgres@{PG_ADDR}/{db}"),
+    }
+}
+
+/// The local server's maintenance database, for creating scratch databases.
+pub fn local_admin_url() -> String {
+    postgres_url(Some(Path::new(DEBIAN_SOCKET_DIR)), "postgres")
 }
 
 async fn listening(addr: &str) -> bool {

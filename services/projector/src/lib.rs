@@ -434,7 +434,7 @@ async fn commit(
     } = prepared;
     let started = std::time::Instant::now();
     let fold_len = fold.len();
-    let mut tx = store.begin().await?;
+    let mut tx = store.begin_batch().await?;
     let checkpoint = store.checkpoint(&mut tx, name).await?;
     anyhow::ensure!(
         checkpoint == from,
@@ -450,7 +450,7 @@ async fn commit(
                 "the database refused a batch; applying its events one by one"
             );
             drop(tx);
-            tx = store.begin().await?;
+            tx = store.begin_batch().await?;
             let checkpoint = store.checkpoint(&mut tx, name).await?;
             anyhow::ensure!(
                 checkpoint == from,

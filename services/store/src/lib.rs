@@ -94,6 +94,19 @@ impl Store {
         Ok(self.pool.begin().await?)
     }
 
+    /// A transaction for one projection batch. Its commit does not wait for the WAL flush
+    /// (`synchronous_commit = off`): a Postgres crash may forget the last batches, but it forgets
+    /// their checkpoint with them, and the projector repositions its consumer at the checkpoint
+    /// it finds, so the stream delivers them again. Nothing is lost or applied twice; the fsync
+    /// simply leaves the path every alert waits on.
+    pub async fn begin_batch(&self) -> Result<Tx<'static>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
     /// A savepoint inside `tx`: committing it keeps its writes, dropping it undoes them.
     pub async fn savepoint<'a>(tx: &'a mut Tx<'_>) -> Result<Tx<'a>> {
         Ok(sqlx::Connection::begin(&mut **tx).await?)
