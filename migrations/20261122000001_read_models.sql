@@ -30,9 +30,10 @@ CREATE TABLE webhook_tokens (
 CREATE INDEX webhook_tokens_tenant ON webhook_tokens (tenant, issued_at);
 
 -- One row per alert instance: a tenant's fingerprint firing from one starts_at. The id is
--- derived from exactly those three (SignalReceived::instance_id), so it alone is the key.
+-- derived from exactly those three (SignalReceived::instance_id) and begins with starts_at in
+-- milliseconds, so the one index, (tenant, id), serves lookups, newest-first pages and upserts.
 CREATE TABLE signals (
-    id                 uuid PRIMARY KEY,
+    id                 uuid        NOT NULL,
     tenant             text        NOT NULL,
     fingerprint        text        NOT NULL,
     starts_at          timestamptz NOT NULL,
@@ -54,9 +55,9 @@ CREATE TABLE signals (
     raw                json        NOT NULL, -- json, not jsonb: the alert's bytes exactly as received
     last_event_id      uuid        NOT NULL,
     last_request_id    text,
-    last_seq           bigint      NOT NULL
+    last_seq           bigint      NOT NULL,
+    PRIMARY KEY (tenant, id)
 );
-CREATE INDEX signals_tenant_newest ON signals (tenant, starts_at DESC, id DESC);
 
 -- Events a projection could not apply, parked with the reason (also published to the
 -- DEADLETTERS stream). Written in the same transaction that moves the checkpoint past them.

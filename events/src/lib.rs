@@ -16,15 +16,19 @@ pub use payloads::{
     WebhookTokenRevoked,
 };
 
-/// A deterministic `Nats-Msg-Id`: blake3 over the parts, each separated by a NUL so that
-/// `("ab", "c")` and `("a", "bc")` differ.
+/// A deterministic `Nats-Msg-Id`: blake3 over the parts, in hex.
 pub fn message_id(parts: &[&str]) -> String {
+    digest(parts).to_hex().to_string()
+}
+
+/// blake3 over the parts, each followed by a NUL so that `("ab", "c")` and `("a", "bc")` differ.
+pub fn digest(parts: &[&str]) -> blake3::Hash {
     let mut hasher = blake3::Hasher::new();
     for part in parts {
         hasher.update(part.as_bytes());
         hasher.update(&[0]);
     }
-    hasher.finalize().to_hex().to_string()
+    hasher.finalize()
 }
 
 /// A tenant slug: 1 to 63 characters of `a-z`, `0-9` and `-`, starting with a letter or digit.

@@ -138,16 +138,19 @@ impl SignalReceived {
 
     /// The id of the alert instance this notification is about: the same for every
     /// notification of one tenant's fingerprint firing from one `starts_at`, whatever the order
-    /// or number of notifications, so replays give the same ids.
+    /// or number of notifications, so replays give the same ids. Laid out like a UUIDv7 (version
+    /// 8, custom): the first 48 bits are `starts_at` in milliseconds, the rest blake3 of tenant,
+    /// fingerprint and `starts_at`, so ids sort by when the alert started and a B-tree on them
+    /// takes new alerts at its right edge.
     pub fn instance_id(&self, tenant: &str) -> Uuid {
         let starts_at = self
             .starts_at
             .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-        let digest = crate::message_id(&["signal", tenant, &self.fingerprint, &starts_at]);
+        let digest = crate::digest(&["signal", tenant, &self.fingerprint, &starts_at]);
+        let millis = self.starts_at.timestamp_millis().clamp(0, (1 << 48) - 1) as u64;
         let mut bytes = [0u8; 16];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).expect("blake3 hex");
-        }
+        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        bytes[6..].copy_from_slice(&digest.as_bytes()[..10]);
         uuid::Builder::from_custom_bytes(bytes).into_uuid()
     }
 }
@@ -226,6 +229,45 @@ impl std::str::FromStr for Role {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn signal(fingerprint: &str, starts_at: &str) -> SignalReceived {
+        SignalReceived {
+            source: SignalSource::Alertmanager,
+            status: SignalStatus::Firing,
+            fingerprint: fingerprint.into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            starts_at: starts_at.parse().unwrap(),
+            ends_at: None,
+            generator_url: None,
+            group_key: None,
+            receiver: None,
+            severity: Severity::Unknown,
+            service: None,
+            title: "t".into(),
+            values: None,
+            raw: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn instance_ids_are_deterministic_distinct_and_ordered_by_start() {
+        let early = signal("a", "2026-11-22T08:00:00Z");
+        let late = signal("a", "2026-11-22T09:00:00Z");
+
+        assert_eq!(early.instance_id("t"), early.instance_id("t"));
+        assert_ne!(
+            early.instance_id("t"),
+            early.instance_id("u"),
+            "tenants never share an id"
+        );
+        assert_ne!(
+            early.instance_id("t"),
+            signal("b", "2026-11-22T08:00:00Z").instance_id("t")
+        );
+        assert!(early.instance_id("t") < late.instance_id("t"));
+        assert!(signal("a", "0001-01-01T00:00:00Z").instance_id("t") < early.instance_id("t"));
+    }
 
     #[test]
     fn severities_are_normalised_from_common_spellings() {

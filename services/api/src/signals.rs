@@ -84,12 +84,9 @@ pub async fn list(
         .map_err(|e| ApiError::Internal(e.into()))?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
-        items.last().map(|s| {
-            encode_cursor(SignalCursor {
-                starts_at: s.starts_at,
-                id: s.id,
-            })
-        })
+        items
+            .last()
+            .map(|s| encode_cursor(SignalCursor { id: s.id }))
     } else {
         None
     };
@@ -113,14 +110,7 @@ pub async fn get(
 }
 
 fn encode_cursor(cursor: SignalCursor) -> String {
-    let text = format!(
-        "{}|{}",
-        cursor
-            .starts_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        cursor.id
-    );
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cursor.id.as_bytes())
 }
 
 fn decode_cursor(text: &str) -> Result<SignalCursor, ApiError> {
@@ -128,14 +118,8 @@ fn decode_cursor(text: &str) -> Result<SignalCursor, ApiError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text)
         .map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let (at, id) = text.split_once('|').ok_or_else(invalid)?;
-    Ok(SignalCursor {
-        starts_at: DateTime::parse_from_rfc3339(at)
-            .map_err(|_| invalid())?
-            .with_timezone(&Utc),
-        id: Uuid::parse_str(id).map_err(|_| invalid())?,
-    })
+    let id = Uuid::from_slice(&bytes).map_err(|_| invalid())?;
+    Ok(SignalCursor { id })
 }
 
 #[cfg(test)]
@@ -144,10 +128,7 @@ mod tests {
 
     #[test]
     fn a_cursor_round_trips_and_garbage_is_refused() {
-        let cursor = SignalCursor {
-            starts_at: "2026-05-05T13:04:57.622813140Z".parse().unwrap(),
-            id: Uuid::now_v7(),
-        };
+        let cursor = SignalCursor { id: Uuid::now_v7() };
         assert_eq!(decode_cursor(&encode_cursor(cursor)).unwrap(), cursor);
         assert!(decode_cursor("not-a-cursor").is_err());
         assert!(

@@ -134,10 +134,10 @@ pub struct SignalFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// Position after the last row of a page (newest first: `starts_at` then `id`, descending).
+/// Position after the last row of a page. Pages run newest first by id, which begins with
+/// the alert's `starts_at` in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignalCursor {
-    pub starts_at: DateTime<Utc>,
     pub id: Uuid,
 }
 
@@ -201,7 +201,7 @@ impl Store {
                  AS u(id, tenant, fingerprint, starts_at, source, status, severity, service, title, labels,
                    annotations, vals, generator_url, group_key, receiver, ends_at, first_received_at,
                    last_received_at, notification_count, raw, last_event_id, last_request_id, last_seq)
-               ON CONFLICT (id) DO UPDATE SET
+               ON CONFLICT (tenant, id) DO UPDATE SET
                    status = CASE WHEN s.status = 'resolved' OR excluded.status = 'resolved'
                                  THEN 'resolved' ELSE excluded.status END,
                    ends_at = GREATEST(s.ends_at, excluded.ends_at),
@@ -281,13 +281,9 @@ impl Store {
             q.push(" AND starts_at < ").push_bind(until);
         }
         if let Some(c) = cursor {
-            q.push(" AND (starts_at, id) < (")
-                .push_bind(c.starts_at)
-                .push(", ")
-                .push_bind(c.id)
-                .push(")");
+            q.push(" AND id < ").push_bind(c.id);
         }
-        q.push(" ORDER BY starts_at DESC, id DESC LIMIT ")
+        q.push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit));
         let rows = q.build().fetch_all(&self.pool).await?;
         Ok(rows
