@@ -181,6 +181,10 @@ async fn apply_consumer(
             if same {
                 Ok(Applied::Unchanged)
             } else {
+                // Recreated rather than updated: its start position may differ from the
+                // definition's (a projector positions it at its checkpoint), and a running
+                // projector repositions a consumer that disappears under it.
+                stream.delete_consumer(&name).await?;
                 stream.create_consumer(wanted).await?;
                 Ok(Applied::Updated)
             }
