@@ -129,13 +129,22 @@ impl TestApp {
 
     /// Messages in a stream now.
     pub async fn stream_messages(&self, stream: &str) -> u64 {
+        self.stream_state(stream).await.messages
+    }
+
+    /// Sequence of the last message of a stream now.
+    pub async fn stream_last_seq(&self, stream: &str) -> u64 {
+        self.stream_state(stream).await.last_sequence
+    }
+
+    async fn stream_state(&self, stream: &str) -> async_nats::jetstream::stream::State {
         let mut stream = self
             .ctx()
             .js
             .get_stream(stream)
             .await
             .expect("stream exists");
-        stream.info().await.expect("stream info").state.messages
+        stream.info().await.expect("stream info").state.clone()
     }
 
     /// Waits until the projection has applied everything its stream holds now.
@@ -150,21 +159,6 @@ impl TestApp {
                 >= target
         })
         .await;
-    }
-
-    pub async fn stream_last_seq(&self, stream: &str) -> u64 {
-        let mut stream = self
-            .ctx()
-            .js
-            .get_stream(stream)
-            .await
-            .expect("stream exists");
-        stream
-            .info()
-            .await
-            .expect("stream info")
-            .state
-            .last_sequence
     }
 }
 
