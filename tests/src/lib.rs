@@ -74,7 +74,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(services: Services, tweak: impl FnOnce(&mut Settings)) -> Self {
-        copilot_runtime::telemetry::init(copilot_runtime::telemetry::LogFormat::Text);
+        copilot_runtime::telemetry::init(copilot_runtime::telemetry::LogFormat::Text, "info");
         let nats = NatsServer::start().await.expect("starting nats-server");
         let db = test_db().await;
         let mut settings = settings(&nats, &db);

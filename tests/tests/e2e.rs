@@ -900,3 +900,54 @@ async fn an_event_the_database_refuses_is_parked_and_its_batch_neighbours_are_ap
 fn copilot_gateway_parse(body: &[u8]) -> Vec<copilot_events::SignalReceived> {
     copilot_gateway::parse::parse(copilot_events::SignalSource::Alertmanager, body).unwrap()
 }
+
+#[tokio::test]
+async fn copilot_up_keeps_the_default_tenants_token_and_replaces_it_once_revoked() {
+    let t = TestApp::spawn().await;
+    let data_dir = tempfile::tempdir().unwrap();
+
+    let first = copilot::cli::default_tenant_token(t.ctx(), data_dir.path())
+        .await
+        .unwrap();
+    let again = copilot::cli::default_tenant_token(t.ctx(), data_dir.path())
+        .await
+        .unwrap();
+    let owner = t
+        .ctx()
+        .store
+        .find_token(&copilot_runtime::auth::hash_token(&first))
+        .await
+        .unwrap()
+        .expect("the token is recorded");
+    copilot_api::commands::revoke_webhook_token(
+        &t.ctx().js,
+        "default",
+        owner.token_id,
+        "test",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    copilot_projector::catch_up(t.ctx(), Projection::Tenants, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let replaced = copilot::cli::default_tenant_token(t.ctx(), data_dir.path())
+        .await
+        .unwrap();
+
+    assert_eq!(first, again, "a restart prints the same token");
+    assert_ne!(replaced, first);
+    let body = fixture("alertmanager-v4-firing-1alert-alerta.json");
+    assert_eq!(
+        t.post_webhook("alertmanager", &first, body.clone())
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        t.post_webhook("alertmanager", &replaced, body)
+            .await
+            .status(),
+        202
+    );
+}

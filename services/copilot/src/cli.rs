@@ -106,7 +106,12 @@ pub enum BenchCommand {
 
 /// Runs a parsed command line; errors are printed with their causes.
 pub async fn main(cli: Cli) -> ExitCode {
-    telemetry::init(cli.settings.log_format);
+    // Services log what they do; one-shot commands only what goes wrong.
+    let quiet = !matches!(
+        cli.command,
+        Command::Up | Command::Gateway | Command::Projector | Command::Api
+    );
+    telemetry::init(cli.settings.log_format, if quiet { "warn" } else { "info" });
     match dispatch(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -215,6 +220,40 @@ pub async fn create_tenant(
     Ok(created)
 }
 
+/// The `default` tenant's webhook token for `copilot up` to print: the one kept in the data
+/// directory while it is still valid, otherwise a new one (creating the tenant on first start).
+pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Result<String> {
+    use copilot_projector::{Projection, catch_up};
+    // The read model may be behind the stream (a fresh database over an old stream).
+    catch_up(ctx, Projection::Tenants, Duration::from_secs(30)).await?;
+    let token_path = data_dir.join(DEFAULT_TOKEN_FILE);
+    if !ctx.store.tenant_exists(DEFAULT_TENANT).await? {
+        let created = create_tenant(ctx, DEFAULT_TENANT, "Default", "up").await?;
+        write_private(&token_path, &created.webhook_token)?;
+        return Ok(created.webhook_token);
+    }
+    if let Ok(kept) = std::fs::read_to_string(&token_path) {
+        let kept = kept.trim().to_owned();
+        let owner = ctx
+            .store
+            .find_token(&copilot_runtime::auth::hash_token(&kept))
+            .await?;
+        if owner.is_some_and(|o| o.tenant == DEFAULT_TENANT && !o.revoked) {
+            return Ok(kept);
+        }
+    }
+    let (_, token, _) = copilot_api::commands::issue_webhook_token(
+        &ctx.js,
+        DEFAULT_TENANT,
+        "up",
+        Default::default(),
+    )
+    .await?;
+    catch_up(ctx, Projection::Tenants, Duration::from_secs(30)).await?;
+    write_private(&token_path, &token)?;
+    Ok(token)
+}
+
 const SECRET_FILE: &str = "jwt-secret";
 const DEFAULT_TOKEN_FILE: &str = "default-webhook-token";
 const DEFAULT_TENANT: &str = "default";
@@ -266,16 +305,7 @@ async fn up(mut settings: Settings, stop: CancellationToken) -> anyhow::Result<(
     let result = async {
         let app = App::start(settings, Services::All).await?;
         let base = public_url.unwrap_or_else(|| app.url());
-        let token_path = data_dir.join(DEFAULT_TOKEN_FILE);
-        let token = if app.ctx.store.tenant_exists(DEFAULT_TENANT).await? {
-            std::fs::read_to_string(&token_path)
-                .ok()
-                .map(|t| t.trim().to_owned())
-        } else {
-            let created = create_tenant(&app.ctx, DEFAULT_TENANT, "Default", "up").await?;
-            write_private(&token_path, &created.webhook_token)?;
-            Some(created.webhook_token)
-        };
+        let token = default_tenant_token(&app.ctx, &data_dir).await?;
         let jwt = app.jwt.issue(
             "up",
             DEFAULT_TENANT,
@@ -285,7 +315,7 @@ async fn up(mut settings: Settings, stop: CancellationToken) -> anyhow::Result<(
         for note in &local.notes {
             eprintln!("{note}");
         }
-        println!("{}", banner(&base, token.as_deref(), &jwt));
+        println!("{}", banner(&base, &token, &jwt));
         app.run_until(stop).await
     }
     .await;
@@ -293,10 +323,7 @@ async fn up(mut settings: Settings, stop: CancellationToken) -> anyhow::Result<(
     result
 }
 
-fn banner(base: &str, token: Option<&str>, jwt: &str) -> String {
-    let token = token.unwrap_or(
-        "<the token printed at first start; `copilot tenants create` makes new tenants>",
-    );
+fn banner(base: &str, token: &str, jwt: &str) -> String {
     format!(
         r#"
 copilot is up on {base}

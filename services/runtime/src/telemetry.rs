@@ -11,9 +11,10 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Calling it twice is harmless (the second call does nothing),
 /// which tests rely on.
-pub fn init(format: LogFormat) {
+/// `level` is the default when `RUST_LOG` is unset.
+pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn"));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},sqlx=warn,async_nats=warn")));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry
