@@ -479,10 +479,12 @@ async fn commit(
         .await?;
     tx.commit().await.context("committing the batch")?;
     let committed = started.elapsed();
-    for message in &messages {
-        if let Err(err) = message.ack().await {
-            tracing::debug!(projection = name, error = %err, "ack failed; the checkpoint covers it");
-        }
+    // The consumer acks cumulatively (`ack_policy: all`) and this is its one writer, reading in
+    // order: acking the batch's last message acks the batch.
+    if let Some(message) = messages.last()
+        && let Err(err) = message.ack().await
+    {
+        tracing::debug!(projection = name, error = %err, "ack failed; the checkpoint covers it");
     }
     let metrics = Metrics::global();
     metrics

@@ -174,6 +174,7 @@ async fn apply_consumer(
         Ok(mut existing) => {
             let current = existing.info().await?.config.clone();
             let same = current.description == wanted.description
+                && current.ack_policy == wanted.ack_policy
                 && current.ack_wait == wanted.ack_wait
                 && current.max_deliver == wanted.max_deliver
                 && current.max_ack_pending == wanted.max_ack_pending
