@@ -149,16 +149,9 @@ impl TestApp {
 
     /// Waits until the projection has applied everything its stream holds now.
     pub async fn settle(&self, projection: copilot_projector::Projection) {
-        let target = self.stream_last_seq(projection.stream()).await;
-        wait_until(Duration::from_secs(20), || async {
-            self.ctx()
-                .store
-                .read_checkpoint(projection.name())
-                .await
-                .unwrap()
-                >= target
-        })
-        .await;
+        copilot_projector::catch_up(self.ctx(), projection, Duration::from_secs(20))
+            .await
+            .expect("the projection catches up");
     }
 }
 

@@ -181,17 +181,14 @@ impl Gateway {
             )));
         }
         // Acks are awaited a window at a time, so one huge webhook cannot hold every in-flight
-        // permit of the connection, and the whole append gives up after the publish timeout.
-        // Acks are awaited a window at a time, so one huge webhook cannot hold every in-flight
-        // permit of the connection; a window that makes no progress within the publish timeout
-        // gives up with 503 instead of hanging.
-        let timeout = self.ctx.settings.publish_timeout();
+        // permit of the connection; the whole append gives up with 503 at the publish timeout.
+        let deadline = tokio::time::Instant::now() + self.ctx.settings.publish_timeout();
         let mut duplicates = 0;
         let mut pending = messages.into_iter().peekable();
         while pending.peek().is_some() {
             let window: Vec<_> = pending.by_ref().take(ACK_WINDOW).collect();
             let appended =
-                tokio::time::timeout(timeout, self.append_window(&subject, window)).await;
+                tokio::time::timeout_at(deadline, self.append_window(&subject, window)).await;
             match appended {
                 Ok(Ok(window_duplicates)) => duplicates += window_duplicates,
                 Ok(Err(error)) => {

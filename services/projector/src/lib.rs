@@ -186,7 +186,9 @@ async fn project(
     result.and(committed)
 }
 
-type Commit = tokio::task::JoinHandle<anyhow::Result<()>>;
+/// A batch commit in flight; dropping it (the projection was cancelled) aborts it, and the
+/// transaction rolls back, so no write outlives the lease.
+type Commit = tokio_util::task::AbortOnDropHandle<anyhow::Result<()>>;
 
 async fn pipeline(
     ctx: &Context,
@@ -246,11 +248,8 @@ async fn pipeline(
         if let Some(previous) = committing.take() {
             previous.await.context("a batch commit panicked")??;
         }
-        *committing = Some(tokio::spawn(commit(
-            ctx.clone(),
-            projection,
-            prepared,
-            from,
+        *committing = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            commit(ctx.clone(), projection, prepared, from),
         )));
         if until.is_some_and(|target| folded_to >= target) {
             return Ok(());
@@ -541,16 +540,13 @@ async fn one_by_one(
         if seq <= from || parked.iter().any(|p| p.seq == seq) {
             continue;
         }
-        let mut fold = Fold::new(projection);
-        let added = Envelope::from_slice(&message.payload)
-            .map_err(|e| e.to_string())
-            .and_then(|envelope| fold.add(seq, message.subject.as_str(), &envelope));
-        if let Err(reason) = added {
-            parked.push(Parked::new(seq, message, reason));
+        let single = prepare(projection, vec![message.clone()], seq - 1)?;
+        if !single.parked.is_empty() {
+            parked.extend(single.parked);
             continue;
         }
         let mut savepoint = copilot_store::Store::savepoint(tx).await?;
-        match fold.write(store, &mut savepoint).await {
+        match single.fold.write(store, &mut savepoint).await {
             Ok(()) => {
                 savepoint.commit().await?;
                 applied += 1;

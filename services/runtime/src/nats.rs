@@ -160,6 +160,7 @@ fn same_stream(current: &stream::Config, wanted: &stream::Config) -> bool {
         && current.max_message_size == wanted.max_message_size
         && current.allow_direct == wanted.allow_direct
         && current.deny_delete == wanted.deny_delete
+        && current.deny_purge == wanted.deny_purge
         && current.discard == wanted.discard
 }
 
@@ -228,6 +229,15 @@ mod tests {
         }
         for (stream_name, json) in CONSUMER_DEFINITIONS {
             let config: pull::Config = serde_json::from_str(json).unwrap();
+            let (_, stream_json) = STREAM_DEFINITIONS
+                .iter()
+                .find(|(n, _)| *n == stream_name)
+                .unwrap();
+            let stream: stream::Config = serde_json::from_str(stream_json).unwrap();
+            assert!(
+                stream.deny_delete && stream.deny_purge,
+                "{stream_name} is projected: its sequences must have no holes"
+            );
             assert!(config.durable_name.is_some());
             assert_eq!(config.filter_subject, subjects::all(stream_name));
             let value: serde_json::Value = serde_json::from_str(json).unwrap();

@@ -25,13 +25,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Postgres refused the data itself (SQLSTATE class 22, data exception, or 54, a limit
-    /// exceeded): retrying the same rows will fail again, so the event behind them is poison.
+    /// Postgres refused the data itself (SQLSTATE class 22, data exception; 23, a constraint
+    /// violated; 54, a limit exceeded): retrying the same rows will fail again, so the event
+    /// behind them is poison. Transient classes (connection, 40 rollbacks) are not.
     pub fn is_data_error(&self) -> bool {
         match self {
-            Self::Database(sqlx::Error::Database(db)) => db
-                .code()
-                .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+            Self::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
+                code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+            }),
             _ => false,
         }
     }
@@ -280,6 +281,18 @@ pub async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
 }
 
 impl Store {
+    /// Why each event a projection parked was parked, in stream order.
+    pub async fn dead_letter_reasons(&self, projection: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT reason FROM dead_letters WHERE projection = $1 ORDER BY seq",
+            )
+            .bind(projection)
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+
     /// Dead letters a projection has parked.
     pub async fn count_dead_letters(&self, projection: &str) -> Result<i64> {
         Ok(
