@@ -275,7 +275,8 @@ async fn position(ctx: &Context, projection: Projection) -> anyhow::Result<(Pull
         projection.stream(),
         state.last_sequence
     );
-    if state.messages > 0 && checkpoint + 1 < state.first_sequence {
+    // An emptied stream reports first = last + 1.
+    if state.first_sequence > 0 && checkpoint + 1 < state.first_sequence {
         tracing::warn!(
             projection = name,
             checkpoint,
