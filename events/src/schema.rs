@@ -1,6 +1,8 @@
-//! JSON Schemas of every event, generated from the Rust types. `schemas/` holds the committed
-//! copies; the `schemas_on_disk_match_the_rust_types` test fails when they drift, and
-//! `UPDATE_SCHEMAS=1 cargo test -p copilot-events` rewrites them.
+//! JSON Schemas generated from the Rust types: every event here, and (through `named` and
+//! `check_dir`) the HTTP bodies in the `copilot` crate. `schemas/` holds the committed copies;
+//! a test fails when they drift, and `UPDATE_SCHEMAS=1 cargo test` rewrites them.
+
+use std::path::Path;
 
 use schemars::{JsonSchema, schema_for};
 
@@ -9,28 +11,18 @@ use crate::{
 };
 
 fn payload<P: EventPayload>() -> (String, String) {
-    let schema = schema_for!(P);
-    (
-        format!("{}.v{}.json", P::TYPE, P::VERSION),
-        pretty(&serde_json::to_value(schema).expect("schema serializes")),
-    )
+    named::<P>(&format!("{}.v{}.json", P::TYPE, P::VERSION))
 }
 
-fn named<T: JsonSchema>(name: &str) -> (String, String) {
-    let schema = schema_for!(T);
-    (
-        name.to_owned(),
-        pretty(&serde_json::to_value(schema).expect("schema serializes")),
-    )
-}
-
-fn pretty(value: &serde_json::Value) -> String {
-    let mut text = serde_json::to_string_pretty(value).expect("json serializes");
+/// The schema of `T` as a file: (file name, pretty JSON with a final newline).
+pub fn named<T: JsonSchema>(name: &str) -> (String, String) {
+    let schema = serde_json::to_value(schema_for!(T)).expect("schema serializes");
+    let mut text = serde_json::to_string_pretty(&schema).expect("json serializes");
     text.push('\n');
-    text
+    (name.to_owned(), text)
 }
 
-/// Every schema file: (file name, contents).
+/// Every event schema file: (file name, contents).
 pub fn all() -> Vec<(String, String)> {
     vec![
         named::<Envelope>("Envelope.json"),
@@ -41,6 +33,25 @@ pub fn all() -> Vec<(String, String)> {
     ]
 }
 
+/// Compares `files` with `dir` and returns the names that differ; with `UPDATE_SCHEMAS` set it
+/// writes them instead and returns none.
+pub fn check_dir(dir: &Path, files: Vec<(String, String)>) -> Vec<String> {
+    let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
+    if update {
+        std::fs::create_dir_all(dir).expect("creating the schema directory");
+    }
+    let mut stale = Vec::new();
+    for (name, contents) in files {
+        let path = dir.join(&name);
+        if update {
+            std::fs::write(&path, &contents).expect("writing a schema");
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(contents.as_str()) {
+            stale.push(name);
+        }
+    }
+    stale
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -48,19 +59,9 @@ mod tests {
     #[test]
     fn schemas_on_disk_match_the_rust_types() {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas/events");
-        let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
-        if update {
-            std::fs::create_dir_all(&dir).unwrap();
-        }
-        let mut stale = Vec::new();
-        for (name, contents) in super::all() {
-            let path = dir.join(&name);
-            if update {
-                std::fs::write(&path, &contents).unwrap();
-            } else if std::fs::read_to_string(&path).ok().as_deref() != Some(contents.as_str()) {
-                stale.push(name);
-            }
-        }
+
+        let stale = super::check_dir(&dir, super::all());
+
         assert!(
             stale.is_empty(),
             "schemas/events is stale for {stale:?}; run `UPDATE_SCHEMAS=1 cargo test -p copilot-events` and commit the result"

@@ -3,7 +3,7 @@
 //! cannot name another tenant's data (it gets 404, as for data that does not exist).
 
 pub mod commands;
-mod signals;
+pub mod signals;
 
 use std::sync::Arc;
 

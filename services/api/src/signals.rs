@@ -32,7 +32,8 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+/// A page of `GET /v1/signals`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Page {
     items: Vec<SignalView>,
     /// Pass as `cursor` to get the next page; absent on the last page.

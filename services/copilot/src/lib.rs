@@ -6,5 +6,6 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod local;
+pub mod schemas;
 
 pub use app::App;

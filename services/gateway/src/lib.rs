@@ -41,7 +41,8 @@ pub struct Gateway {
     tokens: Arc<auth::TokenCache>,
 }
 
-#[derive(Debug, Serialize)]
+/// The answer to an accepted webhook.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Accepted {
     /// Alerts in the webhook, all durably appended.
     pub accepted: usize,

@@ -51,15 +51,16 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem body, the shape of every error answer.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Problem {
+    /// `urn:copilot:problem:<slug>`, stable per kind of error.
     #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<String>,
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// What went wrong, for a person; never internals.
+    pub detail: String,
 }
 
 impl ApiError {
@@ -110,11 +111,10 @@ impl IntoResponse for ApiError {
             tracing::error!(error = format!("{err:#}"), "request failed");
         }
         let body = Problem {
-            kind: &format!("urn:copilot:problem:{slug}"),
-            title,
+            kind: format!("urn:copilot:problem:{slug}"),
+            title: title.to_owned(),
             status: status.as_u16(),
             detail: self.to_string(),
-            request_id: None,
         };
         let mut response = (status, Json(body)).into_response();
         response.headers_mut().insert(

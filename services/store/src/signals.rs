@@ -95,7 +95,7 @@ impl From<Vec<SignalRow>> for SignalColumns {
 }
 
 /// A signal as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct SignalView {
     pub id: Uuid,
     pub fingerprint: String,
@@ -118,6 +118,7 @@ pub struct SignalView {
     pub notification_count: i32,
     /// The alert exactly as the source last sent it, byte for byte; only on single-signal reads.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
     pub raw: Option<Box<serde_json::value::RawValue>>,
 }
 

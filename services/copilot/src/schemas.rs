@@ -1,0 +1,32 @@
+//! JSON Schemas of the HTTP bodies, generated from the types the handlers serialize into
+//! `schemas/http/` (the event schemas are the events crate's). A test fails when they drift;
+//! `UPDATE_SCHEMAS=1 cargo test -p copilot` rewrites them.
+
+use copilot_events::schema::named;
+
+/// Every HTTP body schema file: (file name, contents).
+pub fn http() -> Vec<(String, String)> {
+    vec![
+        named::<copilot_gateway::Accepted>("WebhookAccepted.json"),
+        named::<copilot_api::signals::Page>("SignalPage.json"),
+        named::<copilot_store::SignalView>("Signal.json"),
+        named::<copilot_runtime::http::Problem>("Problem.json"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    #[test]
+    fn http_schemas_on_disk_match_the_rust_types() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas/http");
+
+        let stale = copilot_events::schema::check_dir(&dir, super::http());
+
+        assert!(
+            stale.is_empty(),
+            "schemas/http is stale for {stale:?}; run `UPDATE_SCHEMAS=1 cargo test -p copilot` and commit the result"
+        );
+    }
+}
