@@ -127,6 +127,20 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// Revokes a webhook token and waits until the projector has recorded it.
+    pub async fn revoke_webhook_token(&self, tenant: &str, token_id: uuid::Uuid) {
+        copilot_api::commands::revoke_webhook_token(
+            &self.ctx().js,
+            tenant,
+            token_id,
+            "test",
+            Default::default(),
+        )
+        .await
+        .expect("revoking a token");
+        self.settle(copilot_projector::Projection::Tenants).await;
+    }
+
     /// Messages in a stream now.
     pub async fn stream_messages(&self, stream: &str) -> u64 {
         self.stream_state(stream).await.messages

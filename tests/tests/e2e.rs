@@ -152,18 +152,7 @@ async fn bad_input_is_refused_with_a_problem_body_and_appends_nothing() {
     let revoked = copilot::cli::create_tenant(t.ctx(), "initech", "Initech", "test")
         .await
         .unwrap();
-    copilot_api::commands::revoke_webhook_token(
-        &t.ctx().js,
-        "initech",
-        revoked.token_id,
-        "test",
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    copilot_projector::catch_up(t.ctx(), Projection::Tenants, Duration::from_secs(10))
-        .await
-        .unwrap();
+    t.revoke_webhook_token("initech", revoked.token_id).await;
     let before = t.stream_messages(subjects::SIGNALS).await;
     let url = format!("{}/v1/webhooks/alertmanager", t.url);
     let token = t.acme.webhook_token.as_str();
@@ -925,18 +914,7 @@ async fn copilot_up_keeps_the_default_tenants_token_and_replaces_it_once_revoked
         .await
         .unwrap()
         .expect("the token is recorded");
-    copilot_api::commands::revoke_webhook_token(
-        &t.ctx().js,
-        "default",
-        owner.token_id,
-        "test",
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    copilot_projector::catch_up(t.ctx(), Projection::Tenants, Duration::from_secs(10))
-        .await
-        .unwrap();
+    t.revoke_webhook_token("default", owner.token_id).await;
     let replaced = copilot::cli::default_tenant_token(t.ctx(), data_dir.path())
         .await
         .unwrap();
