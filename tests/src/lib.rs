@@ -152,13 +152,9 @@ impl TestApp {
     }
 
     async fn stream_state(&self, stream: &str) -> async_nats::jetstream::stream::State {
-        let mut stream = self
-            .ctx()
-            .js
-            .get_stream(stream)
+        copilot_runtime::nats::stream_state(&self.ctx().js, stream)
             .await
-            .expect("stream exists");
-        stream.info().await.expect("stream info").state.clone()
+            .expect("stream info")
     }
 
     /// Waits until the projection has applied everything its stream holds now.

@@ -20,13 +20,10 @@ pub enum CommandError {
     Append(String),
 }
 
-/// A created tenant and its first webhook token (shown once).
+/// A created tenant's first webhook token (the secret is shown once).
 pub struct CreatedTenant {
-    pub slug: String,
     pub token_id: Uuid,
     pub webhook_token: String,
-    /// Stream sequence of the last event appended, for waiting on the projection.
-    pub last_seq: u64,
 }
 
 /// Appends `TenantCreated` (only if the tenant's subject is empty, so two concurrent creations
@@ -41,7 +38,6 @@ pub async fn create_tenant(
     if !is_valid_slug(slug) {
         return Err(CommandError::InvalidSlug(slug.to_owned()));
     }
-    let now = Utc::now();
     let headers = Headers {
         request_id,
         ..Headers::default()
@@ -51,34 +47,26 @@ pub async fn create_tenant(
         name: name.to_owned(),
         created_by: actor.to_owned(),
     };
-    let envelope = Envelope::new(slug, &created, now, headers.clone());
-    let message = PublishMessage::build()
-        .payload(envelope.to_bytes().into())
-        .header(subjects::HEADER_EVENT_TYPE, TenantCreated::TYPE)
-        .message_id(envelope.id.to_string())
-        .expected_last_subject_sequence(0);
+    let message = event_message(slug, &created, headers.clone()).expected_last_subject_sequence(0);
     match append(js, subjects::tenant(slug), message).await {
         Err(AppendError::Conflict) => return Err(CommandError::TenantExists(slug.to_owned())),
         Err(AppendError::Other(e)) => return Err(CommandError::Append(e)),
         Ok(_) => {}
     }
-    let (token_id, webhook_token, last_seq) = issue_webhook_token(js, slug, actor, headers).await?;
+    let (token_id, webhook_token) = issue_webhook_token(js, slug, actor, headers).await?;
     Ok(CreatedTenant {
-        slug: slug.to_owned(),
         token_id,
         webhook_token,
-        last_seq,
     })
 }
 
-/// Issues a new webhook token for a tenant; returns its id, the secret (shown once) and the
-/// stream sequence of the event.
+/// Issues a new webhook token for a tenant; returns its id and the secret (shown once).
 pub async fn issue_webhook_token(
     js: &jetstream::Context,
     tenant: &str,
     actor: &str,
     headers: Headers,
-) -> Result<(Uuid, String, u64), CommandError> {
+) -> Result<(Uuid, String), CommandError> {
     let token = NewWebhookToken::generate();
     let issued = WebhookTokenIssued {
         token_id: Uuid::now_v7(),
@@ -86,15 +74,21 @@ pub async fn issue_webhook_token(
         prefix: token.prefix,
         issued_by: actor.to_owned(),
     };
-    let envelope = Envelope::new(tenant, &issued, Utc::now(), headers);
-    let message = PublishMessage::build()
-        .payload(envelope.to_bytes().into())
-        .header(subjects::HEADER_EVENT_TYPE, WebhookTokenIssued::TYPE)
-        .message_id(envelope.id.to_string());
-    let seq = append(js, subjects::tenant_tokens(tenant), message)
+    let message = event_message(tenant, &issued, headers);
+    append(js, subjects::tenant_tokens(tenant), message)
         .await
         .map_err(AppendError::unexpected)?;
-    Ok((issued.token_id, token.secret, seq))
+    Ok((issued.token_id, token.secret))
+}
+
+/// A command's event, ready to append: a new envelope, its id as `Nats-Msg-Id` (a retried
+/// publish of the same message is dropped), and the event headers.
+fn event_message<P: EventPayload>(tenant: &str, payload: &P, headers: Headers) -> PublishMessage {
+    let envelope = Envelope::new(tenant, payload, Utc::now(), headers);
+    PublishMessage::build()
+        .headers(copilot_runtime::nats::event_headers(&envelope))
+        .payload(envelope.to_bytes().into())
+        .message_id(envelope.id.to_string())
 }
 
 enum AppendError {
@@ -136,20 +130,14 @@ pub async fn revoke_webhook_token(
     token_id: Uuid,
     actor: &str,
     headers: Headers,
-) -> Result<u64, CommandError> {
+) -> Result<(), CommandError> {
     let revoked = copilot_events::WebhookTokenRevoked {
         token_id,
         revoked_by: actor.to_owned(),
     };
-    let envelope = Envelope::new(tenant, &revoked, Utc::now(), headers);
-    let message = PublishMessage::build()
-        .payload(envelope.to_bytes().into())
-        .header(
-            subjects::HEADER_EVENT_TYPE,
-            copilot_events::WebhookTokenRevoked::TYPE,
-        )
-        .message_id(envelope.id.to_string());
+    let message = event_message(tenant, &revoked, headers);
     append(js, subjects::tenant_tokens(tenant), message)
         .await
-        .map_err(AppendError::unexpected)
+        .map_err(AppendError::unexpected)?;
+    Ok(())
 }

@@ -336,14 +336,11 @@ async fn steady(
 }
 
 async fn last_seq(ctx: &Context) -> anyhow::Result<u64> {
-    Ok(ctx
-        .js
-        .get_stream(subjects::SIGNALS)
-        .await?
-        .info()
-        .await?
-        .state
-        .last_sequence)
+    Ok(
+        copilot_runtime::nats::stream_state(&ctx.js, subjects::SIGNALS)
+            .await?
+            .last_sequence,
+    )
 }
 
 const SERVICES: [&str; 20] = [

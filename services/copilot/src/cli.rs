@@ -242,7 +242,7 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
             return Ok(kept);
         }
     }
-    let (_, token, _) = copilot_api::commands::issue_webhook_token(
+    let (_, token) = copilot_api::commands::issue_webhook_token(
         &ctx.js,
         DEFAULT_TENANT,
         "up",

@@ -19,7 +19,7 @@ use axum::{
     routing::post,
 };
 use chrono::Utc;
-use copilot_events::{Envelope, EventPayload, Headers, SignalReceived, SignalSource, subjects};
+use copilot_events::{Envelope, Headers, SignalReceived, SignalSource, subjects};
 use copilot_runtime::{
     Context, Settings,
     http::{ApiError, RequestId},
@@ -156,14 +156,9 @@ impl Gateway {
                         ..Headers::default()
                     },
                 );
-                let mut headers = NatsHeaders::new();
-                headers.insert(subjects::HEADER_EVENT_TYPE, SignalReceived::TYPE);
-                if let Some(rid) = &request_id {
-                    headers.insert(subjects::HEADER_REQUEST_ID, rid.as_str());
-                }
                 (
                     envelope.to_bytes().into(),
-                    headers,
+                    copilot_runtime::nats::event_headers(&envelope),
                     signal.message_id(tenant),
                 )
             })
@@ -216,9 +211,7 @@ impl Gateway {
             .inc_by(duplicates as u64);
         Ok(duplicates)
     }
-}
 
-impl Gateway {
     /// Publishes one window of messages and waits for all their acks; returns the duplicates.
     async fn append_window(
         &self,

@@ -79,14 +79,15 @@ pub async fn catch_up(
     projection: Projection,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let target = ctx
-        .js
-        .get_stream(projection.stream())
+    let target = nats::stream_state(&ctx.js, projection.stream())
         .await?
-        .info()
-        .await?
-        .state
         .last_sequence;
+    let too_slow = || {
+        format!(
+            "the {} projection did not reach sequence {target} within {timeout:?}",
+            projection.name()
+        )
+    };
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if ctx.store.read_checkpoint(projection.name()).await? >= target {
@@ -97,18 +98,9 @@ pub async fn catch_up(
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             return tokio::time::timeout(left, project(ctx, projection, &never, Some(target)))
                 .await
-                .with_context(|| {
-                    format!(
-                        "the {} projection did not reach sequence {target} within {timeout:?}",
-                        projection.name()
-                    )
-                })?;
+                .with_context(too_slow)?;
         }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the {} projection did not reach sequence {target} within {timeout:?}",
-            projection.name()
-        );
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, too_slow());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -261,13 +253,13 @@ async fn pipeline(
 /// delivered exactly up to the checkpoint with nothing pending is kept; any other is recreated
 /// (after a crash with messages in flight, or when the read models were dropped for a rebuild).
 async fn position(ctx: &Context, projection: Projection) -> anyhow::Result<(PullConsumer, u64)> {
-    let mut stream = ctx.js.get_stream(projection.stream()).await?;
+    let stream = ctx.js.get_stream(projection.stream()).await?;
     let (_, mut config) = nats::consumer_definition(projection.consumer())
         .with_context(|| format!("no definition for consumer {}", projection.consumer()))?;
     let name = projection.name();
     ctx.store.init_checkpoint(name, projection.stream()).await?;
     let mut checkpoint = ctx.store.read_checkpoint(name).await?;
-    let state = stream.info().await?.state.clone();
+    let state = nats::stream_state(&ctx.js, projection.stream()).await?;
     anyhow::ensure!(
         checkpoint <= state.last_sequence,
         "the {name} read model has applied up to sequence {checkpoint} but stream {} ends at {}: \

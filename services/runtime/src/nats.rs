@@ -65,6 +65,23 @@ pub fn consumer_definition(name: &str) -> Option<(&'static str, pull::Config)> {
     })
 }
 
+/// The NATS headers every event carries besides its `Nats-Msg-Id`: its type, so a consumer can
+/// route without parsing, and the request id that caused it, so one request can be followed.
+pub fn event_headers(envelope: &copilot_events::Envelope) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(subjects::HEADER_EVENT_TYPE, envelope.event_type.as_str());
+    if let Some(request_id) = &envelope.request_id {
+        headers.insert(subjects::HEADER_REQUEST_ID, request_id.as_str());
+    }
+    headers
+}
+
+/// A stream's state now (message count, first and last sequence).
+pub async fn stream_state(js: &jetstream::Context, stream: &str) -> anyhow::Result<stream::State> {
+    let mut stream = js.get_stream(stream).await?;
+    Ok(stream.info().await?.state.clone())
+}
+
 /// Connects to NATS, failing within a few seconds with a clear message when nothing answers.
 /// Once connected, the client reconnects forever in the background.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
