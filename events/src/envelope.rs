@@ -4,6 +4,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::incidents::{
+    CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened,
+    IncidentResolved, IncidentTransitioned, SignalAttached, SignalResolved,
+};
 use crate::payloads::{SignalReceived, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked};
 
 /// One event payload type: its name and version on the wire.
@@ -57,6 +61,36 @@ pub enum Event {
     TenantCreated(TenantCreated),
     WebhookTokenIssued(WebhookTokenIssued),
     WebhookTokenRevoked(WebhookTokenRevoked),
+    CorrelationRulesSet(CorrelationRulesSet),
+    IncidentOpened(IncidentOpened),
+    SignalAttached(SignalAttached),
+    SignalResolved(SignalResolved),
+    IncidentResolved(IncidentResolved),
+    IncidentReopened(IncidentReopened),
+    IncidentTransitioned(IncidentTransitioned),
+    IncidentAssigned(IncidentAssigned),
+    IncidentNoteAdded(IncidentNoteAdded),
+}
+
+impl Event {
+    /// The event's type name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::SignalReceived(_) => SignalReceived::TYPE,
+            Self::TenantCreated(_) => TenantCreated::TYPE,
+            Self::WebhookTokenIssued(_) => WebhookTokenIssued::TYPE,
+            Self::WebhookTokenRevoked(_) => WebhookTokenRevoked::TYPE,
+            Self::CorrelationRulesSet(_) => CorrelationRulesSet::TYPE,
+            Self::IncidentOpened(_) => IncidentOpened::TYPE,
+            Self::SignalAttached(_) => SignalAttached::TYPE,
+            Self::SignalResolved(_) => SignalResolved::TYPE,
+            Self::IncidentResolved(_) => IncidentResolved::TYPE,
+            Self::IncidentReopened(_) => IncidentReopened::TYPE,
+            Self::IncidentTransitioned(_) => IncidentTransitioned::TYPE,
+            Self::IncidentAssigned(_) => IncidentAssigned::TYPE,
+            Self::IncidentNoteAdded(_) => IncidentNoteAdded::TYPE,
+        }
+    }
 }
 
 /// Why an event could not be decoded. Every variant is permanent: retrying will not help, so a
@@ -131,22 +165,32 @@ impl Envelope {
                 source,
             })
         }
-        match (self.event_type.as_str(), self.version) {
-            (SignalReceived::TYPE, SignalReceived::VERSION) => {
-                typed(self).map(Event::SignalReceived)
-            }
-            (TenantCreated::TYPE, TenantCreated::VERSION) => typed(self).map(Event::TenantCreated),
-            (WebhookTokenIssued::TYPE, WebhookTokenIssued::VERSION) => {
-                typed(self).map(Event::WebhookTokenIssued)
-            }
-            (WebhookTokenRevoked::TYPE, WebhookTokenRevoked::VERSION) => {
-                typed(self).map(Event::WebhookTokenRevoked)
-            }
-            (other, version) => Err(DecodeError::UnknownType {
-                event_type: other.to_owned(),
-                version,
-            }),
+        macro_rules! decode {
+            ($($t:ident),*) => {
+                match (self.event_type.as_str(), self.version) {
+                    $(($t::TYPE, $t::VERSION) => typed(self).map(Event::$t),)*
+                    (other, version) => Err(DecodeError::UnknownType {
+                        event_type: other.to_owned(),
+                        version,
+                    }),
+                }
+            };
         }
+        decode!(
+            SignalReceived,
+            TenantCreated,
+            WebhookTokenIssued,
+            WebhookTokenRevoked,
+            CorrelationRulesSet,
+            IncidentOpened,
+            SignalAttached,
+            SignalResolved,
+            IncidentResolved,
+            IncidentReopened,
+            IncidentTransitioned,
+            IncidentAssigned,
+            IncidentNoteAdded
+        )
     }
 }
 

@@ -6,11 +6,17 @@
 //! the JSON Schemas generated from those types (`schemas/`, checked by a test).
 
 mod envelope;
+mod incidents;
 mod payloads;
 pub mod schema;
 pub mod subjects;
 
 pub use envelope::{DecodeError, Envelope, Event, EventPayload, Headers};
+pub use incidents::{
+    CORRELATOR, CorrelationRules, CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded,
+    IncidentOpened, IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned,
+    SignalAttached, SignalResolved, WindowKind, derived_id,
+};
 pub use payloads::{
     Role, Severity, SignalReceived, SignalSource, SignalStatus, TenantCreated, WebhookTokenIssued,
     WebhookTokenRevoked,

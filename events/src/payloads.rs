@@ -146,12 +146,10 @@ impl SignalReceived {
         let starts_at = self
             .starts_at
             .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-        let digest = crate::digest(&["signal", tenant, &self.fingerprint, &starts_at]);
-        let millis = self.starts_at.timestamp_millis().clamp(0, (1 << 48) - 1) as u64;
-        let mut bytes = [0u8; 16];
-        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-        bytes[6..].copy_from_slice(&digest.as_bytes()[..10]);
-        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+        crate::incidents::derived_id(
+            self.starts_at,
+            &["signal", tenant, &self.fingerprint, &starts_at],
+        )
     }
 }
 

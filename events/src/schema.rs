@@ -7,7 +7,9 @@ use std::path::Path;
 use schemars::{JsonSchema, schema_for};
 
 use crate::{
-    Envelope, EventPayload, SignalReceived, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked,
+    CorrelationRulesSet, Envelope, EventPayload, IncidentAssigned, IncidentNoteAdded,
+    IncidentOpened, IncidentReopened, IncidentResolved, IncidentTransitioned, SignalAttached,
+    SignalReceived, SignalResolved, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked,
 };
 
 fn payload<P: EventPayload>() -> (String, String) {
@@ -30,6 +32,15 @@ pub fn all() -> Vec<(String, String)> {
         payload::<TenantCreated>(),
         payload::<WebhookTokenIssued>(),
         payload::<WebhookTokenRevoked>(),
+        payload::<CorrelationRulesSet>(),
+        payload::<IncidentOpened>(),
+        payload::<SignalAttached>(),
+        payload::<SignalResolved>(),
+        payload::<IncidentResolved>(),
+        payload::<IncidentReopened>(),
+        payload::<IncidentTransitioned>(),
+        payload::<IncidentAssigned>(),
+        payload::<IncidentNoteAdded>(),
     ]
 }
 

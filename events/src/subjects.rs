@@ -46,6 +46,11 @@ pub fn tenant_tokens(tenant: &str) -> String {
     format!("tenants.{tenant}.tokens")
 }
 
+/// `incidents.<tenant>.<incident>`: every event of one incident, decisions and commands alike.
+pub fn incident(tenant: &str, incident: uuid::Uuid) -> String {
+    format!("incidents.{tenant}.{incident}")
+}
+
 /// `deadletters.<tenant>.<consumer>`: where a consumer parks an event it cannot apply. The tenant is
 /// `_unknown` when the event was too broken to say.
 pub fn dead_letter(tenant: &str, consumer: &str) -> String {

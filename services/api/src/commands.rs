@@ -83,15 +83,38 @@ pub async fn issue_webhook_token(
 
 /// A command's event, ready to append: a new envelope, its id as `Nats-Msg-Id` (a retried
 /// publish of the same message is dropped), and the event headers.
-fn event_message<P: EventPayload>(tenant: &str, payload: &P, headers: Headers) -> PublishMessage {
-    let envelope = Envelope::new(tenant, payload, Utc::now(), headers);
-    PublishMessage::build()
-        .headers(copilot_runtime::nats::event_headers(&envelope))
-        .payload(envelope.to_bytes().into())
-        .message_id(envelope.id.to_string())
+pub(crate) fn event_message<P: EventPayload>(
+    tenant: &str,
+    payload: &P,
+    headers: Headers,
+) -> PublishMessage {
+    command_event(tenant, payload, headers).message
 }
 
-enum AppendError {
+/// A command's event with its id and type, for answers that name what was appended.
+pub(crate) struct CommandEvent {
+    pub message: PublishMessage,
+    pub id: Uuid,
+    pub event_type: &'static str,
+}
+
+pub(crate) fn command_event<P: EventPayload>(
+    tenant: &str,
+    payload: &P,
+    headers: Headers,
+) -> CommandEvent {
+    let envelope = Envelope::new(tenant, payload, Utc::now(), headers);
+    CommandEvent {
+        message: PublishMessage::build()
+            .headers(copilot_runtime::nats::event_headers(&envelope))
+            .payload(envelope.to_bytes().into())
+            .message_id(envelope.id.to_string()),
+        id: envelope.id,
+        event_type: P::TYPE,
+    }
+}
+
+pub(crate) enum AppendError {
     Conflict,
     Other(String),
 }
@@ -106,7 +129,7 @@ impl AppendError {
     }
 }
 
-async fn append(
+pub(crate) async fn append(
     js: &jetstream::Context,
     subject: String,
     message: PublishMessage,

@@ -3,6 +3,7 @@
 //! cannot name another tenant's data (it gets 404, as for data that does not exist).
 
 pub mod commands;
+pub mod incidents;
 pub mod signals;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use axum::{
     Router,
     extract::{FromRef, FromRequestParts},
     http::{header, request::Parts},
-    routing::get,
+    routing::{get, post},
 };
 use copilot_events::Role;
 use copilot_runtime::{
@@ -81,6 +82,20 @@ pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
     Router::new()
         .route("/v1/signals", get(signals::list))
         .route("/v1/signals/{id}", get(signals::get))
+        .route("/v1/incidents", get(incidents::list))
+        .route("/v1/incidents/{id}", get(incidents::get))
+        .route("/v1/incidents/{id}/timeline", get(incidents::timeline))
+        .route(
+            "/v1/incidents/{id}/transitions",
+            post(incidents::transition),
+        )
+        .route("/v1/incidents/{id}/assign", post(incidents::assign))
+        .route("/v1/incidents/{id}/notes", post(incidents::note))
+        .route("/v1/stats", get(incidents::stats))
+        .route(
+            "/v1/settings/correlation",
+            get(incidents::get_rules).put(incidents::set_rules),
+        )
         .with_state(Api { ctx, jwt })
 }
 

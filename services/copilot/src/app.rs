@@ -1,5 +1,5 @@
-//! Every service in one process on one port: gateway and API routes, health and metrics, and
-//! the projector, sharing one NATS connection and one Postgres pool.
+//! Every service in one process on one port: gateway and API routes, health and metrics, the
+//! projector and the correlator, sharing one NATS connection and one Postgres pool.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -21,7 +21,7 @@ pub struct App {
 /// Which services an `App` runs besides the HTTP routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Services {
-    /// Gateway, API and projector: what `copilot up` runs.
+    /// Gateway, API, projector and correlator: what `copilot up` runs.
     All,
     /// Gateway and API only, for benchmarks that time the projector on its own.
     HttpOnly,
@@ -52,8 +52,16 @@ impl App {
             http::finish(routes),
             shutdown.clone(),
         ));
-        let projector = (services == Services::All)
-            .then(|| tokio::spawn(copilot_projector::serve(ctx.clone(), shutdown.clone())));
+        let projector = (services == Services::All).then(|| {
+            let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                tokio::try_join!(
+                    copilot_projector::serve(ctx.clone(), shutdown.clone()),
+                    copilot_correlator::serve(ctx, shutdown),
+                )
+                .map(|_| ())
+            })
+        });
         Ok(Self {
             ctx,
             jwt,
@@ -86,7 +94,7 @@ impl App {
         let result = tokio::select! {
             _ = stop.cancelled() => Ok(()),
             r = http => r.context("http server panicked").and_then(|r| r.context("http server failed")),
-            r = projector => r.context("projector panicked").and_then(|r| r.context("projector failed")),
+            r = projector => r.context("projector or correlator panicked").and_then(|r| r.context("projector or correlator failed")),
         };
         shutdown.cancel();
         result

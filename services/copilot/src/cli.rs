@@ -33,6 +33,8 @@ pub enum Command {
     Gateway,
     /// Run the projector alone
     Projector,
+    /// Run the correlator (signals into incidents) alone
+    Correlator,
     /// Run the read API alone
     Api,
     /// Apply the database migrations
@@ -109,7 +111,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     // Services log what they do; one-shot commands only what goes wrong.
     let quiet = !matches!(
         cli.command,
-        Command::Up | Command::Gateway | Command::Projector | Command::Api
+        Command::Up | Command::Gateway | Command::Projector | Command::Correlator | Command::Api
     );
     telemetry::init(cli.settings.log_format, if quiet { "warn" } else { "info" });
     match dispatch(cli).await {
@@ -128,6 +130,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Up => up(settings, shutdown).await,
         Command::Gateway => copilot_gateway::run(settings, shutdown).await,
         Command::Projector => copilot_projector::run(settings, shutdown).await,
+        Command::Correlator => copilot_correlator::run(settings, shutdown).await,
         Command::Api => {
             load_secret(&mut settings, false)?;
             copilot_api::run(settings, shutdown).await

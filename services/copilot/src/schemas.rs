@@ -11,6 +11,12 @@ pub fn http() -> Vec<(String, String)> {
         named::<copilot_api::signals::Page>("SignalPage.json"),
         named::<copilot_store::SignalView>("Signal.json"),
         named::<copilot_runtime::http::Problem>("Problem.json"),
+        named::<copilot_api::incidents::IncidentPage>("IncidentPage.json"),
+        named::<copilot_api::incidents::IncidentDetail>("Incident.json"),
+        named::<copilot_api::incidents::Timeline>("IncidentTimeline.json"),
+        named::<copilot_api::incidents::Accepted>("CommandAccepted.json"),
+        named::<copilot_store::IncidentStats>("Stats.json"),
+        named::<copilot_events::CorrelationRules>("CorrelationRules.json"),
     ]
 }
 

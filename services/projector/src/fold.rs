@@ -2,11 +2,16 @@
 
 use std::collections::HashMap;
 
-use copilot_events::{Envelope, Event, SignalReceived};
-use copilot_store::{SignalRow, Store, TenantRow, TokenRevocation, TokenRow, Tx};
+use chrono::{DateTime, Utc};
+use copilot_events::{CORRELATOR, Envelope, Event, IncidentState, Severity, SignalReceived};
+use copilot_runtime::consume::subject_tenant;
+use copilot_store::{
+    AttachedSignal, IncidentEventRow, NewIncident, SignalRow, StateChange, Store, TenantRow,
+    TokenRevocation, TokenRow, Tx,
+};
 use uuid::Uuid;
 
-use crate::{Projection, subject_tenant};
+use crate::Projection;
 
 pub(crate) enum Fold {
     /// One row per alert instance; several notifications of one instance in a batch merge.
@@ -16,12 +21,34 @@ pub(crate) enum Fold {
     },
     /// Tenant administration, applied in order.
     Tenants(Vec<TenantChange>),
+    /// Incident events, applied in order.
+    Incidents(Vec<IncidentChange>),
 }
 
 pub(crate) enum TenantChange {
     Created(TenantRow),
     TokenIssued(TokenRow),
     TokenRevoked(TokenRevocation),
+    Rules {
+        tenant: String,
+        rules: String,
+        set_by: String,
+        at: DateTime<Utc>,
+        seq: u64,
+    },
+}
+
+/// One incident event with what the timeline keeps of it.
+pub(crate) struct IncidentChange {
+    seq: u64,
+    event_id: Uuid,
+    tenant: String,
+    incident_id: Uuid,
+    actor: String,
+    request_id: Option<String>,
+    at: DateTime<Utc>,
+    payload: String,
+    event: Event,
 }
 
 impl Fold {
@@ -32,6 +59,7 @@ impl Fold {
                 events: 0,
             },
             Projection::Tenants => Self::Tenants(Vec::new()),
+            Projection::Incidents => Self::Incidents(Vec::new()),
         }
     }
 
@@ -40,6 +68,7 @@ impl Fold {
         match self {
             Self::Signals { events, .. } => *events,
             Self::Tenants(changes) => changes.len(),
+            Self::Incidents(changes) => changes.len(),
         }
     }
 
@@ -97,11 +126,38 @@ impl Fold {
                     seq,
                 }))
             }
+            (Self::Tenants(changes), Event::CorrelationRulesSet(set)) => {
+                changes.push(TenantChange::Rules {
+                    tenant,
+                    rules: json(&set.rules),
+                    set_by: set.set_by,
+                    at,
+                    seq,
+                })
+            }
+            (Self::Incidents(changes), event) => {
+                let (incident_id, actor) = incident_of(&event)
+                    .ok_or_else(|| format!("{} does not belong on this stream", event.name()))?;
+                if subject.rsplit('.').next() != Some(incident_id.to_string().as_str()) {
+                    return Err(format!(
+                        "{} for incident {incident_id} on another incident's subject {subject:?}",
+                        event.name()
+                    ));
+                }
+                changes.push(IncidentChange {
+                    seq,
+                    event_id: envelope.id,
+                    tenant,
+                    incident_id,
+                    actor: actor.to_owned(),
+                    request_id: envelope.request_id.clone(),
+                    at,
+                    payload: envelope.payload.get().to_owned(),
+                    event,
+                });
+            }
             (_, other) => {
-                return Err(format!(
-                    "{} does not belong on this stream",
-                    event_name(&other)
-                ));
+                return Err(format!("{} does not belong on this stream", other.name()));
             }
         }
         Ok(())
@@ -118,7 +174,24 @@ impl Fold {
                         TenantChange::Created(row) => store.insert_tenant(tx, &row).await?,
                         TenantChange::TokenIssued(row) => store.insert_token(tx, &row).await?,
                         TenantChange::TokenRevoked(row) => store.revoke_token(tx, &row).await?,
+                        TenantChange::Rules {
+                            tenant,
+                            rules,
+                            set_by,
+                            at,
+                            seq,
+                        } => {
+                            store
+                                .set_correlation_rules(tx, &tenant, &rules, &set_by, at, seq)
+                                .await?
+                        }
                     }
+                }
+                Ok(())
+            }
+            Self::Incidents(changes) => {
+                for change in changes {
+                    apply_incident(store, tx, change).await?;
                 }
                 Ok(())
             }
@@ -126,12 +199,162 @@ impl Fold {
     }
 }
 
-fn event_name(event: &Event) -> &'static str {
-    match event {
-        Event::SignalReceived(_) => "SignalReceived",
-        Event::TenantCreated(_) => "TenantCreated",
-        Event::WebhookTokenIssued(_) => "WebhookTokenIssued",
-        Event::WebhookTokenRevoked(_) => "WebhookTokenRevoked",
+/// The incident an incident event is about, and who acted.
+fn incident_of(event: &Event) -> Option<(Uuid, &str)> {
+    Some(match event {
+        Event::IncidentOpened(e) => (e.incident_id, CORRELATOR),
+        Event::SignalAttached(e) => (e.incident_id, CORRELATOR),
+        Event::SignalResolved(e) => (e.incident_id, CORRELATOR),
+        Event::IncidentResolved(e) => (e.incident_id, e.actor.as_str()),
+        Event::IncidentReopened(e) => (e.incident_id, e.actor.as_str()),
+        Event::IncidentTransitioned(e) => (e.incident_id, e.actor.as_str()),
+        Event::IncidentAssigned(e) => (e.incident_id, e.actor.as_str()),
+        Event::IncidentNoteAdded(e) => (e.incident_id, e.actor.as_str()),
+        _ => return None,
+    })
+}
+
+fn rank(severity: Severity) -> i16 {
+    severity as i16
+}
+
+/// Applies one incident event: recorded in the timeline first, and skipped if its id was
+/// recorded before (a decision re-appended after the stream's duplicate window).
+async fn apply_incident(
+    store: &Store,
+    tx: &mut Tx<'_>,
+    c: IncidentChange,
+) -> copilot_store::Result<()> {
+    let recorded = store
+        .record_incident_event(
+            tx,
+            &IncidentEventRow {
+                event_id: c.event_id,
+                tenant: &c.tenant,
+                incident_id: c.incident_id,
+                seq: c.seq,
+                event_type: c.event.name(),
+                actor: &c.actor,
+                request_id: c.request_id.as_deref(),
+                occurred_at: c.at,
+                payload: &c.payload,
+            },
+        )
+        .await?;
+    if !recorded {
+        tracing::info!(event_id = %c.event_id, seq = c.seq, "incident event already applied; skipped");
+        return Ok(());
+    }
+    let tenant = c.tenant.as_str();
+    let state = |state: IncidentState, by_person: bool, reopened: bool| StateChange {
+        tenant,
+        incident_id: c.incident_id,
+        state: state.as_str(),
+        by_person,
+        reopened,
+        at: c.at,
+        seq: c.seq,
+    };
+    match &c.event {
+        Event::IncidentOpened(e) => {
+            store
+                .insert_incident(
+                    tx,
+                    &NewIncident {
+                        tenant,
+                        id: e.incident_id,
+                        key: &e.key,
+                        title: &e.title,
+                        service: e.service.as_deref(),
+                        severity: e.severity.as_str(),
+                        severity_rank: rank(e.severity),
+                        labels: &json(&e.labels),
+                        rule: &e.rule,
+                        opened_at: c.at,
+                        seq: c.seq,
+                    },
+                )
+                .await
+        }
+        Event::SignalAttached(e) => {
+            store
+                .attach_incident_signal(
+                    tx,
+                    &AttachedSignal {
+                        tenant,
+                        incident_id: e.incident_id,
+                        signal_id: e.signal_id,
+                        fingerprint: &e.fingerprint,
+                        title: &e.title,
+                        severity: e.severity.as_str(),
+                        starts_at: e.starts_at,
+                        explanation: &e.explanation,
+                        incident_severity: e.incident_severity.as_str(),
+                        incident_severity_rank: rank(e.incident_severity),
+                        at: c.at,
+                        seq: c.seq,
+                    },
+                )
+                .await
+        }
+        Event::SignalResolved(e) => {
+            store
+                .resolve_incident_signal(
+                    tx,
+                    tenant,
+                    e.incident_id,
+                    e.signal_id,
+                    e.ends_at,
+                    (e.incident_severity.as_str(), rank(e.incident_severity)),
+                    c.at,
+                    c.seq,
+                )
+                .await
+        }
+        Event::IncidentResolved(e) => {
+            let by_person = e.actor != CORRELATOR;
+            store
+                .change_incident_state(tx, &state(IncidentState::Resolved, by_person, false))
+                .await
+        }
+        Event::IncidentReopened(e) => {
+            let by_person = e.actor != CORRELATOR;
+            store
+                .change_incident_state(tx, &state(e.to, by_person, true))
+                .await
+        }
+        Event::IncidentTransitioned(e) => {
+            store
+                .change_incident_state(tx, &state(e.to, true, false))
+                .await
+        }
+        Event::IncidentAssigned(e) => {
+            store
+                .assign_incident(
+                    tx,
+                    tenant,
+                    e.incident_id,
+                    e.assignee.as_deref(),
+                    c.at,
+                    c.seq,
+                )
+                .await
+        }
+        Event::IncidentNoteAdded(e) => {
+            store
+                .add_incident_note(
+                    tx,
+                    tenant,
+                    e.incident_id,
+                    e.note_id,
+                    &e.actor,
+                    &e.text,
+                    c.at,
+                    c.seq,
+                )
+                .await
+        }
+        _ => Ok(()),
     }
 }
 

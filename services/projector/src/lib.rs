@@ -14,13 +14,14 @@ mod fold;
 use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{
-    self,
-    consumer::{DeliverPolicy, PullConsumer, pull},
-};
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use copilot_events::{Envelope, subjects};
-use copilot_runtime::{Context, Settings, metrics::Metrics, nats};
-use futures::{FutureExt as _, StreamExt as _};
+use copilot_runtime::{
+    Context, Settings,
+    consume::{self, subject_tenant},
+    metrics::Metrics,
+    nats,
+};
 use tokio_util::sync::CancellationToken;
 
 use fold::Fold;
@@ -30,16 +31,18 @@ use fold::Fold;
 pub enum Projection {
     Tenants,
     Signals,
+    Incidents,
 }
 
 impl Projection {
-    pub const ALL: [Projection; 2] = [Self::Tenants, Self::Signals];
+    pub const ALL: [Projection; 3] = [Self::Tenants, Self::Signals, Self::Incidents];
 
     /// Name of the projection, its checkpoint key and its lease.
     pub fn name(self) -> &'static str {
         match self {
             Self::Tenants => "tenants",
             Self::Signals => "signals",
+            Self::Incidents => "incidents",
         }
     }
 
@@ -47,6 +50,7 @@ impl Projection {
         match self {
             Self::Tenants => subjects::TENANTS,
             Self::Signals => subjects::SIGNALS,
+            Self::Incidents => subjects::INCIDENTS,
         }
     }
 
@@ -54,6 +58,7 @@ impl Projection {
         match self {
             Self::Tenants => nats::CONSUMER_PROJECTOR_TENANTS,
             Self::Signals => nats::CONSUMER_PROJECTOR_SIGNALS,
+            Self::Incidents => nats::CONSUMER_PROJECTOR_INCIDENTS,
         }
     }
 }
@@ -105,43 +110,16 @@ pub async fn catch_up(
     }
 }
 
-/// Keeps one projection running: waits for its lease, projects, and after a failure repositions
-/// and goes on, with a growing pause.
+/// Keeps one projection running under its lease, repositioning after a failure.
 async fn follow(
     ctx: Context,
     projection: Projection,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let name = projection.name();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let lease = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            lease = ctx.store.try_lease(name) => lease,
-        };
-        match lease {
-            Ok(Some(_lease)) => {
-                tracing::info!(projection = name, "projection lease acquired");
-                match project(&ctx, projection, &shutdown, None).await {
-                    Ok(()) => return Ok(()),
-                    Err(err) => tracing::warn!(
-                        projection = name,
-                        error = format!("{err:#}"),
-                        "projection failed, repositioning"
-                    ),
-                }
-            }
-            Ok(None) => backoff = Duration::from_secs(1),
-            Err(err) => {
-                tracing::warn!(projection = name, error = %err, "cannot take the projection lease")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
+    consume::supervise(&ctx, projection.name(), &shutdown, || {
+        project(&ctx, projection, &shutdown, None)
+    })
+    .await
 }
 
 /// Projects while holding the lease, until shutdown or, with `until`, until that sequence is applied.
@@ -191,49 +169,11 @@ async fn pipeline(
     mut folded_to: u64,
     committing: &mut Option<Commit>,
 ) -> anyhow::Result<()> {
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(ctx.settings.projector_batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .context("subscribing to the consumer")?;
-    let max_batch = ctx.settings.projector_batch.max(1);
+    let mut batches = consume::Batches::new(&consumer, ctx.settings.projector_batch).await?;
     loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => next,
+        let Some(batch) = batches.next(shutdown).await? else {
+            return Ok(());
         };
-        let first = match next {
-            Some(Ok(message)) => message,
-            Some(Err(err)) if err.kind() == pull::MessagesErrorKind::MissingHeartbeat => {
-                tracing::debug!(
-                    projection = projection.name(),
-                    "heartbeat missed, still waiting"
-                );
-                continue;
-            }
-            Some(Err(err)) => return Err(err).context("reading the consumer"),
-            None => anyhow::bail!("the consumer's message stream ended"),
-        };
-        let mut batch = vec![first];
-        // Take what is ready without lingering. "Ready" includes messages already read from the
-        // socket by the connection task, so give it a few turns before cutting the batch.
-        let mut idle_turns = 0;
-        while batch.len() < max_batch && idle_turns < 3 {
-            match messages.next().now_or_never() {
-                Some(Some(Ok(message))) => {
-                    batch.push(message);
-                    idle_turns = 0;
-                }
-                Some(_) => break,
-                None => {
-                    idle_turns += 1;
-                    tokio::task::yield_now().await;
-                }
-            }
-        }
         let prepared = prepare(projection, batch, folded_to)?;
         let from = folded_to;
         folded_to = prepared.last;
@@ -249,59 +189,14 @@ async fn pipeline(
     }
 }
 
-/// Makes the durable consumer deliver from the message after the checkpoint. A consumer that
-/// delivered exactly up to the checkpoint with nothing pending is kept; any other is recreated
-/// (after a crash with messages in flight, or when the read models were dropped for a rebuild).
 async fn position(ctx: &Context, projection: Projection) -> anyhow::Result<(PullConsumer, u64)> {
-    let stream = ctx.js.get_stream(projection.stream()).await?;
-    let (_, mut config) = nats::consumer_definition(projection.consumer())
-        .with_context(|| format!("no definition for consumer {}", projection.consumer()))?;
-    let name = projection.name();
-    ctx.store.init_checkpoint(name, projection.stream()).await?;
-    let mut checkpoint = ctx.store.read_checkpoint(name).await?;
-    let state = nats::stream_state(&ctx.js, projection.stream()).await?;
-    anyhow::ensure!(
-        checkpoint <= state.last_sequence,
-        "the {name} read model has applied up to sequence {checkpoint} but stream {} ends at {}: \
-         the stream was recreated; rebuild the read models into an empty database",
+    consume::position(
+        ctx,
         projection.stream(),
-        state.last_sequence
-    );
-    // An emptied stream reports first = last + 1.
-    if state.first_sequence > 0 && checkpoint + 1 < state.first_sequence {
-        tracing::warn!(
-            projection = name,
-            checkpoint,
-            first = state.first_sequence,
-            "the stream no longer holds the events after the checkpoint; going on from its first"
-        );
-        checkpoint = state.first_sequence - 1;
-        ctx.store
-            .advance_checkpoint(name, projection.stream(), checkpoint)
-            .await?;
-    }
-    if let Ok(mut existing) = stream
-        .get_consumer::<pull::Config>(projection.consumer())
-        .await
-    {
-        let info = existing.info().await?;
-        if info.delivered.stream_sequence == checkpoint && info.num_ack_pending == 0 {
-            return Ok((existing, checkpoint));
-        }
-        tracing::info!(
-            projection = projection.name(),
-            checkpoint,
-            delivered = info.delivered.stream_sequence,
-            "repositioning consumer at the checkpoint"
-        );
-        stream.delete_consumer(projection.consumer()).await?;
-    }
-    if checkpoint > 0 {
-        config.deliver_policy = DeliverPolicy::ByStartSequence {
-            start_sequence: checkpoint + 1,
-        };
-    }
-    Ok((stream.create_consumer(config).await?, checkpoint))
+        projection.consumer(),
+        projection.name(),
+    )
+    .await
 }
 
 struct Parked {
@@ -597,12 +492,4 @@ async fn park(ctx: &Context, projection: Projection, parked: &Parked) -> anyhow:
         .await
         .context("publishing a dead letter")?;
     Ok(())
-}
-
-/// The tenant token of a subject (`signals.<tenant>.…`).
-fn subject_tenant(subject: &str) -> &str {
-    subject
-        .split('.')
-        .nth(1)
-        .unwrap_or(subjects::UNKNOWN_TENANT)
 }

@@ -3,6 +3,7 @@
 //! tokens and JWTs), the one HTTP error type, request ids and Prometheus metrics.
 
 pub mod auth;
+pub mod consume;
 pub mod http;
 pub mod metrics;
 pub mod nats;

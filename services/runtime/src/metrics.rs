@@ -24,6 +24,8 @@ pub struct Metrics {
     pub consumer_pending_messages: IntGaugeVec,
     /// Stream sequence of the last event a projection committed.
     pub projection_checkpoint_sequence: IntGaugeVec,
+    /// Decisions the correlator appended, by event type.
+    pub correlator_decisions_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -100,6 +102,14 @@ impl Metrics {
             &["projection"],
         )
         .unwrap();
+        let correlator_decisions_total = IntCounterVec::new(
+            Opts::new(
+                "correlator_decisions_total",
+                "Decisions the correlator appended, by kind (event type)",
+            ),
+            &["kind"],
+        )
+        .unwrap();
         for collector in [
             Box::new(http_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_request_duration_seconds.clone()),
@@ -109,6 +119,7 @@ impl Metrics {
             Box::new(events_dead_lettered_total.clone()),
             Box::new(consumer_pending_messages.clone()),
             Box::new(projection_checkpoint_sequence.clone()),
+            Box::new(correlator_decisions_total.clone()),
         ] {
             registry
                 .register(collector)
@@ -124,6 +135,7 @@ impl Metrics {
             events_dead_lettered_total,
             consumer_pending_messages,
             projection_checkpoint_sequence,
+            correlator_decisions_total,
         }
     }
 

@@ -44,9 +44,15 @@ pub const STREAM_DEFINITIONS: [(&str, &str); 7] = [
 pub const CONSUMER_PROJECTOR_SIGNALS: &str = "projector-signals";
 /// Durable consumer of the tenants projection.
 pub const CONSUMER_PROJECTOR_TENANTS: &str = "projector-tenants";
+/// Durable consumer of the incidents projection.
+pub const CONSUMER_PROJECTOR_INCIDENTS: &str = "projector-incidents";
+/// Durable consumer of the correlator's signal decisions.
+pub const CONSUMER_CORRELATOR_SIGNALS: &str = "correlator-signals";
+/// Durable consumer through which the correlator follows lifecycle commands.
+pub const CONSUMER_CORRELATOR_INCIDENTS: &str = "correlator-incidents";
 
 /// Consumer definitions, `(stream, JSON)`.
-pub const CONSUMER_DEFINITIONS: [(&str, &str); 2] = [
+pub const CONSUMER_DEFINITIONS: [(&str, &str); 5] = [
     (
         subjects::SIGNALS,
         include_str!("../../../nats/consumers/SIGNALS.projector-signals.json"),
@@ -54,6 +60,18 @@ pub const CONSUMER_DEFINITIONS: [(&str, &str); 2] = [
     (
         subjects::TENANTS,
         include_str!("../../../nats/consumers/TENANTS.projector-tenants.json"),
+    ),
+    (
+        subjects::INCIDENTS,
+        include_str!("../../../nats/consumers/INCIDENTS.projector-incidents.json"),
+    ),
+    (
+        subjects::SIGNALS,
+        include_str!("../../../nats/consumers/SIGNALS.correlator-signals.json"),
+    ),
+    (
+        subjects::INCIDENTS,
+        include_str!("../../../nats/consumers/INCIDENTS.correlator-incidents.json"),
     ),
 ];
 

@@ -80,6 +80,20 @@ pub struct Settings {
     )]
     pub projector_batch: usize,
 
+    /// How often the correlator looks for incidents whose resolve grace has run out, in milliseconds
+    #[arg(
+        long,
+        env = "COPILOT_CORRELATOR_TICK_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub correlator_tick_ms: u64,
+
+    /// Fault injection for tests: the correlator fails after appending its decisions and before
+    /// committing them, as a crash there would.
+    #[arg(skip)]
+    pub fault_correlator_crash_after_append: bool,
+
     /// Postgres connections per process
     #[arg(
         long,

@@ -2,9 +2,17 @@
 //! schema change is one file away from every statement it affects. Writes take the caller's
 //! transaction: a projection's rows and its checkpoint commit together or not at all.
 
+mod correlator;
+mod incidents;
 mod signals;
 mod tenants;
 
+pub use correlator::{CorrelatorIncident, CorrelatorSignal};
+pub use incidents::{
+    AttachedSignal, IncidentCursor, IncidentEventRow, IncidentFilter, IncidentNoteView,
+    IncidentSignalView, IncidentSort, IncidentStats, IncidentSummary, NewIncident, StateChange,
+    TimelineEntry,
+};
 pub use signals::{SignalCursor, SignalFilter, SignalRow, SignalView};
 pub use tenants::{TenantRow, TokenOwner, TokenRevocation, TokenRow};
 
@@ -234,16 +242,42 @@ pub enum ReadModel {
     Tenants,
     WebhookTokens,
     Signals,
+    CorrelationRules,
+    Incidents,
+    IncidentSignals,
+    IncidentNotes,
+    IncidentEvents,
 }
 
 impl ReadModel {
-    pub const ALL: [ReadModel; 3] = [Self::Tenants, Self::WebhookTokens, Self::Signals];
+    pub const ALL: [ReadModel; 8] = [
+        Self::Tenants,
+        Self::WebhookTokens,
+        Self::Signals,
+        Self::CorrelationRules,
+        Self::Incidents,
+        Self::IncidentSignals,
+        Self::IncidentNotes,
+        Self::IncidentEvents,
+    ];
+    /// The incident read models, which the projector folds from the INCIDENTS stream.
+    pub const INCIDENTS: [ReadModel; 4] = [
+        Self::Incidents,
+        Self::IncidentSignals,
+        Self::IncidentNotes,
+        Self::IncidentEvents,
+    ];
 
     fn name_and_key(self) -> (&'static str, &'static str) {
         match self {
             Self::Tenants => ("tenants", "slug"),
             Self::WebhookTokens => ("webhook_tokens", "token_id"),
             Self::Signals => ("signals", "id"),
+            Self::CorrelationRules => ("correlation_rules", "tenant"),
+            Self::Incidents => ("incidents", "tenant, id"),
+            Self::IncidentSignals => ("incident_signals", "tenant, incident_id, signal_id"),
+            Self::IncidentNotes => ("incident_notes", "tenant, incident_id, note_id"),
+            Self::IncidentEvents => ("incident_events", "event_id"),
         }
     }
 }

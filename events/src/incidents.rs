@@ -1,0 +1,371 @@
+//! Incident events: the correlator's decisions and the lifecycle commands, all on the incident's
+//! one subject (`incidents.<tenant>.<incident>`), so a command can append with JetStream's
+//! expected-last-subject-sequence and lose a race cleanly. Also the tenant's correlation rules,
+//! which travel on the tenant's subject.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{EventPayload, Severity};
+
+/// The actor of decisions the correlator makes.
+pub const CORRELATOR: &str = "correlator";
+
+/// Where an incident stands. `resolved` can be reopened; `learned` and `inconclusive` close the
+/// review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentState {
+    Detected,
+    Acknowledged,
+    Investigating,
+    Mitigated,
+    Resolved,
+    Learned,
+    Inconclusive,
+}
+
+impl IncidentState {
+    pub const ALL: [IncidentState; 7] = [
+        Self::Detected,
+        Self::Acknowledged,
+        Self::Investigating,
+        Self::Mitigated,
+        Self::Resolved,
+        Self::Learned,
+        Self::Inconclusive,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Detected => "detected",
+            Self::Acknowledged => "acknowledged",
+            Self::Investigating => "investigating",
+            Self::Mitigated => "mitigated",
+            Self::Resolved => "resolved",
+            Self::Learned => "learned",
+            Self::Inconclusive => "inconclusive",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+
+    /// Still needs someone: neither resolved nor reviewed.
+    pub fn is_open(self) -> bool {
+        !matches!(self, Self::Resolved | Self::Learned | Self::Inconclusive)
+    }
+
+    /// The states a person may move an incident to from this one. From `resolved`, going back to
+    /// `investigating` is a reopen.
+    pub fn allowed_next(self) -> &'static [IncidentState] {
+        use IncidentState::*;
+        match self {
+            Detected => &[Acknowledged, Investigating, Mitigated, Resolved],
+            Acknowledged => &[Investigating, Mitigated, Resolved],
+            Investigating => &[Mitigated, Resolved],
+            Mitigated => &[Investigating, Resolved],
+            Resolved => &[Investigating, Learned, Inconclusive],
+            Learned | Inconclusive => &[],
+        }
+    }
+}
+
+/// How the correlator groups a tenant's signals into incidents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorrelationRules {
+    /// Labels whose values together form the correlation key. Empty: the default chain, the first
+    /// of `service`, `job`, `app`, `namespace` the alert has, else the source's group key.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// How long an incident takes new signals of its key, in seconds.
+    #[serde(default = "defaults::window_secs")]
+    pub window_secs: u64,
+    /// `rolling`: the window restarts with each signal; `fixed`: it runs from the incident's opening.
+    #[serde(default)]
+    pub window_kind: WindowKind,
+    /// Signals of one key needed within the window before an incident opens.
+    #[serde(default = "defaults::min_signals")]
+    pub min_signals: u32,
+    /// A signal this long after its key's incident resolved reopens it; later, it opens a new one.
+    #[serde(default = "defaults::reopen_window_secs")]
+    pub reopen_window_secs: u64,
+    /// Once every attached alert has resolved, the incident resolves after this many seconds
+    /// without a new firing one.
+    #[serde(default = "defaults::resolve_grace_secs")]
+    pub resolve_grace_secs: u64,
+}
+
+mod defaults {
+    pub fn window_secs() -> u64 {
+        30 * 60
+    }
+    pub fn min_signals() -> u32 {
+        1
+    }
+    pub fn reopen_window_secs() -> u64 {
+        60 * 60
+    }
+    pub fn resolve_grace_secs() -> u64 {
+        5 * 60
+    }
+}
+
+impl Default for CorrelationRules {
+    fn default() -> Self {
+        Self {
+            group_by: Vec::new(),
+            window_secs: defaults::window_secs(),
+            window_kind: WindowKind::Rolling,
+            min_signals: defaults::min_signals(),
+            reopen_window_secs: defaults::reopen_window_secs(),
+            resolve_grace_secs: defaults::resolve_grace_secs(),
+        }
+    }
+}
+
+impl CorrelationRules {
+    /// The labels the default rule tries, in order.
+    pub const DEFAULT_CHAIN: [&'static str; 4] = ["service", "job", "app", "namespace"];
+
+    /// Why these rules cannot be used, if they cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.group_by.len() > 10 {
+            return Err("group_by takes at most 10 labels".into());
+        }
+        if self
+            .group_by
+            .iter()
+            .any(|l| l.is_empty() || l.len() > 128 || l.chars().any(char::is_control))
+        {
+            return Err("group_by labels must be 1-128 printable characters".into());
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.window_secs) {
+            return Err("window_secs must be between 60 and 604800".into());
+        }
+        if !(1..=10_000).contains(&self.min_signals) {
+            return Err("min_signals must be between 1 and 10000".into());
+        }
+        if self.reopen_window_secs > 30 * 24 * 3600 {
+            return Err("reopen_window_secs must be at most 2592000".into());
+        }
+        if self.resolve_grace_secs > 24 * 3600 {
+            return Err("resolve_grace_secs must be at most 86400".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKind {
+    #[default]
+    Rolling,
+    Fixed,
+}
+
+/// A tenant's correlation rules were set; they apply to signals the correlator decides on after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CorrelationRulesSet {
+    pub rules: CorrelationRules,
+    pub set_by: String,
+}
+
+impl EventPayload for CorrelationRulesSet {
+    const TYPE: &'static str = "CorrelationRulesSet";
+    const VERSION: u32 = 1;
+}
+
+/// The correlator opened an incident for a correlation key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IncidentOpened {
+    pub incident_id: Uuid,
+    /// The correlation key, e.g. `service=checkout`.
+    pub key: String,
+    pub title: String,
+    pub service: Option<String>,
+    pub severity: Severity,
+    /// Labels of the signal that opened it.
+    pub labels: BTreeMap<String, String>,
+    /// The rule in words.
+    pub rule: String,
+}
+
+impl EventPayload for IncidentOpened {
+    const TYPE: &'static str = "IncidentOpened";
+    const VERSION: u32 = 1;
+}
+
+/// A signal (an alert instance) joined an incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SignalAttached {
+    pub incident_id: Uuid,
+    pub signal_id: Uuid,
+    pub fingerprint: String,
+    pub title: String,
+    pub severity: Severity,
+    pub starts_at: DateTime<Utc>,
+    /// The incident's severity after this signal: the highest of its firing signals.
+    pub incident_severity: Severity,
+    /// Why this signal joined: which rule, which key, which window.
+    pub explanation: String,
+}
+
+impl EventPayload for SignalAttached {
+    const TYPE: &'static str = "SignalAttached";
+    const VERSION: u32 = 1;
+}
+
+/// An attached alert resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SignalResolved {
+    pub incident_id: Uuid,
+    pub signal_id: Uuid,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub incident_severity: Severity,
+    /// Attached alerts still firing.
+    pub firing_left: u32,
+}
+
+impl EventPayload for SignalResolved {
+    const TYPE: &'static str = "SignalResolved";
+    const VERSION: u32 = 1;
+}
+
+/// The incident resolved: by the correlator once every alert had resolved for the grace period,
+/// or by a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IncidentResolved {
+    pub incident_id: Uuid,
+    pub actor: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl EventPayload for IncidentResolved {
+    const TYPE: &'static str = "IncidentResolved";
+    const VERSION: u32 = 1;
+}
+
+/// A resolved incident was reopened: by a new signal of its key within the reopen window, or by
+/// a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IncidentReopened {
+    pub incident_id: Uuid,
+    pub actor: String,
+    pub reason: String,
+    /// The state it reopens into.
+    pub to: IncidentState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl EventPayload for IncidentReopened {
+    const TYPE: &'static str = "IncidentReopened";
+    const VERSION: u32 = 1;
+}
+
+/// A person moved the incident along its lifecycle (other than resolving or reopening it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IncidentTransitioned {
+    pub incident_id: Uuid,
+    pub from: IncidentState,
+    pub to: IncidentState,
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl EventPayload for IncidentTransitioned {
+    const TYPE: &'static str = "IncidentTransitioned";
+    const VERSION: u32 = 1;
+}
+
+/// The incident was assigned to someone (or unassigned, with `assignee: null`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IncidentAssigned {
+    pub incident_id: Uuid,
+    pub assignee: Option<String>,
+    pub actor: String,
+}
+
+impl EventPayload for IncidentAssigned {
+    const TYPE: &'static str = "IncidentAssigned";
+    const VERSION: u32 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IncidentNoteAdded {
+    pub incident_id: Uuid,
+    pub note_id: Uuid,
+    pub text: String,
+    pub actor: String,
+}
+
+impl EventPayload for IncidentNoteAdded {
+    const TYPE: &'static str = "IncidentNoteAdded";
+    const VERSION: u32 = 1;
+}
+
+/// A deterministic id for something derived from events (an incident, a decision): the first 48
+/// bits are `at` in milliseconds, so ids sort by time, the rest blake3 of the parts.
+pub fn derived_id(at: DateTime<Utc>, parts: &[&str]) -> Uuid {
+    let digest = crate::digest(parts);
+    let millis = at.timestamp_millis().clamp(0, (1 << 48) - 1) as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&digest.as_bytes()[..10]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_left_out_of_a_settings_body_take_their_defaults() {
+        let rules: CorrelationRules = serde_json::from_str(r#"{"min_signals": 3}"#).unwrap();
+
+        assert_eq!(rules.min_signals, 3);
+        assert_eq!(rules.window_secs, 1800);
+        assert_eq!(rules.window_kind, WindowKind::Rolling);
+        assert!(rules.validate().is_ok());
+    }
+
+    #[test]
+    fn rules_out_of_range_are_refused_with_the_field_named() {
+        let rules = CorrelationRules {
+            window_secs: 5,
+            ..CorrelationRules::default()
+        };
+        assert!(rules.validate().unwrap_err().contains("window_secs"));
+        assert!(serde_json::from_str::<CorrelationRules>(r#"{"windw_secs": 60}"#).is_err());
+    }
+
+    #[test]
+    fn resolved_incidents_reopen_only_into_investigation_and_reviews_are_final() {
+        use IncidentState::*;
+        assert!(Resolved.allowed_next().contains(&Investigating));
+        assert!(!Detected.allowed_next().contains(&Learned));
+        assert!(Learned.allowed_next().is_empty());
+        assert_eq!(IncidentState::parse("mitigated"), Some(Mitigated));
+        assert_eq!(IncidentState::parse("closed"), None);
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_sort_by_time() {
+        let early: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let late: DateTime<Utc> = "2026-01-02T00:00:00Z".parse().unwrap();
+        assert_eq!(derived_id(early, &["a"]), derived_id(early, &["a"]));
+        assert!(derived_id(early, &["z"]) < derived_id(late, &["a"]));
+    }
+}

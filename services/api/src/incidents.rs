@@ -1,0 +1,618 @@
+//! Incidents: the read routes (`/v1/incidents…`, `/v1/stats`), the lifecycle commands
+//! (transitions, assign, notes) and the tenant's correlation rules (`/v1/settings/correlation`).
+//!
+//! A command decides on the incident's read model and appends with JetStream's
+//! expected-last-subject-sequence set to the version it decided on: if anything was appended to
+//! the incident since, the append fails and the command answers 409 (or, when the caller did not
+//! pin a version with `If-Match`, waits for the projector once and decides again).
+
+use std::time::Duration;
+
+use axum::{
+    Extension, Json,
+    extract::{Path, Query, State, rejection::JsonRejection, rejection::QueryRejection},
+    http::{HeaderMap, StatusCode, header},
+};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use copilot_events::{
+    CorrelationRules, CorrelationRulesSet, Headers, IncidentAssigned, IncidentNoteAdded,
+    IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned, Role, Severity,
+    subjects,
+};
+use copilot_runtime::http::{ApiError, RequestId};
+use copilot_store::{
+    IncidentCursor, IncidentFilter, IncidentNoteView, IncidentSignalView, IncidentSort,
+    IncidentStats, IncidentSummary, TimelineEntry,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    Api, Caller,
+    commands::{AppendError, CommandEvent, append, command_event, event_message},
+};
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    /// `true`: only incidents not yet resolved; `false`: only resolved or reviewed ones.
+    open: Option<bool>,
+    severity: Option<String>,
+    service: Option<String>,
+    /// `name=value`: incidents whose labels include it.
+    label: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    /// Words of the title, service or correlation key.
+    q: Option<String>,
+    /// `newest` (default), `oldest`, `severity` or `updated`.
+    sort: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct IncidentPage {
+    items: Vec<IncidentSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/incidents/{id}`: the incident with its signals, notes and hypotheses.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct IncidentDetail {
+    #[serde(flatten)]
+    incident: IncidentSummary,
+    signals: Vec<IncidentSignalView>,
+    notes: Vec<IncidentNoteView>,
+    /// Root-cause hypotheses (filled by the hypothesis service, once it exists).
+    hypotheses: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Timeline {
+    items: Vec<TimelineEntry>,
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(message.into())
+}
+
+fn internal(err: copilot_store::StoreError) -> ApiError {
+    ApiError::Internal(err.into())
+}
+
+pub async fn list(
+    State(api): State<Api>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<IncidentPage>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+    if let Some(state) = &q.state
+        && IncidentState::parse(state).is_none()
+    {
+        return Err(bad(
+            "state must be one of detected, acknowledged, investigating, mitigated, resolved, learned, inconclusive",
+        ));
+    }
+    if let Some(severity) = &q.severity
+        && Severity::parse(severity).is_none()
+    {
+        return Err(bad(
+            "severity must be one of critical, error, warning, info, unknown",
+        ));
+    }
+    let label = match q.label {
+        Some(l) => Some(
+            l.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| bad("label must be name=value"))?,
+        ),
+        None => None,
+    };
+    let sort = match q.sort.as_deref() {
+        None | Some("newest") => IncidentSort::Newest,
+        Some("oldest") => IncidentSort::Oldest,
+        Some("severity") => IncidentSort::Severity,
+        Some("updated") => IncidentSort::Updated,
+        Some(_) => return Err(bad("sort must be one of newest, oldest, severity, updated")),
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(bad(format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    let filter = IncidentFilter {
+        state: q.state,
+        open: q.open,
+        severity: q.severity,
+        service: q.service,
+        label,
+        since: q.since,
+        until: q.until,
+        text: q.q.filter(|t| !t.trim().is_empty()),
+    };
+    let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let mut items = api
+        .ctx
+        .store
+        .list_incidents(&caller.0.tenant, &filter, sort, cursor, limit + 1)
+        .await
+        .map_err(internal)?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items
+            .last()
+            .map(|last| encode_cursor(IncidentCursor::after(sort, last)))
+    } else {
+        None
+    };
+    Ok(Json(IncidentPage { items, next_cursor }))
+}
+
+async fn find(api: &Api, tenant: &str, id: &str) -> Result<IncidentSummary, ApiError> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
+    api.ctx
+        .store
+        .get_incident(tenant, id)
+        .await
+        .map_err(internal)?
+        .ok_or(ApiError::NotFound)
+}
+
+pub async fn get(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<IncidentDetail>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let tenant = caller.0.tenant.as_str();
+    let incident = find(&api, tenant, &id).await?;
+    let store = &api.ctx.store;
+    let signals = store
+        .incident_signals(tenant, incident.id)
+        .await
+        .map_err(internal)?;
+    let notes = store
+        .incident_notes(tenant, incident.id)
+        .await
+        .map_err(internal)?;
+    Ok(Json(IncidentDetail {
+        incident,
+        signals,
+        notes,
+        hypotheses: Vec::new(),
+    }))
+}
+
+pub async fn timeline(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Timeline>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let tenant = caller.0.tenant.as_str();
+    let incident = find(&api, tenant, &id).await?;
+    let items = api
+        .ctx
+        .store
+        .incident_timeline(tenant, incident.id)
+        .await
+        .map_err(internal)?;
+    Ok(Json(Timeline { items }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    /// Start of the range (incidents opened at or after) [default: 7 days ago].
+    since: Option<DateTime<Utc>>,
+    /// End of the range [default: now].
+    until: Option<DateTime<Utc>>,
+}
+
+pub async fn stats(
+    State(api): State<Api>,
+    caller: Caller,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Json<IncidentStats>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+    let until = q.until.unwrap_or_else(Utc::now);
+    let since = q.since.unwrap_or(until - chrono::Duration::days(7));
+    if since >= until {
+        return Err(bad("since must be before until"));
+    }
+    Ok(Json(
+        api.ctx
+            .store
+            .incident_stats(&caller.0.tenant, since, until)
+            .await
+            .map_err(internal)?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionBody {
+    to: String,
+    note: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignBody {
+    /// Who takes it; `null` to unassign.
+    assignee: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteBody {
+    text: String,
+}
+
+/// What a command answers: the event it appended and the incident's new version.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Accepted {
+    event_id: Uuid,
+    #[serde(rename = "type")]
+    event_type: String,
+    version: u64,
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| match e {
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+            "send the body as JSON with Content-Type: application/json".into(),
+        ),
+        JsonRejection::JsonDataError(e) => ApiError::Unprocessable(e.body_text()),
+        other => bad(other.body_text()),
+    })
+}
+
+fn text_field(name: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() || value.len() > max || value.contains('\0') {
+        return Err(ApiError::Unprocessable(format!(
+            "{name} must be 1 to {max} bytes of text"
+        )));
+    }
+    Ok(())
+}
+
+/// The version the caller pinned with `If-Match`, if any.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(header::IF_MATCH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .map(|s| s.trim().trim_matches('"'))
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad("If-Match must be an incident version, e.g. \"42\""))
+        })
+        .transpose()
+}
+
+/// Decides a command on the incident's current read model and appends its event at the
+/// version decided on. Without a pinned version, a lost race waits for the projector once and
+/// decides again.
+async fn command<F>(
+    api: &Api,
+    caller: &Caller,
+    id: &str,
+    headers: &HeaderMap,
+    decide: F,
+) -> Result<(StatusCode, Json<Accepted>), ApiError>
+where
+    F: Fn(&IncidentSummary) -> Result<CommandEvent, ApiError>,
+{
+    caller.require(Role::Engineer)?;
+    let tenant = caller.0.tenant.as_str();
+    let pinned = if_match(headers)?;
+    let mut incident = find(api, tenant, id).await?;
+    for attempt in 0..2 {
+        if let Some(version) = pinned
+            && version != incident.version as u64
+        {
+            return Err(ApiError::Conflict(format!(
+                "the incident is at version {}, not {version}: reload it and decide again",
+                incident.version
+            )));
+        }
+        let event = decide(&incident)?;
+        let message = event
+            .message
+            .expected_last_subject_sequence(incident.version as u64);
+        match append(
+            &api.ctx.js,
+            subjects::incident(tenant, incident.id),
+            message,
+        )
+        .await
+        {
+            Ok(seq) => {
+                return Ok((
+                    StatusCode::ACCEPTED,
+                    Json(Accepted {
+                        event_id: event.id,
+                        event_type: event.event_type.to_owned(),
+                        version: seq,
+                    }),
+                ));
+            }
+            Err(AppendError::Conflict) if pinned.is_none() && attempt == 0 => {
+                incident = wait_for_newer(api, tenant, &incident).await?;
+            }
+            Err(AppendError::Conflict) => {
+                return Err(ApiError::Conflict(
+                    "the incident changed while this command was decided: reload it and decide again"
+                        .into(),
+                ));
+            }
+            Err(AppendError::Other(e)) => {
+                return Err(ApiError::Unavailable {
+                    detail: format!("the event store did not take the command: {e}"),
+                    retry_after_secs: 1,
+                });
+            }
+        }
+    }
+    unreachable!("the loop returns on its second attempt")
+}
+
+/// The incident once the projector has applied something newer than `seen` (up to 2 s).
+async fn wait_for_newer(
+    api: &Api,
+    tenant: &str,
+    seen: &IncidentSummary,
+) -> Result<IncidentSummary, ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let now = find(api, tenant, &seen.id.to_string()).await?;
+        if now.version > seen.version || tokio::time::Instant::now() > deadline {
+            return Ok(now);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn headers_of(request_id: &Option<Extension<RequestId>>) -> Headers {
+    Headers {
+        request_id: request_id.as_ref().map(|Extension(r)| r.0.clone()),
+        ..Headers::default()
+    }
+}
+
+pub async fn transition(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+    request_id: Option<Extension<RequestId>>,
+    headers: HeaderMap,
+    payload: Result<Json<TransitionBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let b = body(payload)?;
+    let to = IncidentState::parse(&b.to).ok_or_else(|| {
+        ApiError::Unprocessable(format!(
+            "to must be one of {}",
+            IncidentState::ALL.map(|s| s.as_str()).join(", ")
+        ))
+    })?;
+    if let Some(note) = &b.note {
+        text_field("note", note, 10_000)?;
+    }
+    let actor = caller.0.sub.clone();
+    let event_headers = headers_of(&request_id);
+    command(&api, &caller, &id, &headers, |incident| {
+        let from = IncidentState::parse(&incident.state)
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("unknown stored state")))?;
+        if !from.allowed_next().contains(&to) {
+            let allowed = from
+                .allowed_next()
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>();
+            return Err(ApiError::Conflict(format!(
+                "an incident in state {} can move to {}; not to {}",
+                from.as_str(),
+                if allowed.is_empty() {
+                    "nothing (its review is closed)".to_owned()
+                } else {
+                    allowed.join(", ")
+                },
+                to.as_str()
+            )));
+        }
+        let tenant = caller.0.tenant.as_str();
+        let h = event_headers.clone();
+        Ok(match (from, to) {
+            (_, IncidentState::Resolved) => command_event(
+                tenant,
+                &IncidentResolved {
+                    incident_id: incident.id,
+                    actor: actor.clone(),
+                    reason: "resolved by hand".into(),
+                    note: b.note.clone(),
+                },
+                h,
+            ),
+            (IncidentState::Resolved, IncidentState::Investigating) => command_event(
+                tenant,
+                &IncidentReopened {
+                    incident_id: incident.id,
+                    actor: actor.clone(),
+                    reason: "reopened by hand".into(),
+                    to,
+                    signal_id: None,
+                    note: b.note.clone(),
+                },
+                h,
+            ),
+            _ => command_event(
+                tenant,
+                &IncidentTransitioned {
+                    incident_id: incident.id,
+                    from,
+                    to,
+                    actor: actor.clone(),
+                    note: b.note.clone(),
+                },
+                h,
+            ),
+        })
+    })
+    .await
+}
+
+pub async fn assign(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+    request_id: Option<Extension<RequestId>>,
+    headers: HeaderMap,
+    payload: Result<Json<AssignBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let b = body(payload)?;
+    if let Some(assignee) = &b.assignee {
+        text_field("assignee", assignee, 256)?;
+    }
+    let event_headers = headers_of(&request_id);
+    command(&api, &caller, &id, &headers, |incident| {
+        Ok(command_event(
+            &caller.0.tenant,
+            &IncidentAssigned {
+                incident_id: incident.id,
+                assignee: b.assignee.clone(),
+                actor: caller.0.sub.clone(),
+            },
+            event_headers.clone(),
+        ))
+    })
+    .await
+}
+
+pub async fn note(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+    request_id: Option<Extension<RequestId>>,
+    headers: HeaderMap,
+    payload: Result<Json<NoteBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let b = body(payload)?;
+    text_field("text", &b.text, 10_000)?;
+    let event_headers = headers_of(&request_id);
+    let note_id = Uuid::now_v7();
+    command(&api, &caller, &id, &headers, |incident| {
+        Ok(command_event(
+            &caller.0.tenant,
+            &IncidentNoteAdded {
+                incident_id: incident.id,
+                note_id,
+                text: b.text.clone(),
+                actor: caller.0.sub.clone(),
+            },
+            event_headers.clone(),
+        ))
+    })
+    .await
+}
+
+pub async fn get_rules(
+    State(api): State<Api>,
+    caller: Caller,
+) -> Result<Json<CorrelationRules>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let stored = api
+        .ctx
+        .store
+        .correlation_rules(&caller.0.tenant)
+        .await
+        .map_err(internal)?;
+    Ok(Json(
+        stored
+            .and_then(|json| serde_json::from_value(json).ok())
+            .unwrap_or_default(),
+    ))
+}
+
+pub async fn set_rules(
+    State(api): State<Api>,
+    caller: Caller,
+    request_id: Option<Extension<RequestId>>,
+    payload: Result<Json<CorrelationRules>, JsonRejection>,
+) -> Result<(StatusCode, Json<CorrelationRules>), ApiError> {
+    caller.require(Role::Admin)?;
+    let rules = body(payload)?;
+    rules.validate().map_err(ApiError::Unprocessable)?;
+    let tenant = caller.0.tenant.as_str();
+    let message = event_message(
+        tenant,
+        &CorrelationRulesSet {
+            rules: rules.clone(),
+            set_by: caller.0.sub.clone(),
+        },
+        headers_of(&request_id),
+    );
+    append(&api.ctx.js, subjects::tenant(tenant), message)
+        .await
+        .map_err(|_| ApiError::Unavailable {
+            detail: "the event store did not take the rules".into(),
+            retry_after_secs: 1,
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(rules)))
+}
+
+fn encode_cursor(c: IncidentCursor) -> String {
+    let mut bytes = Vec::with_capacity(26);
+    bytes.extend_from_slice(&c.rank.to_be_bytes());
+    bytes.extend_from_slice(&c.at.timestamp_micros().to_be_bytes());
+    bytes.extend_from_slice(c.id.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn decode_cursor(text: &str) -> Result<IncidentCursor, ApiError> {
+    let invalid = || bad("cursor is not one this API returned");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| invalid())?;
+    if bytes.len() != 26 {
+        return Err(invalid());
+    }
+    let rank = i16::from_be_bytes([bytes[0], bytes[1]]);
+    let micros = i64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
+    let at = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
+    let id = Uuid::from_slice(&bytes[10..]).map_err(|_| invalid())?;
+    Ok(IncidentCursor { rank, at, id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incident_cursor_round_trips_and_garbage_is_refused() {
+        let cursor = IncidentCursor {
+            rank: 4,
+            at: DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap(),
+            id: Uuid::now_v7(),
+        };
+        assert_eq!(decode_cursor(&encode_cursor(cursor)).unwrap(), cursor);
+        assert!(decode_cursor("nope").is_err());
+        assert!(
+            decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 26]))
+                .is_ok()
+        );
+        assert!(
+            decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 5]))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! The correlator: turns signals into incidents, every decision an event.
+//!
+//! It reads SIGNALS in order and, for each new alert instance, decides: open an incident, attach
+//! to its key's incident, reopen a resolved one, or wait for the key's threshold. It follows the
+//! lifecycle events people append (a hand resolve, a review), so its next decision for that key
+//! is a reopen or a new incident. Its state lives in `correlator_*` tables written in the
+//! transaction that moves its checkpoint; every event it appends has a deterministic id (also
+//! its `Nats-Msg-Id`), so a crash between append and commit re-decides the same events and
+//! JetStream drops the copies, and the projector skips a copy that outlived the window.
+
+mod decide;
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, message::PublishMessage};
+use chrono::Utc;
+use copilot_events::{
+    CORRELATOR, CorrelationRules, Envelope, Event, IncidentResolved, IncidentState, subjects,
+};
+use copilot_runtime::{
+    Context, Settings,
+    consume::{self, Batches},
+    metrics::Metrics,
+    nats,
+};
+use tokio_util::sync::CancellationToken;
+
+pub use decide::{Decision, correlation_key};
+
+const SIGNALS_CHECKPOINT: &str = "correlator-signals";
+const LIFECYCLE_CHECKPOINT: &str = "correlator-incidents";
+
+/// Runs the correlator alone until `shutdown`.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ctx = Context::connect(settings, "correlator").await?;
+    serve(ctx, shutdown).await
+}
+
+/// Runs the correlator's three loops until `shutdown`: signal decisions, lifecycle following and
+/// the resolve timer.
+pub async fn serve(ctx: Context, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let signals = consume::supervise(&ctx, SIGNALS_CHECKPOINT, &shutdown, || {
+        follow_signals(&ctx, &shutdown)
+    });
+    let lifecycle = consume::supervise(&ctx, LIFECYCLE_CHECKPOINT, &shutdown, || {
+        follow_lifecycle(&ctx, &shutdown)
+    });
+    let timer = resolve_timer(&ctx, &shutdown);
+    tokio::try_join!(signals, lifecycle, timer)?;
+    Ok(())
+}
+
+/// A tenant's rules, re-read at most once a second.
+struct RulesCache {
+    rules: HashMap<String, (tokio::time::Instant, CorrelationRules)>,
+}
+
+impl RulesCache {
+    fn new() -> Self {
+        Self {
+            rules: HashMap::new(),
+        }
+    }
+
+    async fn get(&mut self, ctx: &Context, tenant: &str) -> anyhow::Result<CorrelationRules> {
+        if let Some((at, rules)) = self.rules.get(tenant)
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return Ok(rules.clone());
+        }
+        let rules = match ctx.store.correlation_rules(tenant).await? {
+            Some(json) => serde_json::from_value(json).unwrap_or_else(|err| {
+                tracing::warn!(tenant, error = %err, "stored correlation rules unreadable; using the defaults");
+                CorrelationRules::default()
+            }),
+            None => CorrelationRules::default(),
+        };
+        self.rules.insert(
+            tenant.to_owned(),
+            (tokio::time::Instant::now(), rules.clone()),
+        );
+        Ok(rules)
+    }
+}
+
+async fn follow_signals(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let (consumer, mut checkpoint) = consume::position(
+        ctx,
+        subjects::SIGNALS,
+        nats::CONSUMER_CORRELATOR_SIGNALS,
+        SIGNALS_CHECKPOINT,
+    )
+    .await?;
+    let mut batches = Batches::new(&consumer, ctx.settings.projector_batch).await?;
+    let mut rules = RulesCache::new();
+    while let Some(batch) = batches.next(shutdown).await? {
+        checkpoint = decide_batch(ctx, &mut rules, batch, checkpoint).await?;
+    }
+    Ok(())
+}
+
+/// Decides one batch of signals: state changes in one transaction, decisions appended (and
+/// acknowledged by JetStream) before that transaction commits with the checkpoint.
+async fn decide_batch(
+    ctx: &Context,
+    rules: &mut RulesCache,
+    batch: Vec<jetstream::Message>,
+    from: u64,
+) -> anyhow::Result<u64> {
+    let store = &ctx.store;
+    let mut tx = store.begin_batch().await?;
+    let checkpoint = store.checkpoint(&mut tx, SIGNALS_CHECKPOINT).await?;
+    anyhow::ensure!(
+        checkpoint == from,
+        "the correlator checkpoint is at {checkpoint}, expected {from}: another writer?"
+    );
+    let mut last = from;
+    let mut decisions = Vec::new();
+    for message in &batch {
+        let seq = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?
+            .stream_sequence;
+        if seq <= last {
+            continue;
+        }
+        anyhow::ensure!(
+            seq == last + 1,
+            "expected sequence {} but received {seq}; repositioning",
+            last + 1
+        );
+        last = seq;
+        let signal = Envelope::from_slice(&message.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|env| match env.decode() {
+                Ok(Event::SignalReceived(signal)) => Ok((env, signal)),
+                Ok(other) => Err(format!("{} on the signals stream", other.name())),
+                Err(e) => Err(e.to_string()),
+            });
+        let (envelope, signal) = match signal {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                // The projector parks it as a dead letter; here it simply decides nothing.
+                tracing::warn!(
+                    seq,
+                    reason,
+                    "signal skipped: not a decodable SignalReceived"
+                );
+                continue;
+            }
+        };
+        if consume::subject_tenant(&message.subject) != envelope.tenant {
+            tracing::warn!(
+                seq,
+                "signal skipped: envelope tenant differs from its subject"
+            );
+            continue;
+        }
+        let tenant_rules = rules.get(ctx, &envelope.tenant).await?;
+        decide::decide(
+            store,
+            &mut tx,
+            &tenant_rules,
+            &envelope,
+            &signal,
+            &mut decisions,
+        )
+        .await?;
+    }
+    append(ctx, &decisions).await?;
+    if ctx.settings.fault_correlator_crash_after_append && !decisions.is_empty() {
+        anyhow::bail!("fault injected: crashing after the append, before the commit");
+    }
+    store
+        .set_checkpoint(&mut tx, SIGNALS_CHECKPOINT, subjects::SIGNALS, last)
+        .await?;
+    tx.commit().await.context("committing the decisions")?;
+    if let Some(message) = batch.last()
+        && let Err(err) = message.ack().await
+    {
+        tracing::debug!(error = %err, "ack failed; the checkpoint covers it");
+    }
+    count(&decisions);
+    Ok(last)
+}
+
+fn count(decisions: &[Decision]) {
+    let metrics = Metrics::global();
+    for d in decisions {
+        metrics
+            .correlator_decisions_total
+            .with_label_values(&[d.envelope.event_type.as_str()])
+            .inc();
+    }
+}
+
+/// Appends decisions in order and waits until JetStream has every one. Ids are deterministic,
+/// so a decision appended before a crash is dropped as a duplicate when re-decided.
+async fn append(ctx: &Context, decisions: &[Decision]) -> anyhow::Result<()> {
+    let mut acks = Vec::with_capacity(decisions.len());
+    for d in decisions {
+        let message = PublishMessage::build()
+            .headers(nats::event_headers(&d.envelope))
+            .payload(d.envelope.to_bytes().into())
+            .message_id(d.envelope.id.to_string());
+        acks.push(
+            ctx.js
+                .send_publish(d.subject.clone(), message)
+                .await
+                .context("appending a decision")?,
+        );
+    }
+    for ack in acks {
+        ack.await.context("appending a decision")?;
+    }
+    Ok(())
+}
+
+/// Follows lifecycle events people append, so the correlator knows which incidents a person
+/// resolved, reopened or closed with a review.
+async fn follow_lifecycle(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let (consumer, mut last) = consume::position(
+        ctx,
+        subjects::INCIDENTS,
+        nats::CONSUMER_CORRELATOR_INCIDENTS,
+        LIFECYCLE_CHECKPOINT,
+    )
+    .await?;
+    let mut batches = Batches::new(&consumer, ctx.settings.projector_batch).await?;
+    while let Some(batch) = batches.next(shutdown).await? {
+        let store = &ctx.store;
+        let mut tx = store.begin_batch().await?;
+        let checkpoint = store.checkpoint(&mut tx, LIFECYCLE_CHECKPOINT).await?;
+        anyhow::ensure!(
+            checkpoint == last,
+            "the lifecycle checkpoint moved: another writer?"
+        );
+        for message in &batch {
+            let seq = message
+                .info()
+                .map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?
+                .stream_sequence;
+            if seq <= last {
+                continue;
+            }
+            anyhow::ensure!(seq == last + 1, "expected sequence {}, got {seq}", last + 1);
+            last = seq;
+            let Ok(envelope) = Envelope::from_slice(&message.payload) else {
+                continue;
+            };
+            let (incident_id, state, at) = match envelope.decode() {
+                Ok(Event::IncidentResolved(e)) if e.actor != CORRELATOR => {
+                    (e.incident_id, "resolved", Some(envelope.occurred_at))
+                }
+                Ok(Event::IncidentReopened(e)) if e.actor != CORRELATOR => {
+                    (e.incident_id, "open", None)
+                }
+                Ok(Event::IncidentTransitioned(e))
+                    if matches!(e.to, IncidentState::Learned | IncidentState::Inconclusive) =>
+                {
+                    (e.incident_id, "closed", None)
+                }
+                _ => continue,
+            };
+            decide::follow(store, &mut tx, &envelope.tenant, incident_id, state, at).await?;
+        }
+        store
+            .set_checkpoint(&mut tx, LIFECYCLE_CHECKPOINT, subjects::INCIDENTS, last)
+            .await?;
+        tx.commit().await?;
+        if let Some(message) = batch.last() {
+            message.ack().await.ok();
+        }
+    }
+    Ok(())
+}
+
+/// Resolves incidents whose alerts have all resolved and stayed so for the tenant's grace.
+async fn resolve_timer(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_millis(ctx.settings.correlator_tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Err(err) = resolve_due(ctx).await {
+            tracing::warn!(error = format!("{err:#}"), "resolving due incidents failed");
+        }
+    }
+}
+
+async fn resolve_due(ctx: &Context) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let mut tx = store.begin().await?;
+    let due = store
+        .due_correlator_incidents(&mut tx, Utc::now(), 100)
+        .await?;
+    if due.is_empty() {
+        return Ok(());
+    }
+    let mut decisions = Vec::new();
+    for mut incident in due {
+        let resolved_at = incident.resolve_due.unwrap_or_else(Utc::now);
+        let payload = IncidentResolved {
+            incident_id: incident.id,
+            actor: CORRELATOR.to_owned(),
+            reason: "every attached alert resolved and none fired again within the grace period"
+                .to_owned(),
+            note: None,
+        };
+        let generation = incident.generation.to_string();
+        decisions.push(Decision::new(
+            &incident.tenant,
+            incident.id,
+            &payload,
+            resolved_at,
+            &["resolved", &generation],
+            None,
+        ));
+        incident.state = "resolved".into();
+        incident.resolved_at = incident.resolve_due.take();
+        store.save_correlator_incident(&mut tx, &incident).await?;
+    }
+    append(ctx, &decisions).await?;
+    tx.commit().await?;
+    count(&decisions);
+    Ok(())
+}

@@ -1,0 +1,636 @@
+//! The incident read models (`incidents`, `incident_signals`, `incident_notes`,
+//! `incident_events`, `correlation_rules`): the projector's writes, one per event kind, and the
+//! API's reads.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::{Result, Store, Tx};
+
+/// One incident event as the timeline keeps it.
+#[derive(Debug, Clone)]
+pub struct IncidentEventRow<'a> {
+    pub event_id: Uuid,
+    pub tenant: &'a str,
+    pub incident_id: Uuid,
+    pub seq: u64,
+    pub event_type: &'a str,
+    pub actor: &'a str,
+    pub request_id: Option<&'a str>,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: &'a str,
+}
+
+/// A new incident.
+#[derive(Debug, Clone)]
+pub struct NewIncident<'a> {
+    pub tenant: &'a str,
+    pub id: Uuid,
+    pub key: &'a str,
+    pub title: &'a str,
+    pub service: Option<&'a str>,
+    pub severity: &'a str,
+    pub severity_rank: i16,
+    pub labels: &'a str,
+    pub rule: &'a str,
+    pub opened_at: DateTime<Utc>,
+    pub seq: u64,
+}
+
+/// A signal joining an incident.
+#[derive(Debug, Clone)]
+pub struct AttachedSignal<'a> {
+    pub tenant: &'a str,
+    pub incident_id: Uuid,
+    pub signal_id: Uuid,
+    pub fingerprint: &'a str,
+    pub title: &'a str,
+    pub severity: &'a str,
+    pub starts_at: DateTime<Utc>,
+    pub explanation: &'a str,
+    pub incident_severity: &'a str,
+    pub incident_severity_rank: i16,
+    pub at: DateTime<Utc>,
+    pub seq: u64,
+}
+
+/// What a lifecycle event does to an incident's row.
+#[derive(Debug, Clone)]
+pub struct StateChange<'a> {
+    pub tenant: &'a str,
+    pub incident_id: Uuid,
+    pub state: &'a str,
+    /// A person acted: the first such moment is when the incident was acknowledged.
+    pub by_person: bool,
+    pub reopened: bool,
+    pub at: DateTime<Utc>,
+    pub seq: u64,
+}
+
+/// An incident as the API lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+pub struct IncidentSummary {
+    pub id: Uuid,
+    pub title: String,
+    pub service: Option<String>,
+    pub key: String,
+    pub severity: String,
+    pub state: String,
+    pub assignee: Option<String>,
+    pub labels: serde_json::Value,
+    pub signal_count: i32,
+    pub firing_count: i32,
+    pub reopen_count: i32,
+    pub opened_at: DateTime<Utc>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub mitigated_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    /// The incident's version: pass it back as `If-Match` to make a command fail (409) if
+    /// anything changed since it was read.
+    pub version: i64,
+    /// The correlation rule that opened it, in words.
+    pub rule: String,
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub severity_rank: i16,
+}
+
+/// A signal of an incident, with why it joined.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+pub struct IncidentSignalView {
+    pub signal_id: Uuid,
+    pub fingerprint: String,
+    pub title: String,
+    pub severity: String,
+    pub status: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub attached_at: DateTime<Utc>,
+    pub explanation: String,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+pub struct IncidentNoteView {
+    pub note_id: Uuid,
+    pub author: String,
+    pub text: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One entry of an incident's timeline.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+pub struct TimelineEntry {
+    pub event_id: Uuid,
+    pub seq: i64,
+    #[serde(rename = "type")]
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub actor: String,
+    pub request_id: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+}
+
+/// Filters of `GET /v1/incidents`; all optional, combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentFilter {
+    pub state: Option<String>,
+    /// Only incidents not resolved or reviewed.
+    pub open: Option<bool>,
+    pub severity: Option<String>,
+    pub service: Option<String>,
+    /// `(label, value)` the incident's labels contain.
+    pub label: Option<(String, String)>,
+    /// Opened at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Opened before.
+    pub until: Option<DateTime<Utc>>,
+    /// Words of the title, service or key.
+    pub text: Option<String>,
+}
+
+/// Orders of `GET /v1/incidents`, each with a keyset cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IncidentSort {
+    #[default]
+    Newest,
+    Oldest,
+    Severity,
+    Updated,
+}
+
+/// Position after the last row of a page: the sort's key values of that row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncidentCursor {
+    pub rank: i16,
+    pub at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl IncidentCursor {
+    pub fn after(sort: IncidentSort, last: &IncidentSummary) -> Self {
+        Self {
+            rank: last.severity_rank,
+            at: if sort == IncidentSort::Updated {
+                last.updated_at
+            } else {
+                last.opened_at
+            },
+            id: last.id,
+        }
+    }
+}
+
+/// `GET /v1/stats`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct IncidentStats {
+    /// Incidents not yet resolved, by severity (now, whatever the range).
+    pub open_by_severity: std::collections::BTreeMap<String, i64>,
+    /// Of incidents opened in the range:
+    pub incidents: i64,
+    pub signals: i64,
+    /// Signals per incident: how many alerts one incident spared someone.
+    pub noise_reduction: Option<f64>,
+    /// Mean seconds from opening to the first human action.
+    pub mtta_secs: Option<f64>,
+    /// Mean seconds from opening to resolution, of those resolved.
+    pub mttr_secs: Option<f64>,
+}
+
+const SUMMARY_COLUMNS: &str = "id, title, service, key, severity, state, assignee, labels, signal_count, \
+     firing_count, reopen_count, opened_at, acknowledged_at, mitigated_at, resolved_at, updated_at, \
+     last_seq AS version, rule, severity_rank";
+
+impl Store {
+    /// Records an incident event for the timeline; `false` if its id is already recorded (a
+    /// copy that outlived the duplicate window), in which case it must not be applied again.
+    pub async fn record_incident_event(
+        &self,
+        tx: &mut Tx<'_>,
+        e: &IncidentEventRow<'_>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO incident_events (event_id, tenant, incident_id, seq, type, actor, request_id, occurred_at, payload)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(e.event_id)
+        .bind(e.tenant)
+        .bind(e.incident_id)
+        .bind(e.seq as i64)
+        .bind(e.event_type)
+        .bind(e.actor)
+        .bind(e.request_id)
+        .bind(e.occurred_at)
+        .bind(e.payload)
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn insert_incident(&self, tx: &mut Tx<'_>, i: &NewIncident<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO incidents (tenant, id, key, title, service, severity, severity_rank, state, labels, rule,
+                 signal_count, firing_count, reopen_count, opened_at, updated_at, last_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'detected', $8::jsonb, $9, 0, 0, 0, $10, $10, $11)
+             ON CONFLICT (tenant, id) DO NOTHING",
+        )
+        .bind(i.tenant)
+        .bind(i.id)
+        .bind(i.key)
+        .bind(i.title)
+        .bind(i.service)
+        .bind(i.severity)
+        .bind(i.severity_rank)
+        .bind(i.labels)
+        .bind(i.rule)
+        .bind(i.opened_at)
+        .bind(i.seq as i64)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn attach_incident_signal(
+        &self,
+        tx: &mut Tx<'_>,
+        s: &AttachedSignal<'_>,
+    ) -> Result<()> {
+        let inserted = sqlx::query(
+            "INSERT INTO incident_signals (tenant, incident_id, signal_id, fingerprint, title, severity, status,
+                 starts_at, attached_at, explanation, last_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, 'firing', $7, $8, $9, $10)
+             ON CONFLICT (tenant, incident_id, signal_id) DO NOTHING",
+        )
+        .bind(s.tenant)
+        .bind(s.incident_id)
+        .bind(s.signal_id)
+        .bind(s.fingerprint)
+        .bind(s.title)
+        .bind(s.severity)
+        .bind(s.starts_at)
+        .bind(s.at)
+        .bind(s.explanation)
+        .bind(s.seq as i64)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "UPDATE incidents SET signal_count = signal_count + $3, firing_count = firing_count + $3,
+                 severity = $4, severity_rank = $5, updated_at = greatest(updated_at, $6), last_seq = $7
+             WHERE tenant = $1 AND id = $2",
+        )
+        .bind(s.tenant)
+        .bind(s.incident_id)
+        .bind(inserted as i32)
+        .bind(s.incident_severity)
+        .bind(s.incident_severity_rank)
+        .bind(s.at)
+        .bind(s.seq as i64)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn resolve_incident_signal(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        incident_id: Uuid,
+        signal_id: Uuid,
+        ends_at: Option<DateTime<Utc>>,
+        (severity, rank): (&str, i16),
+        at: DateTime<Utc>,
+        seq: u64,
+    ) -> Result<()> {
+        let changed = sqlx::query(
+            "UPDATE incident_signals SET status = 'resolved', ends_at = $4, last_seq = $5
+             WHERE tenant = $1 AND incident_id = $2 AND signal_id = $3 AND status = 'firing'",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .bind(signal_id)
+        .bind(ends_at)
+        .bind(seq as i64)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "UPDATE incidents SET firing_count = firing_count - $3, severity = $4, severity_rank = $5,
+                 updated_at = greatest(updated_at, $6), last_seq = $7
+             WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .bind(changed as i32)
+        .bind(severity)
+        .bind(rank)
+        .bind(at)
+        .bind(seq as i64)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves an incident to a state, keeping when it was first acknowledged and mitigated and
+    /// when it last resolved.
+    pub async fn change_incident_state(&self, tx: &mut Tx<'_>, c: &StateChange<'_>) -> Result<()> {
+        sqlx::query(
+            "UPDATE incidents SET state = $3,
+                 acknowledged_at = CASE WHEN $4 THEN coalesce(acknowledged_at, $6) ELSE acknowledged_at END,
+                 mitigated_at = CASE WHEN $3 = 'mitigated' THEN coalesce(mitigated_at, $6) ELSE mitigated_at END,
+                 resolved_at = CASE WHEN $3 = 'resolved' THEN $6
+                                    WHEN $3 IN ('learned', 'inconclusive') THEN resolved_at ELSE NULL END,
+                 reopen_count = reopen_count + CASE WHEN $5 THEN 1 ELSE 0 END,
+                 updated_at = greatest(updated_at, $6), last_seq = $7
+             WHERE tenant = $1 AND id = $2",
+        )
+        .bind(c.tenant)
+        .bind(c.incident_id)
+        .bind(c.state)
+        .bind(c.by_person)
+        .bind(c.reopened)
+        .bind(c.at)
+        .bind(c.seq as i64)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Records who the incident is assigned to (`None`: nobody).
+    pub async fn assign_incident(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        incident_id: Uuid,
+        assignee: Option<&str>,
+        at: DateTime<Utc>,
+        seq: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE incidents SET assignee = $3, updated_at = greatest(updated_at, $4), last_seq = $5
+             WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .bind(assignee)
+        .bind(at)
+        .bind(seq as i64)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_incident_note(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        incident_id: Uuid,
+        note_id: Uuid,
+        author: &str,
+        text: &str,
+        at: DateTime<Utc>,
+        seq: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO incident_notes (tenant, incident_id, note_id, author, text, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .bind(note_id)
+        .bind(author)
+        .bind(text)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE incidents SET updated_at = greatest(updated_at, $3), last_seq = $4
+             WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .bind(at)
+        .bind(seq as i64)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_correlation_rules(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        rules: &str,
+        set_by: &str,
+        at: DateTime<Utc>,
+        seq: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO correlation_rules (tenant, rules, set_by, set_at, last_seq) VALUES ($1, $2::jsonb, $3, $4, $5)
+             ON CONFLICT (tenant) DO UPDATE SET rules = excluded.rules, set_by = excluded.set_by,
+                 set_at = excluded.set_at, last_seq = excluded.last_seq
+             WHERE correlation_rules.last_seq < excluded.last_seq",
+        )
+        .bind(tenant)
+        .bind(rules)
+        .bind(set_by)
+        .bind(at)
+        .bind(seq as i64)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A tenant's correlation rules as JSON, if it set any.
+    pub async fn correlation_rules(&self, tenant: &str) -> Result<Option<serde_json::Value>> {
+        Ok(
+            sqlx::query_scalar("SELECT rules FROM correlation_rules WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A page of a tenant's incidents in `sort` order, after `cursor`.
+    pub async fn list_incidents(
+        &self,
+        tenant: &str,
+        filter: &IncidentFilter,
+        sort: IncidentSort,
+        cursor: Option<IncidentCursor>,
+        limit: u32,
+    ) -> Result<Vec<IncidentSummary>> {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+            "SELECT {SUMMARY_COLUMNS} FROM incidents WHERE tenant = "
+        ));
+        q.push_bind(tenant);
+        for (column, value) in [
+            ("state", &filter.state),
+            ("severity", &filter.severity),
+            ("service", &filter.service),
+        ] {
+            if let Some(value) = value {
+                q.push(format_args!(" AND {column} = "))
+                    .push_bind(value.clone());
+            }
+        }
+        match filter.open {
+            Some(true) => q.push(" AND state NOT IN ('resolved', 'learned', 'inconclusive')"),
+            Some(false) => q.push(" AND state IN ('resolved', 'learned', 'inconclusive')"),
+            None => &mut q,
+        };
+        if let Some((label, value)) = &filter.label {
+            q.push(" AND labels @> jsonb_build_object(")
+                .push_bind(label.clone())
+                .push("::text, ")
+                .push_bind(value.clone())
+                .push("::text)");
+        }
+        if let Some(since) = filter.since {
+            q.push(" AND opened_at >= ").push_bind(since);
+        }
+        if let Some(until) = filter.until {
+            q.push(" AND opened_at < ").push_bind(until);
+        }
+        if let Some(text) = &filter.text {
+            q.push(" AND search @@ plainto_tsquery('simple', ")
+                .push_bind(text.clone())
+                .push(")");
+        }
+        if let Some(c) = cursor {
+            match sort {
+                IncidentSort::Newest => q
+                    .push(" AND (opened_at, id) < (")
+                    .push_bind(c.at)
+                    .push(", ")
+                    .push_bind(c.id)
+                    .push(")"),
+                IncidentSort::Oldest => q
+                    .push(" AND (opened_at, id) > (")
+                    .push_bind(c.at)
+                    .push(", ")
+                    .push_bind(c.id)
+                    .push(")"),
+                IncidentSort::Updated => q
+                    .push(" AND (updated_at, id) < (")
+                    .push_bind(c.at)
+                    .push(", ")
+                    .push_bind(c.id)
+                    .push(")"),
+                IncidentSort::Severity => q
+                    .push(" AND (severity_rank, opened_at, id) < (")
+                    .push_bind(c.rank)
+                    .push(", ")
+                    .push_bind(c.at)
+                    .push(", ")
+                    .push_bind(c.id)
+                    .push(")"),
+            };
+        }
+        q.push(match sort {
+            IncidentSort::Newest => " ORDER BY opened_at DESC, id DESC",
+            IncidentSort::Oldest => " ORDER BY opened_at, id",
+            IncidentSort::Updated => " ORDER BY updated_at DESC, id DESC",
+            IncidentSort::Severity => " ORDER BY severity_rank DESC, opened_at DESC, id DESC",
+        });
+        q.push(" LIMIT ").push_bind(i64::from(limit));
+        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+    }
+
+    pub async fn get_incident(&self, tenant: &str, id: Uuid) -> Result<Option<IncidentSummary>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUMMARY_COLUMNS} FROM incidents WHERE tenant = $1 AND id = $2"
+        )))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn incident_signals(
+        &self,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<Vec<IncidentSignalView>> {
+        Ok(sqlx::query_as(
+            "SELECT signal_id, fingerprint, title, severity, status, starts_at, ends_at, attached_at, explanation
+             FROM incident_signals WHERE tenant = $1 AND incident_id = $2 ORDER BY last_seq, signal_id",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn incident_notes(&self, tenant: &str, id: Uuid) -> Result<Vec<IncidentNoteView>> {
+        Ok(sqlx::query_as(
+            "SELECT note_id, author, text, created_at FROM incident_notes
+             WHERE tenant = $1 AND incident_id = $2 ORDER BY created_at, note_id",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn incident_timeline(&self, tenant: &str, id: Uuid) -> Result<Vec<TimelineEntry>> {
+        Ok(sqlx::query_as(
+            "SELECT event_id, seq, type, actor, request_id, occurred_at, payload FROM incident_events
+             WHERE tenant = $1 AND incident_id = $2 ORDER BY seq",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn incident_stats(
+        &self,
+        tenant: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<IncidentStats> {
+        let open: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT severity, count(*) FROM incidents
+             WHERE tenant = $1 AND state NOT IN ('resolved', 'learned', 'inconclusive') GROUP BY severity",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        let (incidents, signals, mtta, mttr): (i64, i64, Option<f64>, Option<f64>) =
+            sqlx::query_as(
+                "SELECT count(*), coalesce(sum(signal_count), 0)::int8,
+                    avg(extract(epoch FROM acknowledged_at - opened_at))::float8,
+                    avg(extract(epoch FROM resolved_at - opened_at))::float8
+                 FROM incidents WHERE tenant = $1 AND opened_at >= $2 AND opened_at < $3",
+            )
+            .bind(tenant)
+            .bind(since)
+            .bind(until)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(IncidentStats {
+            open_by_severity: open.into_iter().collect(),
+            incidents,
+            signals,
+            noise_reduction: (incidents > 0).then(|| signals as f64 / incidents as f64),
+            mtta_secs: mtta,
+            mttr_secs: mttr,
+        })
+    }
+
+    /// `(incidents, signals attached)` of a tenant.
+    pub async fn incident_totals(&self, tenant: &str) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT count(*), coalesce(sum(signal_count), 0)::int8 FROM incidents WHERE tenant = $1",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}
