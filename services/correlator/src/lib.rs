@@ -118,19 +118,9 @@ async fn decide_batch(
     let mut last = from;
     let mut decisions = Vec::new();
     for message in &batch {
-        let seq = message
-            .info()
-            .map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?
-            .stream_sequence;
-        if seq <= last {
+        let Some(seq) = consume::next_sequence(message, &mut last)? else {
             continue;
-        }
-        anyhow::ensure!(
-            seq == last + 1,
-            "expected sequence {} but received {seq}; repositioning",
-            last + 1
-        );
-        last = seq;
+        };
         let signal = Envelope::from_slice(&message.payload)
             .map_err(|e| e.to_string())
             .and_then(|env| match env.decode() {
@@ -237,15 +227,9 @@ async fn follow_lifecycle(ctx: &Context, shutdown: &CancellationToken) -> anyhow
             "the lifecycle checkpoint moved: another writer?"
         );
         for message in &batch {
-            let seq = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?
-                .stream_sequence;
-            if seq <= last {
+            if consume::next_sequence(message, &mut last)?.is_none() {
                 continue;
             }
-            anyhow::ensure!(seq == last + 1, "expected sequence {}, got {seq}", last + 1);
-            last = seq;
             let Ok(envelope) = Envelope::from_slice(&message.payload) else {
                 continue;
             };

@@ -258,18 +258,9 @@ fn prepare(
             .info()
             .map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?;
         pending = Some(info.pending);
-        let seq = info.stream_sequence;
-        if seq <= last {
+        let Some(seq) = consume::next_sequence(message, &mut last)? else {
             continue;
-        }
-        // The consumer covers its whole stream, whose sequences have no holes (deletes are
-        // denied), so a jump means a delivery went missing: reposition rather than skip it.
-        anyhow::ensure!(
-            seq == last + 1,
-            "expected sequence {} but received {seq}; repositioning",
-            last + 1
-        );
-        last = seq;
+        };
         let subject = message.subject.as_str();
         let outcome = Envelope::from_slice(&message.payload)
             .map_err(|e| e.to_string())

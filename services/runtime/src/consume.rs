@@ -185,3 +185,24 @@ where
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
+
+/// The stream sequence of the next message of an in-order consumer, given the last one applied:
+/// `None` when it is at or below (already applied; a redelivery), an error when it skips one.
+/// The consumers cover whole streams, whose sequences have no holes (deletes are denied), so a
+/// jump means a delivery went missing: the caller repositions rather than skip it.
+pub fn next_sequence(message: &jetstream::Message, last: &mut u64) -> anyhow::Result<Option<u64>> {
+    let seq = message
+        .info()
+        .map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?
+        .stream_sequence;
+    if seq <= *last {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        seq == *last + 1,
+        "expected sequence {} but received {seq}; repositioning",
+        *last + 1
+    );
+    *last = seq;
+    Ok(Some(seq))
+}
