@@ -718,3 +718,59 @@ async fn the_incident_read_models_rebuilt_from_the_streams_equal_the_live_ones()
     }
     assert_eq!(again, live);
 }
+
+#[tokio::test]
+async fn every_upstream_fixture_ends_in_the_incidents_its_labels_call_for() {
+    let t = TestApp::spawn().await;
+    for name in [
+        "alertmanager-v3-legacy-numeric-groupkey-alerta.json",
+        "alertmanager-v4-firing-1alert-alerta.json",
+        "alertmanager-v4-firing-1alert-minimal-msteams.json",
+        "alertmanager-v4-firing-2alerts-oncall.json",
+    ] {
+        let r = t
+            .post_webhook(
+                "alertmanager",
+                &t.acme.webhook_token,
+                copilot_e2e::fixture(name),
+            )
+            .await;
+        assert_eq!(r.status(), 202, "{name}");
+    }
+    for name in [
+        "grafana-v1-firing-1alert-alerting-test.json",
+        "grafana-v1-firing-1alert-grafana12-keep.json",
+        "grafana-v1-firing-2alerts-docs.json",
+    ] {
+        let r = t
+            .post_webhook("grafana", &t.acme.webhook_token, copilot_e2e::fixture(name))
+            .await;
+        assert_eq!(r.status(), 202, "{name}");
+    }
+    settle_incidents(&t).await;
+
+    let mut got: Vec<(String, i64)> = incidents(&t, "limit=100")
+        .await
+        .iter()
+        .map(|i| {
+            (
+                i["key"].as_str().unwrap().to_owned(),
+                i["signal_count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut expected = vec![
+        // the default chain: service, then job…
+        ("service=System".to_owned(), 1),
+        ("job=docker_nodes".to_owned(), 1),
+        ("job=node".to_owned(), 2), // OnCall's two InstanceDown alerts, one incident
+        // …else the notification's group key
+        ("group={}:{alertname=thing_dead}".to_owned(), 1),
+        ("group=alertname".to_owned(), 1),
+        ("group=webhook-c4edaaf9f9f839b0-1777986297".to_owned(), 1),
+        ("group={}:{}".to_owned(), 2), // Grafana's docs example: two alerts 5 minutes apart
+    ];
+    expected.sort();
+    assert_eq!(got, expected);
+}
