@@ -24,6 +24,8 @@ CREATE TABLE correlator_incidents (
     -- set when the last firing alert resolved; the incident resolves once this has passed
     resolve_due    timestamptz,
     generation     integer     NOT NULL, -- reopens so far
+    firing         integer[]   NOT NULL, -- attached alerts still firing, by severity rank (0-4)
+    top_rank       smallint    NOT NULL, -- highest severity rank ever attached
     PRIMARY KEY (tenant, id)
 );
 CREATE INDEX correlator_incidents_key ON correlator_incidents (tenant, key, opened_at DESC);
@@ -76,6 +78,11 @@ CREATE INDEX incidents_newest ON incidents (tenant, opened_at DESC, id DESC);
 CREATE INDEX incidents_state ON incidents (tenant, state, opened_at DESC, id DESC);
 CREATE INDEX incidents_severity ON incidents (tenant, severity_rank DESC, opened_at DESC, id DESC);
 CREATE INDEX incidents_updated ON incidents (tenant, updated_at DESC, id DESC);
+-- Open incidents are few among many resolved ones: their own indexes, for `open=true`.
+CREATE INDEX incidents_open_newest ON incidents (tenant, opened_at DESC, id DESC)
+    WHERE state NOT IN ('resolved', 'learned', 'inconclusive');
+CREATE INDEX incidents_open_severity ON incidents (tenant, severity_rank DESC, opened_at DESC, id DESC)
+    WHERE state NOT IN ('resolved', 'learned', 'inconclusive');
 CREATE INDEX incidents_search ON incidents USING gin (search);
 CREATE INDEX incidents_labels ON incidents USING gin (labels jsonb_path_ops);
 

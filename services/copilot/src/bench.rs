@@ -76,14 +76,16 @@ pub struct LatencyReport {
     pub accepted_p99_ms: f64,
 }
 
-pub async fn ingest(settings: Settings, args: IngestArgs) -> anyhow::Result<()> {
-    let admin_url = args
-        .admin_url
-        .clone()
-        .unwrap_or_else(|| match &settings.database_url {
-            Some(url) => crate::local::with_database(url, "postgres"),
-            None => crate::local::local_admin_url(),
-        });
+/// A nats-server and a scratch database of the benchmark's own, and settings pointing at them;
+/// both go away when the first two are dropped.
+pub(crate) async fn scratch(
+    settings: Settings,
+    admin_url: Option<String>,
+) -> anyhow::Result<(EphemeralNats, ScratchDatabase, Settings)> {
+    let admin_url = admin_url.unwrap_or_else(|| match &settings.database_url {
+        Some(url) => crate::local::with_database(url, "postgres"),
+        None => crate::local::local_admin_url(),
+    });
     let nats = EphemeralNats::start().await?;
     let db = ScratchDatabase::create(&admin_url, "copilot_bench").await?;
     eprintln!(
@@ -98,6 +100,11 @@ pub async fn ingest(settings: Settings, args: IngestArgs) -> anyhow::Result<()> 
     settings
         .jwt_secret
         .get_or_insert_with(copilot_runtime::auth::generate_secret);
+    Ok((nats, db, settings))
+}
+
+pub async fn ingest(settings: Settings, args: IngestArgs) -> anyhow::Result<()> {
+    let (_nats, _db, settings) = scratch(settings, args.admin_url.clone()).await?;
     let report = run(settings, &args).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -433,7 +440,7 @@ fn raw_events(webhooks: usize, per_webhook: usize) -> Vec<(String, String, Vec<u
         .collect()
 }
 
-fn progress(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template("{msg:>18} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")

@@ -104,6 +104,8 @@ pub enum TokenCommand {
 pub enum BenchCommand {
     /// Webhook ingest: gateway vs raw JetStream throughput, projector rate, alert-to-row latency
     Ingest(crate::bench::IngestArgs),
+    /// Incidents: correlator and projector throughput on a storm, list latency on 100k incidents
+    Incidents(crate::bench_incidents::IncidentsArgs),
 }
 
 /// Runs a parsed command line; errors are printed with their causes.
@@ -202,6 +204,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Ingest(args),
         } => crate::bench::ingest(settings, args).await,
+        Command::Bench {
+            command: BenchCommand::Incidents(args),
+        } => crate::bench_incidents::incidents(settings, args).await,
     }
 }
 

@@ -1,9 +1,10 @@
 //! The `copilot` binary as a library: the command line, `copilot up` (every service in one
 //! process, with local NATS and Postgres started when none are reachable), the admin commands
-//! and the ingest benchmark. Tests start the same `App` the binary runs.
+//! and the benchmarks. Tests start the same `App` the binary runs.
 
 pub mod app;
 pub mod bench;
+pub mod bench_incidents;
 pub mod cli;
 pub mod local;
 pub mod schemas;

@@ -156,7 +156,7 @@ pub async fn decide(
                             envelope,
                             signal,
                             incident_id,
-                            signal_id,
+                            (signal_id, s.severity_rank),
                             at,
                             out,
                         )
@@ -276,10 +276,11 @@ async fn fire(
             }
             incident.last_signal_at = incident.last_signal_at.max(at);
             incident.resolve_due = None;
+            add_firing(&mut incident, record.severity_rank);
             record.incident_id = Some(incident.id);
             store.save_correlator_signal(tx, &record).await?;
             store.save_correlator_incident(tx, &incident).await?;
-            let severity = incident_severity(store, tx, tenant, incident.id).await?;
+            let severity = severity_now(&incident);
             attach(
                 tenant,
                 incident.id,
@@ -340,23 +341,19 @@ async fn fire(
         &[],
         Some(envelope),
     ));
-    store
-        .save_correlator_incident(
-            tx,
-            &CorrelatorIncident {
-                tenant: tenant.to_owned(),
-                id: incident_id,
-                key: key.clone(),
-                state: "open".into(),
-                opened_at: first_at,
-                last_signal_at: at.max(group.iter().map(|s| s.at).max().unwrap_or(at)),
-                resolved_at: None,
-                resolve_due: None,
-                generation: 0,
-            },
-        )
-        .await?;
-    let mut running = Severity::Unknown as i16;
+    let mut incident = CorrelatorIncident {
+        tenant: tenant.to_owned(),
+        id: incident_id,
+        key: key.clone(),
+        state: "open".into(),
+        opened_at: first_at,
+        last_signal_at: at.max(group.iter().map(|s| s.at).max().unwrap_or(at)),
+        resolved_at: None,
+        resolve_due: None,
+        generation: 0,
+        firing: vec![0; 5],
+        top_rank: 0,
+    };
     for mut waiting_signal in group {
         let Some(w) = waiting_signal
             .pending
@@ -365,7 +362,7 @@ async fn fire(
         else {
             continue;
         };
-        running = running.max(waiting_signal.severity_rank);
+        add_firing(&mut incident, waiting_signal.severity_rank);
         waiting_signal.incident_id = Some(incident_id);
         store.save_correlator_signal(tx, &waiting_signal).await?;
         let explanation = format!(
@@ -378,12 +375,14 @@ async fn fire(
             incident_id,
             waiting_signal.signal_id,
             &w,
-            severity_of(running),
+            severity_now(&incident),
             explanation,
             envelope,
             out,
         );
     }
+    add_firing(&mut incident, record.severity_rank);
+    store.save_correlator_incident(tx, &incident).await?;
     record.incident_id = Some(incident_id);
     store.save_correlator_signal(tx, &record).await?;
     let explanation = if rules.min_signals > 1 {
@@ -400,7 +399,7 @@ async fn fire(
         incident_id,
         signal_id,
         &waiting,
-        severity_of(severity_rank),
+        severity_now(&incident),
         explanation,
         envelope,
         out,
@@ -439,17 +438,27 @@ fn attach(
     ));
 }
 
-/// The highest severity among the incident's firing signals (of all, when none fires).
-async fn incident_severity(
-    store: &Store,
-    tx: &mut Tx<'_>,
-    tenant: &str,
-    incident: Uuid,
-) -> copilot_store::Result<Severity> {
-    let (_, firing, all) = store
-        .correlator_incident_firing(tx, tenant, incident)
-        .await?;
-    Ok(severity_of(firing.or(all).unwrap_or(0)))
+fn add_firing(incident: &mut CorrelatorIncident, rank: i16) {
+    let rank = rank.clamp(0, 4);
+    incident.firing.resize(5, 0);
+    incident.firing[rank as usize] += 1;
+    incident.top_rank = incident.top_rank.max(rank);
+}
+
+fn remove_firing(incident: &mut CorrelatorIncident, rank: i16) {
+    incident.firing.resize(5, 0);
+    let count = &mut incident.firing[rank.clamp(0, 4) as usize];
+    *count = (*count - 1).max(0);
+}
+
+/// The highest severity among the incident's firing alerts; when none fires, the highest it had.
+fn severity_now(incident: &CorrelatorIncident) -> Severity {
+    let firing = incident
+        .firing
+        .iter()
+        .rposition(|count| *count > 0)
+        .map(|rank| rank as i16);
+    severity_of(firing.unwrap_or(incident.top_rank))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -460,15 +469,16 @@ async fn resolve_signal(
     envelope: &Envelope,
     signal: &SignalReceived,
     incident_id: Uuid,
-    signal_id: Uuid,
+    (signal_id, rank): (Uuid, i16),
     at: DateTime<Utc>,
     out: &mut Vec<Decision>,
 ) -> copilot_store::Result<()> {
     let tenant = envelope.tenant.as_str();
-    let (firing, _, _) = store
-        .correlator_incident_firing(tx, tenant, incident_id)
-        .await?;
-    let severity = incident_severity(store, tx, tenant, incident_id).await?;
+    let Some(mut incident) = store.correlator_incident(tx, tenant, incident_id).await? else {
+        return Ok(());
+    };
+    remove_firing(&mut incident, rank);
+    let firing: i32 = incident.firing.iter().sum();
     let signal_text = signal_id.to_string();
     out.push(Decision::new(
         tenant,
@@ -477,18 +487,15 @@ async fn resolve_signal(
             incident_id,
             signal_id,
             ends_at: signal.ends_at,
-            incident_severity: severity,
+            incident_severity: severity_now(&incident),
             firing_left: firing as u32,
         },
         envelope.occurred_at,
         &[&signal_text],
         Some(envelope),
     ));
-    let Some(mut incident) = store.correlator_incident(tx, tenant, incident_id).await? else {
-        return Ok(());
-    };
     if firing > 0 || incident.state != "open" {
-        return Ok(());
+        return store.save_correlator_incident(tx, &incident).await;
     }
     let due = at + Duration::seconds(rules.resolve_grace_secs as i64);
     if rules.resolve_grace_secs == 0 {

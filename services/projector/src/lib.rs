@@ -71,7 +71,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 /// Runs every projection until `shutdown`.
 pub async fn serve(ctx: Context, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let tasks = Projection::ALL.map(|p| follow(ctx.clone(), p, shutdown.clone()));
+    serve_only(ctx, &Projection::ALL, shutdown).await
+}
+
+/// Runs some projections until `shutdown` (benchmarks time one alone).
+pub async fn serve_only(
+    ctx: Context,
+    projections: &[Projection],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tasks = projections
+        .iter()
+        .map(|p| follow(ctx.clone(), *p, shutdown.clone()));
     futures::future::try_join_all(tasks).await?;
     Ok(())
 }

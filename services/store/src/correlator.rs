@@ -20,6 +20,10 @@ pub struct CorrelatorIncident {
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolve_due: Option<DateTime<Utc>>,
     pub generation: i32,
+    /// Attached alerts still firing, by severity rank (index 0-4).
+    pub firing: Vec<i32>,
+    /// Highest severity rank ever attached.
+    pub top_rank: i16,
 }
 
 /// An alert instance as the correlator last saw it.
@@ -116,7 +120,7 @@ impl Store {
         key: &str,
     ) -> Result<Option<CorrelatorIncident>> {
         Ok(sqlx::query_as(
-            "SELECT tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due, generation
+            "SELECT tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due, generation, firing, top_rank
              FROM correlator_incidents WHERE tenant = $1 AND key = $2
              ORDER BY opened_at DESC, id DESC LIMIT 1 FOR UPDATE",
         )
@@ -133,7 +137,7 @@ impl Store {
         id: Uuid,
     ) -> Result<Option<CorrelatorIncident>> {
         Ok(sqlx::query_as(
-            "SELECT tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due, generation
+            "SELECT tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due, generation, firing, top_rank
              FROM correlator_incidents WHERE tenant = $1 AND id = $2 FOR UPDATE",
         )
         .bind(tenant)
@@ -148,11 +152,13 @@ impl Store {
         i: &CorrelatorIncident,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO correlator_incidents (tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due, generation)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "INSERT INTO correlator_incidents (tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due,
+                 generation, firing, top_rank)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (tenant, id) DO UPDATE SET state = excluded.state,
                  last_signal_at = excluded.last_signal_at, resolved_at = excluded.resolved_at,
-                 resolve_due = excluded.resolve_due, generation = excluded.generation",
+                 resolve_due = excluded.resolve_due, generation = excluded.generation,
+                 firing = excluded.firing, top_rank = excluded.top_rank",
         )
         .bind(&i.tenant)
         .bind(i.id)
@@ -163,28 +169,11 @@ impl Store {
         .bind(i.resolved_at)
         .bind(i.resolve_due)
         .bind(i.generation)
+        .bind(&i.firing)
+        .bind(i.top_rank)
         .execute(&mut **tx)
         .await?;
         Ok(())
-    }
-
-    /// `(firing signals, highest severity rank among them, highest among all)` of an incident.
-    pub async fn correlator_incident_firing(
-        &self,
-        tx: &mut Tx<'_>,
-        tenant: &str,
-        incident: Uuid,
-    ) -> Result<(i64, Option<i16>, Option<i16>)> {
-        Ok(sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'firing'),
-                    max(severity_rank) FILTER (WHERE status = 'firing'),
-                    max(severity_rank)
-             FROM correlator_signals WHERE tenant = $1 AND incident_id = $2",
-        )
-        .bind(tenant)
-        .bind(incident)
-        .fetch_one(&mut **tx)
-        .await?)
     }
 
     /// Open incidents whose grace after their last alert resolved has run out by `now`.
@@ -195,7 +184,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<CorrelatorIncident>> {
         Ok(sqlx::query_as(
-            "SELECT tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due, generation
+            "SELECT tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due, generation, firing, top_rank
              FROM correlator_incidents WHERE resolve_due IS NOT NULL AND resolve_due <= $1
              ORDER BY resolve_due LIMIT $2 FOR UPDATE",
         )

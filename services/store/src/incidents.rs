@@ -465,81 +465,28 @@ impl Store {
         cursor: Option<IncidentCursor>,
         limit: u32,
     ) -> Result<Vec<IncidentSummary>> {
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-            "SELECT {SUMMARY_COLUMNS} FROM incidents WHERE tenant = "
-        ));
-        q.push_bind(tenant);
-        for (column, value) in [
-            ("state", &filter.state),
-            ("severity", &filter.severity),
-            ("service", &filter.service),
-        ] {
-            if let Some(value) = value {
-                q.push(format_args!(" AND {column} = "))
-                    .push_bind(value.clone());
-            }
-        }
-        match filter.open {
-            Some(true) => q.push(" AND state NOT IN ('resolved', 'learned', 'inconclusive')"),
-            Some(false) => q.push(" AND state IN ('resolved', 'learned', 'inconclusive')"),
-            None => &mut q,
-        };
-        if let Some((label, value)) = &filter.label {
-            q.push(" AND labels @> jsonb_build_object(")
-                .push_bind(label.clone())
-                .push("::text, ")
-                .push_bind(value.clone())
-                .push("::text)");
-        }
-        if let Some(since) = filter.since {
-            q.push(" AND opened_at >= ").push_bind(since);
-        }
-        if let Some(until) = filter.until {
-            q.push(" AND opened_at < ").push_bind(until);
-        }
-        if let Some(text) = &filter.text {
-            q.push(" AND search @@ plainto_tsquery('simple', ")
-                .push_bind(text.clone())
-                .push(")");
-        }
-        if let Some(c) = cursor {
-            match sort {
-                IncidentSort::Newest => q
-                    .push(" AND (opened_at, id) < (")
-                    .push_bind(c.at)
-                    .push(", ")
-                    .push_bind(c.id)
-                    .push(")"),
-                IncidentSort::Oldest => q
-                    .push(" AND (opened_at, id) > (")
-                    .push_bind(c.at)
-                    .push(", ")
-                    .push_bind(c.id)
-                    .push(")"),
-                IncidentSort::Updated => q
-                    .push(" AND (updated_at, id) < (")
-                    .push_bind(c.at)
-                    .push(", ")
-                    .push_bind(c.id)
-                    .push(")"),
-                IncidentSort::Severity => q
-                    .push(" AND (severity_rank, opened_at, id) < (")
-                    .push_bind(c.rank)
-                    .push(", ")
-                    .push_bind(c.at)
-                    .push(", ")
-                    .push_bind(c.id)
-                    .push(")"),
-            };
-        }
-        q.push(match sort {
-            IncidentSort::Newest => " ORDER BY opened_at DESC, id DESC",
-            IncidentSort::Oldest => " ORDER BY opened_at, id",
-            IncidentSort::Updated => " ORDER BY updated_at DESC, id DESC",
-            IncidentSort::Severity => " ORDER BY severity_rank DESC, opened_at DESC, id DESC",
-        });
-        q.push(" LIMIT ").push_bind(i64::from(limit));
+        let mut q = list_query("", tenant, filter, sort, cursor, limit);
         Ok(q.build_query_as().fetch_all(&self.pool).await?)
+    }
+
+    /// `EXPLAIN (ANALYZE, BUFFERS)` of `list_incidents`, one line per plan line; for the benchmark.
+    pub async fn explain_list_incidents(
+        &self,
+        tenant: &str,
+        filter: &IncidentFilter,
+        sort: IncidentSort,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        let mut q = list_query(
+            "EXPLAIN (ANALYZE, BUFFERS) ",
+            tenant,
+            filter,
+            sort,
+            None,
+            limit,
+        );
+        let rows: Vec<(String,)> = q.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(line,)| line).collect())
     }
 
     pub async fn get_incident(&self, tenant: &str, id: Uuid) -> Result<Option<IncidentSummary>> {
@@ -624,6 +571,55 @@ impl Store {
         })
     }
 
+    /// Fills a tenant's incident read models with `incidents` synthetic incidents of
+    /// `signals_per` signals each, spread over a year across 200 services, for the list benchmark
+    /// (`copilot bench incidents`). Never used by the running system.
+    pub async fn seed_bench_incidents(
+        &self,
+        tenant: &str,
+        incidents: i64,
+        signals_per: i32,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO incidents (tenant, id, key, title, service, severity, severity_rank, state, labels, rule,
+                 signal_count, firing_count, reopen_count, opened_at, acknowledged_at, resolved_at, updated_at, last_seq)
+             SELECT $1, md5($1 || i)::uuid, 'service=svc' || (i % 200),
+                 (ARRAY['HighErrorRate','HighLatencyP99','PodCrashLooping','DiskFull','TargetDown'])[1 + i % 5] || ' on svc' || (i % 200),
+                 'svc' || (i % 200),
+                 (ARRAY['unknown','info','warning','error','critical'])[1 + i % 5], i % 5,
+                 CASE WHEN i % 10 = 0 THEN 'detected' WHEN i % 10 = 1 THEN 'investigating' ELSE 'resolved' END,
+                 jsonb_build_object('service', 'svc' || (i % 200), 'cluster', 'c' || (i % 7), 'team', 't' || (i % 13)),
+                 'bench', $3, 0, 0, at, at + interval '4 minutes', at + interval '40 minutes', at, i
+             FROM generate_series(1, $2) AS i,
+                 LATERAL (SELECT timestamptz '2026-01-01' + (i * interval '5 minutes') AS at) t",
+        )
+        .bind(tenant)
+        .bind(incidents)
+        .bind(signals_per)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO incident_signals (tenant, incident_id, signal_id, fingerprint, title, severity, status,
+                 starts_at, ends_at, attached_at, explanation, last_seq)
+             SELECT $1, md5($1 || i)::uuid, md5($1 || i || '-' || j)::uuid, md5(i || '-' || j), 'alert ' || j,
+                 'warning', 'resolved', at, at + interval '30 minutes', at, 'bench', j
+             FROM generate_series(1, $2) AS i, generate_series(1, $3) AS j,
+                 LATERAL (SELECT timestamptz '2026-01-01' + (i * interval '5 minutes') AS at) t",
+        )
+        .bind(tenant)
+        .bind(incidents)
+        .bind(signals_per)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        sqlx::query("ANALYZE incidents").execute(&self.pool).await?;
+        sqlx::query("ANALYZE incident_signals")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// `(incidents, signals attached)` of a tenant.
     pub async fn incident_totals(&self, tenant: &str) -> Result<(i64, i64)> {
         Ok(sqlx::query_as(
@@ -633,4 +629,90 @@ impl Store {
         .fetch_one(&self.pool)
         .await?)
     }
+}
+
+/// The query of `list_incidents`, after `prefix` (empty, or an `EXPLAIN`).
+fn list_query(
+    prefix: &str,
+    tenant: &str,
+    filter: &IncidentFilter,
+    sort: IncidentSort,
+    cursor: Option<IncidentCursor>,
+    limit: u32,
+) -> QueryBuilder<Postgres> {
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "{prefix}SELECT {SUMMARY_COLUMNS} FROM incidents WHERE tenant = "
+    ));
+    q.push_bind(tenant);
+    for (column, value) in [
+        ("state", &filter.state),
+        ("severity", &filter.severity),
+        ("service", &filter.service),
+    ] {
+        if let Some(value) = value {
+            q.push(format_args!(" AND {column} = "))
+                .push_bind(value.clone());
+        }
+    }
+    match filter.open {
+        Some(true) => q.push(" AND state NOT IN ('resolved', 'learned', 'inconclusive')"),
+        Some(false) => q.push(" AND state IN ('resolved', 'learned', 'inconclusive')"),
+        None => &mut q,
+    };
+    if let Some((label, value)) = &filter.label {
+        q.push(" AND labels @> jsonb_build_object(")
+            .push_bind(label.clone())
+            .push("::text, ")
+            .push_bind(value.clone())
+            .push("::text)");
+    }
+    if let Some(since) = filter.since {
+        q.push(" AND opened_at >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until {
+        q.push(" AND opened_at < ").push_bind(until);
+    }
+    if let Some(text) = &filter.text {
+        q.push(" AND search @@ plainto_tsquery('simple', ")
+            .push_bind(text.clone())
+            .push(")");
+    }
+    if let Some(c) = cursor {
+        match sort {
+            IncidentSort::Newest => q
+                .push(" AND (opened_at, id) < (")
+                .push_bind(c.at)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")"),
+            IncidentSort::Oldest => q
+                .push(" AND (opened_at, id) > (")
+                .push_bind(c.at)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")"),
+            IncidentSort::Updated => q
+                .push(" AND (updated_at, id) < (")
+                .push_bind(c.at)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")"),
+            IncidentSort::Severity => q
+                .push(" AND (severity_rank, opened_at, id) < (")
+                .push_bind(c.rank)
+                .push(", ")
+                .push_bind(c.at)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")"),
+        };
+    }
+    q.push(match sort {
+        IncidentSort::Newest => " ORDER BY opened_at DESC, id DESC",
+        IncidentSort::Oldest => " ORDER BY opened_at, id",
+        IncidentSort::Updated => " ORDER BY updated_at DESC, id DESC",
+        IncidentSort::Severity => " ORDER BY severity_rank DESC, opened_at DESC, id DESC",
+    });
+    q.push(" LIMIT ").push_bind(i64::from(limit));
+    q
 }
