@@ -19,6 +19,7 @@ CREATE TABLE correlator_incidents (
     -- open | resolved | closed (reviewed: never reopened by signals)
     state          text        NOT NULL,
     opened_at      timestamptz NOT NULL, -- signal clock: the opening alert's startsAt
+    window_from    timestamptz NOT NULL, -- where its window starts: the opening or the last reopen
     last_signal_at timestamptz NOT NULL,
     resolved_at    timestamptz,
     -- set when the last firing alert resolved; the incident resolves once this has passed

@@ -87,6 +87,30 @@ async fn post_alerts(t: &TestApp, status: &str, alerts: &[(&str, &str, &str, &st
     assert_eq!(response.status(), 202);
 }
 
+/// Appends the events a webhook would, straight to SIGNALS with fresh message ids: copies that
+/// arrive after the stream's duplicate window, which only the correlator can recognise.
+async fn append_past_the_window(t: &TestApp, status: &str, alerts: &[(&str, &str, &str, &str)]) {
+    let body = alertmanager_payload(status, alerts);
+    for signal in
+        copilot_gateway::parse::parse(copilot_events::SignalSource::Alertmanager, &body).unwrap()
+    {
+        let envelope =
+            copilot_events::Envelope::new("acme", &signal, chrono::Utc::now(), Default::default());
+        t.ctx()
+            .js
+            .send_publish(
+                subjects::signal("acme", "alertmanager"),
+                async_nats::jetstream::message::PublishMessage::build()
+                    .payload(envelope.to_bytes().into())
+                    .message_id(uuid::Uuid::now_v7().to_string()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
 async fn incidents(t: &TestApp, query: &str) -> Vec<Value> {
     let page = json_of(
         t.get(&format!("/v1/incidents?{query}"), &t.acme.viewer_jwt)
@@ -191,8 +215,15 @@ async fn ha_duplicates_and_out_of_order_resolves_end_in_the_right_state() {
     )
     .await;
     // Firing twice (two HA replicas, the copy arriving with another group), resolved, then a
-    // stale firing with the same startsAt: one incident, one signal, resolved.
+    // stale firing with the same startsAt: one incident, one signal, resolved. The stream's
+    // duplicate window would drop exact copies, so copies are also appended past it.
     post_alerts(
+        &t,
+        "firing",
+        &[("Down", "web", "error", "2026-11-22T08:00:00Z")],
+    )
+    .await;
+    append_past_the_window(
         &t,
         "firing",
         &[("Down", "web", "error", "2026-11-22T08:00:00Z")],
@@ -217,6 +248,12 @@ async fn ha_duplicates_and_out_of_order_resolves_end_in_the_right_state() {
     )
     .await;
     post_alerts(
+        &t,
+        "firing",
+        &[("Down", "web", "error", "2026-11-22T08:00:00Z")],
+    )
+    .await;
+    append_past_the_window(
         &t,
         "firing",
         &[("Down", "web", "error", "2026-11-22T08:00:00Z")],
@@ -653,7 +690,109 @@ async fn a_correlator_crash_between_append_and_commit_redecides_the_same_events_
         .await
         .unwrap();
     assert_eq!(ctx.store.incident_totals("acme").await.unwrap(), (1, 2));
+    let incident = ctx
+        .store
+        .list_incidents("acme", &Default::default(), Default::default(), None, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        ctx.store
+            .incident_timeline("acme", incident.id)
+            .await
+            .unwrap()
+            .len(),
+        3,
+        "the copy is not in the timeline"
+    );
+    // The skipped copy still moved the incident's version: a command goes through.
+    let jwt = app
+        .jwt
+        .issue("bob", "acme", Role::Engineer, Duration::from_secs(60));
+    let ack = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/incidents/{}/transitions",
+            app.url(),
+            incident.id
+        ))
+        .bearer_auth(jwt)
+        .json(&json!({"to": "acknowledged"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ack.status(), 202);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn the_grace_timer_resolves_an_incident_whose_alerts_all_resolved() {
+    let t = TestApp::spawn_with(Services::All, |s| s.correlator_tick_ms = 100).await;
+    set_rules(&t, "acme", json!({"resolve_grace_secs": 300})).await;
+    let alert = ("Down", "cart", "critical", "2026-11-22T08:00:00Z");
+    post_alerts(&t, "firing", &[alert]).await;
+    // endsAt 10:00 (the helper's): the grace ran out at 10:05, long ago.
+    post_alerts(&t, "resolved", &[alert]).await;
+    settle_incidents(&t).await;
+
+    wait_until(Duration::from_secs(10), || async {
+        let cart = incidents(&t, "service=cart").await;
+        cart.len() == 1 && cart[0]["state"] == "resolved"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_alert_after_the_grace_reopens_whether_or_not_the_timer_ran_first() {
+    // The timer never runs here: the alert itself must find the grace over.
+    let t = TestApp::spawn_with(Services::All, |s| s.correlator_tick_ms = 3_600_000).await;
+    set_rules(
+        &t,
+        "acme",
+        json!({"resolve_grace_secs": 300, "window_secs": 600}),
+    )
+    .await;
+    let first = ("Down", "queue", "critical", "2026-11-22T08:00:00Z");
+    post_alerts(&t, "firing", &[first]).await;
+    post_alerts(&t, "resolved", &[first]).await; // ends 10:00, grace until 10:05
+    post_alerts(
+        &t,
+        "firing",
+        &[("Down", "queue", "critical", "2026-11-22T10:20:00Z")],
+    )
+    .await;
+    settle_incidents(&t).await;
+
+    let queue = incidents(&t, "service=queue").await;
+    assert_eq!(queue.len(), 1, "reopened, not a second incident");
+    assert_eq!(queue[0]["reopen_count"], 1);
+    let timeline = json_of(
+        t.get(
+            &format!(
+                "/v1/incidents/{}/timeline",
+                queue[0]["id"].as_str().unwrap()
+            ),
+            &t.acme.viewer_jwt,
+        )
+        .await,
+    )
+    .await;
+    let types: Vec<&str> = timeline["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "IncidentOpened",
+            "SignalAttached",
+            "SignalResolved",
+            "IncidentResolved",
+            "IncidentReopened",
+            "SignalAttached"
+        ]
+    );
 }
 
 #[tokio::test]

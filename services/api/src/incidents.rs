@@ -16,9 +16,9 @@ use axum::{
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use copilot_events::{
-    CorrelationRules, CorrelationRulesSet, Headers, IncidentAssigned, IncidentNoteAdded,
-    IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned, Role, Severity,
-    subjects,
+    CORRELATOR, CorrelationRules, CorrelationRulesSet, Headers, IncidentAssigned,
+    IncidentNoteAdded, IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned,
+    Role, Severity, subjects,
 };
 use copilot_runtime::http::{ApiError, RequestId};
 use copilot_store::{
@@ -314,9 +314,20 @@ where
     F: Fn(&IncidentSummary) -> Result<CommandEvent, ApiError>,
 {
     caller.require(Role::Engineer)?;
+    if caller.0.sub == CORRELATOR {
+        return Err(ApiError::Forbidden(format!(
+            "the subject {CORRELATOR:?} is reserved for the correlator's own decisions"
+        )));
+    }
     let tenant = caller.0.tenant.as_str();
     let pinned = if_match(headers)?;
     let mut incident = find(api, tenant, id).await?;
+    if let Some(version) = pinned
+        && version > incident.version as u64
+    {
+        // A version from a command's answer the projector has not applied yet.
+        incident = wait_for(api, tenant, &incident, version).await?;
+    }
     for attempt in 0..2 {
         if let Some(version) = pinned
             && version != incident.version as u64
@@ -348,7 +359,8 @@ where
                 ));
             }
             Err(AppendError::Conflict) if pinned.is_none() && attempt == 0 => {
-                incident = wait_for_newer(api, tenant, &incident).await?;
+                let newer = incident.version as u64 + 1;
+                incident = wait_for(api, tenant, &incident, newer).await?;
             }
             Err(AppendError::Conflict) => {
                 return Err(ApiError::Conflict(
@@ -357,8 +369,9 @@ where
                 ));
             }
             Err(AppendError::Other(e)) => {
+                tracing::warn!(error = %e, "a command's append failed");
                 return Err(ApiError::Unavailable {
-                    detail: format!("the event store did not take the command: {e}"),
+                    detail: "the event store did not take the command; retry".into(),
                     retry_after_secs: 1,
                 });
             }
@@ -367,16 +380,18 @@ where
     unreachable!("the loop returns on its second attempt")
 }
 
-/// The incident once the projector has applied something newer than `seen` (up to 2 s).
-async fn wait_for_newer(
+/// The incident once the projector has applied its version `version` (waiting up to 2 s; then
+/// whatever it has).
+async fn wait_for(
     api: &Api,
     tenant: &str,
     seen: &IncidentSummary,
+    version: u64,
 ) -> Result<IncidentSummary, ApiError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     loop {
         let now = find(api, tenant, &seen.id.to_string()).await?;
-        if now.version > seen.version || tokio::time::Instant::now() > deadline {
+        if now.version as u64 >= version || tokio::time::Instant::now() > deadline {
             return Ok(now);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -223,9 +223,14 @@ async fn fire(
         received_at: envelope.occurred_at,
     };
     if let Some(mut incident) = store.latest_correlator_incident(tx, tenant, &key).await? {
+        // The grace ran out before this alert: resolve first, exactly as the timer would (same
+        // event id), so the decision does not depend on whether the timer got there first.
+        if incident.state == "open" && incident.resolve_due.is_some_and(|due| due <= at) {
+            out.push(resolve_after_grace(&mut incident));
+        }
         let since = match rules.window_kind {
-            WindowKind::Rolling => incident.last_signal_at,
-            WindowKind::Fixed => incident.opened_at,
+            WindowKind::Rolling => incident.last_signal_at.max(incident.window_from),
+            WindowKind::Fixed => incident.window_from,
         };
         let reopen_until = incident
             .resolved_at
@@ -257,6 +262,7 @@ async fn fire(
                 incident.generation += 1;
                 incident.state = "open".into();
                 incident.resolved_at = None;
+                incident.window_from = at;
                 let signal_text = signal_id.to_string();
                 out.push(Decision::new(
                     tenant,
@@ -347,6 +353,7 @@ async fn fire(
         key: key.clone(),
         state: "open".into(),
         opened_at: first_at,
+        window_from: first_at,
         last_signal_at: at.max(group.iter().map(|s| s.at).max().unwrap_or(at)),
         resolved_at: None,
         resolve_due: None,
@@ -539,12 +546,43 @@ pub async fn follow(
     match state {
         "resolved" => incident.resolved_at = at,
         "open" => {
+            // Reopened by hand: its windows start again from then.
             incident.resolved_at = None;
             incident.generation += 1;
+            if let Some(at) = at {
+                incident.window_from = incident.window_from.max(at);
+                incident.last_signal_at = incident.last_signal_at.max(at);
+            }
         }
         _ => {}
     }
     store.save_correlator_incident(tx, &incident).await
+}
+
+/// The resolve of an open incident whose grace ran out after its last alert resolved. The timer
+/// and a later alert decide it alike: same time (the end of the grace), same id.
+pub fn resolve_after_grace(incident: &mut CorrelatorIncident) -> Decision {
+    let due = incident
+        .resolve_due
+        .take()
+        .expect("only incidents with a resolve due are resolved after their grace");
+    let generation = incident.generation.to_string();
+    incident.state = "resolved".into();
+    incident.resolved_at = Some(due);
+    Decision::new(
+        &incident.tenant,
+        incident.id,
+        &IncidentResolved {
+            incident_id: incident.id,
+            actor: CORRELATOR.to_owned(),
+            reason: "every attached alert resolved and none fired again within the grace period"
+                .to_owned(),
+            note: None,
+        },
+        due,
+        &["resolved", &generation],
+        None,
+    )
 }
 
 #[cfg(test)]

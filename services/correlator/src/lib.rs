@@ -15,9 +15,7 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::Utc;
-use copilot_events::{
-    CORRELATOR, CorrelationRules, Envelope, Event, IncidentResolved, IncidentState, subjects,
-};
+use copilot_events::{CORRELATOR, CorrelationRules, Envelope, Event, IncidentState, subjects};
 use copilot_runtime::{
     Context, Settings,
     consume::{self, Batches},
@@ -238,7 +236,7 @@ async fn follow_lifecycle(ctx: &Context, shutdown: &CancellationToken) -> anyhow
                     (e.incident_id, "resolved", Some(envelope.occurred_at))
                 }
                 Ok(Event::IncidentReopened(e)) if e.actor != CORRELATOR => {
-                    (e.incident_id, "open", None)
+                    (e.incident_id, "open", Some(envelope.occurred_at))
                 }
                 Ok(Event::IncidentTransitioned(e))
                     if matches!(e.to, IncidentState::Learned | IncidentState::Inconclusive) =>
@@ -262,7 +260,9 @@ async fn follow_lifecycle(ctx: &Context, shutdown: &CancellationToken) -> anyhow
 
 /// Resolves incidents whose alerts have all resolved and stayed so for the tenant's grace.
 async fn resolve_timer(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(Duration::from_millis(ctx.settings.correlator_tick_ms));
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        ctx.settings.correlator_tick_ms.max(1),
+    ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -286,25 +286,7 @@ async fn resolve_due(ctx: &Context) -> anyhow::Result<()> {
     }
     let mut decisions = Vec::new();
     for mut incident in due {
-        let resolved_at = incident.resolve_due.unwrap_or_else(Utc::now);
-        let payload = IncidentResolved {
-            incident_id: incident.id,
-            actor: CORRELATOR.to_owned(),
-            reason: "every attached alert resolved and none fired again within the grace period"
-                .to_owned(),
-            note: None,
-        };
-        let generation = incident.generation.to_string();
-        decisions.push(Decision::new(
-            &incident.tenant,
-            incident.id,
-            &payload,
-            resolved_at,
-            &["resolved", &generation],
-            None,
-        ));
-        incident.state = "resolved".into();
-        incident.resolved_at = incident.resolve_due.take();
+        decisions.push(decide::resolve_after_grace(&mut incident));
         store.save_correlator_incident(&mut tx, &incident).await?;
     }
     append(ctx, &decisions).await?;

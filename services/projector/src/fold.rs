@@ -243,7 +243,9 @@ async fn apply_incident(
         .await?;
     if !recorded {
         tracing::info!(event_id = %c.event_id, seq = c.seq, "incident event already applied; skipped");
-        return Ok(());
+        return store
+            .touch_incident(tx, &c.tenant, c.incident_id, c.at, c.seq)
+            .await;
     }
     let tenant = c.tenant.as_str();
     let state = |state: IncidentState, by_person: bool, reopened: bool| StateChange {

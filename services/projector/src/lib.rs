@@ -361,6 +361,20 @@ async fn commit(
             body: &p.body,
         };
         store.insert_dead_letter(&mut tx, &letter).await?;
+        if projection == Projection::Incidents
+            && let Some(incident) = p
+                .subject
+                .rsplit('.')
+                .next()
+                .and_then(|id| uuid::Uuid::parse_str(id).ok())
+        {
+            // Commands append at the version they read: it must follow the subject even past
+            // an event that could not be applied.
+            let at = chrono::DateTime::<chrono::Utc>::MIN_UTC;
+            store
+                .touch_incident(&mut tx, p.tenant(), incident, at, p.seq)
+                .await?;
+        }
         park(&ctx, projection, p).await?;
     }
     store

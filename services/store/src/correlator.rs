@@ -16,6 +16,8 @@ pub struct CorrelatorIncident {
     /// `open`, `resolved` or `closed`.
     pub state: String,
     pub opened_at: DateTime<Utc>,
+    /// Where its window starts: the opening, or the last reopen.
+    pub window_from: DateTime<Utc>,
     pub last_signal_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolve_due: Option<DateTime<Utc>>,
@@ -120,7 +122,7 @@ impl Store {
         key: &str,
     ) -> Result<Option<CorrelatorIncident>> {
         Ok(sqlx::query_as(
-            "SELECT tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due, generation, firing, top_rank
+            "SELECT tenant, id, key, state, opened_at, window_from, last_signal_at, resolved_at, resolve_due, generation, firing, top_rank
              FROM correlator_incidents WHERE tenant = $1 AND key = $2
              ORDER BY opened_at DESC, id DESC LIMIT 1 FOR UPDATE",
         )
@@ -137,7 +139,7 @@ impl Store {
         id: Uuid,
     ) -> Result<Option<CorrelatorIncident>> {
         Ok(sqlx::query_as(
-            "SELECT tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due, generation, firing, top_rank
+            "SELECT tenant, id, key, state, opened_at, window_from, last_signal_at, resolved_at, resolve_due, generation, firing, top_rank
              FROM correlator_incidents WHERE tenant = $1 AND id = $2 FOR UPDATE",
         )
         .bind(tenant)
@@ -153,9 +155,9 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO correlator_incidents (tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due,
-                 generation, firing, top_rank)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (tenant, id) DO UPDATE SET state = excluded.state,
+                 generation, firing, top_rank, window_from)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (tenant, id) DO UPDATE SET state = excluded.state, window_from = excluded.window_from,
                  last_signal_at = excluded.last_signal_at, resolved_at = excluded.resolved_at,
                  resolve_due = excluded.resolve_due, generation = excluded.generation,
                  firing = excluded.firing, top_rank = excluded.top_rank",
@@ -171,6 +173,7 @@ impl Store {
         .bind(i.generation)
         .bind(&i.firing)
         .bind(i.top_rank)
+        .bind(i.window_from)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -184,7 +187,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<CorrelatorIncident>> {
         Ok(sqlx::query_as(
-            "SELECT tenant, id, key, state, opened_at, last_signal_at, resolved_at, resolve_due, generation, firing, top_rank
+            "SELECT tenant, id, key, state, opened_at, window_from, last_signal_at, resolved_at, resolve_due, generation, firing, top_rank
              FROM correlator_incidents WHERE resolve_due IS NOT NULL AND resolve_due <= $1
              ORDER BY resolve_due LIMIT $2 FOR UPDATE",
         )

@@ -336,7 +336,9 @@ impl Store {
     }
 
     /// Moves an incident to a state, keeping when it was first acknowledged and mitigated and
-    /// when it last resolved.
+    /// when it last resolved. A decision of the correlator never overrides a person's review
+    /// (`learned`, `inconclusive`), and its reopen applies only to a resolved incident; either way
+    /// the incident's version moves to the event.
     pub async fn change_incident_state(&self, tx: &mut Tx<'_>, c: &StateChange<'_>) -> Result<()> {
         sqlx::query(
             "UPDATE incidents SET state = $3,
@@ -344,9 +346,10 @@ impl Store {
                  mitigated_at = CASE WHEN $3 = 'mitigated' THEN coalesce(mitigated_at, $6) ELSE mitigated_at END,
                  resolved_at = CASE WHEN $3 = 'resolved' THEN $6
                                     WHEN $3 IN ('learned', 'inconclusive') THEN resolved_at ELSE NULL END,
-                 reopen_count = reopen_count + CASE WHEN $5 THEN 1 ELSE 0 END,
-                 updated_at = greatest(updated_at, $6), last_seq = $7
-             WHERE tenant = $1 AND id = $2",
+                 reopen_count = reopen_count + CASE WHEN $5 THEN 1 ELSE 0 END
+             WHERE tenant = $1 AND id = $2
+               AND ($4 OR state NOT IN ('learned', 'inconclusive'))
+               AND ($4 OR NOT $5 OR state = 'resolved')",
         )
         .bind(c.tenant)
         .bind(c.incident_id)
@@ -354,7 +357,30 @@ impl Store {
         .bind(c.by_person)
         .bind(c.reopened)
         .bind(c.at)
-        .bind(c.seq as i64)
+        .execute(&mut **tx)
+        .await?;
+        self.touch_incident(tx, c.tenant, c.incident_id, c.at, c.seq)
+            .await
+    }
+
+    /// Moves an incident's version (and update time) to an event of its subject, whatever the
+    /// event did: commands append at the version they read, so it must track the subject.
+    pub async fn touch_incident(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        incident_id: Uuid,
+        at: DateTime<Utc>,
+        seq: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE incidents SET updated_at = greatest(updated_at, $3), last_seq = greatest(last_seq, $4)
+             WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .bind(at)
+        .bind(seq as i64)
         .execute(&mut **tx)
         .await?;
         Ok(())
