@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::hypotheses::{HypothesesProposed, HypothesisVerdictGiven, ModelCallRecorded};
 use crate::incidents::{
     CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened,
     IncidentResolved, IncidentTransitioned, SignalAttached, SignalResolved,
@@ -70,6 +71,9 @@ pub enum Event {
     IncidentTransitioned(IncidentTransitioned),
     IncidentAssigned(IncidentAssigned),
     IncidentNoteAdded(IncidentNoteAdded),
+    HypothesesProposed(HypothesesProposed),
+    HypothesisVerdictGiven(HypothesisVerdictGiven),
+    ModelCallRecorded(ModelCallRecorded),
 }
 
 impl Event {
@@ -89,6 +93,9 @@ impl Event {
             Self::IncidentTransitioned(_) => IncidentTransitioned::TYPE,
             Self::IncidentAssigned(_) => IncidentAssigned::TYPE,
             Self::IncidentNoteAdded(_) => IncidentNoteAdded::TYPE,
+            Self::HypothesesProposed(_) => HypothesesProposed::TYPE,
+            Self::HypothesisVerdictGiven(_) => HypothesisVerdictGiven::TYPE,
+            Self::ModelCallRecorded(_) => ModelCallRecorded::TYPE,
         }
     }
 }
@@ -189,7 +196,10 @@ impl Envelope {
             IncidentReopened,
             IncidentTransitioned,
             IncidentAssigned,
-            IncidentNoteAdded
+            IncidentNoteAdded,
+            HypothesesProposed,
+            HypothesisVerdictGiven,
+            ModelCallRecorded
         )
     }
 }

@@ -6,12 +6,17 @@
 //! the JSON Schemas generated from those types (`schemas/`, checked by a test).
 
 mod envelope;
+mod hypotheses;
 mod incidents;
 mod payloads;
 pub mod schema;
 pub mod subjects;
 
 pub use envelope::{DecodeError, Envelope, Event, EventPayload, Headers};
+pub use hypotheses::{
+    CauseKind, Evidence, EvidenceKind, HypothesesProposed, Hypothesis, HypothesisChange,
+    HypothesisChangeKind, HypothesisVerdictGiven, ModelCallRecorded, TokenUsage, Verdict,
+};
 pub use incidents::{
     CORRELATOR, CorrelationRules, CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded,
     IncidentOpened, IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned,

@@ -7,9 +7,10 @@ use std::path::Path;
 use schemars::{JsonSchema, schema_for};
 
 use crate::{
-    CorrelationRulesSet, Envelope, EventPayload, IncidentAssigned, IncidentNoteAdded,
-    IncidentOpened, IncidentReopened, IncidentResolved, IncidentTransitioned, SignalAttached,
-    SignalReceived, SignalResolved, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked,
+    CorrelationRulesSet, Envelope, EventPayload, HypothesesProposed, HypothesisVerdictGiven,
+    IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened, IncidentResolved,
+    IncidentTransitioned, ModelCallRecorded, SignalAttached, SignalReceived, SignalResolved,
+    TenantCreated, WebhookTokenIssued, WebhookTokenRevoked,
 };
 
 fn payload<P: EventPayload>() -> (String, String) {
@@ -41,6 +42,9 @@ pub fn all() -> Vec<(String, String)> {
         payload::<IncidentTransitioned>(),
         payload::<IncidentAssigned>(),
         payload::<IncidentNoteAdded>(),
+        payload::<HypothesesProposed>(),
+        payload::<HypothesisVerdictGiven>(),
+        payload::<ModelCallRecorded>(),
     ]
 }
 

@@ -51,6 +51,11 @@ pub fn incident(tenant: &str, incident: uuid::Uuid) -> String {
     format!("incidents.{tenant}.{incident}")
 }
 
+/// `telemetry.<tenant>.<kind>`, e.g. `telemetry.acme.model_calls`.
+pub fn telemetry(tenant: &str, kind: &str) -> String {
+    format!("telemetry.{tenant}.{kind}")
+}
+
 /// `deadletters.<tenant>.<consumer>`: where a consumer parks an event it cannot apply. The tenant is
 /// `_unknown` when the event was too broken to say.
 pub fn dead_letter(tenant: &str, consumer: &str) -> String {

@@ -6,6 +6,8 @@
 //! creating test databases (default `postgres://postgres@127.0.0.1:5432/postgres`).
 //! nats-server: found on PATH or in /usr/sbin.
 
+pub mod fake_llm;
+
 use std::{path::PathBuf, time::Duration};
 
 use copilot::app::{App, Services};
@@ -64,6 +66,8 @@ pub fn settings(nats: &NatsServer, db: &TestDb) -> Settings {
     settings.publish_timeout_ms = 1000;
     settings.db_max_connections = 8;
     settings.log_format = copilot_runtime::telemetry::LogFormat::Text;
+    // Hypotheses only where a test asks for them: a proposal moves an incident's version.
+    settings.hypothesis_settle_ms = 3_600_000;
     settings
 }
 

@@ -16,14 +16,14 @@ use axum::{
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use copilot_events::{
-    CORRELATOR, CorrelationRules, CorrelationRulesSet, Headers, IncidentAssigned,
-    IncidentNoteAdded, IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned,
-    Role, Severity, subjects,
+    CORRELATOR, CorrelationRules, CorrelationRulesSet, Headers, HypothesisVerdictGiven,
+    IncidentAssigned, IncidentNoteAdded, IncidentReopened, IncidentResolved, IncidentState,
+    IncidentTransitioned, Role, Severity, Verdict, subjects,
 };
 use copilot_runtime::http::{ApiError, RequestId};
 use copilot_store::{
-    IncidentCursor, IncidentFilter, IncidentNoteView, IncidentSignalView, IncidentSort,
-    IncidentStats, IncidentSummary, TimelineEntry,
+    HypothesisView, IncidentCursor, IncidentFilter, IncidentNoteView, IncidentSignalView,
+    IncidentSort, IncidentStats, IncidentSummary, ProposalView, TimelineEntry,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -70,8 +70,27 @@ pub struct IncidentDetail {
     incident: IncidentSummary,
     signals: Vec<IncidentSignalView>,
     notes: Vec<IncidentNoteView>,
-    /// Root-cause hypotheses (filled by the hypothesis service, once it exists).
-    hypotheses: Vec<serde_json::Value>,
+    /// The current root-cause hypotheses, best first, with any verdicts.
+    hypotheses: Vec<HypothesisView>,
+    /// The proposal they come from (absent until the hypothesis service has looked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hypotheses_proposal: Option<ProposalMeta>,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ProposalMeta {
+    proposal_id: Uuid,
+    engine: String,
+    model: Option<String>,
+    proposed_at: DateTime<Utc>,
+    inconclusive: bool,
+}
+
+/// `GET /v1/incidents/{id}/hypotheses`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Proposals {
+    /// Newest first: the current proposal, then (with `history=true`) every earlier one.
+    items: Vec<ProposalView>,
 }
 
 #[derive(Debug, Serialize, schemars::JsonSchema)]
@@ -183,11 +202,31 @@ pub async fn get(
         .incident_notes(tenant, incident.id)
         .await
         .map_err(internal)?;
+    let current = store
+        .incident_proposals(tenant, incident.id, false)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .next();
+    let (hypotheses, hypotheses_proposal) = match current {
+        Some(p) => (
+            p.hypotheses,
+            Some(ProposalMeta {
+                proposal_id: p.proposal_id,
+                engine: p.engine,
+                model: p.model,
+                proposed_at: p.proposed_at,
+                inconclusive: p.inconclusive,
+            }),
+        ),
+        None => (Vec::new(), None),
+    };
     Ok(Json(IncidentDetail {
         incident,
         signals,
         notes,
-        hypotheses: Vec::new(),
+        hypotheses,
+        hypotheses_proposal,
     }))
 }
 
@@ -206,6 +245,81 @@ pub async fn timeline(
         .await
         .map_err(internal)?;
     Ok(Json(Timeline { items }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HypothesesQuery {
+    /// Every earlier proposal too, newest first.
+    #[serde(default)]
+    history: bool,
+}
+
+pub async fn hypotheses(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<HypothesesQuery>, QueryRejection>,
+) -> Result<Json<Proposals>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+    let tenant = caller.0.tenant.as_str();
+    let incident = find(&api, tenant, &id).await?;
+    let items = api
+        .ctx
+        .store
+        .incident_proposals(tenant, incident.id, q.history)
+        .await
+        .map_err(internal)?;
+    Ok(Json(Proposals { items }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictBody {
+    /// `confirmed` or `refuted`.
+    verdict: Verdict,
+    note: Option<String>,
+}
+
+pub async fn verdict(
+    State(api): State<Api>,
+    caller: Caller,
+    Path((id, hypothesis_id)): Path<(String, String)>,
+    request_id: Option<Extension<RequestId>>,
+    headers: HeaderMap,
+    payload: Result<Json<VerdictBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let b = body(payload)?;
+    if let Some(note) = &b.note {
+        text_field("note", note, 10_000)?;
+    }
+    let tenant = caller.0.tenant.as_str();
+    let incident = find(&api, tenant, &id).await?;
+    if !api
+        .ctx
+        .store
+        .hypothesis_exists(tenant, incident.id, &hypothesis_id)
+        .await
+        .map_err(internal)?
+    {
+        return Err(ApiError::NotFound);
+    }
+    let event_headers = headers_of(&request_id);
+    command(&api, &caller, &id, &headers, |incident| {
+        Ok(command_event(
+            &caller.0.tenant,
+            &HypothesisVerdictGiven {
+                incident_id: incident.id,
+                hypothesis_id: hypothesis_id.clone(),
+                verdict: b.verdict,
+                note: b.note.clone(),
+                actor: caller.0.sub.clone(),
+            },
+            event_headers.clone(),
+        ))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]

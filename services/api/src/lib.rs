@@ -91,6 +91,11 @@ pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
         )
         .route("/v1/incidents/{id}/assign", post(incidents::assign))
         .route("/v1/incidents/{id}/notes", post(incidents::note))
+        .route("/v1/incidents/{id}/hypotheses", get(incidents::hypotheses))
+        .route(
+            "/v1/incidents/{id}/hypotheses/{hid}/verdict",
+            post(incidents::verdict),
+        )
         .route("/v1/stats", get(incidents::stats))
         .route(
             "/v1/settings/correlation",

@@ -1,5 +1,5 @@
 //! Every service in one process on one port: gateway and API routes, health and metrics, the
-//! projector and the correlator, sharing one NATS connection and one Postgres pool.
+//! projector, the correlator and the hypothesis service, sharing one NATS connection and one Postgres pool.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -21,7 +21,7 @@ pub struct App {
 /// Which services an `App` runs besides the HTTP routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Services {
-    /// Gateway, API, projector and correlator: what `copilot up` runs.
+    /// Gateway, API, projector, correlator and hypothesis service: what `copilot up` runs.
     All,
     /// Gateway and API only, for benchmarks that time the projector on its own.
     HttpOnly,
@@ -57,7 +57,8 @@ impl App {
             tokio::spawn(async move {
                 tokio::try_join!(
                     copilot_projector::serve(ctx.clone(), shutdown.clone()),
-                    copilot_correlator::serve(ctx, shutdown),
+                    copilot_correlator::serve(ctx.clone(), shutdown.clone()),
+                    copilot_hypothesis::serve(ctx, shutdown),
                 )
                 .map(|_| ())
             })
@@ -94,7 +95,7 @@ impl App {
         let result = tokio::select! {
             _ = stop.cancelled() => Ok(()),
             r = http => r.context("http server panicked").and_then(|r| r.context("http server failed")),
-            r = projector => r.context("projector or correlator panicked").and_then(|r| r.context("projector or correlator failed")),
+            r = projector => r.context("a background service panicked").and_then(|r| r.context("a background service failed")),
         };
         shutdown.cancel();
         result

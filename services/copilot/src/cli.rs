@@ -35,6 +35,8 @@ pub enum Command {
     Projector,
     /// Run the correlator (signals into incidents) alone
     Correlator,
+    /// Run the hypothesis service (incidents into root-cause hypotheses) alone
+    Hypothesis,
     /// Run the read API alone
     Api,
     /// Apply the database migrations
@@ -53,6 +55,11 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Evaluations of the copilot's judgement on known cases
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
     },
     /// Benchmarks against real NATS and Postgres
     Bench {
@@ -101,6 +108,13 @@ pub enum TokenCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Run an engine over a directory of scenario cases; print top-1/top-3 accuracy, citation
+    /// validity and expected calibration error
+    Hypotheses(crate::eval::EvalArgs),
+}
+
+#[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Webhook ingest: gateway vs raw JetStream throughput, projector rate, alert-to-row latency
     Ingest(crate::bench::IngestArgs),
@@ -133,6 +147,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway => copilot_gateway::run(settings, shutdown).await,
         Command::Projector => copilot_projector::run(settings, shutdown).await,
         Command::Correlator => copilot_correlator::run(settings, shutdown).await,
+        Command::Hypothesis => copilot_hypothesis::run(settings, shutdown).await,
+        Command::Eval {
+            command: EvalCommand::Hypotheses(args),
+        } => crate::eval::hypotheses(&settings, args).await,
         Command::Api => {
             load_secret(&mut settings, false)?;
             copilot_api::run(settings, shutdown).await

@@ -6,6 +6,7 @@ pub mod app;
 pub mod bench;
 pub mod bench_incidents;
 pub mod cli;
+pub mod eval;
 pub mod local;
 pub mod schemas;
 

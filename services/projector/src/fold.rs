@@ -3,11 +3,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use copilot_events::{CORRELATOR, Envelope, Event, IncidentState, Severity, SignalReceived};
+use copilot_events::{
+    CORRELATOR, Envelope, Event, IncidentState, ModelCallRecorded, Severity, SignalReceived,
+};
 use copilot_runtime::consume::subject_tenant;
 use copilot_store::{
-    AttachedSignal, IncidentEventRow, NewIncident, SignalRow, StateChange, Store, TenantRow,
-    TokenRevocation, TokenRow, Tx,
+    AttachedSignal, HypothesisRow, IncidentEventRow, NewIncident, ProposalRow, SignalRow,
+    StateChange, Store, TenantRow, TokenRevocation, TokenRow, Tx, UsageRow,
 };
 use uuid::Uuid;
 
@@ -23,6 +25,8 @@ pub(crate) enum Fold {
     Tenants(Vec<TenantChange>),
     /// Incident events, applied in order.
     Incidents(Vec<IncidentChange>),
+    /// Model calls, one usage row each.
+    Telemetry(Vec<(u64, String, ModelCallRecorded)>),
 }
 
 pub(crate) enum TenantChange {
@@ -60,6 +64,7 @@ impl Fold {
             },
             Projection::Tenants => Self::Tenants(Vec::new()),
             Projection::Incidents => Self::Incidents(Vec::new()),
+            Projection::Telemetry => Self::Telemetry(Vec::new()),
         }
     }
 
@@ -69,6 +74,7 @@ impl Fold {
             Self::Signals { events, .. } => *events,
             Self::Tenants(changes) => changes.len(),
             Self::Incidents(changes) => changes.len(),
+            Self::Telemetry(calls) => calls.len(),
         }
     }
 
@@ -135,6 +141,9 @@ impl Fold {
                     seq,
                 })
             }
+            (Self::Telemetry(calls), Event::ModelCallRecorded(call)) => {
+                calls.push((seq, tenant, call));
+            }
             (Self::Incidents(changes), event) => {
                 let (incident_id, actor) = incident_of(&event)
                     .ok_or_else(|| format!("{} does not belong on this stream", event.name()))?;
@@ -195,6 +204,30 @@ impl Fold {
                 }
                 Ok(())
             }
+            Self::Telemetry(calls) => {
+                for (seq, tenant, c) in calls {
+                    store
+                        .insert_usage(
+                            tx,
+                            &UsageRow {
+                                call_id: c.call_id,
+                                tenant: &tenant,
+                                incident_id: c.incident_id,
+                                engine: &c.engine,
+                                model: &c.model,
+                                outcome: &c.outcome,
+                                prompt_tokens: c.usage.prompt_tokens as i32,
+                                completion_tokens: c.usage.completion_tokens as i32,
+                                latency_ms: c.latency_ms as i64,
+                                cost_usd: c.cost_usd,
+                                at: c.at,
+                                seq,
+                            },
+                        )
+                        .await?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -210,6 +243,8 @@ fn incident_of(event: &Event) -> Option<(Uuid, &str)> {
         Event::IncidentTransitioned(e) => (e.incident_id, e.actor.as_str()),
         Event::IncidentAssigned(e) => (e.incident_id, e.actor.as_str()),
         Event::IncidentNoteAdded(e) => (e.incident_id, e.actor.as_str()),
+        Event::HypothesesProposed(e) => (e.incident_id, "hypothesis"),
+        Event::HypothesisVerdictGiven(e) => (e.incident_id, e.actor.as_str()),
         _ => return None,
     })
 }
@@ -351,6 +386,71 @@ async fn apply_incident(
                     e.note_id,
                     &e.actor,
                     &e.text,
+                    c.at,
+                    c.seq,
+                )
+                .await
+        }
+        Event::HypothesesProposed(e) => {
+            let rows: Vec<(String, String)> = e
+                .hypotheses
+                .iter()
+                .map(|h| {
+                    let change = e
+                        .changes
+                        .iter()
+                        .find(|c| c.hypothesis_id == h.id)
+                        .map(|c| json(&c.change).trim_matches('"').to_owned())
+                        .unwrap_or_default();
+                    (json(&h.evidence), change)
+                })
+                .collect();
+            let hypotheses: Vec<HypothesisRow> = e
+                .hypotheses
+                .iter()
+                .zip(&rows)
+                .enumerate()
+                .map(|(rank, (h, (evidence, change)))| HypothesisRow {
+                    hypothesis_id: &h.id,
+                    rank: rank as i32 + 1,
+                    cause: h.cause.as_str(),
+                    component: h.component.as_deref(),
+                    title: &h.title,
+                    confidence: h.confidence,
+                    evidence,
+                    reasoning: &h.reasoning,
+                    next_step: &h.next_step,
+                    change: (!change.is_empty()).then_some(change.as_str()),
+                })
+                .collect();
+            store
+                .insert_proposal(
+                    tx,
+                    &ProposalRow {
+                        tenant,
+                        incident_id: e.incident_id,
+                        proposal_id: e.proposal_id,
+                        seq: c.seq,
+                        engine: &e.engine,
+                        model: e.model.as_deref(),
+                        inconclusive: e.inconclusive,
+                        at: c.at,
+                        payload: &c.payload,
+                    },
+                    &hypotheses,
+                )
+                .await
+        }
+        Event::HypothesisVerdictGiven(e) => {
+            store
+                .record_verdict(
+                    tx,
+                    tenant,
+                    e.incident_id,
+                    &e.hypothesis_id,
+                    e.verdict.as_str(),
+                    e.note.as_deref(),
+                    &e.actor,
                     c.at,
                     c.seq,
                 )

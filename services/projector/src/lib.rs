@@ -32,10 +32,16 @@ pub enum Projection {
     Tenants,
     Signals,
     Incidents,
+    Telemetry,
 }
 
 impl Projection {
-    pub const ALL: [Projection; 3] = [Self::Tenants, Self::Signals, Self::Incidents];
+    pub const ALL: [Projection; 4] = [
+        Self::Tenants,
+        Self::Signals,
+        Self::Incidents,
+        Self::Telemetry,
+    ];
 
     /// Name of the projection, its checkpoint key and its lease.
     pub fn name(self) -> &'static str {
@@ -43,6 +49,7 @@ impl Projection {
             Self::Tenants => "tenants",
             Self::Signals => "signals",
             Self::Incidents => "incidents",
+            Self::Telemetry => "telemetry",
         }
     }
 
@@ -51,6 +58,7 @@ impl Projection {
             Self::Tenants => subjects::TENANTS,
             Self::Signals => subjects::SIGNALS,
             Self::Incidents => subjects::INCIDENTS,
+            Self::Telemetry => subjects::TELEMETRY,
         }
     }
 
@@ -59,6 +67,7 @@ impl Projection {
             Self::Tenants => nats::CONSUMER_PROJECTOR_TENANTS,
             Self::Signals => nats::CONSUMER_PROJECTOR_SIGNALS,
             Self::Incidents => nats::CONSUMER_PROJECTOR_INCIDENTS,
+            Self::Telemetry => nats::CONSUMER_PROJECTOR_TELEMETRY,
         }
     }
 }

@@ -26,6 +26,15 @@ pub struct Metrics {
     pub projection_checkpoint_sequence: IntGaugeVec,
     /// Decisions the correlator appended, by event type.
     pub correlator_decisions_total: IntCounterVec,
+    /// Model calls by engine and outcome.
+    pub model_calls_total: IntCounterVec,
+    /// Model tokens by engine and kind (prompt, completion).
+    pub model_tokens_total: IntCounterVec,
+    pub model_call_duration_seconds: HistogramVec,
+    /// Proposals appended, by engine.
+    pub hypotheses_proposed_total: IntCounterVec,
+    /// Hypotheses dropped for citing evidence they were not given, by engine.
+    pub hypothesis_citations_dropped_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,6 +119,38 @@ impl Metrics {
             &["kind"],
         )
         .unwrap();
+        let model_calls_total = IntCounterVec::new(
+            Opts::new("model_calls_total", "Model calls, by engine and outcome"),
+            &["engine", "outcome"],
+        )
+        .unwrap();
+        let model_tokens_total = IntCounterVec::new(
+            Opts::new("model_tokens_total", "Model tokens, by engine and kind"),
+            &["engine", "kind"],
+        )
+        .unwrap();
+        let model_call_duration_seconds = HistogramVec::new(
+            HistogramOpts::new("model_call_duration_seconds", "Time a model call took")
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            &["engine"],
+        )
+        .unwrap();
+        let hypotheses_proposed_total = IntCounterVec::new(
+            Opts::new(
+                "hypotheses_proposed_total",
+                "Hypothesis proposals appended, by engine",
+            ),
+            &["engine"],
+        )
+        .unwrap();
+        let hypothesis_citations_dropped_total = IntCounterVec::new(
+            Opts::new(
+                "hypothesis_citations_dropped_total",
+                "Hypotheses dropped for citing evidence they were not given, by engine",
+            ),
+            &["engine"],
+        )
+        .unwrap();
         for collector in [
             Box::new(http_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_request_duration_seconds.clone()),
@@ -120,6 +161,11 @@ impl Metrics {
             Box::new(consumer_pending_messages.clone()),
             Box::new(projection_checkpoint_sequence.clone()),
             Box::new(correlator_decisions_total.clone()),
+            Box::new(model_calls_total.clone()),
+            Box::new(model_tokens_total.clone()),
+            Box::new(model_call_duration_seconds.clone()),
+            Box::new(hypotheses_proposed_total.clone()),
+            Box::new(hypothesis_citations_dropped_total.clone()),
         ] {
             registry
                 .register(collector)
@@ -136,6 +182,11 @@ impl Metrics {
             consumer_pending_messages,
             projection_checkpoint_sequence,
             correlator_decisions_total,
+            model_calls_total,
+            model_tokens_total,
+            model_call_duration_seconds,
+            hypotheses_proposed_total,
+            hypothesis_citations_dropped_total,
         }
     }
 

@@ -51,8 +51,13 @@ pub const CONSUMER_CORRELATOR_SIGNALS: &str = "correlator-signals";
 /// Durable consumer through which the correlator follows lifecycle commands.
 pub const CONSUMER_CORRELATOR_INCIDENTS: &str = "correlator-incidents";
 
+/// Durable consumer of the usage projection.
+pub const CONSUMER_PROJECTOR_TELEMETRY: &str = "projector-telemetry";
+/// Durable consumer every hypothesis service instance shares.
+pub const CONSUMER_HYPOTHESIS: &str = "hypothesis";
+
 /// Consumer definitions, `(stream, JSON)`.
-pub const CONSUMER_DEFINITIONS: [(&str, &str); 5] = [
+pub const CONSUMER_DEFINITIONS: [(&str, &str); 7] = [
     (
         subjects::SIGNALS,
         include_str!("../../../nats/consumers/SIGNALS.projector-signals.json"),
@@ -72,6 +77,14 @@ pub const CONSUMER_DEFINITIONS: [(&str, &str); 5] = [
     (
         subjects::INCIDENTS,
         include_str!("../../../nats/consumers/INCIDENTS.correlator-incidents.json"),
+    ),
+    (
+        subjects::TELEMETRY,
+        include_str!("../../../nats/consumers/TELEMETRY.projector-telemetry.json"),
+    ),
+    (
+        subjects::INCIDENTS,
+        include_str!("../../../nats/consumers/INCIDENTS.hypothesis.json"),
     ),
 ];
 

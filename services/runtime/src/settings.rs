@@ -89,6 +89,78 @@ pub struct Settings {
     )]
     pub correlator_tick_ms: u64,
 
+    /// The hypothesis service runs at most once per incident per this many seconds
+    #[arg(
+        long,
+        env = "COPILOT_HYPOTHESIS_MIN_INTERVAL_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub hypothesis_min_interval_secs: u64,
+
+    /// How long the hypothesis service waits after an incident's first new event, so that a storm's
+    /// alerts arrive before it looks, in milliseconds
+    #[arg(
+        long,
+        env = "COPILOT_HYPOTHESIS_SETTLE_MS",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub hypothesis_settle_ms: u64,
+
+    /// Most evidence (in estimated tokens) given to an engine; the least relevant is left out
+    #[arg(
+        long,
+        env = "COPILOT_HYPOTHESIS_BUDGET_TOKENS",
+        default_value_t = 6000,
+        global = true
+    )]
+    pub hypothesis_budget_tokens: usize,
+
+    /// OpenAI-compatible base URL (with /v1) of a model for hypotheses; unset: the built-in engine only
+    #[arg(long, env = "COPILOT_LLM_BASE_URL", global = true)]
+    pub llm_base_url: Option<String>,
+
+    /// Model name sent to the endpoint
+    #[arg(long, env = "COPILOT_LLM_MODEL", global = true)]
+    pub llm_model: Option<String>,
+
+    /// API key sent as a bearer token (never logged)
+    #[arg(
+        long,
+        env = "COPILOT_LLM_API_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub llm_api_key: Option<String>,
+
+    /// Time the model gets before the built-in engine answers instead, in milliseconds
+    #[arg(
+        long,
+        env = "COPILOT_LLM_TIMEOUT_MS",
+        default_value_t = 30000,
+        global = true
+    )]
+    pub llm_timeout_ms: u64,
+
+    /// Price per 1k prompt tokens in USD, for the cost estimate of each call
+    #[arg(
+        long,
+        env = "COPILOT_LLM_PRICE_PROMPT_PER_1K",
+        default_value_t = 0.0,
+        global = true
+    )]
+    pub llm_price_prompt_per_1k: f64,
+
+    /// Price per 1k completion tokens in USD
+    #[arg(
+        long,
+        env = "COPILOT_LLM_PRICE_COMPLETION_PER_1K",
+        default_value_t = 0.0,
+        global = true
+    )]
+    pub llm_price_completion_per_1k: f64,
+
     /// Fault injection for tests: the correlator fails after appending its decisions and before
     /// committing them, as a crash there would.
     #[arg(skip)]

@@ -3,11 +3,16 @@
 //! transaction: a projection's rows and its checkpoint commit together or not at all.
 
 mod correlator;
+mod hypotheses;
 mod incidents;
 mod signals;
 mod tenants;
 
 pub use correlator::{CorrelatorIncident, CorrelatorSignal};
+pub use hypotheses::{
+    HypothesisRow, HypothesisView, IncidentSignalFacts, ProposalRow, ProposalView, SimilarIncident,
+    UsageRow,
+};
 pub use incidents::{
     AttachedSignal, IncidentCursor, IncidentEventRow, IncidentFilter, IncidentNoteView,
     IncidentSignalView, IncidentSort, IncidentStats, IncidentSummary, NewIncident, StateChange,
@@ -247,10 +252,14 @@ pub enum ReadModel {
     IncidentSignals,
     IncidentNotes,
     IncidentEvents,
+    HypothesisProposals,
+    Hypotheses,
+    HypothesisVerdicts,
+    UsageEvents,
 }
 
 impl ReadModel {
-    pub const ALL: [ReadModel; 8] = [
+    pub const ALL: [ReadModel; 12] = [
         Self::Tenants,
         Self::WebhookTokens,
         Self::Signals,
@@ -259,13 +268,20 @@ impl ReadModel {
         Self::IncidentSignals,
         Self::IncidentNotes,
         Self::IncidentEvents,
+        Self::HypothesisProposals,
+        Self::Hypotheses,
+        Self::HypothesisVerdicts,
+        Self::UsageEvents,
     ];
     /// The incident read models, which the projector folds from the INCIDENTS stream.
-    pub const INCIDENTS: [ReadModel; 4] = [
+    pub const INCIDENTS: [ReadModel; 7] = [
         Self::Incidents,
         Self::IncidentSignals,
         Self::IncidentNotes,
         Self::IncidentEvents,
+        Self::HypothesisProposals,
+        Self::Hypotheses,
+        Self::HypothesisVerdicts,
     ];
 
     fn name_and_key(self) -> (&'static str, &'static str) {
@@ -278,6 +294,17 @@ impl ReadModel {
             Self::IncidentSignals => ("incident_signals", "tenant, incident_id, signal_id"),
             Self::IncidentNotes => ("incident_notes", "tenant, incident_id, note_id"),
             Self::IncidentEvents => ("incident_events", "event_id"),
+            Self::HypothesisProposals => {
+                ("hypothesis_proposals", "tenant, incident_id, proposal_id")
+            }
+            Self::Hypotheses => (
+                "hypotheses",
+                "tenant, incident_id, proposal_id, hypothesis_id",
+            ),
+            Self::HypothesisVerdicts => {
+                ("hypothesis_verdicts", "tenant, incident_id, hypothesis_id")
+            }
+            Self::UsageEvents => ("usage_events", "call_id"),
         }
     }
 }

@@ -1,0 +1,457 @@
+//! The hypothesis service: for every incident that opens or gains evidence, gather what an SRE
+//! would look at and propose two to five competing root-cause hypotheses, each with a
+//! calibrated confidence and citations to the exact evidence behind it.
+//!
+//! Several instances share one durable consumer of INCIDENTS; each event that changes an
+//! incident's evidence marks it due in `hypothesis_schedule` (debounced: a settle delay, then at
+//! most one run per incident per minimum interval), and whichever instance claims it first runs
+//! the engine. The answer is a `HypothesesProposed` event on the incident's subject, carrying the
+//! evidence snapshot and digests so that what the copilot believed, and why, can always be read
+//! back; a model call is also recorded as telemetry (`ModelCallRecorded`).
+
+pub mod builtin;
+pub mod evidence;
+pub mod llm;
+pub mod trust;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{consumer::pull, message::PublishMessage};
+use chrono::Utc;
+use copilot_events::{
+    Envelope, Event, EventPayload, Headers, HypothesesProposed, Hypothesis, ModelCallRecorded,
+    TokenUsage, subjects,
+};
+use copilot_runtime::{Context, Settings, metrics::Metrics, nats};
+use futures::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use evidence::{EvidenceInput, EvidenceSet, IncidentFacts, PastIncident, SignalFacts};
+use llm::LlmConfig;
+
+/// Which engine answers.
+#[derive(Debug, Clone)]
+pub enum Engine {
+    /// The deterministic rules only.
+    Builtin,
+    /// A model first; the rules when it fails, times out or answers unusably.
+    Llm(LlmConfig),
+}
+
+impl Engine {
+    pub fn from_settings(settings: &Settings) -> Self {
+        match (&settings.llm_base_url, &settings.llm_model) {
+            (Some(base_url), Some(model)) => Self::Llm(LlmConfig {
+                base_url: base_url.clone(),
+                model: model.clone(),
+                api_key: settings.llm_api_key.clone(),
+                timeout: Duration::from_millis(settings.llm_timeout_ms),
+            }),
+            _ => Self::Builtin,
+        }
+    }
+}
+
+/// A model call as it went, for telemetry.
+#[derive(Debug, Clone)]
+pub struct ModelCall {
+    pub model: String,
+    pub outcome: &'static str,
+    pub usage: TokenUsage,
+    pub latency: Duration,
+}
+
+/// What an engine concluded about one incident (before it becomes an event).
+#[derive(Debug, Clone)]
+pub struct Conclusion {
+    pub engine: &'static str,
+    pub model: Option<String>,
+    pub fallback_reason: Option<String>,
+    pub prompt_digest: String,
+    pub evidence: EvidenceSet,
+    pub hypotheses: Vec<Hypothesis>,
+    pub inconclusive: bool,
+    pub dropped_for_citations: u32,
+    pub usage: TokenUsage,
+    pub latency: Duration,
+    pub call: Option<ModelCall>,
+}
+
+/// Runs the engine over the gathered facts: evidence budgeted, answer through the trust rules.
+pub async fn conclude(engine: &Engine, input: &EvidenceInput, budget_tokens: usize) -> Conclusion {
+    let started = Instant::now();
+    let set = evidence::assemble(input, budget_tokens);
+    let mut fallback_reason = None;
+    let mut call = None;
+    if let Engine::Llm(config) = engine {
+        match llm::propose(config, input, &set).await {
+            Ok(answer) => {
+                let reserve = if answer.inconclusive { 0.5 } else { 0.1 };
+                let trusted = trust::finalize(answer.hypotheses, &set, reserve);
+                call = Some(ModelCall {
+                    model: config.model.clone(),
+                    outcome: "ok",
+                    usage: answer.usage,
+                    latency: answer.latency,
+                });
+                return Conclusion {
+                    engine: "llm",
+                    model: Some(config.model.clone()),
+                    fallback_reason: None,
+                    prompt_digest: answer.prompt_digest,
+                    evidence: set,
+                    inconclusive: answer.inconclusive || trusted.inconclusive,
+                    hypotheses: trusted.hypotheses,
+                    dropped_for_citations: trusted.dropped_for_citations,
+                    usage: answer.usage,
+                    latency: started.elapsed(),
+                    call,
+                };
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "model call failed; the built-in engine answers");
+                call = Some(ModelCall {
+                    model: config.model.clone(),
+                    outcome: err.outcome(),
+                    usage: TokenUsage::default(),
+                    latency: started.elapsed(),
+                });
+                fallback_reason = Some(err.to_string());
+            }
+        }
+    }
+    let (candidates, reserve) = builtin::propose(input, &set);
+    let trusted = trust::finalize(candidates, &set, reserve);
+    Conclusion {
+        engine: "builtin",
+        model: None,
+        fallback_reason,
+        prompt_digest: set.digest(),
+        evidence: set,
+        hypotheses: trusted.hypotheses,
+        inconclusive: trusted.inconclusive,
+        dropped_for_citations: trusted.dropped_for_citations,
+        usage: TokenUsage::default(),
+        latency: started.elapsed(),
+        call,
+    }
+}
+
+/// Runs the service alone until `shutdown`.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ctx = Context::connect(settings, "hypothesis").await?;
+    serve(ctx, shutdown).await
+}
+
+/// Runs the scheduler (following INCIDENTS) and the worker until `shutdown`.
+pub async fn serve(ctx: Context, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tokio::try_join!(follow(&ctx, &shutdown), work(&ctx, &shutdown))?;
+    Ok(())
+}
+
+fn interval(secs: u64) -> chrono::Duration {
+    chrono::Duration::seconds(secs as i64)
+}
+
+/// Marks incidents due as their evidence changes. Restarts after a failure.
+async fn follow(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    loop {
+        match follow_once(ctx, shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(err) => tracing::warn!(
+                error = format!("{err:#}"),
+                "hypothesis scheduler failed; restarting"
+            ),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn follow_once(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let stream = ctx.js.get_stream(subjects::INCIDENTS).await?;
+    let consumer = stream
+        .get_consumer::<pull::Config>(nats::CONSUMER_HYPOTHESIS)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("the hypothesis consumer (run `copilot streams apply`): {e}")
+        })?;
+    let mut messages = consumer
+        .stream()
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    let settle = chrono::Duration::milliseconds(ctx.settings.hypothesis_settle_ms as i64);
+    let min_interval = interval(ctx.settings.hypothesis_min_interval_secs);
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            m = messages.next() => m,
+        };
+        let message = match message {
+            Some(Ok(m)) => m,
+            Some(Err(err)) if err.kind() == pull::MessagesErrorKind::MissingHeartbeat => continue,
+            Some(Err(err)) => return Err(err.into()),
+            None => anyhow::bail!("the hypothesis consumer's stream ended"),
+        };
+        let due = Envelope::from_slice(&message.payload)
+            .ok()
+            .and_then(|env| match env.decode() {
+                Ok(Event::IncidentOpened(e)) => Some((env.tenant, e.incident_id)),
+                Ok(Event::SignalAttached(e)) => Some((env.tenant, e.incident_id)),
+                Ok(Event::IncidentReopened(e)) => Some((env.tenant, e.incident_id)),
+                _ => None,
+            });
+        if let Some((tenant, incident)) = due {
+            ctx.store
+                .schedule_hypotheses(&tenant, incident, Utc::now(), settle, min_interval)
+                .await?;
+        }
+        if let Err(err) = message.ack().await {
+            tracing::debug!(error = %err, "ack failed; the event will be seen again");
+        }
+    }
+}
+
+/// Claims due incidents and proposes hypotheses for them.
+async fn work(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let engine = Engine::from_settings(&ctx.settings);
+    let min_interval = interval(ctx.settings.hypothesis_min_interval_secs);
+    // Long enough for the slowest model call; another instance takes over after it.
+    let hold = chrono::Duration::milliseconds(ctx.settings.llm_timeout_ms as i64 * 2 + 10_000);
+    loop {
+        let claimed = match ctx.store.claim_due_hypotheses(Utc::now(), hold).await {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the hypothesis schedule");
+                None
+            }
+        };
+        let Some((tenant, incident)) = claimed else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            continue;
+        };
+        if let Err(err) = propose(ctx, &engine, &tenant, incident).await {
+            tracing::warn!(tenant, %incident, error = format!("{err:#}"), "proposing hypotheses failed");
+        }
+        ctx.store
+            .finish_hypotheses(&tenant, incident, Utc::now(), min_interval)
+            .await?;
+    }
+}
+
+/// Gathers the facts of one incident from the read models.
+pub async fn gather(
+    ctx: &Context,
+    tenant: &str,
+    incident_id: Uuid,
+) -> anyhow::Result<Option<EvidenceInput>> {
+    let store = &ctx.store;
+    let Some(incident) = store.get_incident(tenant, incident_id).await? else {
+        return Ok(None);
+    };
+    let signals = store
+        .incident_signal_facts(tenant, incident_id, 500)
+        .await?
+        .into_iter()
+        .map(|s| {
+            let labels: std::collections::BTreeMap<String, String> = s
+                .labels
+                .and_then(|l| serde_json::from_value(l).ok())
+                .unwrap_or_default();
+            SignalFacts {
+                id: s.signal_id,
+                alertname: labels
+                    .get("alertname")
+                    .cloned()
+                    .unwrap_or_else(|| s.title.clone()),
+                service: s.service,
+                severity: s.severity,
+                status: s.status,
+                starts_at: s.starts_at,
+                ends_at: s.ends_at,
+                labels,
+                annotations: s
+                    .annotations
+                    .and_then(|a| serde_json::from_value(a).ok())
+                    .unwrap_or_default(),
+                values: s.values,
+            }
+        })
+        .collect();
+    let words = format!(
+        "{} {} {}",
+        incident.title,
+        incident.service.as_deref().unwrap_or(""),
+        incident.key
+    );
+    let similar = store
+        .similar_incidents(tenant, incident_id, &words, 5)
+        .await?
+        .into_iter()
+        .map(|p| PastIncident {
+            id: p.id,
+            title: p.title,
+            service: p.service,
+            state: p.state,
+            opened_at: p.opened_at,
+            resolution: match (p.confirmed, p.notes) {
+                (Some(c), Some(n)) => Some(format!("confirmed cause: {c}; notes: {n}")),
+                (Some(c), None) => Some(format!("confirmed cause: {c}")),
+                (None, notes) => notes,
+            },
+            // ts_rank of a few shared words lands near 0.1; scale it into 0-1.
+            similarity: (f64::from(p.rank) * 5.0).min(1.0),
+        })
+        .collect();
+    Ok(Some(EvidenceInput {
+        incident: IncidentFacts {
+            id: incident.id,
+            title: incident.title,
+            service: incident.service,
+            key: incident.key,
+            opened_at: incident.opened_at,
+        },
+        signals,
+        similar,
+        metrics: Vec::new(),
+    }))
+}
+
+/// Proposes hypotheses for one incident and appends them (and the model call's telemetry).
+async fn propose(
+    ctx: &Context,
+    engine: &Engine,
+    tenant: &str,
+    incident_id: Uuid,
+) -> anyhow::Result<()> {
+    let Some(input) = gather(ctx, tenant, incident_id).await? else {
+        return Ok(());
+    };
+    let previous = ctx
+        .store
+        .incident_proposals(tenant, incident_id, false)
+        .await?
+        .into_iter()
+        .next();
+    let conclusion = conclude(engine, &input, ctx.settings.hypothesis_budget_tokens).await;
+    let before: Vec<Hypothesis> = previous
+        .as_ref()
+        .and_then(|p| serde_json::from_value::<HypothesesProposed>(p.event.clone()).ok())
+        .map(|p| p.hypotheses)
+        .unwrap_or_default();
+    let now = Utc::now();
+    let event = HypothesesProposed {
+        incident_id,
+        proposal_id: Uuid::now_v7(),
+        engine: conclusion.engine.to_owned(),
+        model: conclusion.model.clone(),
+        fallback_reason: conclusion.fallback_reason.clone(),
+        prompt_digest: conclusion.prompt_digest.clone(),
+        evidence_digest: conclusion.evidence.digest(),
+        evidence_left_out: conclusion.evidence.left_out,
+        evidence: conclusion.evidence.items.clone(),
+        changes: trust::changes(&before, &conclusion.hypotheses),
+        hypotheses: conclusion.hypotheses.clone(),
+        inconclusive: conclusion.inconclusive,
+        dropped_for_citations: conclusion.dropped_for_citations,
+        usage: conclusion.usage,
+        latency_ms: conclusion.latency.as_millis() as u64,
+        supersedes: previous.map(|p| p.proposal_id),
+    };
+    let metrics = Metrics::global();
+    if let Some(call) = &conclusion.call {
+        let cost = (f64::from(call.usage.prompt_tokens) * ctx.settings.llm_price_prompt_per_1k
+            + f64::from(call.usage.completion_tokens) * ctx.settings.llm_price_completion_per_1k)
+            / 1000.0;
+        let record = ModelCallRecorded {
+            call_id: Uuid::now_v7(),
+            incident_id,
+            engine: "llm".into(),
+            model: call.model.clone(),
+            outcome: call.outcome.into(),
+            usage: call.usage,
+            latency_ms: call.latency.as_millis() as u64,
+            cost_usd: cost,
+            at: now,
+        };
+        publish(
+            ctx,
+            tenant,
+            subjects::telemetry(tenant, "model_calls"),
+            &record,
+            now,
+        )
+        .await?;
+        metrics
+            .model_calls_total
+            .with_label_values(&["llm", call.outcome])
+            .inc();
+        metrics
+            .model_tokens_total
+            .with_label_values(&["llm", "prompt"])
+            .inc_by(u64::from(call.usage.prompt_tokens));
+        metrics
+            .model_tokens_total
+            .with_label_values(&["llm", "completion"])
+            .inc_by(u64::from(call.usage.completion_tokens));
+        metrics
+            .model_call_duration_seconds
+            .with_label_values(&["llm"])
+            .observe(call.latency.as_secs_f64());
+    }
+    publish(
+        ctx,
+        tenant,
+        subjects::incident(tenant, incident_id),
+        &event,
+        now,
+    )
+    .await?;
+    metrics
+        .hypotheses_proposed_total
+        .with_label_values(&[conclusion.engine])
+        .inc();
+    metrics
+        .hypothesis_citations_dropped_total
+        .with_label_values(&[conclusion.engine])
+        .inc_by(u64::from(conclusion.dropped_for_citations));
+    tracing::info!(
+        tenant,
+        %incident_id,
+        engine = conclusion.engine,
+        hypotheses = event.hypotheses.len(),
+        inconclusive = event.inconclusive,
+        dropped = event.dropped_for_citations,
+        "hypotheses proposed"
+    );
+    Ok(())
+}
+
+async fn publish<P: EventPayload>(
+    ctx: &Context,
+    tenant: &str,
+    subject: String,
+    payload: &P,
+    at: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let envelope = Envelope::new(tenant, payload, at, Headers::default());
+    let message = PublishMessage::build()
+        .headers(nats::event_headers(&envelope))
+        .payload(envelope.to_bytes().into())
+        .message_id(envelope.id.to_string());
+    ctx.js
+        .send_publish(subject, message)
+        .await?
+        .await
+        .context("appending to JetStream")?;
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The model engine: any OpenAI-compatible chat-completions endpoint (OpenAI, Azure OpenAI
+//! through a compatible gateway, vLLM, Ollama, llama.cpp), asked for structured JSON that cites
+//! the evidence by id. What it answers goes through the same trust rules as the built-in engine.
+
+use std::time::{Duration, Instant};
+
+use async_openai::{
+    Client,
+    config::OpenAIConfig,
+    types::chat::{
+        ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs,
+        CreateChatCompletionRequestArgs, ResponseFormat, ResponseFormatJsonSchema,
+    },
+};
+use copilot_events::{CauseKind, Hypothesis, TokenUsage};
+use serde::Deserialize;
+
+use crate::{
+    evidence::{EvidenceInput, EvidenceSet},
+    trust::hypothesis_id,
+};
+
+/// Where and how to reach the model.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    /// Base URL including `/v1`, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("the model did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the model endpoint failed: {0}")]
+    Endpoint(String),
+    #[error("the model's answer is not usable: {0}")]
+    Invalid(String),
+}
+
+impl LlmError {
+    /// The outcome recorded in telemetry.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Endpoint(_) => "error",
+            Self::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// What the model answered, before the trust rules.
+#[derive(Debug, Clone)]
+pub struct LlmAnswer {
+    pub hypotheses: Vec<Hypothesis>,
+    pub inconclusive: bool,
+    pub usage: TokenUsage,
+    pub prompt_digest: String,
+    pub latency: Duration,
+}
+
+/// The JSON the model is asked for.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Answer {
+    /// True when the evidence is too thin to rank causes.
+    inconclusive: bool,
+    /// Two to five competing hypotheses, most likely first.
+    hypotheses: Vec<AnswerHypothesis>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct AnswerHypothesis {
+    /// One of: rollout, shared_dependency, saturation, crash_loop, infrastructure, expiry, recurrence, other.
+    cause: String,
+    /// The service, dependency or resource blamed, if any.
+    component: Option<String>,
+    title: String,
+    /// 0 to 1; the confidences of all hypotheses sum to at most 1.
+    confidence: f64,
+    /// Ids of the evidence items this rests on, exactly as given.
+    evidence: Vec<String>,
+    reasoning: String,
+    /// What would confirm or refute it.
+    next_step: String,
+}
+
+const SYSTEM: &str = "You are an experienced site reliability engineer finding the root cause of an incident. \
+Use only the evidence items given; cite them by their exact ids. Propose two to five competing hypotheses, \
+most likely first. Give each a calibrated confidence between 0 and 1; together they must not exceed 1, and \
+leave room for causes nobody has named. Do not assert causal chains the evidence does not show. If the \
+evidence is too thin to rank causes, set inconclusive to true. For each hypothesis, say what would confirm \
+or refute it (next_step). cause is one of: rollout, shared_dependency, saturation, crash_loop, \
+infrastructure, expiry, recurrence, other. Answer with JSON only, matching the schema.";
+
+/// The user message: the incident and its evidence, one item per line.
+pub fn prompt(input: &EvidenceInput, set: &EvidenceSet) -> String {
+    let mut text = format!(
+        "Incident: {} (service {}, correlation key {}), opened {}.\n",
+        input.incident.title,
+        input.incident.service.as_deref().unwrap_or("unknown"),
+        input.incident.key,
+        input.incident.opened_at.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    if set.left_out > 0 {
+        text.push_str(&format!(
+            "{} less relevant evidence items were left out for length.\n",
+            set.left_out
+        ));
+    }
+    text.push_str("Evidence:\n");
+    for e in &set.items {
+        let line =
+            serde_json::json!({"id": e.id, "kind": e.kind, "title": e.title, "detail": e.detail});
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    text
+}
+
+/// Asks the model. Errors, timeouts and unusable answers are errors: the caller falls back.
+pub async fn propose(
+    config: &LlmConfig,
+    input: &EvidenceInput,
+    set: &EvidenceSet,
+) -> Result<LlmAnswer, LlmError> {
+    let user = prompt(input, set);
+    let prompt_digest = blake3::hash(format!("{SYSTEM}\n{user}").as_bytes())
+        .to_hex()
+        .to_string();
+    let mut openai = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
+    if let Some(key) = &config.api_key {
+        openai = openai.with_api_key(key);
+    }
+    let client = Client::with_config(openai);
+    let schema = serde_json::to_value(schemars::schema_for!(Answer))
+        .map_err(|e| LlmError::Invalid(e.to_string()))?;
+    let request = CreateChatCompletionRequestArgs::default()
+        .model(&config.model)
+        .temperature(0.0)
+        .messages([
+            ChatCompletionRequestSystemMessageArgs::default()
+                .content(SYSTEM)
+                .build()
+                .map_err(|e| LlmError::Invalid(e.to_string()))?
+                .into(),
+            ChatCompletionRequestUserMessageArgs::default()
+                .content(user)
+                .build()
+                .map_err(|e| LlmError::Invalid(e.to_string()))?
+                .into(),
+        ])
+        .response_format(ResponseFormat::JsonSchema {
+            json_schema: ResponseFormatJsonSchema {
+                description: Some("ranked root-cause hypotheses citing evidence ids".into()),
+                name: "hypotheses".into(),
+                schema,
+                strict: Some(false),
+            },
+        })
+        .build()
+        .map_err(|e| LlmError::Invalid(e.to_string()))?;
+    let started = Instant::now();
+    let response = tokio::time::timeout(config.timeout, client.chat().create(request))
+        .await
+        .map_err(|_| LlmError::Timeout(config.timeout))?
+        .map_err(|e| LlmError::Endpoint(e.to_string()))?;
+    let latency = started.elapsed();
+    let usage = response
+        .usage
+        .as_ref()
+        .map(|u| TokenUsage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        })
+        .unwrap_or_default();
+    let content = response
+        .choices
+        .first()
+        .and_then(|c| c.message.content.clone())
+        .ok_or_else(|| LlmError::Invalid("no message content".into()))?;
+    let answer: Answer = serde_json::from_str(strip_fences(&content))
+        .map_err(|e| LlmError::Invalid(format!("not the JSON asked for: {e}")))?;
+    let hypotheses = answer
+        .hypotheses
+        .into_iter()
+        .map(|h| {
+            let cause = CauseKind::parse(h.cause.trim()).unwrap_or(CauseKind::Other);
+            let component = h.component.filter(|c| !c.trim().is_empty());
+            Hypothesis {
+                id: hypothesis_id(cause, component.as_deref()),
+                cause,
+                component,
+                title: h.title,
+                confidence: h.confidence,
+                evidence: h.evidence,
+                reasoning: h.reasoning,
+                next_step: h.next_step,
+            }
+        })
+        .collect();
+    Ok(LlmAnswer {
+        hypotheses,
+        inconclusive: answer.inconclusive,
+        usage,
+        prompt_digest,
+        latency,
+    })
+}
+
+/// Some servers wrap JSON in a Markdown fence even when asked not to.
+fn strip_fences(content: &str) -> &str {
+    let trimmed = content.trim();
+    trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|s| s.strip_suffix("```"))
+        .map(str::trim)
+        .unwrap_or(trimmed)
+}

@@ -1,0 +1,464 @@
+//! Hypotheses: the model engine against a real HTTP server speaking the OpenAI protocol, the
+//! built-in engine on the scenario cases, and the hypothesis service end to end (debounce,
+//! proposals, history, verdicts, usage) against a real nats-server and Postgres.
+
+use std::time::Duration;
+
+use copilot::app::Services;
+use copilot_e2e::{
+    TestApp, alertmanager_payload,
+    fake_llm::{FakeLlm, Reply},
+};
+use copilot_events::{CauseKind, Role};
+use copilot_hypothesis::{Engine, evidence, llm::LlmConfig};
+use copilot_projector::Projection;
+use serde_json::{Value, json};
+
+fn cases() -> Vec<copilot::eval::Case> {
+    copilot::eval::load_cases(&copilot_e2e::workspace_root().join("eval/hypotheses")).unwrap()
+}
+
+fn case(name: &str) -> copilot::eval::Case {
+    cases().into_iter().find(|c| c.name == name).unwrap()
+}
+
+fn llm(server: &FakeLlm, timeout: Duration) -> Engine {
+    Engine::Llm(LlmConfig {
+        base_url: server.base_url(),
+        model: "test-model".into(),
+        api_key: Some("test-key".into()),
+        timeout,
+    })
+}
+
+#[tokio::test]
+async fn the_model_engine_keeps_cited_hypotheses_and_drops_a_hallucinated_citation() {
+    let input = case("rollout-checkout-5xx").input();
+    let given = evidence::assemble(&input, 6000);
+    let first = given.items[0].id.clone();
+    let answer = json!({"inconclusive": false, "hypotheses": [
+        {"cause": "rollout", "component": "checkout", "title": "The checkout rollout broke it",
+         "confidence": 0.7, "evidence": [first], "reasoning": "rollout right before the 5xx",
+         "next_step": "roll back checkout"},
+        {"cause": "saturation", "component": "checkout", "title": "CPU ran out",
+         "confidence": 0.6, "evidence": ["sig-000000000000"], "reasoning": "made up",
+         "next_step": "check CPU"}]});
+    let server = FakeLlm::start(Reply::Content(answer.to_string())).await;
+
+    let conclusion =
+        copilot_hypothesis::conclude(&llm(&server, Duration::from_secs(5)), &input, 6000).await;
+
+    assert_eq!(conclusion.engine, "llm");
+    assert_eq!(conclusion.dropped_for_citations, 1);
+    assert_eq!(conclusion.hypotheses.len(), 1);
+    assert_eq!(conclusion.hypotheses[0].cause, CauseKind::Rollout);
+    assert_eq!(conclusion.hypotheses[0].id, "rollout:checkout");
+    assert_eq!(conclusion.usage.prompt_tokens, 812);
+    let call = conclusion.call.unwrap();
+    assert_eq!((call.outcome, call.usage.completion_tokens), ("ok", 164));
+    let request = &server.requests()[0];
+    assert_eq!(request["model"], "test-model");
+    assert_eq!(request["response_format"]["type"], "json_schema");
+    assert!(
+        request["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .contains(&given.items[0].id)
+    );
+}
+
+#[tokio::test]
+async fn a_failing_slow_or_incoherent_model_leaves_the_answer_to_the_built_in_engine() {
+    let input = case("rollout-checkout-5xx").input();
+    let server = FakeLlm::start(Reply::Status(500)).await;
+    for (reply, outcome) in [
+        (Reply::Status(404), "error"),
+        (Reply::Stall(Duration::from_secs(3)), "timeout"),
+        (
+            Reply::Content("Sure! The root cause is probably the database.".into()),
+            "invalid",
+        ),
+        (
+            Reply::Content(json!({"hypotheses": "none"}).to_string()),
+            "invalid",
+        ),
+    ] {
+        server.set(reply);
+        let started = std::time::Instant::now();
+
+        let conclusion =
+            copilot_hypothesis::conclude(&llm(&server, Duration::from_millis(400)), &input, 6000)
+                .await;
+
+        assert_eq!(conclusion.engine, "builtin", "{outcome}");
+        assert_eq!(conclusion.call.as_ref().unwrap().outcome, outcome);
+        assert!(conclusion.fallback_reason.is_some());
+        assert_eq!(conclusion.hypotheses[0].cause, CauseKind::Rollout);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{outcome} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_model_failing_with_5xx_is_retried_within_its_timeout_then_left() {
+    let input = case("rollout-checkout-5xx").input();
+    let server = FakeLlm::start(Reply::Status(503)).await;
+
+    let conclusion =
+        copilot_hypothesis::conclude(&llm(&server, Duration::from_millis(1500)), &input, 6000)
+            .await;
+
+    assert_eq!(conclusion.engine, "builtin");
+    assert!(matches!(
+        conclusion.call.unwrap().outcome,
+        "error" | "timeout"
+    ));
+    assert!(
+        server.requests().len() >= 2,
+        "async-openai retries server errors"
+    );
+}
+
+#[tokio::test]
+async fn the_built_in_engine_names_the_true_cause_of_the_scenario_cases() {
+    let cases = cases();
+    assert!(cases.len() >= 15);
+
+    let report = copilot::eval::evaluate(&Engine::Builtin, &cases, 6000).await;
+
+    assert!(
+        report.top1_accuracy >= 0.85,
+        "top-1 {:.2}",
+        report.top1_accuracy
+    );
+    assert_eq!(report.citation_validity, 1.0);
+    for outcome in &report.outcomes {
+        let total: f64 = outcome.ranked.iter().map(|(_, c)| c).sum();
+        assert!(total <= 1.0, "{}: confidences sum to {total}", outcome.name);
+    }
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    response.json().await.expect("a JSON body")
+}
+
+async fn post(t: &TestApp, alerts: &[(&str, &str, &str, &str)]) {
+    let r = t
+        .post_webhook(
+            "alertmanager",
+            &t.acme.webhook_token,
+            alertmanager_payload("firing", alerts),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+}
+
+/// Polls `check` until it gives a value, failing the test after 30 s.
+async fn poll<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The one incident of `service`, once it has a proposal.
+async fn incident_with_hypotheses(t: &TestApp, service: &str) -> Value {
+    poll(|| async {
+        let page = json_of(
+            t.get(
+                &format!("/v1/incidents?service={service}"),
+                &t.acme.viewer_jwt,
+            )
+            .await,
+        )
+        .await;
+        let id = page["items"][0]["id"].as_str()?.to_owned();
+        let detail = json_of(
+            t.get(&format!("/v1/incidents/{id}"), &t.acme.viewer_jwt)
+                .await,
+        )
+        .await;
+        detail["hypotheses_proposal"].is_object().then_some(detail)
+    })
+    .await
+}
+
+fn fast_hypotheses(min_interval_secs: u64) -> impl FnOnce(&mut copilot_runtime::Settings) {
+    move |s| {
+        s.hypothesis_settle_ms = 300;
+        s.hypothesis_min_interval_secs = min_interval_secs;
+    }
+}
+
+#[tokio::test]
+async fn an_incident_gets_cited_hypotheses_and_analysts_give_verdicts() {
+    let t = TestApp::spawn_with(Services::All, fast_hypotheses(60)).await;
+    post(
+        &t,
+        &[(
+            "KubeDeploymentGenerationMismatch",
+            "checkout",
+            "warning",
+            "2026-11-22T08:00:00Z",
+        )],
+    )
+    .await;
+    post(
+        &t,
+        &[(
+            "HTTP5xxRateHigh",
+            "checkout",
+            "critical",
+            "2026-11-22T08:02:00Z",
+        )],
+    )
+    .await;
+
+    let detail = incident_with_hypotheses(&t, "checkout").await;
+    let id = detail["id"].as_str().unwrap().to_owned();
+    assert_eq!(detail["hypotheses_proposal"]["engine"], "builtin");
+    let top = &detail["hypotheses"][0];
+    assert_eq!(top["cause"], "rollout");
+    assert!(top["next_step"].as_str().unwrap().len() > 10);
+    let history = json_of(
+        t.get(
+            &format!("/v1/incidents/{id}/hypotheses?history=true"),
+            &t.acme.viewer_jwt,
+        )
+        .await,
+    )
+    .await;
+    let evidence: Vec<&str> = history["items"][0]["event"]["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    for cited in top["evidence"].as_array().unwrap() {
+        assert!(
+            evidence.contains(&cited.as_str().unwrap()),
+            "{cited} is in the snapshot"
+        );
+    }
+
+    let verdict = |jwt: String, hid: &str| {
+        let url = format!("{}/v1/incidents/{id}/hypotheses/{hid}/verdict", t.url);
+        let http = t.http.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(jwt)
+                .json(&json!({"verdict": "confirmed", "note": "rolled back"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let engineer =
+        t.app
+            .as_ref()
+            .unwrap()
+            .jwt
+            .issue("bob", "acme", Role::Engineer, Duration::from_secs(60));
+    let foreign =
+        t.app
+            .as_ref()
+            .unwrap()
+            .jwt
+            .issue("eve", "globex", Role::Engineer, Duration::from_secs(60));
+    assert_eq!(
+        verdict(t.acme.viewer_jwt.clone(), "rollout:checkout")
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        verdict(engineer.clone(), "saturation:nothing")
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(verdict(foreign, "rollout:checkout").await.status(), 404);
+    assert_eq!(verdict(engineer, "rollout:checkout").await.status(), 202);
+    t.settle(Projection::Incidents).await;
+    let detail = json_of(
+        t.get(&format!("/v1/incidents/{id}"), &t.acme.viewer_jwt)
+            .await,
+    )
+    .await;
+    assert_eq!(detail["hypotheses"][0]["verdict"], "confirmed");
+    assert_eq!(detail["hypotheses"][0]["verdict_by"], "bob");
+}
+
+#[tokio::test]
+async fn an_alert_storm_on_one_incident_costs_one_engine_run_per_interval() {
+    let t = TestApp::spawn_with(Services::All, fast_hypotheses(3600)).await;
+    for batch in 0..10 {
+        let names: Vec<String> = (0..20).map(|i| format!("Alert{batch}x{i}")).collect();
+        let alerts: Vec<(&str, &str, &str, &str)> = names
+            .iter()
+            .map(|n| (n.as_str(), "storm", "warning", "2026-11-22T08:00:00Z"))
+            .collect();
+        post(&t, &alerts).await;
+    }
+    let detail = incident_with_hypotheses(&t, "storm").await;
+    let id: uuid::Uuid = detail["id"].as_str().unwrap().parse().unwrap();
+    // More alerts after the run: due again only after the interval (an hour here).
+    post(&t, &[("Late", "storm", "critical", "2026-11-22T08:05:00Z")]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    assert_eq!(t.ctx().store.hypothesis_runs("acme", id).await.unwrap(), 1);
+    let history = json_of(
+        t.get(
+            &format!("/v1/incidents/{id}/hypotheses?history=true"),
+            &t.acme.viewer_jwt,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(history["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_later_proposal_supersedes_the_earlier_and_says_what_changed() {
+    let t = TestApp::spawn_with(Services::All, fast_hypotheses(1)).await;
+    post(
+        &t,
+        &[(
+            "HighErrorRate",
+            "search",
+            "critical",
+            "2026-11-22T08:02:00Z",
+        )],
+    )
+    .await;
+    let first = incident_with_hypotheses(&t, "search").await;
+    let id = first["id"].as_str().unwrap().to_owned();
+    let first_proposal = first["hypotheses_proposal"]["proposal_id"].clone();
+
+    // Saturation evidence that began before the errors.
+    post(
+        &t,
+        &[(
+            "CPUThrottlingHigh",
+            "search",
+            "warning",
+            "2026-11-22T08:00:00Z",
+        )],
+    )
+    .await;
+    let history = poll(|| async {
+        let history = json_of(
+            t.get(
+                &format!("/v1/incidents/{id}/hypotheses?history=true"),
+                &t.acme.viewer_jwt,
+            )
+            .await,
+        )
+        .await;
+        (history["items"].as_array().unwrap().len() >= 2).then_some(history)
+    })
+    .await;
+
+    let newest = &history["items"][0];
+    assert_eq!(newest["event"]["supersedes"], first_proposal);
+    assert_eq!(newest["hypotheses"][0]["cause"], "saturation");
+    let changes = newest["event"]["changes"].as_array().unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["hypothesis_id"] == "saturation:search" && c["change"] == "new"),
+        "{changes:?}"
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["hypothesis_id"] == "other:search" && c["change"] == "dropped"),
+        "{changes:?}"
+    );
+    let current = json_of(
+        t.get(
+            &format!("/v1/incidents/{id}/hypotheses"),
+            &t.acme.viewer_jwt,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(current["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn model_calls_are_recorded_as_usage_with_tokens_outcome_and_cost() {
+    let server = FakeLlm::start(Reply::Status(404)).await;
+    let base_url = server.base_url();
+    let t = TestApp::spawn_with(Services::All, move |s| {
+        s.hypothesis_settle_ms = 300;
+        s.llm_base_url = Some(base_url);
+        s.llm_model = Some("test-model".into());
+        s.llm_timeout_ms = 2000;
+        s.llm_price_prompt_per_1k = 0.01;
+        s.llm_price_completion_per_1k = 0.03;
+    })
+    .await;
+    // The model fails: the built-in engine answers and the failed call is recorded.
+    post(
+        &t,
+        &[("HighErrorRate", "pay", "critical", "2026-11-22T08:00:00Z")],
+    )
+    .await;
+    let failed = incident_with_hypotheses(&t, "pay").await;
+    assert_eq!(failed["hypotheses_proposal"]["engine"], "builtin");
+
+    // The model answers: its proposal is used and its tokens are counted.
+    let detail = {
+        server.set(Reply::Content(
+            json!({"inconclusive": true, "hypotheses": []}).to_string(),
+        ));
+        post(
+            &t,
+            &[(
+                "HighErrorRate",
+                "ledger",
+                "critical",
+                "2026-11-22T08:00:00Z",
+            )],
+        )
+        .await;
+        incident_with_hypotheses(&t, "ledger").await
+    };
+    assert_eq!(detail["hypotheses_proposal"]["engine"], "llm");
+    assert_eq!(detail["hypotheses_proposal"]["inconclusive"], true);
+    t.settle(Projection::Telemetry).await;
+
+    let usage = t.ctx().store.usage_by_outcome("acme").await.unwrap();
+    assert_eq!(
+        usage,
+        vec![("error".into(), 1, 0, 0), ("ok".into(), 1, 812, 164)]
+    );
+    let metrics = t
+        .http
+        .get(format!("{}/metrics", t.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("model_calls_total{engine=\"llm\",outcome=\"ok\"}"),
+        "{metrics}"
+    );
+}
