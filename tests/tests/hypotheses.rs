@@ -462,3 +462,117 @@ async fn model_calls_are_recorded_as_usage_with_tokens_outcome_and_cost() {
         "{metrics}"
     );
 }
+
+fn prometheus_binary() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([std::path::PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join("prometheus"))
+        .find(|p| p.is_file())
+}
+
+/// A scrape target whose 5xx share grows with every scrape.
+async fn rising_errors_target() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let n = scrapes.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let ok = n * 100;
+                let errors = n * n * 2;
+                format!(
+                    "# TYPE http_requests_total counter\n\
+                     http_requests_total{{service=\"checkout\",code=\"200\"}} {ok}\n\
+                     http_requests_total{{service=\"checkout\",code=\"500\"}} {errors}\n"
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (
+        addr,
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }),
+    )
+}
+
+#[tokio::test]
+async fn metric_evidence_is_read_from_a_real_prometheus_and_summarised() {
+    let Some(binary) = prometheus_binary() else {
+        eprintln!("skipped: no prometheus binary on this machine (Debian package `prometheus`)");
+        return;
+    };
+    let (target, _server) = rising_errors_target().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut prometheus = tokio::process::Command::new(binary)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let templates = vec![copilot_hypothesis::metrics::QueryTemplate {
+        name: "error_ratio".into(),
+        query: r#"sum(rate(http_requests_total{service="{service}",code=~"5.."}[5s])) / sum(rate(http_requests_total{service="{service}"}[5s]))"#.into(),
+    }];
+    let started = chrono::Utc::now();
+
+    // Wait until Prometheus has scraped enough for a rate, then fetch as the service would.
+    let summaries = poll(|| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = chrono::Utc::now();
+        let found = copilot_hypothesis::metrics::fetch(
+            &url,
+            &templates,
+            &["checkout".to_owned(), "bad\"name".to_owned()],
+            started - chrono::Duration::seconds(30),
+            now,
+            Duration::from_secs(2),
+        )
+        .await;
+        found
+            .first()
+            .is_some_and(|s| s.last > s.first && s.max > 0.05)
+            .then_some(found)
+    })
+    .await;
+    prometheus.kill().await.ok();
+
+    assert_eq!(
+        summaries.len(),
+        1,
+        "one service (the unsafe name is not queried)"
+    );
+    let s = &summaries[0];
+    assert_eq!(
+        (s.name.as_str(), s.service.as_str()),
+        ("error_ratio", "checkout")
+    );
+    assert!(s.trend() > 0.0 && s.max <= 1.0, "{s:?}");
+    assert!(s.query.contains(r#"service="checkout""#));
+}

@@ -12,6 +12,7 @@
 pub mod builtin;
 pub mod evidence;
 pub mod llm;
+pub mod metrics;
 pub mod trust;
 
 use std::time::{Duration, Instant};
@@ -258,7 +259,7 @@ pub async fn gather(
     let Some(incident) = store.get_incident(tenant, incident_id).await? else {
         return Ok(None);
     };
-    let signals = store
+    let signals: Vec<SignalFacts> = store
         .incident_signal_facts(tenant, incident_id, 500)
         .await?
         .into_iter()
@@ -287,6 +288,40 @@ pub async fn gather(
             }
         })
         .collect();
+    let metrics = match &ctx.settings.prometheus_url {
+        Some(url) => {
+            let templates = match &ctx.settings.prometheus_queries {
+                Some(path) => metrics::templates_from_file(path).with_context(|| {
+                    format!("reading the Prometheus query templates {}", path.display())
+                })?,
+                None => metrics::default_templates(),
+            };
+            let mut services: Vec<String> = signals
+                .iter()
+                .filter_map(|s: &SignalFacts| s.service.clone())
+                .chain(incident.service.clone())
+                .collect();
+            services.sort();
+            services.dedup();
+            services.truncate(5);
+            let onset = signals
+                .iter()
+                .map(|s: &SignalFacts| s.starts_at)
+                .min()
+                .unwrap_or(incident.opened_at);
+            let end = Utc::now().max(onset + chrono::Duration::minutes(5));
+            metrics::fetch(
+                url,
+                &templates,
+                &services,
+                onset - chrono::Duration::minutes(30),
+                end,
+                Duration::from_secs(5),
+            )
+            .await
+        }
+        None => Vec::new(),
+    };
     let words = format!(
         "{} {} {}",
         incident.title,
@@ -322,7 +357,7 @@ pub async fn gather(
         },
         signals,
         similar,
-        metrics: Vec::new(),
+        metrics,
     }))
 }
 

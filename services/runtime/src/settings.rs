@@ -161,6 +161,14 @@ pub struct Settings {
     )]
     pub llm_price_completion_per_1k: f64,
 
+    /// Prometheus to fetch metric evidence from (a tenant's own setting wins); unset: no metrics
+    #[arg(long, env = "COPILOT_PROMETHEUS_URL", global = true)]
+    pub prometheus_url: Option<String>,
+
+    /// JSON file of PromQL templates (`[{"name", "query"}]`, `{service}` replaced) [default: built in]
+    #[arg(long, env = "COPILOT_PROMETHEUS_QUERIES", global = true)]
+    pub prometheus_queries: Option<PathBuf>,
+
     /// Fault injection for tests: the correlator fails after appending its decisions and before
     /// committing them, as a crash there would.
     #[arg(skip)]
