@@ -2,6 +2,16 @@
 -- it), and the read models the projector folds from HypothesesProposed, HypothesisVerdictGiven
 -- (INCIDENTS) and ModelCallRecorded (TELEMETRY).
 
+-- A tenant's integrations (TenantIntegrationsSet on TENANTS): its Prometheus and its model.
+-- Holds no secret: the model's key is named by an environment variable.
+CREATE TABLE tenant_integrations (
+    tenant       text PRIMARY KEY,
+    integrations jsonb       NOT NULL,
+    set_by       text        NOT NULL,
+    set_at       timestamptz NOT NULL,
+    last_seq     bigint      NOT NULL
+);
+
 -- When each incident is next due for hypotheses: debounced so that a storm costs a bounded number
 -- of engine runs (at most one per incident per minimum interval).
 CREATE TABLE hypothesis_schedule (

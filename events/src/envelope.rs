@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::hypotheses::{HypothesesProposed, HypothesisVerdictGiven, ModelCallRecorded};
 use crate::incidents::{
     CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened,
-    IncidentResolved, IncidentTransitioned, SignalAttached, SignalResolved,
+    IncidentResolved, IncidentTransitioned, SignalAttached, SignalResolved, TenantIntegrationsSet,
 };
 use crate::payloads::{SignalReceived, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked};
 
@@ -63,6 +63,7 @@ pub enum Event {
     WebhookTokenIssued(WebhookTokenIssued),
     WebhookTokenRevoked(WebhookTokenRevoked),
     CorrelationRulesSet(CorrelationRulesSet),
+    TenantIntegrationsSet(TenantIntegrationsSet),
     IncidentOpened(IncidentOpened),
     SignalAttached(SignalAttached),
     SignalResolved(SignalResolved),
@@ -85,6 +86,7 @@ impl Event {
             Self::WebhookTokenIssued(_) => WebhookTokenIssued::TYPE,
             Self::WebhookTokenRevoked(_) => WebhookTokenRevoked::TYPE,
             Self::CorrelationRulesSet(_) => CorrelationRulesSet::TYPE,
+            Self::TenantIntegrationsSet(_) => TenantIntegrationsSet::TYPE,
             Self::IncidentOpened(_) => IncidentOpened::TYPE,
             Self::SignalAttached(_) => SignalAttached::TYPE,
             Self::SignalResolved(_) => SignalResolved::TYPE,
@@ -189,6 +191,7 @@ impl Envelope {
             WebhookTokenIssued,
             WebhookTokenRevoked,
             CorrelationRulesSet,
+            TenantIntegrationsSet,
             IncidentOpened,
             SignalAttached,
             SignalResolved,

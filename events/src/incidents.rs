@@ -182,6 +182,90 @@ impl EventPayload for CorrelationRulesSet {
     const VERSION: u32 = 1;
 }
 
+/// Where a tenant's hypotheses look for metrics and which model they ask. Secrets never travel
+/// in events: the model's API key is named by the environment variable that holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantIntegrations {
+    /// Prometheus base URL for metric evidence.
+    #[serde(default)]
+    pub prometheus_url: Option<String>,
+    /// An OpenAI-compatible model for this tenant's hypotheses.
+    #[serde(default)]
+    pub llm: Option<TenantLlm>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLlm {
+    /// Base URL including `/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// Milliseconds before the built-in engine answers instead [default: the global setting].
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Name of the environment variable of the copilot's processes that holds the API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+}
+
+fn valid_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() <= 2048
+        && url.len() > "https://".len()
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+impl TenantIntegrations {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.prometheus_url
+            && !valid_url(url)
+        {
+            return Err("prometheus_url must be an http(s) URL".into());
+        }
+        if let Some(llm) = &self.llm {
+            if !valid_url(&llm.base_url) {
+                return Err("llm.base_url must be an http(s) URL (with /v1)".into());
+            }
+            if llm.model.trim().is_empty() || llm.model.len() > 200 {
+                return Err("llm.model must be 1-200 characters".into());
+            }
+            if llm
+                .timeout_ms
+                .is_some_and(|t| !(1_000..=300_000).contains(&t))
+            {
+                return Err("llm.timeout_ms must be between 1000 and 300000".into());
+            }
+            if let Some(name) = &llm.api_key_env {
+                let ok = !name.is_empty()
+                    && name.len() <= 128
+                    && !name.starts_with(|c: char| c.is_ascii_digit())
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                if !ok {
+                    return Err(
+                        "llm.api_key_env must name an environment variable (A-Z, 0-9, _)".into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tenant's integrations were set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantIntegrationsSet {
+    pub integrations: TenantIntegrations,
+    pub set_by: String,
+}
+
+impl EventPayload for TenantIntegrationsSet {
+    const TYPE: &'static str = "TenantIntegrationsSet";
+    const VERSION: u32 = 1;
+}
+
 /// The correlator opened an incident for a correlation key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct IncidentOpened {
@@ -359,6 +443,34 @@ mod tests {
         assert!(Learned.allowed_next().is_empty());
         assert_eq!(IncidentState::parse("mitigated"), Some(Mitigated));
         assert_eq!(IncidentState::parse("closed"), None);
+    }
+
+    #[test]
+    fn integrations_take_urls_and_an_env_var_name_never_a_key() {
+        let ok: TenantIntegrations = serde_json::from_str(
+            r#"{"prometheus_url": "http://prom:9090", "llm": {"base_url": "https://api.openai.com/v1", "model": "gpt-4o-mini", "api_key_env": "ACME_OPENAI_KEY"}}"#,
+        )
+        .unwrap();
+        assert!(ok.validate().is_ok());
+        assert!(
+            serde_json::from_str::<TenantIntegrations>(
+                r#"{"llm": {"base_url": "https://x/v1", "model": "m", "api_key": "sk-secret"}}"#
+            )
+            .is_err()
+        );
+        let bad = |json: &str| {
+            serde_json::from_str::<TenantIntegrations>(json)
+                .unwrap()
+                .validate()
+                .is_err()
+        };
+        assert!(bad(r#"{"prometheus_url": "file:///etc/passwd"}"#));
+        assert!(bad(
+            r#"{"llm": {"base_url": "https://x/v1", "model": "m", "api_key_env": "sk-abc"}}"#
+        ));
+        assert!(bad(
+            r#"{"llm": {"base_url": "https://x/v1", "model": "m", "timeout_ms": 5}}"#
+        ));
     }
 
     #[test]

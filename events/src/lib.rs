@@ -20,7 +20,8 @@ pub use hypotheses::{
 pub use incidents::{
     CORRELATOR, CorrelationRules, CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded,
     IncidentOpened, IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned,
-    SignalAttached, SignalResolved, WindowKind, derived_id,
+    SignalAttached, SignalResolved, TenantIntegrations, TenantIntegrationsSet, TenantLlm,
+    WindowKind, derived_id,
 };
 pub use payloads::{
     Role, Severity, SignalReceived, SignalSource, SignalStatus, TenantCreated, WebhookTokenIssued,

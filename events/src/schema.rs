@@ -10,7 +10,7 @@ use crate::{
     CorrelationRulesSet, Envelope, EventPayload, HypothesesProposed, HypothesisVerdictGiven,
     IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened, IncidentResolved,
     IncidentTransitioned, ModelCallRecorded, SignalAttached, SignalReceived, SignalResolved,
-    TenantCreated, WebhookTokenIssued, WebhookTokenRevoked,
+    TenantCreated, TenantIntegrationsSet, WebhookTokenIssued, WebhookTokenRevoked,
 };
 
 fn payload<P: EventPayload>() -> (String, String) {
@@ -34,6 +34,7 @@ pub fn all() -> Vec<(String, String)> {
         payload::<WebhookTokenIssued>(),
         payload::<WebhookTokenRevoked>(),
         payload::<CorrelationRulesSet>(),
+        payload::<TenantIntegrationsSet>(),
         payload::<IncidentOpened>(),
         payload::<SignalAttached>(),
         payload::<SignalResolved>(),

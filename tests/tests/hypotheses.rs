@@ -306,6 +306,14 @@ async fn an_incident_gets_cited_hypotheses_and_analysts_give_verdicts() {
 #[tokio::test]
 async fn an_alert_storm_on_one_incident_costs_one_engine_run_per_interval() {
     let t = TestApp::spawn_with(Services::All, fast_hypotheses(3600)).await;
+    // A second instance of the service on the same NATS and database, sharing the work.
+    let mut second = copilot_e2e::settings(&t.nats, &t.db);
+    fast_hypotheses(3600)(&mut second);
+    let second = copilot_runtime::Context::connect(second, "second")
+        .await
+        .unwrap();
+    let stop_second = tokio_util::sync::CancellationToken::new();
+    let second_instance = tokio::spawn(copilot_hypothesis::serve(second, stop_second.clone()));
     for batch in 0..10 {
         let names: Vec<String> = (0..20).map(|i| format!("Alert{batch}x{i}")).collect();
         let alerts: Vec<(&str, &str, &str, &str)> = names
@@ -320,6 +328,8 @@ async fn an_alert_storm_on_one_incident_costs_one_engine_run_per_interval() {
     post(&t, &[("Late", "storm", "critical", "2026-11-22T08:05:00Z")]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    stop_second.cancel();
+    second_instance.await.unwrap().unwrap();
     assert_eq!(t.ctx().store.hypothesis_runs("acme", id).await.unwrap(), 1);
     let history = json_of(
         t.get(
@@ -575,4 +585,181 @@ async fn metric_evidence_is_read_from_a_real_prometheus_and_summarised() {
     );
     assert!(s.trend() > 0.0 && s.max <= 1.0, "{s:?}");
     assert!(s.query.contains(r#"service="checkout""#));
+}
+
+#[tokio::test]
+async fn tenant_integrations_pick_the_tenants_model_and_never_hold_a_key() {
+    let server = FakeLlm::start(Reply::Content(
+        json!({"inconclusive": true, "hypotheses": []}).to_string(),
+    ))
+    .await;
+    let t = TestApp::spawn_with(Services::All, fast_hypotheses(60)).await;
+    let admin =
+        t.app
+            .as_ref()
+            .unwrap()
+            .jwt
+            .issue("alice", "acme", Role::Admin, Duration::from_secs(60));
+    let put = |jwt: String, body: Value| {
+        let (http, url) = (
+            t.http.clone(),
+            format!("{}/v1/settings/integrations", t.url),
+        );
+        async move {
+            http.put(url)
+                .bearer_auth(jwt)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let settings = json!({"llm": {"base_url": server.base_url(), "model": "acme-model", "api_key_env": "ACME_TEST_MODEL_KEY"}});
+    assert_eq!(
+        put(t.acme.viewer_jwt.clone(), settings.clone())
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        put(
+            admin.clone(),
+            json!({"llm": {"base_url": "x", "model": "m"}})
+        )
+        .await
+        .status(),
+        422
+    );
+    assert_eq!(
+        put(
+            admin.clone(),
+            json!({"llm": {"base_url": "http://x/v1", "model": "m", "api_key": "sk-1"}})
+        )
+        .await
+        .status(),
+        422
+    );
+    assert_eq!(put(admin, settings.clone()).await.status(), 202);
+    t.settle(Projection::Tenants).await;
+    let read = json_of(t.get("/v1/settings/integrations", &t.acme.viewer_jwt).await).await;
+    assert_eq!(read["llm"]["model"], "acme-model");
+    assert_eq!(read["llm"]["api_key_env"], "ACME_TEST_MODEL_KEY");
+    assert!(read["llm"].get("api_key").is_none());
+    let other = json_of(
+        t.get("/v1/settings/integrations", &t.globex.viewer_jwt)
+            .await,
+    )
+    .await;
+    assert_eq!(other, json!({"prometheus_url": null, "llm": null}));
+
+    post(
+        &t,
+        &[("HighErrorRate", "api", "critical", "2026-11-22T08:00:00Z")],
+    )
+    .await;
+    let detail = incident_with_hypotheses(&t, "api").await;
+
+    assert_eq!(detail["hypotheses_proposal"]["engine"], "llm");
+    assert_eq!(detail["hypotheses_proposal"]["model"], "acme-model");
+    assert_eq!(server.requests()[0]["model"], "acme-model");
+}
+
+#[tokio::test]
+async fn proposals_verdicts_and_usage_rebuilt_from_the_streams_equal_the_live_ones() {
+    let server = FakeLlm::start(Reply::Content(
+        json!({"inconclusive": true, "hypotheses": []}).to_string(),
+    ))
+    .await;
+    let base_url = server.base_url();
+    let mut t = TestApp::spawn_with(Services::All, move |s| {
+        fast_hypotheses(1)(s);
+        s.llm_base_url = Some(base_url);
+        s.llm_model = Some("m".into());
+    })
+    .await;
+    post(
+        &t,
+        &[("HighErrorRate", "web", "critical", "2026-11-22T08:00:00Z")],
+    )
+    .await;
+    let detail = incident_with_hypotheses(&t, "web").await;
+    server.set(Reply::Status(404));
+    post(
+        &t,
+        &[(
+            "CPUThrottlingHigh",
+            "web",
+            "warning",
+            "2026-11-22T07:59:00Z",
+        )],
+    )
+    .await;
+    let id = detail["id"].as_str().unwrap().to_owned();
+    let newest = poll(|| async {
+        let h = json_of(
+            t.get(
+                &format!("/v1/incidents/{id}/hypotheses?history=true"),
+                &t.acme.viewer_jwt,
+            )
+            .await,
+        )
+        .await;
+        (h["items"].as_array().unwrap().len() >= 2).then(|| h["items"][0].clone())
+    })
+    .await;
+    let hid = newest["hypotheses"][0]["id"].as_str().unwrap().to_owned();
+    let engineer =
+        t.app
+            .as_ref()
+            .unwrap()
+            .jwt
+            .issue("bob", "acme", Role::Engineer, Duration::from_secs(60));
+    let r = t
+        .http
+        .post(format!(
+            "{}/v1/incidents/{id}/hypotheses/{hid}/verdict",
+            t.url
+        ))
+        .bearer_auth(engineer)
+        .json(&json!({"verdict": "refuted"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    t.settle(Projection::Incidents).await;
+    t.settle(Projection::Telemetry).await;
+    let tables = [
+        copilot_store::ReadModel::HypothesisProposals,
+        copilot_store::ReadModel::Hypotheses,
+        copilot_store::ReadModel::HypothesisVerdicts,
+        copilot_store::ReadModel::UsageEvents,
+    ];
+    t.app.take().unwrap().stop().await;
+    let mut live = Vec::new();
+    let store = copilot_store::Store::connect(&t.db.url, 2).await.unwrap();
+    for table in tables {
+        live.push(store.checksum(table).await.unwrap());
+    }
+    assert_eq!(
+        store.usage_by_outcome("acme").await.unwrap().len(),
+        2,
+        "an ok and an error call"
+    );
+
+    let rebuilt_db = copilot_e2e::test_db().await;
+    let rebuilt =
+        copilot_runtime::Context::connect(copilot_e2e::settings(&t.nats, &rebuilt_db), "rebuild")
+            .await
+            .unwrap();
+    rebuilt.store.migrate().await.unwrap();
+    for projection in [Projection::Incidents, Projection::Telemetry] {
+        copilot_projector::catch_up(&rebuilt, projection, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let mut again = Vec::new();
+    for table in tables {
+        again.push(rebuilt.store.checksum(table).await.unwrap());
+    }
+    assert_eq!(again, live);
 }

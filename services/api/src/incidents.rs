@@ -18,7 +18,8 @@ use chrono::{DateTime, Utc};
 use copilot_events::{
     CORRELATOR, CorrelationRules, CorrelationRulesSet, Headers, HypothesisVerdictGiven,
     IncidentAssigned, IncidentNoteAdded, IncidentReopened, IncidentResolved, IncidentState,
-    IncidentTransitioned, Role, Severity, Verdict, subjects,
+    IncidentTransitioned, Role, Severity, TenantIntegrations, TenantIntegrationsSet, Verdict,
+    subjects,
 };
 use copilot_runtime::http::{ApiError, RequestId};
 use copilot_store::{
@@ -290,6 +291,7 @@ pub async fn verdict(
     headers: HeaderMap,
     payload: Result<Json<VerdictBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    caller.require(Role::Engineer)?;
     let b = body(payload)?;
     if let Some(note) = &b.note {
         text_field("note", note, 10_000)?;
@@ -681,22 +683,65 @@ pub async fn set_rules(
     caller.require(Role::Admin)?;
     let rules = body(payload)?;
     rules.validate().map_err(ApiError::Unprocessable)?;
+    let event = CorrelationRulesSet {
+        rules: rules.clone(),
+        set_by: caller.0.sub.clone(),
+    };
+    append_tenant_setting(&api, &caller, &request_id, &event).await?;
+    Ok((StatusCode::ACCEPTED, Json(rules)))
+}
+
+pub async fn get_integrations(
+    State(api): State<Api>,
+    caller: Caller,
+) -> Result<Json<TenantIntegrations>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let stored = api
+        .ctx
+        .store
+        .tenant_integrations(&caller.0.tenant)
+        .await
+        .map_err(internal)?;
+    Ok(Json(
+        stored
+            .and_then(|json| serde_json::from_value(json).ok())
+            .unwrap_or_default(),
+    ))
+}
+
+pub async fn set_integrations(
+    State(api): State<Api>,
+    caller: Caller,
+    request_id: Option<Extension<RequestId>>,
+    payload: Result<Json<TenantIntegrations>, JsonRejection>,
+) -> Result<(StatusCode, Json<TenantIntegrations>), ApiError> {
+    caller.require(Role::Admin)?;
+    let integrations = body(payload)?;
+    integrations.validate().map_err(ApiError::Unprocessable)?;
+    let event = TenantIntegrationsSet {
+        integrations: integrations.clone(),
+        set_by: caller.0.sub.clone(),
+    };
+    append_tenant_setting(&api, &caller, &request_id, &event).await?;
+    Ok((StatusCode::ACCEPTED, Json(integrations)))
+}
+
+/// Appends a tenant setting's event on the tenant's subject.
+async fn append_tenant_setting<P: copilot_events::EventPayload>(
+    api: &Api,
+    caller: &Caller,
+    request_id: &Option<Extension<RequestId>>,
+    event: &P,
+) -> Result<(), ApiError> {
     let tenant = caller.0.tenant.as_str();
-    let message = event_message(
-        tenant,
-        &CorrelationRulesSet {
-            rules: rules.clone(),
-            set_by: caller.0.sub.clone(),
-        },
-        headers_of(&request_id),
-    );
+    let message = event_message(tenant, event, headers_of(request_id));
     append(&api.ctx.js, subjects::tenant(tenant), message)
         .await
+        .map(|_| ())
         .map_err(|_| ApiError::Unavailable {
-            detail: "the event store did not take the rules".into(),
+            detail: "the event store did not take the setting; retry".into(),
             retry_after_secs: 1,
-        })?;
-    Ok((StatusCode::ACCEPTED, Json(rules)))
+        })
 }
 
 fn encode_cursor(c: IncidentCursor) -> String {

@@ -101,6 +101,10 @@ pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
             "/v1/settings/correlation",
             get(incidents::get_rules).put(incidents::set_rules),
         )
+        .route(
+            "/v1/settings/integrations",
+            get(incidents::get_integrations).put(incidents::set_integrations),
+        )
         .with_state(Api { ctx, jwt })
 }
 

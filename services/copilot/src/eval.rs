@@ -160,6 +160,8 @@ pub struct CaseOutcome {
     pub inconclusive: bool,
     pub offered: u32,
     pub dropped_for_citations: u32,
+    /// The model was asked but the built-in engine answered (scored as a miss for the model).
+    pub fell_back: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -171,9 +173,12 @@ pub struct EvalReport {
     /// Of every hypothesis the engine offered, the share whose citations all named evidence it
     /// was given (the others were dropped by the trust rules).
     pub citation_validity: f64,
-    /// Expected calibration error over every hypothesis kept (confidence against "is the true
-    /// cause"), 10 equal-width bins. 0 is perfectly calibrated.
+    /// Expected calibration error over every hypothesis kept (its confidence against "names the
+    /// true cause"), 10 equal-width bins; 0 is perfectly calibrated. Every stated confidence is
+    /// scored, not only the top one, since an analyst reads them all.
     pub expected_calibration_error: f64,
+    /// Cases where the model was asked but the built-in engine answered.
+    pub fallbacks: usize,
     pub outcomes: Vec<CaseOutcome>,
 }
 
@@ -218,17 +223,18 @@ pub async fn evaluate(engine: &Engine, cases: &[Case], budget_tokens: usize) -> 
         } else {
             ranked.first().map(|(c, _)| *c)
         };
-        let kept = conclusion.hypotheses.len() as u32;
+        let fell_back = matches!(engine, Engine::Llm(_)) && conclusion.engine == "builtin";
         outcomes.push(CaseOutcome {
             name: case.name.clone(),
             true_cause: case.true_cause,
             top,
             top_confidence: ranked.first().map_or(0.0, |(_, c)| *c),
-            top1: top == Some(case.true_cause),
-            top3: ranked.iter().take(3).any(|(c, _)| *c == case.true_cause),
+            top1: !fell_back && top == Some(case.true_cause),
+            top3: !fell_back && ranked.iter().take(3).any(|(c, _)| *c == case.true_cause),
             inconclusive: conclusion.inconclusive,
-            offered: kept + conclusion.dropped_for_citations,
+            offered: conclusion.offered,
             dropped_for_citations: conclusion.dropped_for_citations,
+            fell_back,
             ranked,
         });
     }
@@ -249,6 +255,7 @@ pub async fn evaluate(engine: &Engine, cases: &[Case], budget_tokens: usize) -> 
             f64::from(offered - dropped) / f64::from(offered)
         },
         expected_calibration_error: expected_calibration_error(&calibration, 10),
+        fallbacks: outcomes.iter().filter(|o| o.fell_back).count(),
         outcomes,
     }
 }

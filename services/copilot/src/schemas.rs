@@ -17,6 +17,7 @@ pub fn http() -> Vec<(String, String)> {
         named::<copilot_api::incidents::Accepted>("CommandAccepted.json"),
         named::<copilot_store::IncidentStats>("Stats.json"),
         named::<copilot_events::CorrelationRules>("CorrelationRules.json"),
+        named::<copilot_events::TenantIntegrations>("TenantIntegrations.json"),
         named::<copilot_api::incidents::Proposals>("HypothesisProposals.json"),
     ]
 }

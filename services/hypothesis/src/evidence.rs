@@ -172,9 +172,10 @@ pub fn assemble(input: &EvidenceInput, budget_tokens: usize) -> EvidenceSet {
             .labels
             .iter()
             .filter(|(k, _)| !matches!(k.as_str(), "alertname" | "severity"))
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{k}={}", clip(v, 120)))
             .collect::<Vec<_>>()
             .join(", ");
+        let labels = clip(&labels, 600);
         let annotations = s
             .annotations
             .iter()

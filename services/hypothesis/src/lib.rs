@@ -22,7 +22,7 @@ use async_nats::jetstream::{consumer::pull, message::PublishMessage};
 use chrono::Utc;
 use copilot_events::{
     Envelope, Event, EventPayload, Headers, HypothesesProposed, Hypothesis, ModelCallRecorded,
-    TokenUsage, subjects,
+    TenantIntegrations, TokenUsage, derived_id, subjects,
 };
 use copilot_runtime::{Context, Settings, metrics::Metrics, nats};
 use futures::StreamExt as _;
@@ -42,6 +42,28 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// The tenant's own model when it set one, else the global one, else the built-in engine.
+    pub fn for_tenant(settings: &Settings, integrations: &TenantIntegrations) -> Self {
+        match &integrations.llm {
+            Some(llm) => Self::Llm(LlmConfig {
+                base_url: llm.base_url.clone(),
+                model: llm.model.clone(),
+                api_key: llm.api_key_env.as_ref().and_then(|name| {
+                    let key = std::env::var(name).ok();
+                    if key.is_none() {
+                        tracing::warn!(
+                            variable = name.as_str(),
+                            "the tenant's model key variable is not set; calling without a key"
+                        );
+                    }
+                    key
+                }),
+                timeout: Duration::from_millis(llm.timeout_ms.unwrap_or(settings.llm_timeout_ms)),
+            }),
+            None => Self::from_settings(settings),
+        }
+    }
+
     pub fn from_settings(settings: &Settings) -> Self {
         match (&settings.llm_base_url, &settings.llm_model) {
             (Some(base_url), Some(model)) => Self::Llm(LlmConfig {
@@ -74,6 +96,8 @@ pub struct Conclusion {
     pub evidence: EvidenceSet,
     pub hypotheses: Vec<Hypothesis>,
     pub inconclusive: bool,
+    /// Hypotheses the answering engine offered, before the trust rules.
+    pub offered: u32,
     pub dropped_for_citations: u32,
     pub usage: TokenUsage,
     pub latency: Duration,
@@ -105,6 +129,7 @@ pub async fn conclude(engine: &Engine, input: &EvidenceInput, budget_tokens: usi
                     evidence: set,
                     inconclusive: answer.inconclusive || trusted.inconclusive,
                     hypotheses: trusted.hypotheses,
+                    offered: trusted.offered,
                     dropped_for_citations: trusted.dropped_for_citations,
                     usage: answer.usage,
                     latency: started.elapsed(),
@@ -116,7 +141,7 @@ pub async fn conclude(engine: &Engine, input: &EvidenceInput, budget_tokens: usi
                 call = Some(ModelCall {
                     model: config.model.clone(),
                     outcome: err.outcome(),
-                    usage: TokenUsage::default(),
+                    usage: err.usage(),
                     latency: started.elapsed(),
                 });
                 fallback_reason = Some(err.to_string());
@@ -133,6 +158,7 @@ pub async fn conclude(engine: &Engine, input: &EvidenceInput, budget_tokens: usi
         evidence: set,
         hypotheses: trusted.hypotheses,
         inconclusive: trusted.inconclusive,
+        offered: trusted.offered,
         dropped_for_citations: trusted.dropped_for_citations,
         usage: TokenUsage::default(),
         latency: started.elapsed(),
@@ -219,12 +245,13 @@ async fn follow_once(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Res
     }
 }
 
-/// Claims due incidents and proposes hypotheses for them.
+/// Claims due incidents and proposes hypotheses for them. A failed run is retried later; no
+/// failure here stops the process.
 async fn work(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let engine = Engine::from_settings(&ctx.settings);
     let min_interval = interval(ctx.settings.hypothesis_min_interval_secs);
     // Long enough for the slowest model call; another instance takes over after it.
     let hold = chrono::Duration::milliseconds(ctx.settings.llm_timeout_ms as i64 * 2 + 10_000);
+    let retry = chrono::Duration::seconds(10);
     loop {
         let claimed = match ctx.store.claim_due_hypotheses(Utc::now(), hold).await {
             Ok(claimed) => claimed,
@@ -233,27 +260,55 @@ async fn work(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()>
                 None
             }
         };
-        let Some((tenant, incident)) = claimed else {
+        let Some(claim) = claimed else {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             continue;
         };
-        if let Err(err) = propose(ctx, &engine, &tenant, incident).await {
-            tracing::warn!(tenant, %incident, error = format!("{err:#}"), "proposing hypotheses failed");
+        let outcome = propose(ctx, &claim.tenant, claim.incident_id).await;
+        let finished = match &outcome {
+            Ok(true) => {
+                ctx.store
+                    .finish_hypotheses(&claim, Utc::now(), min_interval)
+                    .await
+            }
+            Ok(false) | Err(_) => {
+                if let Err(err) = &outcome {
+                    tracing::warn!(
+                        tenant = claim.tenant,
+                        incident = %claim.incident_id,
+                        error = format!("{err:#}"),
+                        "proposing hypotheses failed; retrying later"
+                    );
+                }
+                ctx.store.retry_hypotheses(&claim, Utc::now() + retry).await
+            }
+        };
+        if let Err(err) = finished {
+            tracing::warn!(error = %err, "cannot record a hypothesis run; its claim will expire");
         }
-        ctx.store
-            .finish_hypotheses(&tenant, incident, Utc::now(), min_interval)
-            .await?;
     }
 }
 
-/// Gathers the facts of one incident from the read models.
+/// A tenant's integrations (defaults when it set none, or when they cannot be read back).
+pub async fn integrations(ctx: &Context, tenant: &str) -> anyhow::Result<TenantIntegrations> {
+    Ok(ctx
+        .store
+        .tenant_integrations(tenant)
+        .await?
+        .and_then(|json| serde_json::from_value(json).ok())
+        .unwrap_or_default())
+}
+
+/// Gathers the facts of one incident from the read models, and from Prometheus when the tenant
+/// or the process names one. `None` while the incident is not in the read model yet.
 pub async fn gather(
     ctx: &Context,
     tenant: &str,
     incident_id: Uuid,
+    prometheus_url: Option<&str>,
 ) -> anyhow::Result<Option<EvidenceInput>> {
     let store = &ctx.store;
     let Some(incident) = store.get_incident(tenant, incident_id).await? else {
@@ -288,7 +343,7 @@ pub async fn gather(
             }
         })
         .collect();
-    let metrics = match &ctx.settings.prometheus_url {
+    let metrics = match prometheus_url {
         Some(url) => {
             let templates = match &ctx.settings.prometheus_queries {
                 Some(path) => metrics::templates_from_file(path).with_context(|| {
@@ -298,7 +353,7 @@ pub async fn gather(
             };
             let mut services: Vec<String> = signals
                 .iter()
-                .filter_map(|s: &SignalFacts| s.service.clone())
+                .filter_map(|s| s.service.clone())
                 .chain(incident.service.clone())
                 .collect();
             services.sort();
@@ -306,7 +361,7 @@ pub async fn gather(
             services.truncate(5);
             let onset = signals
                 .iter()
-                .map(|s: &SignalFacts| s.starts_at)
+                .map(|s| s.starts_at)
                 .min()
                 .unwrap_or(incident.opened_at);
             let end = Utc::now().max(onset + chrono::Duration::minutes(5));
@@ -362,14 +417,16 @@ pub async fn gather(
 }
 
 /// Proposes hypotheses for one incident and appends them (and the model call's telemetry).
-async fn propose(
-    ctx: &Context,
-    engine: &Engine,
-    tenant: &str,
-    incident_id: Uuid,
-) -> anyhow::Result<()> {
-    let Some(input) = gather(ctx, tenant, incident_id).await? else {
-        return Ok(());
+/// `false` when the incident is not in the read model yet (the run is retried).
+async fn propose(ctx: &Context, tenant: &str, incident_id: Uuid) -> anyhow::Result<bool> {
+    let integrations = integrations(ctx, tenant).await?;
+    let engine = Engine::for_tenant(&ctx.settings, &integrations);
+    let prometheus_url = integrations
+        .prometheus_url
+        .as_deref()
+        .or(ctx.settings.prometheus_url.as_deref());
+    let Some(input) = gather(ctx, tenant, incident_id, prometheus_url).await? else {
+        return Ok(false);
     };
     let previous = ctx
         .store
@@ -377,21 +434,36 @@ async fn propose(
         .await?
         .into_iter()
         .next();
-    let conclusion = conclude(engine, &input, ctx.settings.hypothesis_budget_tokens).await;
+    let conclusion = conclude(&engine, &input, ctx.settings.hypothesis_budget_tokens).await;
     let before: Vec<Hypothesis> = previous
         .as_ref()
         .and_then(|p| serde_json::from_value::<HypothesesProposed>(p.event.clone()).ok())
         .map(|p| p.hypotheses)
         .unwrap_or_default();
     let now = Utc::now();
+    let supersedes = previous.map(|p| p.proposal_id);
+    let evidence_digest = conclusion.evidence.digest();
+    // Deciding again on the same evidence after the same proposal (a run whose claim expired)
+    // yields the same id, which JetStream and the projector drop as a copy.
+    let proposal_id = derived_id(
+        input.incident.opened_at,
+        &[
+            "proposal",
+            tenant,
+            &incident_id.to_string(),
+            &evidence_digest,
+            &supersedes.map(|s| s.to_string()).unwrap_or_default(),
+            conclusion.engine,
+        ],
+    );
     let event = HypothesesProposed {
         incident_id,
-        proposal_id: Uuid::now_v7(),
+        proposal_id,
         engine: conclusion.engine.to_owned(),
         model: conclusion.model.clone(),
         fallback_reason: conclusion.fallback_reason.clone(),
         prompt_digest: conclusion.prompt_digest.clone(),
-        evidence_digest: conclusion.evidence.digest(),
+        evidence_digest,
         evidence_left_out: conclusion.evidence.left_out,
         evidence: conclusion.evidence.items.clone(),
         changes: trust::changes(&before, &conclusion.hypotheses),
@@ -400,15 +472,19 @@ async fn propose(
         dropped_for_citations: conclusion.dropped_for_citations,
         usage: conclusion.usage,
         latency_ms: conclusion.latency.as_millis() as u64,
-        supersedes: previous.map(|p| p.proposal_id),
+        supersedes,
     };
     let metrics = Metrics::global();
     if let Some(call) = &conclusion.call {
         let cost = (f64::from(call.usage.prompt_tokens) * ctx.settings.llm_price_prompt_per_1k
             + f64::from(call.usage.completion_tokens) * ctx.settings.llm_price_completion_per_1k)
             / 1000.0;
+        let call_id = derived_id(
+            input.incident.opened_at,
+            &["model-call", tenant, &proposal_id.to_string()],
+        );
         let record = ModelCallRecorded {
-            call_id: Uuid::now_v7(),
+            call_id,
             incident_id,
             engine: "llm".into(),
             model: call.model.clone(),
@@ -418,14 +494,8 @@ async fn propose(
             cost_usd: cost,
             at: now,
         };
-        publish(
-            ctx,
-            tenant,
-            subjects::telemetry(tenant, "model_calls"),
-            &record,
-            now,
-        )
-        .await?;
+        let subject = subjects::telemetry(tenant, "model_calls");
+        publish(ctx, tenant, subject, call_id, &record, now).await?;
         metrics
             .model_calls_total
             .with_label_values(&["llm", call.outcome])
@@ -443,14 +513,8 @@ async fn propose(
             .with_label_values(&["llm"])
             .observe(call.latency.as_secs_f64());
     }
-    publish(
-        ctx,
-        tenant,
-        subjects::incident(tenant, incident_id),
-        &event,
-        now,
-    )
-    .await?;
+    let subject = subjects::incident(tenant, incident_id);
+    publish(ctx, tenant, subject, proposal_id, &event, now).await?;
     metrics
         .hypotheses_proposed_total
         .with_label_values(&[conclusion.engine])
@@ -468,17 +532,18 @@ async fn propose(
         dropped = event.dropped_for_citations,
         "hypotheses proposed"
     );
-    Ok(())
+    Ok(true)
 }
 
 async fn publish<P: EventPayload>(
     ctx: &Context,
     tenant: &str,
     subject: String,
+    id: Uuid,
     payload: &P,
     at: chrono::DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let envelope = Envelope::new(tenant, payload, at, Headers::default());
+    let envelope = Envelope::with_id(id, tenant, payload, at, Headers::default());
     let message = PublishMessage::build()
         .headers(nats::event_headers(&envelope))
         .payload(envelope.to_bytes().into())

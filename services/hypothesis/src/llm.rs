@@ -36,8 +36,10 @@ pub enum LlmError {
     Timeout(Duration),
     #[error("the model endpoint failed: {0}")]
     Endpoint(String),
-    #[error("the model's answer is not usable: {0}")]
+    #[error("the request to the model could not be built: {0}")]
     Invalid(String),
+    #[error("the model's answer is not usable: {reason}")]
+    Unusable { reason: String, usage: TokenUsage },
 }
 
 impl LlmError {
@@ -46,7 +48,15 @@ impl LlmError {
         match self {
             Self::Timeout(_) => "timeout",
             Self::Endpoint(_) => "error",
-            Self::Invalid(_) => "invalid",
+            Self::Invalid(_) | Self::Unusable { .. } => "invalid",
+        }
+    }
+
+    /// Tokens the call consumed even though it failed (an unusable answer is still billed).
+    pub fn usage(&self) -> TokenUsage {
+        match self {
+            Self::Unusable { usage, .. } => *usage,
+            _ => TokenUsage::default(),
         }
     }
 }
@@ -177,13 +187,14 @@ pub async fn propose(
             completion_tokens: u.completion_tokens,
         })
         .unwrap_or_default();
+    let unusable = |reason: String| LlmError::Unusable { reason, usage };
     let content = response
         .choices
         .first()
         .and_then(|c| c.message.content.clone())
-        .ok_or_else(|| LlmError::Invalid("no message content".into()))?;
+        .ok_or_else(|| unusable("no message content".into()))?;
     let answer: Answer = serde_json::from_str(strip_fences(&content))
-        .map_err(|e| LlmError::Invalid(format!("not the JSON asked for: {e}")))?;
+        .map_err(|e| unusable(format!("not the JSON asked for: {e}")))?;
     let hypotheses = answer
         .hypotheses
         .into_iter()

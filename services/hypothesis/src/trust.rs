@@ -39,22 +39,28 @@ pub fn hypothesis_id(cause: CauseKind, component: Option<&str>) -> String {
 #[derive(Debug, Clone)]
 pub struct Trusted {
     pub hypotheses: Vec<Hypothesis>,
+    /// Hypotheses the engine offered.
+    pub offered: u32,
+    /// Dropped for citing evidence that was not given.
     pub dropped_for_citations: u32,
+    /// Dropped for citing nothing, or lacking a title or a next step.
+    pub dropped_incomplete: u32,
     pub inconclusive: bool,
 }
 
 /// Applies the trust rules. `reserve` is the confidence left to causes nobody named (more when
 /// the evidence is thin).
 pub fn finalize(candidates: Vec<Hypothesis>, set: &EvidenceSet, reserve: f64) -> Trusted {
-    let mut dropped = 0;
+    let offered = candidates.len() as u32;
+    let (mut dropped, mut incomplete) = (0, 0);
     let mut best: BTreeMap<String, Hypothesis> = BTreeMap::new();
     for mut h in candidates {
-        if h.evidence.is_empty() || h.evidence.iter().any(|id| !set.contains(id)) {
+        if h.evidence.iter().any(|id| !set.contains(id)) {
             dropped += 1;
             continue;
         }
-        if h.next_step.trim().is_empty() || h.title.trim().is_empty() {
-            dropped += 1;
+        if h.evidence.is_empty() || h.next_step.trim().is_empty() || h.title.trim().is_empty() {
+            incomplete += 1;
             continue;
         }
         h.confidence = if h.confidence.is_finite() {
@@ -62,7 +68,8 @@ pub fn finalize(candidates: Vec<Hypothesis>, set: &EvidenceSet, reserve: f64) ->
         } else {
             0.0
         };
-        h.evidence.dedup();
+        let mut seen = std::collections::BTreeSet::new();
+        h.evidence.retain(|id| seen.insert(id.clone()));
         match best.get(&h.id) {
             Some(existing) if existing.confidence >= h.confidence => {}
             _ => {
@@ -91,7 +98,9 @@ pub fn finalize(candidates: Vec<Hypothesis>, set: &EvidenceSet, reserve: f64) ->
     let inconclusive = hypotheses.first().is_none_or(|h| h.confidence < CONCLUSIVE);
     Trusted {
         hypotheses,
+        offered,
         dropped_for_citations: dropped,
+        dropped_incomplete: incomplete,
         inconclusive,
     }
 }
@@ -173,7 +182,9 @@ mod tests {
             0.1,
         );
 
-        assert_eq!(trusted.dropped_for_citations, 2);
+        assert_eq!(trusted.dropped_for_citations, 1);
+        assert_eq!(trusted.dropped_incomplete, 1);
+        assert_eq!(trusted.offered, 3);
         assert_eq!(trusted.hypotheses.len(), 1);
         assert_eq!(trusted.hypotheses[0].cause, CauseKind::Rollout);
         assert!(!trusted.inconclusive);

@@ -40,6 +40,13 @@ pub(crate) enum TenantChange {
         at: DateTime<Utc>,
         seq: u64,
     },
+    Integrations {
+        tenant: String,
+        integrations: String,
+        set_by: String,
+        at: DateTime<Utc>,
+        seq: u64,
+    },
 }
 
 /// One incident event with what the timeline keeps of it.
@@ -141,6 +148,15 @@ impl Fold {
                     seq,
                 })
             }
+            (Self::Tenants(changes), Event::TenantIntegrationsSet(set)) => {
+                changes.push(TenantChange::Integrations {
+                    tenant,
+                    integrations: json(&set.integrations),
+                    set_by: set.set_by,
+                    at,
+                    seq,
+                })
+            }
             (Self::Telemetry(calls), Event::ModelCallRecorded(call)) => {
                 calls.push((seq, tenant, call));
             }
@@ -192,6 +208,24 @@ impl Fold {
                         } => {
                             store
                                 .set_correlation_rules(tx, &tenant, &rules, &set_by, at, seq)
+                                .await?
+                        }
+                        TenantChange::Integrations {
+                            tenant,
+                            integrations,
+                            set_by,
+                            at,
+                            seq,
+                        } => {
+                            store
+                                .set_tenant_integrations(
+                                    tx,
+                                    &tenant,
+                                    &integrations,
+                                    &set_by,
+                                    at,
+                                    seq,
+                                )
                                 .await?
                         }
                     }

@@ -7,6 +7,14 @@ use uuid::Uuid;
 
 use crate::{Result, Store, Tx};
 
+/// An incident one hypothesis instance is working on, until `claimed_until`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HypothesisClaim {
+    pub tenant: String,
+    pub incident_id: Uuid,
+    pub claimed_until: DateTime<Utc>,
+}
+
 /// An alert of an incident with what the evidence needs of it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct IncidentSignalFacts {
@@ -141,19 +149,21 @@ impl Store {
     }
 
     /// Claims the incident most overdue for hypotheses, for `hold` (another instance takes it
-    /// over if this one dies); `None` when nothing is due.
+    /// over if this one dies); `None` when nothing is due. An incident claimed by another
+    /// instance is not due until that claim ends or expires.
     pub async fn claim_due_hypotheses(
         &self,
         now: DateTime<Utc>,
         hold: Duration,
-    ) -> Result<Option<(String, Uuid)>> {
+    ) -> Result<Option<HypothesisClaim>> {
         Ok(sqlx::query_as(
             "UPDATE hypothesis_schedule SET claimed_until = $1 + $2, due_at = NULL
              WHERE (tenant, incident_id) = (
                  SELECT tenant, incident_id FROM hypothesis_schedule
-                 WHERE (due_at <= $1) OR (due_at IS NULL AND claimed_until < $1)
+                 WHERE (due_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1))
+                    OR (due_at IS NULL AND claimed_until < $1)
                  ORDER BY coalesce(due_at, claimed_until) LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING tenant, incident_id",
+             RETURNING tenant, incident_id, claimed_until",
         )
         .bind(now)
         .bind(hold)
@@ -161,23 +171,40 @@ impl Store {
         .await?)
     }
 
-    /// Records a finished run; events that arrived meanwhile wait at least `min_interval`.
+    /// Records a finished run, if the claim is still this one's; events that arrived meanwhile
+    /// wait at least `min_interval`.
     pub async fn finish_hypotheses(
         &self,
-        tenant: &str,
-        incident_id: Uuid,
+        claim: &HypothesisClaim,
         now: DateTime<Utc>,
         min_interval: Duration,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE hypothesis_schedule SET claimed_until = NULL, last_run_at = $3, runs = runs + 1,
-                 due_at = CASE WHEN due_at IS NOT NULL THEN greatest(due_at, $3 + $4) END
-             WHERE tenant = $1 AND incident_id = $2",
+            "UPDATE hypothesis_schedule SET claimed_until = NULL, last_run_at = $4, runs = runs + 1,
+                 due_at = CASE WHEN due_at IS NOT NULL THEN greatest(due_at, $4 + $5) END
+             WHERE tenant = $1 AND incident_id = $2 AND claimed_until = $3",
         )
-        .bind(tenant)
-        .bind(incident_id)
+        .bind(&claim.tenant)
+        .bind(claim.incident_id)
+        .bind(claim.claimed_until)
         .bind(now)
         .bind(min_interval)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Gives a claim back after a failed run: due again at `at` (or sooner if already due).
+    pub async fn retry_hypotheses(&self, claim: &HypothesisClaim, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE hypothesis_schedule SET claimed_until = NULL,
+                 due_at = CASE WHEN due_at IS NOT NULL THEN least(due_at, $4) ELSE $4 END
+             WHERE tenant = $1 AND incident_id = $2 AND claimed_until = $3",
+        )
+        .bind(&claim.tenant)
+        .bind(claim.incident_id)
+        .bind(claim.claimed_until)
+        .bind(at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -214,7 +241,7 @@ impl Store {
         .await?)
     }
 
-    /// Earlier incidents of the tenant whose title, service or key share words with `words`,
+    /// Incidents of the tenant opened before this one whose title, service or key share words with `words`,
     /// most similar first, with their notes and the hypothesis people confirmed.
     pub async fn similar_incidents(
         &self,
@@ -229,13 +256,14 @@ impl Store {
              SELECT i.id, i.title, i.service, i.state, i.opened_at,
                     (SELECT string_agg(n.text, ' / ' ORDER BY n.created_at) FROM incident_notes n
                       WHERE n.tenant = i.tenant AND n.incident_id = i.id) AS notes,
-                    (SELECT string_agg(h.title, ' / ') FROM hypothesis_verdicts v
+                    (SELECT string_agg(DISTINCT h.title, ' / ') FROM hypothesis_verdicts v
                        JOIN hypotheses h ON h.tenant = v.tenant AND h.incident_id = v.incident_id
-                        AND h.hypothesis_id = v.hypothesis_id AND h.proposal_id = i.current_proposal
+                        AND h.hypothesis_id = v.hypothesis_id
                       WHERE v.tenant = i.tenant AND v.incident_id = i.id AND v.verdict = 'confirmed') AS confirmed,
                     ts_rank(i.search, q.q) AS rank
              FROM incidents i, q
              WHERE i.tenant = $1 AND i.id <> $2 AND q.q IS NOT NULL AND i.search @@ q.q
+               AND i.opened_at < (SELECT opened_at FROM incidents WHERE tenant = $1 AND id = $2)
              ORDER BY rank DESC, i.opened_at DESC LIMIT $4",
         )
         .bind(tenant)

@@ -472,6 +472,41 @@ impl Store {
         Ok(())
     }
 
+    pub async fn set_tenant_integrations(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        integrations: &str,
+        set_by: &str,
+        at: DateTime<Utc>,
+        seq: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tenant_integrations (tenant, integrations, set_by, set_at, last_seq) VALUES ($1, $2::jsonb, $3, $4, $5)
+             ON CONFLICT (tenant) DO UPDATE SET integrations = excluded.integrations, set_by = excluded.set_by,
+                 set_at = excluded.set_at, last_seq = excluded.last_seq
+             WHERE tenant_integrations.last_seq < excluded.last_seq",
+        )
+        .bind(tenant)
+        .bind(integrations)
+        .bind(set_by)
+        .bind(at)
+        .bind(seq as i64)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A tenant's integrations as JSON, if it set any.
+    pub async fn tenant_integrations(&self, tenant: &str) -> Result<Option<serde_json::Value>> {
+        Ok(
+            sqlx::query_scalar("SELECT integrations FROM tenant_integrations WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// A tenant's correlation rules as JSON, if it set any.
     pub async fn correlation_rules(&self, tenant: &str) -> Result<Option<serde_json::Value>> {
         Ok(

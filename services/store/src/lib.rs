@@ -10,8 +10,8 @@ mod tenants;
 
 pub use correlator::{CorrelatorIncident, CorrelatorSignal};
 pub use hypotheses::{
-    HypothesisRow, HypothesisView, IncidentSignalFacts, ProposalRow, ProposalView, SimilarIncident,
-    UsageRow,
+    HypothesisClaim, HypothesisRow, HypothesisView, IncidentSignalFacts, ProposalRow, ProposalView,
+    SimilarIncident, UsageRow,
 };
 pub use incidents::{
     AttachedSignal, IncidentCursor, IncidentEventRow, IncidentFilter, IncidentNoteView,
@@ -256,10 +256,11 @@ pub enum ReadModel {
     Hypotheses,
     HypothesisVerdicts,
     UsageEvents,
+    TenantIntegrations,
 }
 
 impl ReadModel {
-    pub const ALL: [ReadModel; 12] = [
+    pub const ALL: [ReadModel; 13] = [
         Self::Tenants,
         Self::WebhookTokens,
         Self::Signals,
@@ -272,6 +273,7 @@ impl ReadModel {
         Self::Hypotheses,
         Self::HypothesisVerdicts,
         Self::UsageEvents,
+        Self::TenantIntegrations,
     ];
     /// The incident read models, which the projector folds from the INCIDENTS stream.
     pub const INCIDENTS: [ReadModel; 7] = [
@@ -305,6 +307,7 @@ impl ReadModel {
                 ("hypothesis_verdicts", "tenant, incident_id, hypothesis_id")
             }
             Self::UsageEvents => ("usage_events", "call_id"),
+            Self::TenantIntegrations => ("tenant_integrations", "tenant"),
         }
     }
 }
