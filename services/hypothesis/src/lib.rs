@@ -104,63 +104,127 @@ pub struct Conclusion {
     pub call: Option<ModelCall>,
 }
 
-/// Runs the engine over the gathered facts: evidence budgeted, answer through the trust rules.
+/// What an engine answered, before the trust rules.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub hypotheses: Vec<Hypothesis>,
+    pub inconclusive: bool,
+    /// Confidence to keep for causes nobody named (more when the evidence is thin).
+    pub reserve: f64,
+    pub usage: TokenUsage,
+    pub prompt_digest: String,
+    pub model: Option<String>,
+}
+
+/// An engine: reads the budgeted evidence and answers with ranked, cited hypotheses. The two
+/// implementations are the built-in rules ([`BuiltinEngine`]) and any OpenAI-compatible model
+/// ([`LlmConfig`]); [`conclude`] asks one and falls back to the rules.
+pub trait HypothesisEngine: Sync {
+    /// `builtin` or `llm`, as recorded in the proposal.
+    fn name(&self) -> &'static str;
+    fn propose(
+        &self,
+        input: &EvidenceInput,
+        set: &EvidenceSet,
+    ) -> impl std::future::Future<Output = Result<Answer, llm::LlmError>> + Send;
+}
+
+/// The deterministic rules of [`builtin`]; never fails.
+pub struct BuiltinEngine;
+
+impl HypothesisEngine for BuiltinEngine {
+    fn name(&self) -> &'static str {
+        "builtin"
+    }
+
+    async fn propose(
+        &self,
+        input: &EvidenceInput,
+        set: &EvidenceSet,
+    ) -> Result<Answer, llm::LlmError> {
+        let (hypotheses, reserve) = builtin::propose(input, set);
+        Ok(Answer {
+            hypotheses,
+            inconclusive: false,
+            reserve,
+            usage: TokenUsage::default(),
+            prompt_digest: set.digest(),
+            model: None,
+        })
+    }
+}
+
+impl HypothesisEngine for LlmConfig {
+    fn name(&self) -> &'static str {
+        "llm"
+    }
+
+    async fn propose(
+        &self,
+        input: &EvidenceInput,
+        set: &EvidenceSet,
+    ) -> Result<Answer, llm::LlmError> {
+        let answer = llm::propose(self, input, set).await?;
+        Ok(Answer {
+            reserve: if answer.inconclusive { 0.5 } else { 0.1 },
+            hypotheses: answer.hypotheses,
+            inconclusive: answer.inconclusive,
+            usage: answer.usage,
+            prompt_digest: answer.prompt_digest,
+            model: Some(self.model.clone()),
+        })
+    }
+}
+
+/// Runs the engine over the gathered facts: evidence budgeted, the answer (or, when the model
+/// fails, the built-in engine's) through the trust rules.
 pub async fn conclude(engine: &Engine, input: &EvidenceInput, budget_tokens: usize) -> Conclusion {
     let started = Instant::now();
     let set = evidence::assemble(input, budget_tokens);
-    let mut fallback_reason = None;
-    let mut call = None;
+    let (mut fallback_reason, mut call) = (None, None);
+    let mut answered = None;
     if let Engine::Llm(config) = engine {
-        match llm::propose(config, input, &set).await {
-            Ok(answer) => {
-                let reserve = if answer.inconclusive { 0.5 } else { 0.1 };
-                let trusted = trust::finalize(answer.hypotheses, &set, reserve);
-                call = Some(ModelCall {
-                    model: config.model.clone(),
-                    outcome: "ok",
-                    usage: answer.usage,
-                    latency: answer.latency,
-                });
-                return Conclusion {
-                    engine: "llm",
-                    model: Some(config.model.clone()),
-                    fallback_reason: None,
-                    prompt_digest: answer.prompt_digest,
-                    evidence: set,
-                    inconclusive: answer.inconclusive || trusted.inconclusive,
-                    hypotheses: trusted.hypotheses,
-                    offered: trusted.offered,
-                    dropped_for_citations: trusted.dropped_for_citations,
-                    usage: answer.usage,
-                    latency: started.elapsed(),
-                    call,
-                };
-            }
+        let result = config.propose(input, &set).await;
+        let (outcome, usage) = match &result {
+            Ok(answer) => ("ok", answer.usage),
+            Err(err) => (err.outcome(), err.usage()),
+        };
+        call = Some(ModelCall {
+            model: config.model.clone(),
+            outcome,
+            usage,
+            latency: started.elapsed(),
+        });
+        match result {
+            Ok(answer) => answered = Some((config.name(), answer)),
             Err(err) => {
                 tracing::warn!(error = %err, "model call failed; the built-in engine answers");
-                call = Some(ModelCall {
-                    model: config.model.clone(),
-                    outcome: err.outcome(),
-                    usage: err.usage(),
-                    latency: started.elapsed(),
-                });
                 fallback_reason = Some(err.to_string());
             }
         }
     }
-    let (candidates, reserve) = builtin::propose(input, &set);
-    let trusted = trust::finalize(candidates, &set, reserve);
+    let (name, answer) = match answered {
+        Some(answered) => answered,
+        None => (
+            BuiltinEngine.name(),
+            BuiltinEngine
+                .propose(input, &set)
+                .await
+                .expect("the built-in engine does not fail"),
+        ),
+    };
+    let trusted = trust::finalize(answer.hypotheses, &set, answer.reserve);
     Conclusion {
-        engine: "builtin",
-        model: None,
+        engine: name,
+        model: answer.model,
         fallback_reason,
-        prompt_digest: set.digest(),
+        prompt_digest: answer.prompt_digest,
         evidence: set,
         hypotheses: trusted.hypotheses,
-        inconclusive: trusted.inconclusive,
+        inconclusive: answer.inconclusive || trusted.inconclusive,
         offered: trusted.offered,
         dropped_for_citations: trusted.dropped_for_citations,
-        usage: TokenUsage::default(),
+        usage: answer.usage,
         latency: started.elapsed(),
         call,
     }
