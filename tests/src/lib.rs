@@ -7,6 +7,7 @@
 //! nats-server: found on PATH or in /usr/sbin.
 
 pub mod fake_llm;
+pub mod prometheus;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -196,6 +197,31 @@ where
             "condition not met within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// GETs `path` as acme's viewer until `pick` finds what it wants in the JSON (30 s at most).
+pub async fn poll_json<T>(
+    t: &TestApp,
+    path: &str,
+    pick: impl Fn(&serde_json::Value) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body: serde_json::Value = t
+            .get(path, &t.acme.viewer_jwt)
+            .await
+            .json()
+            .await
+            .unwrap_or_default();
+        if let Some(found) = pick(&body) {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} did not show what was awaited within 30s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -473,15 +473,6 @@ async fn model_calls_are_recorded_as_usage_with_tokens_outcome_and_cost() {
     );
 }
 
-fn prometheus_binary() -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([std::path::PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join("prometheus"))
-        .find(|p| p.is_file())
-}
-
 /// A scrape target whose 5xx share grows with every scrape.
 async fn rising_errors_target() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use std::sync::{
@@ -514,38 +505,14 @@ async fn rising_errors_target() -> (std::net::SocketAddr, tokio::task::JoinHandl
 
 #[tokio::test]
 async fn metric_evidence_is_read_from_a_real_prometheus_and_summarised() {
-    let Some(binary) = prometheus_binary() else {
-        eprintln!("skipped: no prometheus binary on this machine (Debian package `prometheus`)");
+    let (target, _server) = rising_errors_target().await;
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{target}']\n"
+    );
+    let Some(prometheus) = copilot_e2e::prometheus::Prometheus::start(&config).await else {
         return;
     };
-    let (target, _server) = rising_errors_target().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut prometheus = tokio::process::Command::new(binary)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = prometheus.url.clone();
     let templates = vec![copilot_hypothesis::metrics::QueryTemplate {
         name: "error_ratio".into(),
         query: r#"sum(rate(http_requests_total{service="{service}",code=~"5.."}[5s])) / sum(rate(http_requests_total{service="{service}"}[5s]))"#.into(),
@@ -571,7 +538,7 @@ async fn metric_evidence_is_read_from_a_real_prometheus_and_summarised() {
             .then_some(found)
     })
     .await;
-    prometheus.kill().await.ok();
+    drop(prometheus);
 
     assert_eq!(
         summaries.len(),

@@ -576,6 +576,10 @@ async fn propose(ctx: &Context, tenant: &str, incident_id: Uuid) -> anyhow::Resu
             .model_call_duration_seconds
             .with_label_values(&["llm"])
             .observe(call.latency.as_secs_f64());
+        metrics
+            .model_cost_usd_total
+            .with_label_values(&["llm"])
+            .inc_by(cost);
     }
     let subject = subjects::incident(tenant, incident_id);
     publish(ctx, tenant, subject, proposal_id, &event, now).await?;

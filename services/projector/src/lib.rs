@@ -92,8 +92,70 @@ pub async fn serve_only(
     let tasks = projections
         .iter()
         .map(|p| follow(ctx.clone(), *p, shutdown.clone()));
-    futures::future::try_join_all(tasks).await?;
+    let watch = watch_consumers(&ctx, projections, &shutdown);
+    tokio::try_join!(futures::future::try_join_all(tasks), watch)?;
     Ok(())
+}
+
+/// Every few seconds, reads each consumer's pending and ack-pending counts from JetStream, and
+/// each projection's lag: now minus the newest event it applied, while events wait (0 when none
+/// do). Read from JetStream rather than left from the last batch, so a stuck projection shows.
+async fn watch_consumers(
+    ctx: &Context,
+    projections: &[Projection],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::global();
+    loop {
+        for (stream, json) in nats::CONSUMER_DEFINITIONS {
+            let Ok(config) =
+                serde_json::from_str::<async_nats::jetstream::consumer::pull::Config>(json)
+            else {
+                continue;
+            };
+            let Some(name) = config.durable_name else {
+                continue;
+            };
+            let info = async {
+                let stream = ctx.js.get_stream(stream).await.ok()?;
+                let mut consumer = stream
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                    .await
+                    .ok()?;
+                consumer.info().await.ok().cloned()
+            }
+            .await;
+            let Some(info) = info else { continue };
+            metrics
+                .consumer_pending_messages
+                .with_label_values(&[name.as_str()])
+                .set(info.num_pending as i64);
+            metrics
+                .consumer_ack_pending_messages
+                .with_label_values(&[name.as_str()])
+                .set(info.num_ack_pending as i64);
+            if let Some(p) = projections.iter().find(|p| p.consumer() == name) {
+                let newest = metrics
+                    .projection_last_event_timestamp_seconds
+                    .with_label_values(&[p.name()])
+                    .get();
+                let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+                let lag = if info.num_pending > 0 && newest > 0.0 {
+                    (now - newest).max(0.0)
+                } else {
+                    0.0
+                };
+                metrics
+                    .projection_lag_seconds
+                    .with_label_values(&[p.name()])
+                    .set(lag);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
 }
 
 /// Applies everything the stream holds now and returns. When another process holds the
@@ -256,6 +318,8 @@ struct Prepared {
     /// Messages the consumer had yet to deliver after this batch.
     pending: Option<u64>,
     request_ids: BTreeSet<String>,
+    /// When the newest event of the batch happened, for the lag metric.
+    newest: Option<chrono::DateTime<chrono::Utc>>,
     messages: Vec<jetstream::Message>,
     /// Time spent folding.
     fold_time: Duration,
@@ -273,6 +337,7 @@ fn prepare(
     let mut last = from;
     let mut pending = None;
     let mut request_ids = BTreeSet::new();
+    let mut newest = None;
     for message in &messages {
         let info = message
             .info()
@@ -285,6 +350,7 @@ fn prepare(
         let outcome = Envelope::from_slice(&message.payload)
             .map_err(|e| e.to_string())
             .and_then(|envelope| {
+                newest = newest.max(Some(envelope.occurred_at));
                 fold.add(seq, subject, &envelope)
                     .map(|()| envelope.request_id)
             });
@@ -305,6 +371,7 @@ fn prepare(
         last,
         pending,
         request_ids,
+        newest,
         messages,
         fold_time: started.elapsed(),
     })
@@ -327,6 +394,7 @@ async fn commit(
         last,
         pending,
         request_ids,
+        newest,
         messages,
         fold_time,
     } = prepared;
@@ -407,6 +475,12 @@ async fn commit(
         .projection_checkpoint_sequence
         .with_label_values(&[name])
         .set(last as i64);
+    if let Some(newest) = newest {
+        metrics
+            .projection_last_event_timestamp_seconds
+            .with_label_values(&[name])
+            .set(newest.timestamp_millis() as f64 / 1000.0);
+    }
     if let Some(pending) = pending {
         metrics
             .consumer_pending_messages

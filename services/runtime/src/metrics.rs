@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -24,6 +24,12 @@ pub struct Metrics {
     pub consumer_pending_messages: IntGaugeVec,
     /// Stream sequence of the last event a projection committed.
     pub projection_checkpoint_sequence: IntGaugeVec,
+    /// Messages delivered to a consumer and not yet acknowledged.
+    pub consumer_ack_pending_messages: IntGaugeVec,
+    /// When the newest event a projection applied happened (Unix seconds).
+    pub projection_last_event_timestamp_seconds: GaugeVec,
+    /// Now minus the newest applied event's time while events wait; 0 when caught up.
+    pub projection_lag_seconds: GaugeVec,
     /// Decisions the correlator appended, by event type.
     pub correlator_decisions_total: IntCounterVec,
     /// Model calls by engine and outcome.
@@ -31,6 +37,8 @@ pub struct Metrics {
     /// Model tokens by engine and kind (prompt, completion).
     pub model_tokens_total: IntCounterVec,
     pub model_call_duration_seconds: HistogramVec,
+    /// Estimated cost of model calls in USD, by engine.
+    pub model_cost_usd_total: CounterVec,
     /// Proposals appended, by engine.
     pub hypotheses_proposed_total: IntCounterVec,
     /// Hypotheses dropped for citing evidence they were not given, by engine.
@@ -111,6 +119,30 @@ impl Metrics {
             &["projection"],
         )
         .unwrap();
+        let consumer_ack_pending_messages = IntGaugeVec::new(
+            Opts::new(
+                "consumer_ack_pending_messages",
+                "Messages delivered to a consumer and not yet acknowledged",
+            ),
+            &["consumer"],
+        )
+        .unwrap();
+        let projection_last_event_timestamp_seconds = GaugeVec::new(
+            Opts::new(
+                "projection_last_event_timestamp_seconds",
+                "When the newest event a projection applied happened",
+            ),
+            &["projection"],
+        )
+        .unwrap();
+        let projection_lag_seconds = GaugeVec::new(
+            Opts::new(
+                "projection_lag_seconds",
+                "Now minus the newest applied event's time while events wait (0 when caught up)",
+            ),
+            &["projection"],
+        )
+        .unwrap();
         let correlator_decisions_total = IntCounterVec::new(
             Opts::new(
                 "correlator_decisions_total",
@@ -132,6 +164,14 @@ impl Metrics {
         let model_call_duration_seconds = HistogramVec::new(
             HistogramOpts::new("model_call_duration_seconds", "Time a model call took")
                 .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            &["engine"],
+        )
+        .unwrap();
+        let model_cost_usd_total = CounterVec::new(
+            Opts::new(
+                "model_cost_usd_total",
+                "Estimated cost of model calls in USD (from the configured prices), by engine",
+            ),
             &["engine"],
         )
         .unwrap();
@@ -160,10 +200,14 @@ impl Metrics {
             Box::new(events_dead_lettered_total.clone()),
             Box::new(consumer_pending_messages.clone()),
             Box::new(projection_checkpoint_sequence.clone()),
+            Box::new(consumer_ack_pending_messages.clone()),
+            Box::new(projection_last_event_timestamp_seconds.clone()),
+            Box::new(projection_lag_seconds.clone()),
             Box::new(correlator_decisions_total.clone()),
             Box::new(model_calls_total.clone()),
             Box::new(model_tokens_total.clone()),
             Box::new(model_call_duration_seconds.clone()),
+            Box::new(model_cost_usd_total.clone()),
             Box::new(hypotheses_proposed_total.clone()),
             Box::new(hypothesis_citations_dropped_total.clone()),
         ] {
@@ -181,10 +225,14 @@ impl Metrics {
             events_dead_lettered_total,
             consumer_pending_messages,
             projection_checkpoint_sequence,
+            consumer_ack_pending_messages,
+            projection_last_event_timestamp_seconds,
+            projection_lag_seconds,
             correlator_decisions_total,
             model_calls_total,
             model_tokens_total,
             model_call_duration_seconds,
+            model_cost_usd_total,
             hypotheses_proposed_total,
             hypothesis_citations_dropped_total,
         }
