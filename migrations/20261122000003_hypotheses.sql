@@ -21,6 +21,7 @@ CREATE TABLE hypothesis_schedule (
     claimed_until timestamptz,
     last_run_at   timestamptz,
     runs          integer     NOT NULL DEFAULT 0,
+    traceparent   text, -- of the latest event that made it due; the proposal continues that trace
     PRIMARY KEY (tenant, incident_id)
 );
 CREATE INDEX hypothesis_schedule_due ON hypothesis_schedule (due_at) WHERE due_at IS NOT NULL;

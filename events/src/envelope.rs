@@ -43,6 +43,9 @@ pub struct Envelope {
     /// The HTTP request id (`X-Request-Id`) that caused the event, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// W3C `traceparent` of the request or event that caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     #[schemars(with = "serde_json::Value")]
     pub payload: Box<RawValue>,
 }
@@ -53,6 +56,7 @@ pub struct Headers {
     pub correlation_id: Option<Uuid>,
     pub causation_id: Option<Uuid>,
     pub request_id: Option<String>,
+    pub traceparent: Option<String>,
 }
 
 /// Every event type this build understands, decoded.
@@ -150,6 +154,7 @@ impl Envelope {
             correlation_id: headers.correlation_id,
             causation_id: headers.causation_id,
             request_id: headers.request_id,
+            traceparent: headers.traceparent,
             payload,
         }
     }

@@ -11,6 +11,7 @@ mod incidents;
 mod payloads;
 pub mod schema;
 pub mod subjects;
+mod trace;
 
 pub use envelope::{DecodeError, Envelope, Event, EventPayload, Headers};
 pub use hypotheses::{
@@ -27,6 +28,7 @@ pub use payloads::{
     Role, Severity, SignalReceived, SignalSource, SignalStatus, TenantCreated, WebhookTokenIssued,
     WebhookTokenRevoked,
 };
+pub use trace::TraceParent;
 
 /// A deterministic `Nats-Msg-Id`: blake3 over the parts, in hex.
 pub fn message_id(parts: &[&str]) -> String {

@@ -67,6 +67,8 @@ pub const UNKNOWN_TENANT: &str = "_unknown";
 
 /// NATS header carrying the HTTP request id that caused an event.
 pub const HEADER_REQUEST_ID: &str = "X-Request-Id";
+/// NATS header carrying the W3C trace context of the event.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
 /// NATS header carrying the event type, so a consumer can route without parsing the body.
 pub const HEADER_EVENT_TYPE: &str = "Copilot-Event-Type";
 /// NATS header on a dead letter: why it was parked.

@@ -363,8 +363,9 @@ async fn metrics_move_with_traffic_through_every_stage() {
             .unwrap_or_else(|| panic!("no {needle} in /metrics"))
     };
     assert!(
-        value(r#"http_requests_total{method="POST",route="/v1/webhooks/alertmanager",status="202"}"#)
-            >= 1.0
+        value(
+            r#"http_requests_total{method="POST",route="/v1/webhooks/alertmanager",status="202"}"#
+        ) >= 1.0
     );
     assert!(value(r#"events_appended_total{outcome="ok",stream="SIGNALS"}"#) >= 1.0);
     assert!(value(r#"events_projected_total{projection="signals"}"#) >= 1.0);
@@ -378,5 +379,87 @@ async fn metrics_move_with_traffic_through_every_stage() {
         "projection_lag_seconds{",
     ] {
         assert!(text.contains(gauge), "no {gauge} in /metrics");
+    }
+}
+
+#[tokio::test]
+async fn a_webhooks_trace_context_travels_into_every_event_derived_from_it() {
+    let t = TestApp::spawn_with(Services::All, |s| {
+        s.hypothesis_settle_ms = 200;
+    })
+    .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = alertmanager_payload(
+        "firing",
+        &[(
+            "HighErrorRate",
+            "traced",
+            "critical",
+            "2026-11-22T08:00:00Z",
+        )],
+    );
+    let response = t
+        .http
+        .post(format!("{}/v1/webhooks/alertmanager", t.url))
+        .bearer_auth(&t.acme.webhook_token)
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let answered = response.headers()["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        answered.starts_with(&format!("00-{trace}-")) && !answered.contains("00f067aa0ba902b7")
+    );
+    let id = copilot_e2e::poll_json(&t, "/v1/incidents?service=traced", |page| {
+        page["items"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    copilot_e2e::poll_json(&t, &format!("/v1/incidents/{id}"), |d| {
+        d["hypotheses_proposal"]["engine"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+
+    let mut traced = Vec::new();
+    for stream in [
+        copilot_events::subjects::SIGNALS,
+        copilot_events::subjects::INCIDENTS,
+    ] {
+        let s = t.ctx().js.get_stream(stream).await.unwrap();
+        let last = t.stream_last_seq(stream).await;
+        for seq in 1..=last {
+            let message = s.get_raw_message(seq).await.unwrap();
+            let envelope = copilot_events::Envelope::from_slice(&message.payload).unwrap();
+            let header = message
+                .headers
+                .get("traceparent")
+                .map(|v| v.as_str().to_owned());
+            assert_eq!(header, envelope.traceparent, "header and envelope agree");
+            if envelope
+                .traceparent
+                .as_deref()
+                .is_some_and(|tp| tp.contains(trace))
+            {
+                traced.push(envelope.event_type);
+            }
+        }
+    }
+    for kind in [
+        "SignalReceived",
+        "IncidentOpened",
+        "SignalAttached",
+        "HypothesesProposed",
+    ] {
+        assert!(
+            traced.iter().any(|t| t == kind),
+            "{kind} carries the trace: {traced:?}"
+        );
     }
 }

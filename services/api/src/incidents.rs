@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use axum::{
-    Extension, Json,
+    Json,
     extract::{Path, Query, State, rejection::JsonRejection, rejection::QueryRejection},
     http::{HeaderMap, StatusCode, header},
 };
@@ -21,7 +21,7 @@ use copilot_events::{
     IncidentTransitioned, Role, Severity, TenantIntegrations, TenantIntegrationsSet, Verdict,
     subjects,
 };
-use copilot_runtime::http::{ApiError, RequestId};
+use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::{
     HypothesisView, IncidentCursor, IncidentFilter, IncidentNoteView, IncidentSignalView,
     IncidentSort, IncidentStats, IncidentSummary, ProposalView, TimelineEntry,
@@ -287,7 +287,7 @@ pub async fn verdict(
     State(api): State<Api>,
     caller: Caller,
     Path((id, hypothesis_id)): Path<(String, String)>,
-    request_id: Option<Extension<RequestId>>,
+    origin: EventOrigin,
     headers: HeaderMap,
     payload: Result<Json<VerdictBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
@@ -307,7 +307,7 @@ pub async fn verdict(
     {
         return Err(ApiError::NotFound);
     }
-    let event_headers = headers_of(&request_id);
+    let event_headers = headers_of(&origin);
     command(&api, &caller, &id, &headers, |incident| {
         Ok(command_event(
             &caller.0.tenant,
@@ -514,18 +514,15 @@ async fn wait_for(
     }
 }
 
-fn headers_of(request_id: &Option<Extension<RequestId>>) -> Headers {
-    Headers {
-        request_id: request_id.as_ref().map(|Extension(r)| r.0.clone()),
-        ..Headers::default()
-    }
+fn headers_of(origin: &EventOrigin) -> Headers {
+    origin.0.clone()
 }
 
 pub async fn transition(
     State(api): State<Api>,
     caller: Caller,
     Path(id): Path<String>,
-    request_id: Option<Extension<RequestId>>,
+    origin: EventOrigin,
     headers: HeaderMap,
     payload: Result<Json<TransitionBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
@@ -540,7 +537,7 @@ pub async fn transition(
         text_field("note", note, 10_000)?;
     }
     let actor = caller.0.sub.clone();
-    let event_headers = headers_of(&request_id);
+    let event_headers = headers_of(&origin);
     command(&api, &caller, &id, &headers, |incident| {
         let from = IncidentState::parse(&incident.state)
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("unknown stored state")))?;
@@ -606,7 +603,7 @@ pub async fn assign(
     State(api): State<Api>,
     caller: Caller,
     Path(id): Path<String>,
-    request_id: Option<Extension<RequestId>>,
+    origin: EventOrigin,
     headers: HeaderMap,
     payload: Result<Json<AssignBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
@@ -614,7 +611,7 @@ pub async fn assign(
     if let Some(assignee) = &b.assignee {
         text_field("assignee", assignee, 256)?;
     }
-    let event_headers = headers_of(&request_id);
+    let event_headers = headers_of(&origin);
     command(&api, &caller, &id, &headers, |incident| {
         Ok(command_event(
             &caller.0.tenant,
@@ -633,13 +630,13 @@ pub async fn note(
     State(api): State<Api>,
     caller: Caller,
     Path(id): Path<String>,
-    request_id: Option<Extension<RequestId>>,
+    origin: EventOrigin,
     headers: HeaderMap,
     payload: Result<Json<NoteBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let b = body(payload)?;
     text_field("text", &b.text, 10_000)?;
-    let event_headers = headers_of(&request_id);
+    let event_headers = headers_of(&origin);
     let note_id = Uuid::now_v7();
     command(&api, &caller, &id, &headers, |incident| {
         Ok(command_event(
@@ -677,7 +674,7 @@ pub async fn get_rules(
 pub async fn set_rules(
     State(api): State<Api>,
     caller: Caller,
-    request_id: Option<Extension<RequestId>>,
+    origin: EventOrigin,
     payload: Result<Json<CorrelationRules>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CorrelationRules>), ApiError> {
     caller.require(Role::Admin)?;
@@ -687,7 +684,7 @@ pub async fn set_rules(
         rules: rules.clone(),
         set_by: caller.0.sub.clone(),
     };
-    append_tenant_setting(&api, &caller, &request_id, &event).await?;
+    append_tenant_setting(&api, &caller, &origin, &event).await?;
     Ok((StatusCode::ACCEPTED, Json(rules)))
 }
 
@@ -712,7 +709,7 @@ pub async fn get_integrations(
 pub async fn set_integrations(
     State(api): State<Api>,
     caller: Caller,
-    request_id: Option<Extension<RequestId>>,
+    origin: EventOrigin,
     payload: Result<Json<TenantIntegrations>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TenantIntegrations>), ApiError> {
     caller.require(Role::Admin)?;
@@ -722,7 +719,7 @@ pub async fn set_integrations(
         integrations: integrations.clone(),
         set_by: caller.0.sub.clone(),
     };
-    append_tenant_setting(&api, &caller, &request_id, &event).await?;
+    append_tenant_setting(&api, &caller, &origin, &event).await?;
     Ok((StatusCode::ACCEPTED, Json(integrations)))
 }
 
@@ -730,11 +727,11 @@ pub async fn set_integrations(
 async fn append_tenant_setting<P: copilot_events::EventPayload>(
     api: &Api,
     caller: &Caller,
-    request_id: &Option<Extension<RequestId>>,
+    origin: &EventOrigin,
     event: &P,
 ) -> Result<(), ApiError> {
     let tenant = caller.0.tenant.as_str();
-    let message = event_message(tenant, event, headers_of(request_id));
+    let message = event_message(tenant, event, headers_of(origin));
     append(&api.ctx.js, subjects::tenant(tenant), message)
         .await
         .map(|_| ())

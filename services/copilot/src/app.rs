@@ -49,7 +49,7 @@ impl App {
             .merge(http::health_routes(ctx.clone()));
         let http = tokio::spawn(http::serve_on(
             listener,
-            http::finish(routes),
+            http::finish_with(routes, ctx.settings.http_instrumentation),
             shutdown.clone(),
         ));
         let projector = (services == Services::All).then(|| {

@@ -128,33 +128,15 @@ async fn run(settings: Settings, args: &IngestArgs) -> anyhow::Result<IngestRepo
     let bodies: Vec<Vec<u8>> = (0..args.webhooks)
         .map(|i| notification(i, args.alerts_per_webhook, 0))
         .collect();
-    let bar = progress(args.webhooks as u64, "gateway");
-    let started = Instant::now();
-    let mut in_flight = FuturesUnordered::new();
-    let mut sent = bodies.into_iter();
-    loop {
-        while in_flight.len() < args.concurrency {
-            let Some(body) = sent.next() else { break };
-            let request = client
-                .post(&url)
-                .bearer_auth(&tenant.webhook_token)
-                .header("content-type", "application/json")
-                .body(body);
-            in_flight.push(async move { request.send().await });
-        }
-        let Some(result) = in_flight.next().await else {
-            break;
-        };
-        let response = result.context("posting a webhook")?;
-        anyhow::ensure!(
-            response.status() == 202,
-            "the gateway answered {}",
-            response.status()
-        );
-        bar.inc(1);
-    }
-    let gateway_secs = started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
+    let (gateway_secs, _) = drive_gateway(
+        &client,
+        &url,
+        &tenant.webhook_token,
+        bodies,
+        args.concurrency,
+        "gateway",
+    )
+    .await?;
 
     // 2. The same events straight to JetStream.
     let events = raw_events(args.webhooks, args.alerts_per_webhook);
@@ -230,6 +212,51 @@ async fn run(settings: Settings, args: &IngestArgs) -> anyhow::Result<IngestRepo
         projector_events_per_sec: target as f64 / projector_secs,
         latency,
     })
+}
+
+/// POSTs `bodies` with `concurrency` in flight; every answer must be 202. Returns the seconds it
+/// took and the latency of each webhook (µs).
+pub(crate) async fn drive_gateway(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    bodies: Vec<Vec<u8>>,
+    concurrency: usize,
+    label: &str,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let bar = progress(bodies.len() as u64, label);
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut sent = bodies.into_iter();
+    loop {
+        while in_flight.len() < concurrency {
+            let Some(body) = sent.next() else { break };
+            let request = client
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body);
+            in_flight.push(async move {
+                let at = Instant::now();
+                (request.send().await, at.elapsed())
+            });
+        }
+        let Some((result, took)) = in_flight.next().await else {
+            break;
+        };
+        let response = result.context("posting a webhook")?;
+        anyhow::ensure!(
+            response.status() == 202,
+            "the gateway answered {}",
+            response.status()
+        );
+        latency.record(took.as_micros().max(1) as u64).ok();
+        bar.inc(1);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok((secs, latency))
 }
 
 async fn steady(
@@ -383,7 +410,7 @@ const ALERTS: [(&str, &str); 5] = [
 /// A realistic Alertmanager v4 notification: one group of `alerts` firing alerts for one
 /// service, each with the labels and annotations kube-prometheus rules carry. `salt` keeps
 /// alert instances of different runs apart.
-fn notification(index: usize, alerts: usize, salt: usize) -> Vec<u8> {
+pub(crate) fn notification(index: usize, alerts: usize, salt: usize) -> Vec<u8> {
     let service = SERVICES[index % SERVICES.len()];
     let (alertname, severity) = ALERTS[(index / SERVICES.len()) % ALERTS.len()];
     let alerts: Vec<_> = (0..alerts)
@@ -485,4 +512,116 @@ fn print_report(r: &IngestReport) {
             l.accepted_p99_ms
         );
     }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct InstrumentationArgs {
+    /// Webhooks per round and mode
+    #[arg(long, default_value_t = 2_000)]
+    pub webhooks: usize,
+    /// Alerts per webhook
+    #[arg(long, default_value_t = 10)]
+    pub alerts_per_webhook: usize,
+    /// Webhooks in flight at once
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Rounds; each runs both modes, in alternating order
+    #[arg(long, default_value_t = 4)]
+    pub rounds: usize,
+    /// Postgres server to create the scratch database on [default: as for `bench ingest`]
+    #[arg(long, env = "COPILOT_BENCH_ADMIN_URL")]
+    pub admin_url: Option<String>,
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstrumentationReport {
+    pub alerts_per_round: usize,
+    pub rounds: usize,
+    pub instrumented_alerts_per_sec: f64,
+    pub bare_alerts_per_sec: f64,
+    pub instrumented_p99_ms: f64,
+    pub bare_p99_ms: f64,
+    /// Throughput lost to request ids, trace context and metrics, in percent.
+    pub throughput_overhead_percent: f64,
+    pub p99_overhead_percent: f64,
+}
+
+/// `copilot bench instrumentation`: the gateway with and without its instrumentation layer
+/// (request ids, W3C trace context, HTTP metrics), side by side in one process against the same
+/// NATS and database, rounds alternating which goes first.
+pub async fn instrumentation(settings: Settings, args: InstrumentationArgs) -> anyhow::Result<()> {
+    let (_nats, _db, settings) = scratch(settings, args.admin_url.clone()).await?;
+    let mut bare_settings = settings.clone();
+    bare_settings.http_instrumentation = false;
+    let instrumented = App::start(settings, Services::HttpOnly).await?;
+    let bare = App::start(bare_settings, Services::HttpOnly).await?;
+    let tenant = crate::cli::create_tenant(&instrumented.ctx, "bench", "Bench", "bench").await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let mut totals = [
+        (0.0f64, Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?),
+        (0.0, Histogram::new_with_bounds(1, 60_000_000, 3)?),
+    ];
+    for round in 0..args.rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for mode in order {
+            let app = if mode == 0 { &instrumented } else { &bare };
+            let salt = 1_000 + round * 2 + mode;
+            let bodies = (0..args.webhooks)
+                .map(|i| notification(i, args.alerts_per_webhook, salt))
+                .collect();
+            let label = if mode == 0 { "instrumented" } else { "bare" };
+            let (secs, latency) = drive_gateway(
+                &client,
+                &format!("{}/v1/webhooks/alertmanager", app.url()),
+                &tenant.webhook_token,
+                bodies,
+                args.concurrency,
+                label,
+            )
+            .await?;
+            totals[mode].0 += secs;
+            totals[mode].1.add(&latency).ok();
+        }
+    }
+    instrumented.stop().await;
+    bare.stop().await;
+    let alerts = (args.webhooks * args.alerts_per_webhook * args.rounds) as f64;
+    let rate = |mode: usize| alerts / totals[mode].0;
+    let p99 = |mode: usize| totals[mode].1.value_at_quantile(0.99) as f64 / 1000.0;
+    let report = InstrumentationReport {
+        alerts_per_round: args.webhooks * args.alerts_per_webhook,
+        rounds: args.rounds,
+        instrumented_alerts_per_sec: rate(0),
+        bare_alerts_per_sec: rate(1),
+        instrumented_p99_ms: p99(0),
+        bare_p99_ms: p99(1),
+        throughput_overhead_percent: (rate(1) - rate(0)) / rate(1) * 100.0,
+        p99_overhead_percent: (p99(0) - p99(1)) / p99(1) * 100.0,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "gateway with and without instrumentation ({} rounds of {} alerts each)",
+            report.rounds, report.alerts_per_round
+        );
+        println!(
+            "  instrumented  {:>8.0} alerts/s   p99 {:>6.2} ms per webhook",
+            report.instrumented_alerts_per_sec, report.instrumented_p99_ms
+        );
+        println!(
+            "  bare          {:>8.0} alerts/s   p99 {:>6.2} ms per webhook",
+            report.bare_alerts_per_sec, report.bare_p99_ms
+        );
+        println!(
+            "  overhead      {:>7.1}% throughput, {:+.1}% p99",
+            report.throughput_overhead_percent, report.p99_overhead_percent
+        );
+    }
+    Ok(())
 }

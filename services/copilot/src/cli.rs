@@ -120,6 +120,8 @@ pub enum BenchCommand {
     Ingest(crate::bench::IngestArgs),
     /// Incidents: correlator and projector throughput on a storm, list latency on 100k incidents
     Incidents(crate::bench_incidents::IncidentsArgs),
+    /// The gateway with and without instrumentation (metrics, request ids, trace context)
+    Instrumentation(crate::bench::InstrumentationArgs),
 }
 
 /// Runs a parsed command line; errors are printed with their causes.
@@ -225,6 +227,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Incidents(args),
         } => crate::bench_incidents::incidents(settings, args).await,
+        Command::Bench {
+            command: BenchCommand::Instrumentation(args),
+        } => crate::bench::instrumentation(settings, args).await,
     }
 }
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use copilot_events::{
     CORRELATOR, CorrelationRules, Envelope, EventPayload, Headers, IncidentOpened,
     IncidentReopened, IncidentResolved, IncidentState, Severity, SignalAttached, SignalReceived,
-    SignalResolved, SignalStatus, WindowKind, derived_id, subjects,
+    SignalResolved, SignalStatus, TraceParent, WindowKind, derived_id, subjects,
 };
 use copilot_store::{CorrelatorIncident, CorrelatorSignal, Store, Tx};
 use uuid::Uuid;
@@ -30,14 +30,20 @@ impl Decision {
         let incident_text = incident.to_string();
         let mut all = vec!["decision", tenant, &incident_text, P::TYPE];
         all.extend_from_slice(parts);
+        let id = derived_id(at, &all);
         let headers = Headers {
             correlation_id: Some(incident),
             causation_id: cause.map(|c| c.id),
             request_id: cause.and_then(|c| c.request_id.clone()),
+            // The decision continues its cause's trace, as a span derived from its own id.
+            traceparent: cause
+                .and_then(|c| c.traceparent.as_deref())
+                .and_then(TraceParent::parse)
+                .map(|t| t.child(id.as_bytes()).to_string()),
         };
         Self {
             subject: subjects::incident(tenant, incident),
-            envelope: Envelope::with_id(derived_id(at, &all), tenant, payload, at, headers),
+            envelope: Envelope::with_id(id, tenant, payload, at, headers),
         }
     }
 }

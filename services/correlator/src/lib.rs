@@ -170,6 +170,22 @@ async fn decide_batch(
         tracing::debug!(error = %err, "ack failed; the checkpoint covers it");
     }
     count(&decisions);
+    if !decisions.is_empty() {
+        let trace_ids: std::collections::BTreeSet<String> = decisions
+            .iter()
+            .filter_map(|d| d.envelope.traceparent.as_deref())
+            .filter_map(copilot_events::TraceParent::parse)
+            .map(|t| t.trace_id_hex())
+            .take(10)
+            .collect();
+        tracing::info!(
+            signals = batch.len(),
+            decisions = decisions.len(),
+            checkpoint = last,
+            trace_ids = ?trace_ids,
+            "signals decided"
+        );
+    }
     Ok(last)
 }
 

@@ -20,11 +20,7 @@ use axum::{
 };
 use chrono::Utc;
 use copilot_events::{Envelope, Headers, SignalReceived, SignalSource, subjects};
-use copilot_runtime::{
-    Context, Settings,
-    http::{ApiError, RequestId},
-    metrics::Metrics,
-};
+use copilot_runtime::{Context, Settings, http::ApiError, metrics::Metrics};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -99,8 +95,8 @@ impl Gateway {
             parse::ParseError::Json(_) => ApiError::BadRequest(e.to_string()),
             _ => ApiError::Unprocessable(e.to_string()),
         })?;
-        let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
-        let duplicates = self.append(&tenant, source, &signals, request_id).await?;
+        let headers = copilot_runtime::http::event_headers(&parts.extensions);
+        let duplicates = self.append(&tenant, source, &signals, headers).await?;
         tracing::debug!(
             tenant,
             source = source.as_str(),
@@ -123,7 +119,7 @@ impl Gateway {
         tenant: &str,
         source: SignalSource,
         signals: &[SignalReceived],
-        request_id: Option<String>,
+        headers: Headers,
     ) -> Result<usize, ApiError> {
         let metrics = Metrics::global();
         let unavailable = |detail: String| {
@@ -147,15 +143,7 @@ impl Gateway {
         let messages: Vec<(bytes::Bytes, NatsHeaders, String)> = signals
             .iter()
             .map(|signal| {
-                let envelope = Envelope::new(
-                    tenant,
-                    signal,
-                    now,
-                    Headers {
-                        request_id: request_id.clone(),
-                        ..Headers::default()
-                    },
-                );
+                let envelope = Envelope::new(tenant, signal, now, headers.clone());
                 (
                     envelope.to_bytes().into(),
                     copilot_runtime::nats::event_headers(&envelope),

@@ -22,7 +22,7 @@ use async_nats::jetstream::{consumer::pull, message::PublishMessage};
 use chrono::Utc;
 use copilot_events::{
     Envelope, Event, EventPayload, Headers, HypothesesProposed, Hypothesis, ModelCallRecorded,
-    TenantIntegrations, TokenUsage, derived_id, subjects,
+    TenantIntegrations, TokenUsage, TraceParent, derived_id, subjects,
 };
 use copilot_runtime::{Context, Settings, metrics::Metrics, nats};
 use futures::StreamExt as _;
@@ -293,14 +293,20 @@ async fn follow_once(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Res
         let due = Envelope::from_slice(&message.payload)
             .ok()
             .and_then(|env| match env.decode() {
-                Ok(Event::IncidentOpened(e)) => Some((env.tenant, e.incident_id)),
-                Ok(Event::SignalAttached(e)) => Some((env.tenant, e.incident_id)),
-                Ok(Event::IncidentReopened(e)) => Some((env.tenant, e.incident_id)),
+                Ok(Event::IncidentOpened(e)) => Some((e.incident_id, env)),
+                Ok(Event::SignalAttached(e)) => Some((e.incident_id, env)),
+                Ok(Event::IncidentReopened(e)) => Some((e.incident_id, env)),
                 _ => None,
             });
-        if let Some((tenant, incident)) = due {
+        if let Some((incident, env)) = due {
             ctx.store
-                .schedule_hypotheses(&tenant, incident, Utc::now(), settle, min_interval)
+                .schedule_hypotheses(
+                    &env.tenant,
+                    incident,
+                    Utc::now(),
+                    (settle, min_interval),
+                    env.traceparent.as_deref(),
+                )
                 .await?;
         }
         if let Err(err) = message.ack().await {
@@ -331,7 +337,7 @@ async fn work(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()>
             }
             continue;
         };
-        let outcome = propose(ctx, &claim.tenant, claim.incident_id).await;
+        let outcome = propose(ctx, &claim).await;
         let finished = match &outcome {
             Ok(true) => {
                 ctx.store
@@ -482,7 +488,9 @@ pub async fn gather(
 
 /// Proposes hypotheses for one incident and appends them (and the model call's telemetry).
 /// `false` when the incident is not in the read model yet (the run is retried).
-async fn propose(ctx: &Context, tenant: &str, incident_id: Uuid) -> anyhow::Result<bool> {
+async fn propose(ctx: &Context, claim: &copilot_store::HypothesisClaim) -> anyhow::Result<bool> {
+    let (tenant, incident_id) = (claim.tenant.as_str(), claim.incident_id);
+    let trace = claim.traceparent.as_deref().and_then(TraceParent::parse);
     let integrations = integrations(ctx, tenant).await?;
     let engine = Engine::for_tenant(&ctx.settings, &integrations);
     let prometheus_url = integrations
@@ -559,7 +567,7 @@ async fn propose(ctx: &Context, tenant: &str, incident_id: Uuid) -> anyhow::Resu
             at: now,
         };
         let subject = subjects::telemetry(tenant, "model_calls");
-        publish(ctx, tenant, subject, call_id, &record, now).await?;
+        publish(ctx, tenant, subject, call_id, &record, now, trace).await?;
         metrics
             .model_calls_total
             .with_label_values(&["llm", call.outcome])
@@ -582,7 +590,7 @@ async fn propose(ctx: &Context, tenant: &str, incident_id: Uuid) -> anyhow::Resu
             .inc_by(cost);
     }
     let subject = subjects::incident(tenant, incident_id);
-    publish(ctx, tenant, subject, proposal_id, &event, now).await?;
+    publish(ctx, tenant, subject, proposal_id, &event, now, trace).await?;
     metrics
         .hypotheses_proposed_total
         .with_label_values(&[conclusion.engine])
@@ -598,6 +606,7 @@ async fn propose(ctx: &Context, tenant: &str, incident_id: Uuid) -> anyhow::Resu
         hypotheses = event.hypotheses.len(),
         inconclusive = event.inconclusive,
         dropped = event.dropped_for_citations,
+        trace_id = trace.map(|t| t.trace_id_hex()).unwrap_or_default(),
         "hypotheses proposed"
     );
     Ok(true)
@@ -610,8 +619,13 @@ async fn publish<P: EventPayload>(
     id: Uuid,
     payload: &P,
     at: chrono::DateTime<Utc>,
+    trace: Option<TraceParent>,
 ) -> anyhow::Result<()> {
-    let envelope = Envelope::with_id(id, tenant, payload, at, Headers::default());
+    let headers = Headers {
+        traceparent: trace.map(|t| t.child(id.as_bytes()).to_string()),
+        ..Headers::default()
+    };
+    let envelope = Envelope::with_id(id, tenant, payload, at, headers);
     let message = PublishMessage::build()
         .headers(nats::event_headers(&envelope))
         .payload(envelope.to_bytes().into())

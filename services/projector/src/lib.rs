@@ -318,6 +318,8 @@ struct Prepared {
     /// Messages the consumer had yet to deliver after this batch.
     pending: Option<u64>,
     request_ids: BTreeSet<String>,
+    /// Trace ids of the batch's events (up to 10), so one alert can be followed in the logs.
+    trace_ids: BTreeSet<String>,
     /// When the newest event of the batch happened, for the lag metric.
     newest: Option<chrono::DateTime<chrono::Utc>>,
     messages: Vec<jetstream::Message>,
@@ -338,6 +340,7 @@ fn prepare(
     let mut pending = None;
     let mut request_ids = BTreeSet::new();
     let mut newest = None;
+    let mut trace_ids = BTreeSet::new();
     for message in &messages {
         let info = message
             .info()
@@ -351,6 +354,14 @@ fn prepare(
             .map_err(|e| e.to_string())
             .and_then(|envelope| {
                 newest = newest.max(Some(envelope.occurred_at));
+                if trace_ids.len() < 10
+                    && let Some(trace) = envelope
+                        .traceparent
+                        .as_deref()
+                        .and_then(copilot_events::TraceParent::parse)
+                {
+                    trace_ids.insert(trace.trace_id_hex());
+                }
                 fold.add(seq, subject, &envelope)
                     .map(|()| envelope.request_id)
             });
@@ -371,6 +382,7 @@ fn prepare(
         last,
         pending,
         request_ids,
+        trace_ids,
         newest,
         messages,
         fold_time: started.elapsed(),
@@ -394,6 +406,7 @@ async fn commit(
         last,
         pending,
         request_ids,
+        trace_ids,
         newest,
         messages,
         fold_time,
@@ -500,6 +513,7 @@ async fn commit(
         parked = parked.len(),
         checkpoint = last,
         request_ids = ?request_ids,
+        trace_ids = ?trace_ids,
         fold_us = fold_time.as_micros() as u64,
         write_us = written.as_micros() as u64,
         commit_us = (committed - written).as_micros() as u64,

@@ -22,6 +22,34 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// The W3C trace context of a request: the caller's trace (or a new one) with this request's
+/// own span id. Events the request appends carry it.
+#[derive(Debug, Clone, Copy)]
+pub struct Trace(pub copilot_events::TraceParent);
+
+/// The headers of the events a request causes: its request id and trace context.
+pub fn event_headers(extensions: &axum::http::Extensions) -> copilot_events::Headers {
+    copilot_events::Headers {
+        request_id: extensions.get::<RequestId>().map(|r| r.0.clone()),
+        traceparent: extensions.get::<Trace>().map(|t| t.0.to_string()),
+        ..copilot_events::Headers::default()
+    }
+}
+
+/// Extractor of [`event_headers`] for handlers that append events.
+pub struct EventOrigin(pub copilot_events::Headers);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for EventOrigin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(event_headers(&parts.extensions)))
+    }
+}
+
 /// Every error an HTTP handler can answer with. Each maps to one status and a problem body;
 /// `Internal` logs its cause and tells the client only that something failed.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +181,14 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
+    let trace = req
+        .headers()
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(copilot_events::TraceParent::parse)
+        .map(|caller| caller.child(id.as_bytes()))
+        .unwrap_or_else(copilot_events::TraceParent::generate);
+    req.extensions_mut().insert(Trace(trace));
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -162,7 +198,13 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     let metrics = Metrics::global();
     metrics.http_requests_in_flight.inc();
     let started = Instant::now();
-    let span = tracing::info_span!("http", request_id = %id, %method, route = %route);
+    let span = tracing::info_span!(
+        "http",
+        request_id = %id,
+        trace_id = %trace.trace_id_hex(),
+        %method,
+        route = %route
+    );
     let mut response = next.run(req).instrument(span).await;
     metrics.http_requests_in_flight.dec();
     metrics
@@ -176,16 +218,31 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    if let Ok(value) = HeaderValue::from_str(&trace.to_string()) {
+        response.headers_mut().insert(TRACEPARENT_HEADER, value);
+    }
     response
 }
+
+const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Adds the shared layers and fallbacks to a service's routes: request ids and metrics on every
 /// route (route layer so the template is known), problem JSON for unknown routes and methods.
 pub fn finish(router: Router) -> Router {
-    router
+    finish_with(router, true)
+}
+
+/// [`finish`], optionally without the instrumentation layer (request ids, trace context,
+/// metrics): only for measuring what that layer costs (`copilot bench instrumentation`).
+pub fn finish_with(router: Router, instrumented: bool) -> Router {
+    let router = router
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .fallback(|| async { ApiError::NotFound })
-        .layer(axum::middleware::from_fn(observe))
+        .fallback(|| async { ApiError::NotFound });
+    if instrumented {
+        router.layer(axum::middleware::from_fn(observe))
+    } else {
+        router
+    }
 }
 
 /// `/healthz` (the process is up), `/readyz` (NATS and Postgres answer), `/metrics`.

@@ -104,6 +104,9 @@ pub fn event_headers(envelope: &copilot_events::Envelope) -> async_nats::HeaderM
     if let Some(request_id) = &envelope.request_id {
         headers.insert(subjects::HEADER_REQUEST_ID, request_id.as_str());
     }
+    if let Some(traceparent) = &envelope.traceparent {
+        headers.insert(subjects::HEADER_TRACEPARENT, traceparent.as_str());
+    }
     headers
 }
 

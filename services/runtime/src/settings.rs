@@ -169,6 +169,10 @@ pub struct Settings {
     #[arg(long, env = "COPILOT_PROMETHEUS_QUERIES", global = true)]
     pub prometheus_queries: Option<PathBuf>,
 
+    /// Benchmarks only: serve HTTP without the instrumentation layer, to measure its cost.
+    #[arg(skip = true)]
+    pub http_instrumentation: bool,
+
     /// Fault injection for tests: the correlator fails after appending its decisions and before
     /// committing them, as a crash there would.
     #[arg(skip)]

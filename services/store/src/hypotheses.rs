@@ -13,6 +13,8 @@ pub struct HypothesisClaim {
     pub tenant: String,
     pub incident_id: Uuid,
     pub claimed_until: DateTime<Utc>,
+    /// Of the latest event that made it due.
+    pub traceparent: Option<String>,
 }
 
 /// An alert of an incident with what the evidence needs of it.
@@ -129,12 +131,14 @@ impl Store {
         tenant: &str,
         incident_id: Uuid,
         now: DateTime<Utc>,
-        settle: Duration,
-        min_interval: Duration,
+        (settle, min_interval): (Duration, Duration),
+        traceparent: Option<&str>,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO hypothesis_schedule (tenant, incident_id, due_at) VALUES ($1, $2, $3 + $4)
-             ON CONFLICT (tenant, incident_id) DO UPDATE SET due_at = CASE
+            "INSERT INTO hypothesis_schedule (tenant, incident_id, due_at, traceparent) VALUES ($1, $2, $3 + $4, $6)
+             ON CONFLICT (tenant, incident_id) DO UPDATE SET
+                 traceparent = coalesce(excluded.traceparent, hypothesis_schedule.traceparent),
+                 due_at = CASE
                  WHEN hypothesis_schedule.due_at IS NOT NULL THEN hypothesis_schedule.due_at
                  ELSE greatest($3 + $4, hypothesis_schedule.last_run_at + $5) END",
         )
@@ -143,6 +147,7 @@ impl Store {
         .bind(now)
         .bind(settle)
         .bind(min_interval)
+        .bind(traceparent)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -163,7 +168,7 @@ impl Store {
                  WHERE (due_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1))
                     OR (due_at IS NULL AND claimed_until < $1)
                  ORDER BY coalesce(due_at, claimed_until) LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING tenant, incident_id, claimed_until",
+             RETURNING tenant, incident_id, claimed_until, traceparent",
         )
         .bind(now)
         .bind(hold)
