@@ -129,10 +129,17 @@ pub async fn main(cli: Cli) -> ExitCode {
     // Services log what they do; one-shot commands only what goes wrong.
     let quiet = !matches!(
         cli.command,
-        Command::Up | Command::Gateway | Command::Projector | Command::Correlator | Command::Api
+        Command::Up
+            | Command::Gateway
+            | Command::Projector
+            | Command::Correlator
+            | Command::Hypothesis
+            | Command::Api
     );
     telemetry::init(cli.settings.log_format, if quiet { "warn" } else { "info" });
-    match dispatch(cli).await {
+    let result = dispatch(cli).await;
+    telemetry::shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

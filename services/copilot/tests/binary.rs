@@ -149,3 +149,101 @@ async fn copilot_up_prints_working_instructions_and_tenants_create_prints_json()
         "copilot up exits cleanly on Ctrl-C: {status}"
     );
 }
+
+/// A real HTTP server standing in for an OTLP collector: keeps every body POSTed to /v1/traces.
+async fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, bodies)
+}
+
+#[tokio::test]
+async fn with_an_otlp_endpoint_set_spans_of_a_webhooks_trace_are_exported() {
+    let (endpoint, bodies) = collector().await;
+    let nats = EphemeralNats::start().await.unwrap();
+    let db = ScratchDatabase::create(&local_admin_url(), "copilot_bin")
+        .await
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut up = copilot(&nats, &db, data_dir.path(), port)
+        .arg("up")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut token = None;
+    while token.is_none() {
+        let line = lines
+            .next()
+            .expect("copilot up printed its banner")
+            .unwrap();
+        token = line
+            .trim_start()
+            .strip_prefix("webhook token")
+            .map(|t| t.trim().to_owned());
+    }
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/alertmanager-v4-firing-2alerts-oncall.json"
+    ))
+    .unwrap();
+    let accepted = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/webhooks/alertmanager"))
+        .bearer_auth(token.unwrap())
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+
+    // Spans are protobuf: the trace id appears as its 16 raw bytes.
+    let raw: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[i * 2..i * 2 + 2], 16).unwrap())
+        .collect();
+    let mut exported = 0;
+    for _ in 0..100 {
+        exported = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b.windows(16).any(|w| w == raw.as_slice()))
+            .count();
+        if exported > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status()
+        .unwrap();
+    up.wait().unwrap();
+    assert!(
+        exported > 0,
+        "no span of the webhook's trace reached the collector"
+    );
+}

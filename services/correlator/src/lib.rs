@@ -23,6 +23,7 @@ use copilot_runtime::{
     nats,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use decide::{Decision, correlation_key};
 
@@ -146,6 +147,12 @@ async fn decide_batch(
             continue;
         }
         let tenant_rules = rules.get(ctx, &envelope.tenant).await?;
+        let span = tracing::info_span!("correlate", seq, tenant = %envelope.tenant);
+        let cause = envelope
+            .traceparent
+            .as_deref()
+            .and_then(copilot_events::TraceParent::parse);
+        copilot_runtime::telemetry::set_parent(&span, cause.as_ref());
         decide::decide(
             store,
             &mut tx,
@@ -154,6 +161,7 @@ async fn decide_batch(
             &signal,
             &mut decisions,
         )
+        .instrument(span)
         .await?;
     }
     append(ctx, &decisions).await?;

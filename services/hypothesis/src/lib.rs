@@ -27,6 +27,7 @@ use copilot_events::{
 use copilot_runtime::{Context, Settings, metrics::Metrics, nats};
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use evidence::{EvidenceInput, EvidenceSet, IncidentFacts, PastIncident, SignalFacts};
@@ -337,7 +338,10 @@ async fn work(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()>
             }
             continue;
         };
-        let outcome = propose(ctx, &claim).await;
+        let span = tracing::info_span!("hypothesize", tenant = %claim.tenant, incident = %claim.incident_id);
+        let cause = claim.traceparent.as_deref().and_then(TraceParent::parse);
+        copilot_runtime::telemetry::set_parent(&span, cause.as_ref());
+        let outcome = propose(ctx, &claim).instrument(span).await;
         let finished = match &outcome {
             Ok(true) => {
                 ctx.store

@@ -23,6 +23,7 @@ use copilot_runtime::{
     nats,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use fold::Fold;
 
@@ -262,8 +263,10 @@ async fn pipeline(
         if let Some(previous) = committing.take() {
             previous.await.context("a batch commit panicked")??;
         }
+        let span = tracing::info_span!("project", projection = projection.name(), from);
+        copilot_runtime::telemetry::set_parent(&span, prepared.first_trace.as_ref());
         *committing = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-            commit(ctx.clone(), projection, prepared, from),
+            commit(ctx.clone(), projection, prepared, from).instrument(span),
         )));
         if until.is_some_and(|target| folded_to >= target) {
             return Ok(());
@@ -320,6 +323,8 @@ struct Prepared {
     request_ids: BTreeSet<String>,
     /// Trace ids of the batch's events (up to 10), so one alert can be followed in the logs.
     trace_ids: BTreeSet<String>,
+    /// The first event's trace context: the batch's span continues it when spans are exported.
+    first_trace: Option<copilot_events::TraceParent>,
     /// When the newest event of the batch happened, for the lag metric.
     newest: Option<chrono::DateTime<chrono::Utc>>,
     messages: Vec<jetstream::Message>,
@@ -341,6 +346,7 @@ fn prepare(
     let mut request_ids = BTreeSet::new();
     let mut newest = None;
     let mut trace_ids = BTreeSet::new();
+    let mut first_trace = None;
     for message in &messages {
         let info = message
             .info()
@@ -360,6 +366,7 @@ fn prepare(
                         .as_deref()
                         .and_then(copilot_events::TraceParent::parse)
                 {
+                    first_trace.get_or_insert(trace);
                     trace_ids.insert(trace.trace_id_hex());
                 }
                 fold.add(seq, subject, &envelope)
@@ -383,6 +390,7 @@ fn prepare(
         pending,
         request_ids,
         trace_ids,
+        first_trace,
         newest,
         messages,
         fold_time: started.elapsed(),
@@ -410,6 +418,7 @@ async fn commit(
         newest,
         messages,
         fold_time,
+        ..
     } = prepared;
     let started = std::time::Instant::now();
     let fold_len = fold.len();

@@ -181,11 +181,12 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let trace = req
+    let caller = req
         .headers()
         .get(TRACEPARENT_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(copilot_events::TraceParent::parse)
+        .and_then(copilot_events::TraceParent::parse);
+    let trace = caller
         .map(|caller| caller.child(id.as_bytes()))
         .unwrap_or_else(copilot_events::TraceParent::generate);
     req.extensions_mut().insert(Trace(trace));
@@ -205,6 +206,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         %method,
         route = %route
     );
+    crate::telemetry::set_parent(&span, caller.as_ref());
     let mut response = next.run(req).instrument(span).await;
     metrics.http_requests_in_flight.dec();
     metrics

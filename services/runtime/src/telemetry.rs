@@ -1,7 +1,17 @@
-//! Logging: JSON lines by default (one object per event, with the span's fields such as the
-//! request id), human-readable text on request. `RUST_LOG` filters as usual.
+//! Logging and tracing. Logs are JSON lines by default (one object per event, with the span's
+//! fields such as the request and trace ids), human-readable text on request; `RUST_LOG` filters
+//! as usual. When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported over OTLP/HTTP
+//! (protobuf), parented on the W3C trace context that travels with every event; when it is not,
+//! no exporter, layer or thread exists.
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use std::sync::OnceLock;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -9,26 +19,87 @@ pub enum LogFormat {
     Text,
 }
 
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Whether spans are exported (an OTLP endpoint was configured at start).
+pub fn exporting() -> bool {
+    PROVIDER.get().is_some()
+}
+
+fn otlp_layer<S>() -> Option<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()?;
+    if endpoint.trim().is_empty() {
+        return None;
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
+        Ok(exporter) => exporter,
+        Err(err) => {
+            eprintln!("warning: OTLP export disabled: {err}");
+            return None;
+        }
+    };
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("copilot")
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("copilot");
+    PROVIDER.set(provider).ok()?;
+    Some(tracing_opentelemetry::layer().with_tracer(tracer))
+}
+
 /// Installs the global subscriber. Calling it twice is harmless (the second call does nothing),
-/// which tests rely on.
-/// `level` is the default when `RUST_LOG` is unset.
+/// which tests rely on. `level` is the default when `RUST_LOG` is unset.
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},sqlx=warn,async_nats=warn")));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+    let logs = match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
     };
+    let registry = tracing_subscriber::registry().with(logs).with(filter);
+    let _ = match otlp_layer() {
+        Some(otlp) => registry.with(otlp).try_init(),
+        None => registry.try_init(),
+    };
+}
+
+/// Flushes and stops the span exporter, if there is one.
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.force_flush();
+        let _ = provider.shutdown();
+    }
+}
+
+/// Makes `span` a child of the remote span a `traceparent` names, when spans are exported.
+pub fn set_parent(span: &tracing::Span, traceparent: Option<&copilot_events::TraceParent>) {
+    if !exporting() {
+        return;
+    }
+    if let Some(tp) = traceparent {
+        let remote = SpanContext::new(
+            TraceId::from_bytes(tp.trace_id),
+            SpanId::from_bytes(tp.span_id),
+            TraceFlags::new(tp.flags),
+            true,
+            TraceState::default(),
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
 }
