@@ -757,7 +757,7 @@ async fn metrics_count_requests_appends_and_projections_by_route_and_stream() {
         .unwrap();
 
     for expected in [
-        r#"http_requests_total{method="POST",route="/v1/webhooks/alertmanager",status="202"}"#,
+        r#"http_requests_total{method="POST",route="/v1/webhooks/alertmanager",service="gateway",status="202"}"#,
         r#"http_request_duration_seconds_bucket{method="POST",route="/v1/webhooks/alertmanager""#,
         "http_requests_in_flight",
         r#"events_appended_total{outcome="ok",stream="SIGNALS"}"#,

@@ -364,7 +364,7 @@ async fn metrics_move_with_traffic_through_every_stage() {
     };
     assert!(
         value(
-            r#"http_requests_total{method="POST",route="/v1/webhooks/alertmanager",status="202"}"#
+            r#"http_requests_total{method="POST",route="/v1/webhooks/alertmanager",service="gateway",status="202"}"#
         ) >= 1.0
     );
     assert!(value(r#"events_appended_total{outcome="ok",stream="SIGNALS"}"#) >= 1.0);

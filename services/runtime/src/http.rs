@@ -211,11 +211,16 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     metrics.http_requests_in_flight.dec();
     metrics
         .http_request_duration_seconds
-        .with_label_values(&[&route, &method])
+        .with_label_values(&[service_of(&route), &route, &method])
         .observe(started.elapsed().as_secs_f64());
     metrics
         .http_requests_total
-        .with_label_values(&[&route, &method, response.status().as_str()])
+        .with_label_values(&[
+            service_of(&route),
+            &route,
+            &method,
+            response.status().as_str(),
+        ])
         .inc();
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
@@ -227,6 +232,18 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
 }
 
 const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The service a route template belongs to (a bounded label: the same in `copilot up` as when the
+/// services run apart).
+fn service_of(route: &str) -> &'static str {
+    if route.starts_with("/v1/webhooks") {
+        "gateway"
+    } else if route.starts_with("/v1/") {
+        "api"
+    } else {
+        "runtime"
+    }
+}
 
 /// Adds the shared layers and fallbacks to a service's routes: request ids and metrics on every
 /// route (route layer so the template is known), problem JSON for unknown routes and methods.

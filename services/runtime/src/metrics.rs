@@ -57,9 +57,9 @@ impl Metrics {
         let http_requests_total = IntCounterVec::new(
             Opts::new(
                 "http_requests_total",
-                "HTTP requests answered, by route template, method and status",
+                "HTTP requests answered, by service, route template, method and status",
             ),
-            &["route", "method", "status"],
+            &["service", "route", "method", "status"],
         )
         .unwrap();
         let http_request_duration_seconds = HistogramVec::new(
@@ -71,7 +71,7 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0,
             ]),
-            &["route", "method"],
+            &["service", "route", "method"],
         )
         .unwrap();
         let http_requests_in_flight = IntGauge::new(
