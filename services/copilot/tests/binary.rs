@@ -247,3 +247,66 @@ async fn with_an_otlp_endpoint_set_spans_of_a_webhooks_trace_are_exported() {
         "no span of the webhook's trace reached the collector"
     );
 }
+
+#[tokio::test]
+async fn every_worker_run_alone_answers_health_and_metrics() {
+    let nats = EphemeralNats::start().await.unwrap();
+    let db = ScratchDatabase::create(&local_admin_url(), "copilot_bin")
+        .await
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    for setup in [&["migrate"][..], &["streams", "apply"][..]] {
+        let done = copilot(&nats, &db, data_dir.path(), 0)
+            .args(setup)
+            .output()
+            .unwrap();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    }
+    let http = reqwest::Client::new();
+    for worker in ["projector", "correlator", "hypothesis"] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut process = copilot(&nats, &db, data_dir.path(), port)
+            .arg(worker)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut metrics = String::new();
+        for _ in 0..100 {
+            if let Ok(r) = http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+            {
+                metrics = r.text().await.unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ready = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        Command::new("kill")
+            .args(["-INT", &process.id().to_string()])
+            .status()
+            .unwrap();
+        let exit = process.wait().unwrap();
+        assert!(
+            metrics.contains("http_requests_in_flight"),
+            "{worker} serves no /metrics"
+        );
+        assert_eq!(ready, 200, "{worker} is not ready");
+        assert!(exit.success(), "{worker} did not exit cleanly on Ctrl-C");
+    }
+}

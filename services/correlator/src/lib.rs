@@ -30,10 +30,10 @@ pub use decide::{Decision, correlation_key};
 const SIGNALS_CHECKPOINT: &str = "correlator-signals";
 const LIFECYCLE_CHECKPOINT: &str = "correlator-incidents";
 
-/// Runs the correlator alone until `shutdown`.
+/// Runs the correlator alone until `shutdown`, with health and metrics on `settings.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "correlator").await?;
-    serve(ctx, shutdown).await
+    copilot_runtime::http::with_health(ctx.clone(), shutdown.clone(), serve(ctx, shutdown)).await
 }
 
 /// Runs the correlator's three loops until `shutdown`: signal decisions, lifecycle following and

@@ -231,10 +231,10 @@ pub async fn conclude(engine: &Engine, input: &EvidenceInput, budget_tokens: usi
     }
 }
 
-/// Runs the service alone until `shutdown`.
+/// Runs the service alone until `shutdown`, with health and metrics on `settings.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "hypothesis").await?;
-    serve(ctx, shutdown).await
+    copilot_runtime::http::with_health(ctx.clone(), shutdown.clone(), serve(ctx, shutdown)).await
 }
 
 /// Runs the scheduler (following INCIDENTS) and the worker until `shutdown`.

@@ -73,10 +73,10 @@ impl Projection {
     }
 }
 
-/// Runs the projector alone until `shutdown`.
+/// Runs the projector alone until `shutdown`, with health and metrics on `settings.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "projector").await?;
-    serve(ctx, shutdown).await
+    copilot_runtime::http::with_health(ctx.clone(), shutdown.clone(), serve(ctx, shutdown)).await
 }
 
 /// Runs every projection until `shutdown`.

@@ -305,6 +305,22 @@ async fn readyz(State(ctx): State<Context>) -> Response {
     (status, body).into_response()
 }
 
+/// Runs a worker (a service without routes of its own) beside `/healthz`, `/readyz` and
+/// `/metrics` on `settings.listen`, so that every process can be scraped and probed.
+pub async fn with_health<F>(
+    ctx: Context,
+    shutdown: tokio_util::sync::CancellationToken,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let addr = ctx.settings.listen;
+    let health = serve(addr, finish(health_routes(ctx)), shutdown);
+    tokio::try_join!(work, health)?;
+    Ok(())
+}
+
 /// Serves `app` on `addr` until `shutdown`, letting requests in flight finish.
 pub async fn serve(
     addr: std::net::SocketAddr,
