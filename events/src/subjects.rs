@@ -26,6 +26,14 @@ pub const ALL_STREAMS: [&str; 7] = [
     DEADLETTERS,
 ];
 
+/// The stream a subject belongs to (its first token, upper-cased), if it is one of ours.
+pub fn stream_of(subject: &str) -> Option<&'static str> {
+    let first = subject.split('.').next()?;
+    ALL_STREAMS
+        .into_iter()
+        .find(|stream| stream.eq_ignore_ascii_case(first))
+}
+
 /// Filter matching every subject of a stream (`signals.>`).
 pub fn all(stream: &str) -> String {
     format!("{}.>", stream.to_ascii_lowercase())
@@ -90,5 +98,7 @@ mod tests {
             "deadletters.acme.projector-signals"
         );
         assert_eq!(all(SIGNALS), "signals.>");
+        assert_eq!(stream_of("incidents.acme.x"), Some(INCIDENTS));
+        assert_eq!(stream_of("nope.acme"), None);
     }
 }

@@ -160,6 +160,24 @@ async fn every_promql_expression_of_the_pipeline_dashboard_and_the_rules_is_vali
         ));
     }
     assert!(exprs.len() >= 12);
+    // A valid expression over a misspelled metric is silently empty: every metric named must be
+    // one the copilot defines.
+    let defined =
+        std::fs::read_to_string(workspace_root().join("services/runtime/src/metrics.rs")).unwrap();
+    for (title, expr) in &exprs {
+        for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let metric = token.strip_suffix("_bucket").unwrap_or(token);
+            let named = ["_total", "_seconds", "_messages", "_sequence"]
+                .iter()
+                .any(|suffix| metric.ends_with(suffix));
+            if named {
+                assert!(
+                    defined.contains(&format!("\"{metric}\"")),
+                    "{title} uses {metric}, which the copilot does not define"
+                );
+            }
+        }
+    }
     let http = reqwest::Client::new();
     for (title, expr) in exprs {
         let expr = expr.replace("$__rate_interval", "1m");

@@ -135,10 +135,11 @@ pub(crate) async fn append(
     message: PublishMessage,
 ) -> Result<u64, AppendError> {
     let ack = js
-        .send_publish(subject, message)
+        .send_publish(subject.clone(), message)
         .await
         .map_err(|e| AppendError::Other(e.to_string()))?
         .await;
+    copilot_runtime::metrics::Metrics::global().appended(&subject, &ack);
     match ack {
         Ok(ack) => Ok(ack.sequence),
         Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(AppendError::Conflict),

@@ -135,6 +135,10 @@ pub async fn main(cli: Cli) -> ExitCode {
             | Command::Correlator
             | Command::Hypothesis
             | Command::Api
+            // Measured as it runs in production: the request spans exist at `info`.
+            | Command::Bench {
+                command: BenchCommand::Instrumentation(_)
+            }
     );
     telemetry::init(cli.settings.log_format, if quiet { "warn" } else { "info" });
     let result = dispatch(cli).await;

@@ -211,7 +211,7 @@ async fn with_an_otlp_endpoint_set_spans_of_a_webhooks_trace_are_exported() {
     .unwrap();
     let accepted = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/v1/webhooks/alertmanager"))
-        .bearer_auth(token.unwrap())
+        .bearer_auth(token.as_deref().unwrap_or_default())
         .header("content-type", "application/json")
         .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
         .body(body)

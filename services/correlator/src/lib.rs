@@ -153,6 +153,7 @@ async fn decide_batch(
             .as_deref()
             .and_then(copilot_events::TraceParent::parse);
         copilot_runtime::telemetry::set_parent(&span, cause.as_ref());
+        let before = decisions.len();
         decide::decide(
             store,
             &mut tx,
@@ -161,8 +162,14 @@ async fn decide_batch(
             &signal,
             &mut decisions,
         )
-        .instrument(span)
+        .instrument(span.clone())
         .await?;
+        // With spans exported, the decisions continue the correlation span itself.
+        if let Some(exported) = copilot_runtime::telemetry::exported_traceparent(&span) {
+            for d in &mut decisions[before..] {
+                d.envelope.traceparent = Some(exported.to_string());
+            }
+        }
     }
     append(ctx, &decisions).await?;
     if ctx.settings.fault_correlator_crash_after_append && !decisions.is_empty() {
@@ -216,15 +223,18 @@ async fn append(ctx: &Context, decisions: &[Decision]) -> anyhow::Result<()> {
             .headers(nats::event_headers(&d.envelope))
             .payload(d.envelope.to_bytes().into())
             .message_id(d.envelope.id.to_string());
-        acks.push(
+        acks.push((
+            d.subject.as_str(),
             ctx.js
                 .send_publish(d.subject.clone(), message)
                 .await
                 .context("appending a decision")?,
-        );
+        ));
     }
-    for ack in acks {
-        ack.await.context("appending a decision")?;
+    for (subject, ack) in acks {
+        let ack = ack.await;
+        Metrics::global().appended(subject, &ack);
+        ack.context("appending a decision")?;
     }
     Ok(())
 }

@@ -626,7 +626,9 @@ async fn publish<P: EventPayload>(
     trace: Option<TraceParent>,
 ) -> anyhow::Result<()> {
     let headers = Headers {
-        traceparent: trace.map(|t| t.child(id.as_bytes()).to_string()),
+        traceparent: copilot_runtime::telemetry::exported_traceparent(&tracing::Span::current())
+            .or_else(|| trace.map(|t| t.child(id.as_bytes())))
+            .map(|t| t.to_string()),
         ..Headers::default()
     };
     let envelope = Envelope::with_id(id, tenant, payload, at, headers);
@@ -634,10 +636,8 @@ async fn publish<P: EventPayload>(
         .headers(nats::event_headers(&envelope))
         .payload(envelope.to_bytes().into())
         .message_id(envelope.id.to_string());
-    ctx.js
-        .send_publish(subject, message)
-        .await?
-        .await
-        .context("appending to JetStream")?;
+    let ack = ctx.js.send_publish(subject.clone(), message).await?.await;
+    Metrics::global().appended(&subject, &ack);
+    ack.context("appending to JetStream")?;
     Ok(())
 }

@@ -90,6 +90,13 @@ pub async fn serve_only(
     projections: &[Projection],
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let metrics = Metrics::global();
+    for p in projections {
+        // Present from the start at 0, so the first parked event is an increase Prometheus sees.
+        metrics
+            .events_dead_lettered_total
+            .with_label_values(&[p.name()]);
+    }
     let tasks = projections
         .iter()
         .map(|p| follow(ctx.clone(), *p, shutdown.clone()));
@@ -141,7 +148,8 @@ async fn watch_consumers(
                     .with_label_values(&[p.name()])
                     .get();
                 let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-                let lag = if info.num_pending > 0 && newest > 0.0 {
+                let waiting = info.num_pending + info.num_ack_pending as u64;
+                let lag = if waiting > 0 && newest > 0.0 {
                     (now - newest).max(0.0)
                 } else {
                     0.0

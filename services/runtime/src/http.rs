@@ -186,41 +186,43 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         .get(TRACEPARENT_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(copilot_events::TraceParent::parse);
-    let trace = caller
-        .map(|caller| caller.child(id.as_bytes()))
-        .unwrap_or_else(copilot_events::TraceParent::generate);
-    req.extensions_mut().insert(Trace(trace));
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
-    let metrics = Metrics::global();
-    metrics.http_requests_in_flight.inc();
-    let started = Instant::now();
+    let method = bounded_method(req.method());
     let span = tracing::info_span!(
         "http",
         request_id = %id,
-        trace_id = %trace.trace_id_hex(),
+        trace_id = tracing::field::Empty,
         %method,
         route = %route
     );
+    // With spans exported, the request's own span is what events continue; otherwise a span id
+    // of our own under the caller's trace (or a new trace).
     crate::telemetry::set_parent(&span, caller.as_ref());
+    let trace = crate::telemetry::exported_traceparent(&span).unwrap_or_else(|| {
+        caller
+            .map(|caller| caller.child(id.as_bytes()))
+            .unwrap_or_else(copilot_events::TraceParent::generate)
+    });
+    span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+    req.extensions_mut().insert(Trace(trace));
+    let metrics = Metrics::global();
+    let in_flight = InFlight::enter(metrics);
+    let started = Instant::now();
     let mut response = next.run(req).instrument(span).await;
-    metrics.http_requests_in_flight.dec();
+    drop(in_flight);
+    let status = response.status();
+    let service = service_of(&route);
     metrics
         .http_request_duration_seconds
-        .with_label_values(&[service_of(&route), &route, &method])
+        .with_label_values(&[service, &route, method, status.as_str()])
         .observe(started.elapsed().as_secs_f64());
     metrics
         .http_requests_total
-        .with_label_values(&[
-            service_of(&route),
-            &route,
-            &method,
-            response.status().as_str(),
-        ])
+        .with_label_values(&[service, &route, method, status.as_str()])
         .inc();
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
@@ -232,6 +234,38 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
 }
 
 const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// A request being answered; leaves the in-flight gauge when dropped, also when the client went
+/// away and the request's future was dropped half way.
+struct InFlight(&'static Metrics);
+
+impl InFlight {
+    fn enter(metrics: &'static Metrics) -> Self {
+        metrics.http_requests_in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.http_requests_in_flight.dec();
+    }
+}
+
+/// The method as a bounded label: anything but the standard methods is `other`.
+fn bounded_method(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
 
 /// The service a route template belongs to (a bounded label: the same in `copilot up` as when the
 /// services run apart).

@@ -71,7 +71,7 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0,
             ]),
-            &["service", "route", "method"],
+            &["service", "route", "method", "status"],
         )
         .unwrap();
         let http_requests_in_flight = IntGauge::new(
@@ -236,6 +236,23 @@ impl Metrics {
             hypotheses_proposed_total,
             hypothesis_citations_dropped_total,
         }
+    }
+
+    /// Counts one append's outcome on the stream of `subject`.
+    pub fn appended<E>(
+        &self,
+        subject: &str,
+        ack: &Result<async_nats::jetstream::publish::PublishAck, E>,
+    ) {
+        let stream = copilot_events::subjects::stream_of(subject).unwrap_or("other");
+        let outcome = match ack {
+            Ok(ack) if ack.duplicate => "duplicate",
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        self.events_appended_total
+            .with_label_values(&[stream, outcome])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -44,13 +44,17 @@ where
             return None;
         }
     };
+    // `OTEL_SERVICE_NAME` (read by the default resource) names separate services apart.
+    let resource = if std::env::var_os("OTEL_SERVICE_NAME").is_some() {
+        opentelemetry_sdk::Resource::builder().build()
+    } else {
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name("copilot")
+            .build()
+    };
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(
-            opentelemetry_sdk::Resource::builder()
-                .with_service_name("copilot")
-                .build(),
-        )
+        .with_resource(resource)
         .build();
     let tracer = provider.tracer("copilot");
     PROVIDER.set(provider).ok()?;
@@ -85,6 +89,22 @@ pub fn shutdown() {
         let _ = provider.force_flush();
         let _ = provider.shutdown();
     }
+}
+
+/// The trace context of `span` as exported, when spans are exported: what the events a span
+/// causes should carry, so that the exported spans link up.
+pub fn exported_traceparent(span: &tracing::Span) -> Option<copilot_events::TraceParent> {
+    if !exporting() {
+        return None;
+    }
+    let context = span.context();
+    let otel = context.span();
+    let sc = otel.span_context();
+    sc.is_valid().then(|| copilot_events::TraceParent {
+        trace_id: sc.trace_id().to_bytes(),
+        span_id: sc.span_id().to_bytes(),
+        flags: sc.trace_flags().to_u8(),
+    })
 }
 
 /// Makes `span` a child of the remote span a `traceparent` names, when spans are exported.
