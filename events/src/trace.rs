@@ -30,12 +30,14 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
 }
 
 impl TraceParent {
-    /// Parses a `traceparent` header (version 00; all-zero ids are invalid, as the spec says).
+    /// Parses a `traceparent` header. Version 00 has exactly four fields; a later version is
+    /// read by its first four, as the spec asks; `ff` and all-zero ids are invalid.
     pub fn parse(text: &str) -> Option<Self> {
         let mut parts = text.trim().split('-');
         let (version, trace, span, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version != "00" || parts.next().is_some() {
+        let version = unhex::<1>(version)?[0];
+        if version == 0xff || (version == 0 && parts.next().is_some()) {
             return None;
         }
         let trace_id = unhex::<16>(trace)?;
