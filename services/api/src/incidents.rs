@@ -24,7 +24,7 @@ use copilot_events::{
 use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::{
     HypothesisView, IncidentCursor, IncidentFilter, IncidentNoteView, IncidentSignalView,
-    IncidentSort, IncidentStats, IncidentSummary, ProposalView, TimelineEntry,
+    IncidentSort, IncidentStats, IncidentSummary, ProposalView, TenantSetting, TimelineEntry,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -653,15 +653,17 @@ pub async fn note(
     .await
 }
 
-pub async fn get_rules(
-    State(api): State<Api>,
-    caller: Caller,
-) -> Result<Json<CorrelationRules>, ApiError> {
+/// A tenant setting as stored, or its defaults when the tenant set none.
+async fn read_setting<T: serde::de::DeserializeOwned + Default>(
+    api: &Api,
+    caller: &Caller,
+    setting: TenantSetting,
+) -> Result<Json<T>, ApiError> {
     caller.require(Role::Viewer)?;
     let stored = api
         .ctx
         .store
-        .correlation_rules(&caller.0.tenant)
+        .tenant_setting(setting, &caller.0.tenant)
         .await
         .map_err(internal)?;
     Ok(Json(
@@ -669,6 +671,13 @@ pub async fn get_rules(
             .and_then(|json| serde_json::from_value(json).ok())
             .unwrap_or_default(),
     ))
+}
+
+pub async fn get_rules(
+    State(api): State<Api>,
+    caller: Caller,
+) -> Result<Json<CorrelationRules>, ApiError> {
+    read_setting(&api, &caller, TenantSetting::CorrelationRules).await
 }
 
 pub async fn set_rules(
@@ -692,18 +701,7 @@ pub async fn get_integrations(
     State(api): State<Api>,
     caller: Caller,
 ) -> Result<Json<TenantIntegrations>, ApiError> {
-    caller.require(Role::Viewer)?;
-    let stored = api
-        .ctx
-        .store
-        .tenant_integrations(&caller.0.tenant)
-        .await
-        .map_err(internal)?;
-    Ok(Json(
-        stored
-            .and_then(|json| serde_json::from_value(json).ok())
-            .unwrap_or_default(),
-    ))
+    read_setting(&api, &caller, TenantSetting::Integrations).await
 }
 
 pub async fn set_integrations(

@@ -68,7 +68,11 @@ impl RulesCache {
         {
             return Ok(rules.clone());
         }
-        let rules = match ctx.store.correlation_rules(tenant).await? {
+        let stored = ctx
+            .store
+            .tenant_setting(copilot_store::TenantSetting::CorrelationRules, tenant)
+            .await?;
+        let rules = match stored {
             Some(json) => serde_json::from_value(json).unwrap_or_else(|err| {
                 tracing::warn!(tenant, error = %err, "stored correlation rules unreadable; using the defaults");
                 CorrelationRules::default()

@@ -370,7 +370,7 @@ async fn work(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()>
 pub async fn integrations(ctx: &Context, tenant: &str) -> anyhow::Result<TenantIntegrations> {
     Ok(ctx
         .store
-        .tenant_integrations(tenant)
+        .tenant_setting(copilot_store::TenantSetting::Integrations, tenant)
         .await?
         .and_then(|json| serde_json::from_value(json).ok())
         .unwrap_or_default())

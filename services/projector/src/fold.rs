@@ -9,7 +9,7 @@ use copilot_events::{
 use copilot_runtime::consume::subject_tenant;
 use copilot_store::{
     AttachedSignal, HypothesisRow, IncidentEventRow, NewIncident, ProposalRow, SignalRow,
-    StateChange, Store, TenantRow, TokenRevocation, TokenRow, Tx, UsageRow,
+    StateChange, Store, TenantRow, TenantSetting, TokenRevocation, TokenRow, Tx, UsageRow,
 };
 use uuid::Uuid;
 
@@ -33,16 +33,10 @@ pub(crate) enum TenantChange {
     Created(TenantRow),
     TokenIssued(TokenRow),
     TokenRevoked(TokenRevocation),
-    Rules {
+    Setting {
+        setting: TenantSetting,
         tenant: String,
-        rules: String,
-        set_by: String,
-        at: DateTime<Utc>,
-        seq: u64,
-    },
-    Integrations {
-        tenant: String,
-        integrations: String,
+        value: String,
         set_by: String,
         at: DateTime<Utc>,
         seq: u64,
@@ -140,18 +134,20 @@ impl Fold {
                 }))
             }
             (Self::Tenants(changes), Event::CorrelationRulesSet(set)) => {
-                changes.push(TenantChange::Rules {
+                changes.push(TenantChange::Setting {
+                    setting: TenantSetting::CorrelationRules,
                     tenant,
-                    rules: json(&set.rules),
+                    value: json(&set.rules),
                     set_by: set.set_by,
                     at,
                     seq,
                 })
             }
             (Self::Tenants(changes), Event::TenantIntegrationsSet(set)) => {
-                changes.push(TenantChange::Integrations {
+                changes.push(TenantChange::Setting {
+                    setting: TenantSetting::Integrations,
                     tenant,
-                    integrations: json(&set.integrations),
+                    value: json(&set.integrations),
                     set_by: set.set_by,
                     at,
                     seq,
@@ -199,33 +195,16 @@ impl Fold {
                         TenantChange::Created(row) => store.insert_tenant(tx, &row).await?,
                         TenantChange::TokenIssued(row) => store.insert_token(tx, &row).await?,
                         TenantChange::TokenRevoked(row) => store.revoke_token(tx, &row).await?,
-                        TenantChange::Rules {
+                        TenantChange::Setting {
+                            setting,
                             tenant,
-                            rules,
+                            value,
                             set_by,
                             at,
                             seq,
                         } => {
                             store
-                                .set_correlation_rules(tx, &tenant, &rules, &set_by, at, seq)
-                                .await?
-                        }
-                        TenantChange::Integrations {
-                            tenant,
-                            integrations,
-                            set_by,
-                            at,
-                            seq,
-                        } => {
-                            store
-                                .set_tenant_integrations(
-                                    tx,
-                                    &tenant,
-                                    &integrations,
-                                    &set_by,
-                                    at,
-                                    seq,
-                                )
+                                .set_tenant_setting(tx, setting, &tenant, &value, &set_by, at, seq)
                                 .await?
                         }
                     }

@@ -9,6 +9,24 @@ use uuid::Uuid;
 
 use crate::{Result, Store, Tx};
 
+/// A tenant's settings, one read model each, set through events on the tenant's subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantSetting {
+    /// `CorrelationRulesSet`: how the correlator groups the tenant's signals.
+    CorrelationRules,
+    /// `TenantIntegrationsSet`: the tenant's Prometheus and model.
+    Integrations,
+}
+
+impl TenantSetting {
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Self::CorrelationRules => ("correlation_rules", "rules"),
+            Self::Integrations => ("tenant_integrations", "integrations"),
+        }
+    }
+}
+
 /// One incident event as the timeline keeps it.
 #[derive(Debug, Clone)]
 pub struct IncidentEventRow<'a> {
@@ -447,23 +465,27 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_correlation_rules(
+    /// Records a tenant setting (the projector, from its `…Set` event).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_tenant_setting(
         &self,
         tx: &mut Tx<'_>,
+        setting: TenantSetting,
         tenant: &str,
-        rules: &str,
+        value: &str,
         set_by: &str,
         at: DateTime<Utc>,
         seq: u64,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO correlation_rules (tenant, rules, set_by, set_at, last_seq) VALUES ($1, $2::jsonb, $3, $4, $5)
-             ON CONFLICT (tenant) DO UPDATE SET rules = excluded.rules, set_by = excluded.set_by,
+        let (table, column) = setting.table();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} (tenant, {column}, set_by, set_at, last_seq) VALUES ($1, $2::jsonb, $3, $4, $5)
+             ON CONFLICT (tenant) DO UPDATE SET {column} = excluded.{column}, set_by = excluded.set_by,
                  set_at = excluded.set_at, last_seq = excluded.last_seq
-             WHERE correlation_rules.last_seq < excluded.last_seq",
-        )
+             WHERE {table}.last_seq < excluded.last_seq"
+        )))
         .bind(tenant)
-        .bind(rules)
+        .bind(value)
         .bind(set_by)
         .bind(at)
         .bind(seq as i64)
@@ -472,49 +494,19 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_tenant_integrations(
+    /// A tenant setting as JSON, if the tenant set it.
+    pub async fn tenant_setting(
         &self,
-        tx: &mut Tx<'_>,
+        setting: TenantSetting,
         tenant: &str,
-        integrations: &str,
-        set_by: &str,
-        at: DateTime<Utc>,
-        seq: u64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO tenant_integrations (tenant, integrations, set_by, set_at, last_seq) VALUES ($1, $2::jsonb, $3, $4, $5)
-             ON CONFLICT (tenant) DO UPDATE SET integrations = excluded.integrations, set_by = excluded.set_by,
-                 set_at = excluded.set_at, last_seq = excluded.last_seq
-             WHERE tenant_integrations.last_seq < excluded.last_seq",
-        )
+    ) -> Result<Option<serde_json::Value>> {
+        let (table, column) = setting.table();
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT {column} FROM {table} WHERE tenant = $1"
+        )))
         .bind(tenant)
-        .bind(integrations)
-        .bind(set_by)
-        .bind(at)
-        .bind(seq as i64)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    /// A tenant's integrations as JSON, if it set any.
-    pub async fn tenant_integrations(&self, tenant: &str) -> Result<Option<serde_json::Value>> {
-        Ok(
-            sqlx::query_scalar("SELECT integrations FROM tenant_integrations WHERE tenant = $1")
-                .bind(tenant)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    /// A tenant's correlation rules as JSON, if it set any.
-    pub async fn correlation_rules(&self, tenant: &str) -> Result<Option<serde_json::Value>> {
-        Ok(
-            sqlx::query_scalar("SELECT rules FROM correlation_rules WHERE tenant = $1")
-                .bind(tenant)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// A page of a tenant's incidents in `sort` order, after `cursor`.

@@ -16,7 +16,7 @@ pub use hypotheses::{
 pub use incidents::{
     AttachedSignal, IncidentCursor, IncidentEventRow, IncidentFilter, IncidentNoteView,
     IncidentSignalView, IncidentSort, IncidentStats, IncidentSummary, NewIncident, StateChange,
-    TimelineEntry,
+    TenantSetting, TimelineEntry,
 };
 pub use signals::{SignalCursor, SignalFilter, SignalRow, SignalView};
 pub use tenants::{TenantRow, TokenOwner, TokenRevocation, TokenRow};
