@@ -394,6 +394,7 @@ Try it:
     -d '{{"version":"4","status":"firing","receiver":"copilot","alerts":[{{"status":"firing","labels":{{"alertname":"HighErrorRate","service":"checkout","severity":"critical"}},"annotations":{{"summary":"checkout 5xx above 5%"}},"startsAt":"2026-01-01T00:00:00Z"}}]}}'
 
   curl -sS {base}/v1/signals -H 'Authorization: Bearer {jwt}'
+  curl -sS {base}/v1/incidents -H 'Authorization: Bearer {jwt}'
 "#
     )
 }

@@ -56,7 +56,7 @@ async fn copilot_up_prints_working_instructions_and_tenants_create_prints_json()
     let mut banner = String::new();
     let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
     let started = Instant::now();
-    while !banner.contains("curl -sS http") {
+    while !banner.contains("/v1/incidents -H") {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no banner in 60 s:\n{banner}"
@@ -112,6 +112,29 @@ async fn copilot_up_prints_working_instructions_and_tenants_create_prints_json()
     assert!(
         banner.contains(&format!("credentials: {token}")),
         "the Alertmanager block carries the token"
+    );
+    assert!(banner.contains(&format!("curl -sS http://127.0.0.1:{port}/v1/incidents")));
+    let incidents_url = format!("http://127.0.0.1:{port}/v1/incidents");
+    let mut incidents = 0;
+    for _ in 0..100 {
+        let page: serde_json::Value = http
+            .get(&incidents_url)
+            .bearer_auth(&jwt)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        incidents = page["items"].as_array().map_or(0, Vec::len);
+        if incidents == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        incidents, 1,
+        "the alert opened an incident, listed as the banner says"
     );
 
     let created = copilot(&nats, &db, data_dir.path(), port)
