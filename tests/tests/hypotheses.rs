@@ -8,6 +8,7 @@ use copilot::app::Services;
 use copilot_e2e::{
     TestApp, alertmanager_payload,
     fake_llm::{FakeLlm, Reply},
+    poll,
 };
 use copilot_events::{CauseKind, Role};
 use copilot_hypothesis::{Engine, evidence, llm::LlmConfig};
@@ -156,28 +157,9 @@ async fn post(t: &TestApp, alerts: &[(&str, &str, &str, &str)]) {
     assert_eq!(r.status(), 202);
 }
 
-/// Polls `check` until it gives a value, failing the test after 30 s.
-async fn poll<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within 30s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The one incident of `service`, once it has a proposal.
 async fn incident_with_hypotheses(t: &TestApp, service: &str) -> Value {
-    poll(|| async {
+    poll(Duration::from_secs(30), || async {
         let page = json_of(
             t.get(
                 &format!("/v1/incidents?service={service}"),
@@ -370,7 +352,7 @@ async fn a_later_proposal_supersedes_the_earlier_and_says_what_changed() {
         )],
     )
     .await;
-    let history = poll(|| async {
+    let history = poll(Duration::from_secs(30), || async {
         let history = json_of(
             t.get(
                 &format!("/v1/incidents/{id}/hypotheses?history=true"),
@@ -520,7 +502,7 @@ async fn metric_evidence_is_read_from_a_real_prometheus_and_summarised() {
     let started = chrono::Utc::now();
 
     // Wait until Prometheus has scraped enough for a rate, then fetch as the service would.
-    let summaries = poll(|| async {
+    let summaries = poll(Duration::from_secs(30), || async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let now = chrono::Utc::now();
         let found = copilot_hypothesis::metrics::fetch(
@@ -662,7 +644,7 @@ async fn proposals_verdicts_and_usage_rebuilt_from_the_streams_equal_the_live_on
     )
     .await;
     let id = detail["id"].as_str().unwrap().to_owned();
-    let newest = poll(|| async {
+    let newest = poll(Duration::from_secs(30), || async {
         let h = json_of(
             t.get(
                 &format!("/v1/incidents/{id}/hypotheses?history=true"),

@@ -103,15 +103,20 @@ pub(crate) async fn scratch(
     Ok((nats, db, settings))
 }
 
+/// Prints a benchmark's report: pretty JSON with `--json`, else as `print` lays it out.
+pub(crate) fn emit<R: Serialize>(report: &R, json: bool, print: fn(&R)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print(report);
+    }
+    Ok(())
+}
+
 pub async fn ingest(settings: Settings, args: IngestArgs) -> anyhow::Result<()> {
     let (_nats, _db, settings) = scratch(settings, args.admin_url.clone()).await?;
     let report = run(settings, &args).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    emit(&report, args.json, print_report)
 }
 
 async fn run(settings: Settings, args: &IngestArgs) -> anyhow::Result<IngestReport> {
@@ -603,25 +608,24 @@ pub async fn instrumentation(settings: Settings, args: InstrumentationArgs) -> a
         throughput_overhead_percent: (rate(1) - rate(0)) / rate(1) * 100.0,
         p99_overhead_percent: (p99(0) - p99(1)) / p99(1) * 100.0,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "gateway with and without instrumentation ({} rounds of {} alerts each)",
-            report.rounds, report.alerts_per_round
-        );
-        println!(
-            "  instrumented  {:>8.0} alerts/s   p99 {:>6.2} ms per webhook",
-            report.instrumented_alerts_per_sec, report.instrumented_p99_ms
-        );
-        println!(
-            "  bare          {:>8.0} alerts/s   p99 {:>6.2} ms per webhook",
-            report.bare_alerts_per_sec, report.bare_p99_ms
-        );
-        println!(
-            "  overhead      {:>7.1}% throughput, {:+.1}% p99",
-            report.throughput_overhead_percent, report.p99_overhead_percent
-        );
-    }
-    Ok(())
+    emit(&report, args.json, print_instrumentation)
+}
+
+fn print_instrumentation(report: &InstrumentationReport) {
+    println!(
+        "gateway with and without instrumentation ({} rounds of {} alerts each)",
+        report.rounds, report.alerts_per_round
+    );
+    println!(
+        "  instrumented  {:>8.0} alerts/s   p99 {:>6.2} ms per webhook",
+        report.instrumented_alerts_per_sec, report.instrumented_p99_ms
+    );
+    println!(
+        "  bare          {:>8.0} alerts/s   p99 {:>6.2} ms per webhook",
+        report.bare_alerts_per_sec, report.bare_p99_ms
+    );
+    println!(
+        "  overhead      {:>7.1}% throughput, {:+.1}% p99",
+        report.throughput_overhead_percent, report.p99_overhead_percent
+    );
 }

@@ -76,12 +76,7 @@ pub struct QueryLatency {
 pub async fn incidents(settings: Settings, args: IncidentsArgs) -> anyhow::Result<()> {
     let (_nats, _db, settings) = scratch(settings, args.admin_url.clone()).await?;
     let report = run(settings, &args).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    crate::bench::emit(&report, args.json, print_report)
 }
 
 async fn run(settings: Settings, args: &IncidentsArgs) -> anyhow::Result<IncidentsReport> {

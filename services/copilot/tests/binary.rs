@@ -34,6 +34,28 @@ fn field<'a>(banner: &'a str, label: &str) -> &'a str {
         .unwrap_or_else(|| panic!("the banner has no {label:?} line:\n{banner}"))
 }
 
+/// The number of `items` a page at `url` lists, polled until it is `expected` (or 5 s passed).
+async fn items_within_5s(http: &reqwest::Client, url: &str, jwt: &str, expected: usize) -> usize {
+    let mut seen = 0;
+    for _ in 0..100 {
+        let page: serde_json::Value = http
+            .get(url)
+            .bearer_auth(jwt)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen = page["items"].as_array().map_or(0, Vec::len);
+        if seen == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen
+}
+
 #[tokio::test]
 async fn copilot_up_prints_working_instructions_and_tenants_create_prints_json() {
     let nats = EphemeralNats::start().await.unwrap();
@@ -88,23 +110,7 @@ async fn copilot_up_prints_working_instructions_and_tenants_create_prints_json()
         .unwrap();
     assert_eq!(accepted.status(), 202);
     let signals_url = format!("http://127.0.0.1:{port}/v1/signals");
-    let mut seen = 0;
-    for _ in 0..100 {
-        let page: serde_json::Value = http
-            .get(&signals_url)
-            .bearer_auth(&jwt)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        seen = page["items"].as_array().map_or(0, Vec::len);
-        if seen == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let seen = items_within_5s(&http, &signals_url, &jwt, 1).await;
     assert_eq!(
         seen, 1,
         "the alert sent as the banner says is readable with the printed JWT"
@@ -115,23 +121,7 @@ async fn copilot_up_prints_working_instructions_and_tenants_create_prints_json()
     );
     assert!(banner.contains(&format!("curl -sS http://127.0.0.1:{port}/v1/incidents")));
     let incidents_url = format!("http://127.0.0.1:{port}/v1/incidents");
-    let mut incidents = 0;
-    for _ in 0..100 {
-        let page: serde_json::Value = http
-            .get(&incidents_url)
-            .bearer_auth(&jwt)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        incidents = page["items"].as_array().map_or(0, Vec::len);
-        if incidents == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let incidents = items_within_5s(&http, &incidents_url, &jwt, 1).await;
     assert_eq!(
         incidents, 1,
         "the alert opened an incident, listed as the banner says"

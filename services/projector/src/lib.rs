@@ -114,16 +114,17 @@ async fn watch_consumers(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::global();
+    let consumers: Vec<(&str, String)> = nats::CONSUMER_DEFINITIONS
+        .iter()
+        .filter_map(|(stream, json)| {
+            let config: async_nats::jetstream::consumer::pull::Config =
+                serde_json::from_str(json).ok()?;
+            Some((*stream, config.durable_name?))
+        })
+        .collect();
     loop {
-        for (stream, json) in nats::CONSUMER_DEFINITIONS {
-            let Ok(config) =
-                serde_json::from_str::<async_nats::jetstream::consumer::pull::Config>(json)
-            else {
-                continue;
-            };
-            let Some(name) = config.durable_name else {
-                continue;
-            };
+        for (stream, name) in &consumers {
+            let (stream, name) = (*stream, name.clone());
             let info = async {
                 let stream = ctx.js.get_stream(stream).await.ok()?;
                 let mut consumer = stream

@@ -452,17 +452,7 @@ impl Store {
         .bind(at)
         .execute(&mut **tx)
         .await?;
-        sqlx::query(
-            "UPDATE incidents SET updated_at = greatest(updated_at, $3), last_seq = $4
-             WHERE tenant = $1 AND id = $2",
-        )
-        .bind(tenant)
-        .bind(incident_id)
-        .bind(at)
-        .bind(seq as i64)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        self.touch_incident(tx, tenant, incident_id, at, seq).await
     }
 
     /// Records a tenant setting (the projector, from its `…Set` event).
