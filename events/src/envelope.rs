@@ -4,6 +4,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::admin::{
+    TenantResumed, TenantRetentionSet, TenantSuspended, UserAdded, UserRemoved, UserUpdated,
+};
 use crate::hypotheses::{HypothesesProposed, HypothesisVerdictGiven, ModelCallRecorded};
 use crate::incidents::{
     CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened,
@@ -46,6 +49,13 @@ pub struct Envelope {
     /// W3C `traceparent` of the request or event that caused this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Who asked for it, for events a person or a tool commanded (a user id, `cli`, `up`);
+    /// absent for what the system derived itself. The audit log is built from these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The network address the command came from, when it came over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_addr: Option<String>,
     #[schemars(with = "serde_json::Value")]
     pub payload: Box<RawValue>,
 }
@@ -57,6 +67,8 @@ pub struct Headers {
     pub causation_id: Option<Uuid>,
     pub request_id: Option<String>,
     pub traceparent: Option<String>,
+    pub actor: Option<String>,
+    pub source_addr: Option<String>,
 }
 
 /// Every event type this build understands, decoded.
@@ -79,6 +91,12 @@ pub enum Event {
     HypothesesProposed(HypothesesProposed),
     HypothesisVerdictGiven(HypothesisVerdictGiven),
     ModelCallRecorded(ModelCallRecorded),
+    TenantSuspended(TenantSuspended),
+    TenantResumed(TenantResumed),
+    TenantRetentionSet(TenantRetentionSet),
+    UserAdded(UserAdded),
+    UserUpdated(UserUpdated),
+    UserRemoved(UserRemoved),
 }
 
 impl Event {
@@ -102,6 +120,12 @@ impl Event {
             Self::HypothesesProposed(_) => HypothesesProposed::TYPE,
             Self::HypothesisVerdictGiven(_) => HypothesisVerdictGiven::TYPE,
             Self::ModelCallRecorded(_) => ModelCallRecorded::TYPE,
+            Self::TenantSuspended(_) => TenantSuspended::TYPE,
+            Self::TenantResumed(_) => TenantResumed::TYPE,
+            Self::TenantRetentionSet(_) => TenantRetentionSet::TYPE,
+            Self::UserAdded(_) => UserAdded::TYPE,
+            Self::UserUpdated(_) => UserUpdated::TYPE,
+            Self::UserRemoved(_) => UserRemoved::TYPE,
         }
     }
 }
@@ -155,6 +179,8 @@ impl Envelope {
             causation_id: headers.causation_id,
             request_id: headers.request_id,
             traceparent: headers.traceparent,
+            actor: headers.actor,
+            source_addr: headers.source_addr,
             payload,
         }
     }
@@ -207,7 +233,13 @@ impl Envelope {
             IncidentNoteAdded,
             HypothesesProposed,
             HypothesisVerdictGiven,
-            ModelCallRecorded
+            ModelCallRecorded,
+            TenantSuspended,
+            TenantResumed,
+            TenantRetentionSet,
+            UserAdded,
+            UserUpdated,
+            UserRemoved
         )
     }
 }

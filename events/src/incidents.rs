@@ -193,6 +193,20 @@ pub struct TenantIntegrations {
     /// An OpenAI-compatible model for this tenant's hypotheses.
     #[serde(default)]
     pub llm: Option<TenantLlm>,
+    /// The tenant's Slack workspace, for slash commands and notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<TenantSlack>,
+}
+
+/// A Slack workspace. The signing secret itself never enters the copilot's events or tables:
+/// it is named by an environment variable of the copilot's processes, like a model's API key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSlack {
+    /// Slack team (workspace) id, e.g. `T0123ABCD`.
+    pub team_id: String,
+    /// Name of the environment variable that holds the app's signing secret.
+    pub signing_secret_env: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -216,6 +230,17 @@ fn valid_url(url: &str) -> bool {
         && !url.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// An environment variable name as the copilot accepts one: A-Z, 0-9 and `_`, not starting
+/// with a digit, at most 128 characters.
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
 impl TenantIntegrations {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(url) = &self.prometheus_url
@@ -236,18 +261,32 @@ impl TenantIntegrations {
             {
                 return Err("llm.timeout_ms must be between 1000 and 300000".into());
             }
-            if let Some(name) = &llm.api_key_env {
-                let ok = !name.is_empty()
-                    && name.len() <= 128
-                    && !name.starts_with(|c: char| c.is_ascii_digit())
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-                if !ok {
-                    return Err(
-                        "llm.api_key_env must name an environment variable (A-Z, 0-9, _)".into(),
-                    );
-                }
+            if llm
+                .api_key_env
+                .as_deref()
+                .is_some_and(|n| !valid_env_name(n))
+            {
+                return Err(
+                    "llm.api_key_env must name an environment variable (A-Z, 0-9, _)".into(),
+                );
+            }
+        }
+        if let Some(slack) = &self.slack {
+            let team_ok = slack.team_id.len() <= 32
+                && slack.team_id.starts_with(['T', 'E'])
+                && slack.team_id.len() > 1
+                && slack
+                    .team_id
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            if !team_ok {
+                return Err("slack.team_id must be a Slack team id such as T0123ABCD".into());
+            }
+            if !valid_env_name(&slack.signing_secret_env) {
+                return Err(
+                    "slack.signing_secret_env must name an environment variable (A-Z, 0-9, _)"
+                        .into(),
+                );
             }
         }
         Ok(())

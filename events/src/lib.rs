@@ -5,6 +5,7 @@
 //! version, the subjects and stream names, the message-id rules that make appends idempotent, and
 //! the JSON Schemas generated from those types (`schemas/`, checked by a test).
 
+mod admin;
 mod envelope;
 mod hypotheses;
 mod incidents;
@@ -13,6 +14,10 @@ pub mod schema;
 pub mod subjects;
 mod trace;
 
+pub use admin::{
+    TenantResumed, TenantRetention, TenantRetentionSet, TenantSuspended, UserAdded, UserRemoved,
+    UserUpdated, is_plausible_email, is_valid_name, is_valid_user_id,
+};
 pub use envelope::{DecodeError, Envelope, Event, EventPayload, Headers};
 pub use hypotheses::{
     CauseKind, Evidence, EvidenceKind, HypothesesProposed, Hypothesis, HypothesisChange,
@@ -22,7 +27,7 @@ pub use incidents::{
     CORRELATOR, CorrelationRules, CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded,
     IncidentOpened, IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned,
     SignalAttached, SignalResolved, TenantIntegrations, TenantIntegrationsSet, TenantLlm,
-    WindowKind, derived_id,
+    TenantSlack, WindowKind, derived_id,
 };
 pub use payloads::{
     Role, Severity, SignalReceived, SignalSource, SignalStatus, TenantCreated, WebhookTokenIssued,

@@ -192,6 +192,10 @@ impl EventPayload for WebhookTokenIssued {
 pub struct WebhookTokenRevoked {
     pub token_id: Uuid,
     pub revoked_by: String,
+    /// When the token stops working; absent means at once. A rotation revokes the old token
+    /// some time after issuing the new one, so senders can switch without a gap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<DateTime<Utc>>,
 }
 
 impl EventPayload for WebhookTokenRevoked {

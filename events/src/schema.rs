@@ -10,7 +10,8 @@ use crate::{
     CorrelationRulesSet, Envelope, EventPayload, HypothesesProposed, HypothesisVerdictGiven,
     IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened, IncidentResolved,
     IncidentTransitioned, ModelCallRecorded, SignalAttached, SignalReceived, SignalResolved,
-    TenantCreated, TenantIntegrationsSet, WebhookTokenIssued, WebhookTokenRevoked,
+    TenantCreated, TenantIntegrationsSet, TenantResumed, TenantRetentionSet, TenantSuspended,
+    UserAdded, UserRemoved, UserUpdated, WebhookTokenIssued, WebhookTokenRevoked,
 };
 
 fn payload<P: EventPayload>() -> (String, String) {
@@ -46,6 +47,12 @@ pub fn all() -> Vec<(String, String)> {
         payload::<HypothesesProposed>(),
         payload::<HypothesisVerdictGiven>(),
         payload::<ModelCallRecorded>(),
+        payload::<TenantSuspended>(),
+        payload::<TenantResumed>(),
+        payload::<TenantRetentionSet>(),
+        payload::<UserAdded>(),
+        payload::<UserUpdated>(),
+        payload::<UserRemoved>(),
     ]
 }
 

@@ -54,6 +54,11 @@ pub fn tenant_tokens(tenant: &str) -> String {
     format!("tenants.{tenant}.tokens")
 }
 
+/// `tenants.<tenant>.users`: people of the tenant and their roles.
+pub fn tenant_users(tenant: &str) -> String {
+    format!("tenants.{tenant}.users")
+}
+
 /// `incidents.<tenant>.<incident>`: every event of one incident, decisions and commands alike.
 pub fn incident(tenant: &str, incident: uuid::Uuid) -> String {
     format!("incidents.{tenant}.{incident}")

@@ -69,6 +69,9 @@ pub fn settings(nats: &NatsServer, db: &TestDb) -> Settings {
     settings.log_format = copilot_runtime::telemetry::LogFormat::Text;
     // Hypotheses only where a test asks for them: a proposal moves an incident's version.
     settings.hypothesis_settle_ms = 3_600_000;
+    // Rate limits only where a test asks for them: tests poll fast.
+    settings.webhook_rate_per_sec = 0;
+    settings.api_rate_per_sec = 0;
     settings
 }
 
@@ -138,12 +141,24 @@ impl TestApp {
             &self.ctx().js,
             tenant,
             token_id,
+            None,
             "test",
             Default::default(),
         )
         .await
         .expect("revoking a token");
         self.settle(copilot_projector::Projection::Tenants).await;
+    }
+
+    /// A JWT of user `user_id` of `tenant`, adding the user with `role` first if there is none.
+    pub async fn user_jwt(&self, tenant: &str, user_id: &str, role: Role) -> String {
+        user_jwt(
+            self.app.as_ref().expect("app running"),
+            tenant,
+            user_id,
+            role,
+        )
+        .await
     }
 
     /// Messages in a stream now.
@@ -178,10 +193,54 @@ async fn tenant(app: &App, slug: &str) -> TestTenant {
         slug: slug.to_owned(),
         webhook_token: created.webhook_token,
         token_id: created.token_id,
-        viewer_jwt: app
-            .jwt
-            .issue("tester", slug, Role::Viewer, Duration::from_secs(600)),
+        viewer_jwt: people(app, slug).await,
     }
+}
+
+/// Adds the people every test tenant has: `tester` (viewer), `bob` and `eve` (engineers) and
+/// `alice` (admin); returns tester's JWT.
+async fn people(app: &App, slug: &str) -> String {
+    user_jwt(app, slug, "alice", Role::Admin).await;
+    user_jwt(app, slug, "bob", Role::Engineer).await;
+    user_jwt(app, slug, "eve", Role::Engineer).await;
+    user_jwt(app, slug, "tester", Role::Viewer).await
+}
+
+/// A JWT of user `user_id` of `tenant` (valid 10 minutes), adding the user with `role` first
+/// if there is none.
+pub async fn user_jwt(app: &App, tenant: &str, user_id: &str, role: Role) -> String {
+    let ctx = &app.ctx;
+    let mut tx = ctx.store.begin().await.expect("a transaction");
+    let exists = ctx
+        .store
+        .find_user(&mut tx, tenant, user_id)
+        .await
+        .expect("reading users")
+        .is_some();
+    drop(tx);
+    if !exists {
+        let user = copilot_events::UserAdded {
+            user_id: user_id.to_owned(),
+            email: format!("{user_id}@{tenant}.test"),
+            display_name: user_id.to_owned(),
+            role,
+            slack_user_id: None,
+            added_by: "test".to_owned(),
+        };
+        copilot_api::commands::add_user(&ctx.js, tenant, &user, Default::default())
+            .await
+            .expect("adding a user");
+        copilot_projector::catch_up(
+            ctx,
+            copilot_projector::Projection::Tenants,
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the user is projected");
+    }
+    app.jwt
+        .issue(user_id, tenant, role, Duration::from_secs(600))
+        .expect("issuing a JWT")
 }
 
 /// Polls `check` until it holds, failing the test after `timeout`.

@@ -574,13 +574,15 @@ async fn the_read_api_refuses_missing_forged_and_expired_tokens() {
             "acme",
             copilot_events::Role::Admin,
             Duration::from_secs(60),
-        );
-    let expired =
-        t.app
-            .as_ref()
-            .unwrap()
-            .jwt
-            .issue("m", "acme", copilot_events::Role::Admin, Duration::ZERO);
+        )
+        .unwrap();
+    let expired = t
+        .app
+        .as_ref()
+        .unwrap()
+        .jwt
+        .issue("alice", "acme", copilot_events::Role::Admin, Duration::ZERO)
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
 
     assert_eq!(
@@ -773,7 +775,8 @@ async fn creating_a_tenant_twice_is_refused_and_streams_apply_is_idempotent() {
     let t = TestApp::spawn().await;
 
     let again =
-        copilot_api::commands::create_tenant(&t.ctx().js, "acme", "Acme", "test", None).await;
+        copilot_api::commands::create_tenant(&t.ctx().js, "acme", "Acme", None, Default::default())
+            .await;
     let report = copilot_runtime::nats::provision(&t.ctx().js).await.unwrap();
 
     assert!(matches!(

@@ -249,18 +249,20 @@ async fn an_incident_gets_cited_hypotheses_and_analysts_give_verdicts() {
                 .unwrap()
         }
     };
-    let engineer =
-        t.app
-            .as_ref()
-            .unwrap()
-            .jwt
-            .issue("bob", "acme", Role::Engineer, Duration::from_secs(60));
-    let foreign =
-        t.app
-            .as_ref()
-            .unwrap()
-            .jwt
-            .issue("eve", "globex", Role::Engineer, Duration::from_secs(60));
+    let engineer = t
+        .app
+        .as_ref()
+        .unwrap()
+        .jwt
+        .issue("bob", "acme", Role::Engineer, Duration::from_secs(60))
+        .unwrap();
+    let foreign = t
+        .app
+        .as_ref()
+        .unwrap()
+        .jwt
+        .issue("eve", "globex", Role::Engineer, Duration::from_secs(60))
+        .unwrap();
     assert_eq!(
         verdict(t.acme.viewer_jwt.clone(), "rollout:checkout")
             .await
@@ -543,12 +545,13 @@ async fn tenant_integrations_pick_the_tenants_model_and_never_hold_a_key() {
     ))
     .await;
     let t = TestApp::spawn_with(Services::All, fast_hypotheses(60)).await;
-    let admin =
-        t.app
-            .as_ref()
-            .unwrap()
-            .jwt
-            .issue("alice", "acme", Role::Admin, Duration::from_secs(60));
+    let admin = t
+        .app
+        .as_ref()
+        .unwrap()
+        .jwt
+        .issue("alice", "acme", Role::Admin, Duration::from_secs(60))
+        .unwrap();
     let put = |jwt: String, body: Value| {
         let (http, url) = (
             t.http.clone(),
@@ -657,12 +660,13 @@ async fn proposals_verdicts_and_usage_rebuilt_from_the_streams_equal_the_live_on
     })
     .await;
     let hid = newest["hypotheses"][0]["id"].as_str().unwrap().to_owned();
-    let engineer =
-        t.app
-            .as_ref()
-            .unwrap()
-            .jwt
-            .issue("bob", "acme", Role::Engineer, Duration::from_secs(60));
+    let engineer = t
+        .app
+        .as_ref()
+        .unwrap()
+        .jwt
+        .issue("bob", "acme", Role::Engineer, Duration::from_secs(60))
+        .unwrap();
     let r = t
         .http
         .post(format!(

@@ -36,6 +36,7 @@ fn admin(t: &TestApp, tenant: &str) -> String {
         .unwrap()
         .jwt
         .issue("alice", tenant, Role::Admin, Duration::from_secs(600))
+        .unwrap()
 }
 
 fn engineer(t: &TestApp, tenant: &str) -> String {
@@ -44,6 +45,7 @@ fn engineer(t: &TestApp, tenant: &str) -> String {
         .unwrap()
         .jwt
         .issue("bob", tenant, Role::Engineer, Duration::from_secs(600))
+        .unwrap()
 }
 
 async fn send(
@@ -692,13 +694,20 @@ async fn a_correlator_crash_between_append_and_commit_redecides_the_same_events_
     assert_eq!(ctx.store.incident_totals("acme").await.unwrap(), (1, 2));
     let incident = ctx
         .store
-        .list_incidents("acme", &Default::default(), Default::default(), None, 1)
+        .list_incidents(
+            &mut ctx.store.begin().await.unwrap(),
+            "acme",
+            &Default::default(),
+            Default::default(),
+            None,
+            1,
+        )
         .await
         .unwrap()
         .remove(0);
     assert_eq!(
         ctx.store
-            .incident_timeline("acme", incident.id)
+            .incident_timeline(&mut ctx.store.begin().await.unwrap(), "acme", incident.id)
             .await
             .unwrap()
             .len(),
@@ -708,7 +717,8 @@ async fn a_correlator_crash_between_append_and_commit_redecides_the_same_events_
     // The skipped copy still moved the incident's version: a command goes through.
     let jwt = app
         .jwt
-        .issue("bob", "acme", Role::Engineer, Duration::from_secs(60));
+        .issue("bob", "acme", Role::Engineer, Duration::from_secs(60))
+        .unwrap();
     let ack = reqwest::Client::new()
         .post(format!(
             "{}/v1/incidents/{}/transitions",

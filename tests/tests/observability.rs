@@ -95,12 +95,18 @@ async fn every_sql_panel_of_the_incident_dashboard_runs_against_real_read_models
         d["hypotheses"][0]["id"].as_str().map(str::to_owned)
     })
     .await;
-    let jwt = t.app.as_ref().unwrap().jwt.issue(
-        "bob",
-        "acme",
-        copilot_events::Role::Engineer,
-        Duration::from_secs(60),
-    );
+    let jwt = t
+        .app
+        .as_ref()
+        .unwrap()
+        .jwt
+        .issue(
+            "bob",
+            "acme",
+            copilot_events::Role::Engineer,
+            Duration::from_secs(60),
+        )
+        .unwrap();
     let r = t
         .http
         .post(format!(

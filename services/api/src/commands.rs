@@ -5,7 +5,9 @@
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use chrono::Utc;
 use copilot_events::{
-    Envelope, EventPayload, Headers, TenantCreated, WebhookTokenIssued, is_valid_slug, subjects,
+    Envelope, EventPayload, Headers, Role, TenantCreated, TenantResumed, TenantSuspended,
+    UserAdded, UserRemoved, UserUpdated, WebhookTokenIssued, WebhookTokenRevoked, is_valid_slug,
+    subjects,
 };
 use copilot_runtime::auth::NewWebhookToken;
 use uuid::Uuid;
@@ -20,6 +22,9 @@ pub enum CommandError {
     Append(String),
 }
 
+/// The first user of a new tenant: an admin whose id its first JWT carries.
+pub const FIRST_ADMIN: &str = "admin";
+
 /// A created tenant's first webhook token (the secret is shown once).
 pub struct CreatedTenant {
     pub token_id: Uuid,
@@ -27,21 +32,20 @@ pub struct CreatedTenant {
 }
 
 /// Appends `TenantCreated` (only if the tenant's subject is empty, so two concurrent creations
-/// of one slug cannot both win) and `WebhookTokenIssued`.
+/// of one slug cannot both win), `WebhookTokenIssued`, and `UserAdded` for its first admin
+/// ([`FIRST_ADMIN`], with `admin_email` or a placeholder address).
 pub async fn create_tenant(
     js: &jetstream::Context,
     slug: &str,
     name: &str,
-    actor: &str,
-    request_id: Option<String>,
+    admin_email: Option<&str>,
+    headers: Headers,
 ) -> Result<CreatedTenant, CommandError> {
     if !is_valid_slug(slug) {
         return Err(CommandError::InvalidSlug(slug.to_owned()));
     }
-    let headers = Headers {
-        request_id,
-        ..Headers::default()
-    };
+    let actor = headers.actor.clone().unwrap_or_else(|| "cli".to_owned());
+    let actor = actor.as_str();
     let created = TenantCreated {
         slug: slug.to_owned(),
         name: name.to_owned(),
@@ -53,7 +57,18 @@ pub async fn create_tenant(
         Err(AppendError::Other(e)) => return Err(CommandError::Append(e)),
         Ok(_) => {}
     }
-    let (token_id, webhook_token) = issue_webhook_token(js, slug, actor, headers).await?;
+    let (token_id, webhook_token) = issue_webhook_token(js, slug, actor, headers.clone()).await?;
+    let admin = UserAdded {
+        user_id: FIRST_ADMIN.to_owned(),
+        email: admin_email
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("admin@{slug}.invalid")),
+        display_name: "Administrator".to_owned(),
+        role: Role::Admin,
+        slack_user_id: None,
+        added_by: actor.to_owned(),
+    };
+    append_on(js, subjects::tenant_users(slug), slug, &admin, headers).await?;
     Ok(CreatedTenant {
         token_id,
         webhook_token,
@@ -74,10 +89,14 @@ pub async fn issue_webhook_token(
         prefix: token.prefix,
         issued_by: actor.to_owned(),
     };
-    let message = event_message(tenant, &issued, headers);
-    append(js, subjects::tenant_tokens(tenant), message)
-        .await
-        .map_err(AppendError::unexpected)?;
+    append_on(
+        js,
+        subjects::tenant_tokens(tenant),
+        tenant,
+        &issued,
+        headers,
+    )
+    .await?;
     Ok((issued.token_id, token.secret))
 }
 
@@ -147,21 +166,95 @@ pub(crate) async fn append(
     }
 }
 
-/// Revokes a webhook token; the gateway refuses it once the projector has applied the event.
+/// Revokes a webhook token, at once or at `effective_at`; gateways refuse it from then, once
+/// the projector has applied the event (their token cache lives one second).
 pub async fn revoke_webhook_token(
     js: &jetstream::Context,
     tenant: &str,
     token_id: Uuid,
+    effective_at: Option<chrono::DateTime<Utc>>,
     actor: &str,
     headers: Headers,
 ) -> Result<(), CommandError> {
-    let revoked = copilot_events::WebhookTokenRevoked {
+    let revoked = WebhookTokenRevoked {
         token_id,
         revoked_by: actor.to_owned(),
+        effective_at,
     };
-    let message = event_message(tenant, &revoked, headers);
-    append(js, subjects::tenant_tokens(tenant), message)
+    append_on(
+        js,
+        subjects::tenant_tokens(tenant),
+        tenant,
+        &revoked,
+        headers,
+    )
+    .await
+}
+
+/// Appends one event on `subject` without an expected sequence.
+pub async fn append_on<P: EventPayload>(
+    js: &jetstream::Context,
+    subject: String,
+    tenant: &str,
+    payload: &P,
+    headers: Headers,
+) -> Result<(), CommandError> {
+    let message = event_message(tenant, payload, headers);
+    append(js, subject, message)
         .await
         .map_err(AppendError::unexpected)?;
     Ok(())
+}
+
+pub async fn suspend_tenant(
+    js: &jetstream::Context,
+    tenant: &str,
+    reason: &str,
+    actor: &str,
+    headers: Headers,
+) -> Result<(), CommandError> {
+    let event = TenantSuspended {
+        reason: reason.to_owned(),
+        suspended_by: actor.to_owned(),
+    };
+    append_on(js, subjects::tenant(tenant), tenant, &event, headers).await
+}
+
+pub async fn resume_tenant(
+    js: &jetstream::Context,
+    tenant: &str,
+    actor: &str,
+    headers: Headers,
+) -> Result<(), CommandError> {
+    let event = TenantResumed {
+        resumed_by: actor.to_owned(),
+    };
+    append_on(js, subjects::tenant(tenant), tenant, &event, headers).await
+}
+
+pub async fn add_user(
+    js: &jetstream::Context,
+    tenant: &str,
+    user: &UserAdded,
+    headers: Headers,
+) -> Result<(), CommandError> {
+    append_on(js, subjects::tenant_users(tenant), tenant, user, headers).await
+}
+
+pub async fn update_user(
+    js: &jetstream::Context,
+    tenant: &str,
+    change: &UserUpdated,
+    headers: Headers,
+) -> Result<(), CommandError> {
+    append_on(js, subjects::tenant_users(tenant), tenant, change, headers).await
+}
+
+pub async fn remove_user(
+    js: &jetstream::Context,
+    tenant: &str,
+    removal: &UserRemoved,
+    headers: Headers,
+) -> Result<(), CommandError> {
+    append_on(js, subjects::tenant_users(tenant), tenant, removal, headers).await
 }

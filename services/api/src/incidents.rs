@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use copilot_events::{
     CORRELATOR, CorrelationRules, CorrelationRulesSet, Headers, HypothesisVerdictGiven,
     IncidentAssigned, IncidentNoteAdded, IncidentReopened, IncidentResolved, IncidentState,
-    IncidentTransitioned, Role, Severity, TenantIntegrations, TenantIntegrationsSet, Verdict,
-    subjects,
+    IncidentTransitioned, Severity, TenantIntegrations, TenantIntegrationsSet, TenantRetention,
+    TenantRetentionSet, Verdict, subjects,
 };
 use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::{
@@ -99,11 +99,11 @@ pub struct Timeline {
     items: Vec<TimelineEntry>,
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
 }
 
-fn internal(err: copilot_store::StoreError) -> ApiError {
+pub(crate) fn internal(err: copilot_store::StoreError) -> ApiError {
     ApiError::Internal(err.into())
 }
 
@@ -112,7 +112,6 @@ pub async fn list(
     caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<IncidentPage>, ApiError> {
-    caller.require(Role::Viewer)?;
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     if let Some(state) = &q.state
         && IncidentState::parse(state).is_none()
@@ -162,7 +161,14 @@ pub async fn list(
     let mut items = api
         .ctx
         .store
-        .list_incidents(&caller.0.tenant, &filter, sort, cursor, limit + 1)
+        .list_incidents(
+            &mut api.tenant_tx(&caller.0.tenant).await?,
+            &caller.0.tenant,
+            &filter,
+            sort,
+            cursor,
+            limit + 1,
+        )
         .await
         .map_err(internal)?;
     let next_cursor = if items.len() > limit as usize {
@@ -180,7 +186,7 @@ async fn find(api: &Api, tenant: &str, id: &str) -> Result<IncidentSummary, ApiE
     let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
     api.ctx
         .store
-        .get_incident(tenant, id)
+        .get_incident(&mut api.tenant_tx(tenant).await?, tenant, id)
         .await
         .map_err(internal)?
         .ok_or(ApiError::NotFound)
@@ -191,20 +197,20 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<IncidentDetail>, ApiError> {
-    caller.require(Role::Viewer)?;
     let tenant = caller.0.tenant.as_str();
     let incident = find(&api, tenant, &id).await?;
     let store = &api.ctx.store;
+    let mut tx = api.tenant_tx(tenant).await?;
     let signals = store
-        .incident_signals(tenant, incident.id)
+        .incident_signals(&mut tx, tenant, incident.id)
         .await
         .map_err(internal)?;
     let notes = store
-        .incident_notes(tenant, incident.id)
+        .incident_notes(&mut tx, tenant, incident.id)
         .await
         .map_err(internal)?;
     let current = store
-        .incident_proposals(tenant, incident.id, false)
+        .incident_proposals(&mut tx, tenant, incident.id, false)
         .await
         .map_err(internal)?
         .into_iter()
@@ -236,13 +242,12 @@ pub async fn timeline(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Timeline>, ApiError> {
-    caller.require(Role::Viewer)?;
     let tenant = caller.0.tenant.as_str();
     let incident = find(&api, tenant, &id).await?;
     let items = api
         .ctx
         .store
-        .incident_timeline(tenant, incident.id)
+        .incident_timeline(&mut api.tenant_tx(tenant).await?, tenant, incident.id)
         .await
         .map_err(internal)?;
     Ok(Json(Timeline { items }))
@@ -262,14 +267,18 @@ pub async fn hypotheses(
     Path(id): Path<String>,
     query: Result<Query<HypothesesQuery>, QueryRejection>,
 ) -> Result<Json<Proposals>, ApiError> {
-    caller.require(Role::Viewer)?;
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     let tenant = caller.0.tenant.as_str();
     let incident = find(&api, tenant, &id).await?;
     let items = api
         .ctx
         .store
-        .incident_proposals(tenant, incident.id, q.history)
+        .incident_proposals(
+            &mut api.tenant_tx(tenant).await?,
+            tenant,
+            incident.id,
+            q.history,
+        )
         .await
         .map_err(internal)?;
     Ok(Json(Proposals { items }))
@@ -291,7 +300,6 @@ pub async fn verdict(
     headers: HeaderMap,
     payload: Result<Json<VerdictBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    caller.require(Role::Engineer)?;
     let b = body(payload)?;
     if let Some(note) = &b.note {
         text_field("note", note, 10_000)?;
@@ -301,7 +309,12 @@ pub async fn verdict(
     if !api
         .ctx
         .store
-        .hypothesis_exists(tenant, incident.id, &hypothesis_id)
+        .hypothesis_exists(
+            &mut api.tenant_tx(tenant).await?,
+            tenant,
+            incident.id,
+            &hypothesis_id,
+        )
         .await
         .map_err(internal)?
     {
@@ -338,7 +351,6 @@ pub async fn stats(
     caller: Caller,
     query: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<Json<IncidentStats>, ApiError> {
-    caller.require(Role::Viewer)?;
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     let until = q.until.unwrap_or_else(Utc::now);
     let since = q.since.unwrap_or(until - chrono::Duration::days(7));
@@ -348,7 +360,12 @@ pub async fn stats(
     Ok(Json(
         api.ctx
             .store
-            .incident_stats(&caller.0.tenant, since, until)
+            .incident_stats(
+                &mut api.tenant_tx(&caller.0.tenant).await?,
+                &caller.0.tenant,
+                since,
+                until,
+            )
             .await
             .map_err(internal)?,
     ))
@@ -383,7 +400,7 @@ pub struct Accepted {
     version: u64,
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(crate) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(b)| b).map_err(|e| match e {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
             "send the body as JSON with Content-Type: application/json".into(),
@@ -429,7 +446,6 @@ async fn command<F>(
 where
     F: Fn(&IncidentSummary) -> Result<CommandEvent, ApiError>,
 {
-    caller.require(Role::Engineer)?;
     if caller.0.sub == CORRELATOR {
         return Err(ApiError::Forbidden(format!(
             "the subject {CORRELATOR:?} is reserved for the correlator's own decisions"
@@ -659,11 +675,14 @@ async fn read_setting<T: serde::de::DeserializeOwned + Default>(
     caller: &Caller,
     setting: TenantSetting,
 ) -> Result<Json<T>, ApiError> {
-    caller.require(Role::Viewer)?;
     let stored = api
         .ctx
         .store
-        .tenant_setting(setting, &caller.0.tenant)
+        .tenant_setting(
+            &mut api.tenant_tx(&caller.0.tenant).await?,
+            setting,
+            &caller.0.tenant,
+        )
         .await
         .map_err(internal)?;
     Ok(Json(
@@ -686,7 +705,6 @@ pub async fn set_rules(
     origin: EventOrigin,
     payload: Result<Json<CorrelationRules>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CorrelationRules>), ApiError> {
-    caller.require(Role::Admin)?;
     let rules = body(payload)?;
     rules.validate().map_err(ApiError::Unprocessable)?;
     let event = CorrelationRulesSet {
@@ -710,7 +728,6 @@ pub async fn set_integrations(
     origin: EventOrigin,
     payload: Result<Json<TenantIntegrations>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TenantIntegrations>), ApiError> {
-    caller.require(Role::Admin)?;
     let integrations = body(payload)?;
     integrations.validate().map_err(ApiError::Unprocessable)?;
     let event = TenantIntegrationsSet {
@@ -719,6 +736,29 @@ pub async fn set_integrations(
     };
     append_tenant_setting(&api, &caller, &origin, &event).await?;
     Ok((StatusCode::ACCEPTED, Json(integrations)))
+}
+
+pub async fn get_retention(
+    State(api): State<Api>,
+    caller: Caller,
+) -> Result<Json<TenantRetention>, ApiError> {
+    read_setting(&api, &caller, TenantSetting::Retention).await
+}
+
+pub async fn set_retention(
+    State(api): State<Api>,
+    caller: Caller,
+    origin: EventOrigin,
+    payload: Result<Json<TenantRetention>, JsonRejection>,
+) -> Result<(StatusCode, Json<TenantRetention>), ApiError> {
+    let retention = body(payload)?;
+    retention.validate().map_err(ApiError::Unprocessable)?;
+    let event = TenantRetentionSet {
+        retention: retention.clone(),
+        set_by: caller.0.sub.clone(),
+    };
+    append_tenant_setting(&api, &caller, &origin, &event).await?;
+    Ok((StatusCode::ACCEPTED, Json(retention)))
 }
 
 /// Appends a tenant setting's event on the tenant's subject.

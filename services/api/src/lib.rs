@@ -1,7 +1,14 @@
-//! The read API: JSON over the read models for the caller's tenant only. Every route takes a
-//! JWT; the tenant comes from its claims, never from the request, so a token of one tenant
-//! cannot name another tenant's data (it gets 404, as for data that does not exist).
+//! The read and command API: JSON over the read models for the caller's tenant only, and the
+//! tenant administration routes.
+//!
+//! Who may call what is decided in one place, [`POLICY`]: every route's method and template with
+//! the access it needs. A layer checks it before any handler runs, so a handler cannot forget;
+//! a route without an entry is refused. The tenant comes from the token's claims, never from
+//! the request, and every read runs in a transaction that row-level security confines to that
+//! tenant, so a token of one tenant cannot name another tenant's data (it gets 404, as for data
+//! that does not exist).
 
+pub mod admin;
 pub mod commands;
 pub mod incidents;
 pub mod signals;
@@ -10,22 +17,193 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::{FromRef, FromRequestParts},
-    http::{header, request::Parts},
+    extract::{FromRef, FromRequestParts, MatchedPath, RawPathParams, Request, State},
+    http::{Method, header, request::Parts},
+    middleware::Next,
+    response::Response,
     routing::{get, post},
 };
 use copilot_events::Role;
 use copilot_runtime::{
     Context, Settings,
     auth::{Claims, Jwt},
-    http::ApiError,
+    http::{Actor, ApiError},
+    ratelimit::TenantLimiter,
 };
+use copilot_store::Tx;
 use tokio_util::sync::CancellationToken;
+
+/// What a route needs of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A user of the tenant whose role is at least this.
+    Tenant(Role),
+    /// A platform operator's token.
+    Platform,
+    /// A platform operator, or an admin of the tenant the path's `{slug}` names.
+    PlatformOrTenantAdmin,
+}
+
+/// Every API route and who may call it. The README's role table is this table.
+pub const POLICY: &[(Method, &str, Access)] = &[
+    (Method::GET, "/v1/me", Access::Tenant(Role::Viewer)),
+    (Method::GET, "/v1/signals", Access::Tenant(Role::Viewer)),
+    (
+        Method::GET,
+        "/v1/signals/{id}",
+        Access::Tenant(Role::Viewer),
+    ),
+    (Method::GET, "/v1/incidents", Access::Tenant(Role::Viewer)),
+    (
+        Method::GET,
+        "/v1/incidents/{id}",
+        Access::Tenant(Role::Viewer),
+    ),
+    (
+        Method::GET,
+        "/v1/incidents/{id}/timeline",
+        Access::Tenant(Role::Viewer),
+    ),
+    (
+        Method::GET,
+        "/v1/incidents/{id}/hypotheses",
+        Access::Tenant(Role::Viewer),
+    ),
+    (
+        Method::POST,
+        "/v1/incidents/{id}/transitions",
+        Access::Tenant(Role::Engineer),
+    ),
+    (
+        Method::POST,
+        "/v1/incidents/{id}/assign",
+        Access::Tenant(Role::Engineer),
+    ),
+    (
+        Method::POST,
+        "/v1/incidents/{id}/notes",
+        Access::Tenant(Role::Engineer),
+    ),
+    (
+        Method::POST,
+        "/v1/incidents/{id}/hypotheses/{hid}/verdict",
+        Access::Tenant(Role::Engineer),
+    ),
+    (Method::GET, "/v1/stats", Access::Tenant(Role::Viewer)),
+    (
+        Method::GET,
+        "/v1/settings/correlation",
+        Access::Tenant(Role::Viewer),
+    ),
+    (
+        Method::PUT,
+        "/v1/settings/correlation",
+        Access::Tenant(Role::Admin),
+    ),
+    (
+        Method::GET,
+        "/v1/settings/integrations",
+        Access::Tenant(Role::Viewer),
+    ),
+    (
+        Method::PUT,
+        "/v1/settings/integrations",
+        Access::Tenant(Role::Admin),
+    ),
+    (
+        Method::GET,
+        "/v1/settings/retention",
+        Access::Tenant(Role::Viewer),
+    ),
+    (
+        Method::PUT,
+        "/v1/settings/retention",
+        Access::Tenant(Role::Admin),
+    ),
+    (Method::GET, "/v1/audit", Access::Tenant(Role::Admin)),
+    (Method::GET, "/v1/admin/tenants", Access::Platform),
+    (Method::POST, "/v1/admin/tenants", Access::Platform),
+    (
+        Method::GET,
+        "/v1/admin/tenants/{slug}",
+        Access::PlatformOrTenantAdmin,
+    ),
+    (
+        Method::POST,
+        "/v1/admin/tenants/{slug}/suspend",
+        Access::Platform,
+    ),
+    (
+        Method::POST,
+        "/v1/admin/tenants/{slug}/resume",
+        Access::Platform,
+    ),
+    (
+        Method::GET,
+        "/v1/admin/tenants/{slug}/tokens",
+        Access::PlatformOrTenantAdmin,
+    ),
+    (
+        Method::POST,
+        "/v1/admin/tenants/{slug}/tokens",
+        Access::PlatformOrTenantAdmin,
+    ),
+    (
+        Method::POST,
+        "/v1/admin/tenants/{slug}/tokens/{token_id}/revoke",
+        Access::PlatformOrTenantAdmin,
+    ),
+    (
+        Method::POST,
+        "/v1/admin/tenants/{slug}/tokens/{token_id}/rotate",
+        Access::PlatformOrTenantAdmin,
+    ),
+    (
+        Method::GET,
+        "/v1/admin/tenants/{slug}/users",
+        Access::PlatformOrTenantAdmin,
+    ),
+    (
+        Method::POST,
+        "/v1/admin/tenants/{slug}/users",
+        Access::PlatformOrTenantAdmin,
+    ),
+    (
+        Method::PATCH,
+        "/v1/admin/tenants/{slug}/users/{user_id}",
+        Access::PlatformOrTenantAdmin,
+    ),
+    (
+        Method::DELETE,
+        "/v1/admin/tenants/{slug}/users/{user_id}",
+        Access::PlatformOrTenantAdmin,
+    ),
+];
+
+/// The access a route needs, if the table has it.
+pub fn access_of(method: &Method, route: &str) -> Option<Access> {
+    POLICY
+        .iter()
+        .find(|(m, r, _)| m == method && *r == route)
+        .map(|(_, _, access)| *access)
+}
 
 #[derive(Clone)]
 pub struct Api {
     pub ctx: Context,
     pub jwt: Arc<Jwt>,
+    limiter: Option<Arc<TenantLimiter>>,
+}
+
+impl Api {
+    /// A read transaction that row-level security confines to `tenant`.
+    pub async fn tenant_tx(&self, tenant: &str) -> Result<Tx<'static>, ApiError> {
+        self.ctx
+            .store
+            .begin_tenant(tenant)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))
+    }
 }
 
 impl FromRef<Api> for Arc<Jwt> {
@@ -34,52 +212,172 @@ impl FromRef<Api> for Arc<Jwt> {
     }
 }
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request: the token's claims, with `role` lowered to the
+/// user's current role (a token never does more than its user may now).
+#[derive(Debug, Clone)]
 pub struct Caller(pub Claims);
 
 impl Caller {
-    /// Refuses callers below `role`.
-    pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.0.role >= role {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(
-                format!("this needs the {role:?} role or higher").to_lowercase(),
-            ))
-        }
+    /// Whether the caller may administer tenant `slug`: a platform operator, or its admin.
+    pub fn administers(&self, slug: &str) -> bool {
+        self.0.platform || (self.0.tenant == slug && self.0.role == Role::Admin)
     }
 }
 
-impl<S> FromRequestParts<S> for Caller
-where
-    Arc<Jwt>: FromRef<S>,
-    S: Send + Sync,
-{
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let jwt = Arc::<Jwt>::from_ref(state);
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| {
-                ApiError::Unauthorized("missing `Authorization: Bearer <JWT>`".into())
-            })?;
-        let claims = jwt
-            .verify(token.trim())
-            .map_err(|_| ApiError::Unauthorized("the token is invalid or expired".into()))?;
-        Ok(Caller(claims))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer <JWT>`".into()))
     }
 }
 
-/// The read routes, to be served alone or beside the other services.
+fn bearer(parts: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    parts
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer <JWT>`".into()))
+}
+
+/// Authenticates the caller and checks [`POLICY`] for the matched route, before the handler.
+async fn authorize(
+    State(api): State<Api>,
+    matched: Option<MatchedPath>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let route = matched.as_ref().map(|m| m.as_str()).unwrap_or_default();
+    let access = access_of(req.method(), route).ok_or_else(|| {
+        tracing::error!(route, method = %req.method(), "route has no access policy");
+        ApiError::Forbidden("this route has no access policy".into())
+    })?;
+    let mut claims = api
+        .jwt
+        .verify(bearer(req.headers())?)
+        .map_err(|_| ApiError::Unauthorized("the token is invalid or expired".into()))?;
+    let slug = params.as_ref().ok().and_then(|p| {
+        p.iter()
+            .find(|(name, _)| *name == "slug")
+            .map(|(_, v)| v.to_owned())
+    });
+    if claims.platform {
+        if matches!(access, Access::Tenant(_)) {
+            return Err(ApiError::Forbidden(
+                "a platform token administers tenants and reads no tenant's data; use a user's token"
+                    .into(),
+            ));
+        }
+    } else {
+        let mut tx = api.ctx.store.begin().await.map_err(store_error)?;
+        let user = api
+            .ctx
+            .store
+            .find_user(&mut tx, &claims.tenant, &claims.sub)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the token's user does not exist (or was removed)".into())
+            })?;
+        let current: Role = user.role.parse().map_err(|e: String| {
+            ApiError::Internal(anyhow::anyhow!("stored role of {}: {e}", user.user_id))
+        })?;
+        claims.role = claims.role.min(current);
+        let needed = match access {
+            Access::Tenant(role) => role,
+            Access::Platform => {
+                return Err(ApiError::Forbidden(
+                    "this needs a platform operator's token".into(),
+                ));
+            }
+            Access::PlatformOrTenantAdmin => {
+                if slug.as_deref() != Some(claims.tenant.as_str()) {
+                    // Another tenant's administration is as invisible as its data.
+                    return Err(ApiError::NotFound);
+                }
+                Role::Admin
+            }
+        };
+        if claims.role < needed {
+            return Err(ApiError::Forbidden(
+                format!("this needs the {needed:?} role or higher").to_lowercase(),
+            ));
+        }
+    }
+    if let Some(limiter) = &api.limiter {
+        limiter.check(&claims.tenant)?;
+    }
+    let mut req = checked_input(req).await?;
+    req.extensions_mut().insert(Actor(claims.sub.clone()));
+    req.extensions_mut().insert(Caller(claims));
+    Ok(next.run(req).await)
+}
+
+/// Largest API request body.
+const MAX_API_BODY: usize = 1024 * 1024;
+
+/// Refuses what no handler should see: a NUL in the query string (Postgres cannot compare text
+/// with one, so it would fail as a 500), and a body that is JSON but not an object (serde
+/// accepts `[]` for a struct whose fields all have defaults).
+async fn checked_input(req: Request) -> Result<Request, ApiError> {
+    if req
+        .uri()
+        .query()
+        .is_some_and(|q| q.to_ascii_lowercase().contains("%00"))
+    {
+        return Err(ApiError::BadRequest(
+            "query parameters may not contain NUL characters".into(),
+        ));
+    }
+    if req.method() == Method::GET || req.method() == Method::DELETE {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_API_BODY)
+        .await
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                ApiError::PayloadTooLarge(format!("the body exceeds {MAX_API_BODY} bytes"))
+            } else {
+                ApiError::BadRequest("the request body could not be read".into())
+            }
+        })?;
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None | Some(b'{') => {}
+        Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() => {
+            return Err(ApiError::Unprocessable(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        Some(_) => return Err(ApiError::BadRequest("the body is not valid JSON".into())),
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+fn store_error(e: copilot_store::StoreError) -> ApiError {
+    ApiError::Internal(e.into())
+}
+
+/// The API routes, to be served alone or beside the other services.
 pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
+    let limiter = TenantLimiter::new("api", ctx.settings.api_rate_per_sec, ctx.settings.api_burst)
+        .map(Arc::new);
+    let api = Api { ctx, jwt, limiter };
     Router::new()
+        .route("/v1/me", get(admin::me))
         .route("/v1/signals", get(signals::list))
         .route("/v1/signals/{id}", get(signals::get))
         .route("/v1/incidents", get(incidents::list))
@@ -105,15 +403,49 @@ pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
             "/v1/settings/integrations",
             get(incidents::get_integrations).put(incidents::set_integrations),
         )
-        .with_state(Api { ctx, jwt })
+        .route(
+            "/v1/settings/retention",
+            get(incidents::get_retention).put(incidents::set_retention),
+        )
+        .route("/v1/audit", get(admin::audit))
+        .route(
+            "/v1/admin/tenants",
+            get(admin::list_tenants).post(admin::create_tenant),
+        )
+        .route("/v1/admin/tenants/{slug}", get(admin::show_tenant))
+        .route("/v1/admin/tenants/{slug}/suspend", post(admin::suspend))
+        .route("/v1/admin/tenants/{slug}/resume", post(admin::resume))
+        .route(
+            "/v1/admin/tenants/{slug}/tokens",
+            get(admin::list_tokens).post(admin::issue_token),
+        )
+        .route(
+            "/v1/admin/tenants/{slug}/tokens/{token_id}/revoke",
+            post(admin::revoke_token),
+        )
+        .route(
+            "/v1/admin/tenants/{slug}/tokens/{token_id}/rotate",
+            post(admin::rotate_token),
+        )
+        .route(
+            "/v1/admin/tenants/{slug}/users",
+            get(admin::list_users).post(admin::add_user),
+        )
+        .route(
+            "/v1/admin/tenants/{slug}/users/{user_id}",
+            axum::routing::patch(admin::update_user).delete(admin::remove_user),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
+        .with_state(api)
 }
 
-/// Runs the API alone: read routes, health and metrics on `settings.listen`.
+/// Runs the API alone: its routes, health and metrics on `settings.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let jwt = Arc::new(Jwt::from_settings(&settings)?);
     let ctx = Context::connect(settings, "api").await?;
+    let timeouts = copilot_runtime::http::ServerTimeouts::from_settings(&ctx.settings);
     let app = copilot_runtime::http::finish(
         router(ctx.clone(), jwt).merge(copilot_runtime::http::health_routes(ctx.clone())),
     );
-    copilot_runtime::http::serve(ctx.settings.listen, app, shutdown).await
+    copilot_runtime::http::serve(ctx.settings.listen, app, timeouts, shutdown).await
 }

@@ -6,7 +6,7 @@ use axum::{
 };
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use copilot_events::{Role, Severity};
+use copilot_events::Severity;
 use copilot_runtime::http::ApiError;
 use copilot_store::{SignalCursor, SignalFilter, SignalView};
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,6 @@ pub async fn list(
     caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page>, ApiError> {
-    caller.require(Role::Viewer)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let one_of = |name: &str, value: Option<String>, allowed: &[&str]| match value {
         Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::BadRequest(format!(
@@ -80,7 +79,13 @@ pub async fn list(
     let mut items = api
         .ctx
         .store
-        .list_signals(&caller.0.tenant, &filter, cursor, limit + 1)
+        .list_signals(
+            &mut api.tenant_tx(&caller.0.tenant).await?,
+            &caller.0.tenant,
+            &filter,
+            cursor,
+            limit + 1,
+        )
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
     let next_cursor = if items.len() > limit as usize {
@@ -99,11 +104,14 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SignalView>, ApiError> {
-    caller.require(Role::Viewer)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     api.ctx
         .store
-        .get_signal(&caller.0.tenant, id)
+        .get_signal(
+            &mut api.tenant_tx(&caller.0.tenant).await?,
+            &caller.0.tenant,
+            id,
+        )
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .map(Json)

@@ -50,6 +50,7 @@ impl App {
         let http = tokio::spawn(http::serve_on(
             listener,
             http::finish_with(routes, ctx.settings.http_instrumentation),
+            http::ServerTimeouts::from_settings(&ctx.settings),
             shutdown.clone(),
         ));
         let projector = (services == Services::All).then(|| {

@@ -135,9 +135,12 @@ async fn run(settings: Settings, args: &IncidentsArgs) -> anyhow::Result<Inciden
         .seed_bench_incidents("bench", args.incidents, args.signals_per_incident)
         .await?;
     let (incidents, signals) = ctx.store.incident_totals("bench").await?;
-    let jwt = app
-        .jwt
-        .issue("bench", "bench", Role::Viewer, Duration::from_secs(3600));
+    let jwt = app.jwt.issue(
+        copilot_api::commands::FIRST_ADMIN,
+        "bench",
+        Role::Viewer,
+        Duration::from_secs(3600),
+    )?;
     let client = reqwest::Client::new();
     let mut list = Vec::new();
     for query in [
@@ -155,6 +158,7 @@ async fn run(settings: Settings, args: &IncidentsArgs) -> anyhow::Result<Inciden
     let plan = ctx
         .store
         .explain_list_incidents(
+            &mut ctx.store.begin().await?,
             "bench",
             &IncidentFilter::default(),
             IncidentSort::Newest,

@@ -6,11 +6,11 @@ use std::{path::Path, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use copilot_events::Role;
-use copilot_runtime::{Context, Settings, auth::Jwt, telemetry};
+use copilot_runtime::{Context, Settings, telemetry};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    app::{self, App, Services},
+    app::{App, Services},
     local::Local,
 };
 
@@ -56,6 +56,16 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Webhook tokens: list, issue, revoke, rotate
+    WebhookToken {
+        #[command(subcommand)]
+        command: WebhookTokenCommand,
+    },
+    /// People of a tenant and their roles
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Evaluations of the copilot's judgement on known cases
     Eval {
         #[command(subcommand)]
@@ -76,34 +86,123 @@ pub enum StreamsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum TenantsCommand {
-    /// Create a tenant; prints its webhook token (shown once) and an admin JWT
+    /// Create a tenant and its first admin (user `admin`); prints its webhook token (shown once)
+    /// and the admin's JWT
     Create {
         /// Tenant slug: 1-63 of a-z, 0-9 and -
         slug: String,
         /// Display name [default: the slug]
         #[arg(long)]
         name: Option<String>,
+        /// Email of the first admin [default: admin@<slug>.invalid]
+        #[arg(long)]
+        admin_email: Option<String>,
         /// Print JSON for scripts
         #[arg(long)]
         json: bool,
     },
+    /// List every tenant
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one tenant
+    Show { slug: String },
+    /// Suspend a tenant: its webhooks get 403 and append nothing until it is resumed
+    Suspend {
+        slug: String,
+        /// Why, for the audit log
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume a suspended tenant
+    Resume { slug: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
-    /// Issue an API JWT for a tenant
+    /// Issue an API JWT for a user of a tenant (or, with --platform, a platform operator's)
     Issue {
+        #[arg(long, required_unless_present = "platform")]
+        tenant: Option<String>,
+        /// The user the token speaks for (its `sub`)
+        #[arg(long, default_value = copilot_api::commands::FIRST_ADMIN)]
+        user: String,
+        /// The most the token may do [default: the user's role]; the user's role caps it
         #[arg(long)]
-        tenant: String,
-        /// viewer, engineer or admin
-        #[arg(long, default_value = "viewer")]
-        role: Role,
-        /// Subject (`sub`) of the token
-        #[arg(long, default_value = "cli")]
-        sub: String,
+        role: Option<Role>,
+        /// A platform operator's token: administers tenants, reads no tenant's data
+        #[arg(long, conflicts_with_all = ["tenant", "role"])]
+        platform: bool,
         /// Validity in hours
         #[arg(long, default_value_t = 24)]
         ttl_hours: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhookTokenCommand {
+    /// List a tenant's webhook tokens (prefix and dates only)
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Issue another webhook token (shown once); the others keep working
+    Issue {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a webhook token at once
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        token_id: uuid::Uuid,
+    },
+    /// Issue a new token and revoke this one after a grace period
+    Rotate {
+        #[arg(long)]
+        tenant: String,
+        token_id: uuid::Uuid,
+        /// Hours the old token keeps working
+        #[arg(long, default_value_t = 24)]
+        grace_hours: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCommand {
+    /// List a tenant's users
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Add a user
+    Add {
+        #[arg(long)]
+        tenant: String,
+        /// What the user's JWTs carry as `sub`
+        user_id: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "viewer")]
+        role: Role,
+        #[arg(long)]
+        slack_user_id: Option<String>,
+    },
+    /// Change a user's role
+    SetRole {
+        #[arg(long)]
+        tenant: String,
+        user_id: String,
+        role: Role,
+    },
+    /// Remove a user: their tokens stop working at once
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        user_id: String,
     },
 }
 
@@ -183,55 +282,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Tenants {
-            command: TenantsCommand::Create { slug, name, json },
-        } => {
+        Command::Tenants { command } => {
             load_secret(&mut settings, false)?;
-            let jwt = Jwt::from_settings(&settings)?;
-            let ctx = Context::connect(settings, "cli").await?;
-            app::prepare(&ctx).await?;
-            let created =
-                create_tenant(&ctx, &slug, name.as_deref().unwrap_or(&slug), "cli").await?;
-            let admin = jwt.issue(
-                "cli",
-                &slug,
-                Role::Admin,
-                Duration::from_secs(30 * 24 * 3600),
-            );
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"tenant": slug, "webhook_token": created.webhook_token, "admin_jwt": admin})
-                );
-            } else {
-                println!("tenant {slug} created");
-                println!("webhook token (shown once): {}", created.webhook_token);
-                println!("admin JWT (30 days):        {admin}");
-            }
-            Ok(())
+            crate::admin::tenants(settings, command).await
         }
-        Command::Token {
-            command:
-                TokenCommand::Issue {
-                    tenant,
-                    role,
-                    sub,
-                    ttl_hours,
-                },
-        } => {
+        Command::Token { command } => {
             load_secret(&mut settings, false)?;
-            let jwt = Jwt::from_settings(&settings)?;
-            let ctx = Context::connect(settings, "cli").await?;
-            anyhow::ensure!(
-                ctx.store.tenant_exists(&tenant).await?,
-                "tenant {tenant:?} does not exist"
-            );
-            println!(
-                "{}",
-                jwt.issue(&sub, &tenant, role, Duration::from_secs(ttl_hours * 3600))
-            );
-            Ok(())
+            crate::admin::token(settings, command).await
         }
+        Command::WebhookToken { command } => crate::admin::webhook_tokens(settings, command).await,
+        Command::Users { command } => crate::admin::users(settings, command).await,
         Command::Bench {
             command: BenchCommand::Ingest(args),
         } => crate::bench::ingest(settings, args).await,
@@ -251,7 +311,11 @@ pub async fn create_tenant(
     name: &str,
     actor: &str,
 ) -> anyhow::Result<copilot_api::commands::CreatedTenant> {
-    let created = copilot_api::commands::create_tenant(&ctx.js, slug, name, actor, None).await?;
+    let headers = copilot_events::Headers {
+        actor: Some(actor.to_owned()),
+        ..Default::default()
+    };
+    let created = copilot_api::commands::create_tenant(&ctx.js, slug, name, None, headers).await?;
     copilot_projector::catch_up(
         ctx,
         copilot_projector::Projection::Tenants,
@@ -288,7 +352,10 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
         &ctx.js,
         DEFAULT_TENANT,
         "up",
-        Default::default(),
+        copilot_events::Headers {
+            actor: Some("up".to_owned()),
+            ..Default::default()
+        },
     )
     .await?;
     catch_up(ctx, Projection::Tenants, Duration::from_secs(30)).await?;
@@ -298,12 +365,14 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
 
 const SECRET_FILE: &str = "jwt-secret";
 const DEFAULT_TOKEN_FILE: &str = "default-webhook-token";
-const DEFAULT_TENANT: &str = "default";
+pub(crate) const DEFAULT_TENANT: &str = "default";
 
 /// Uses `COPILOT_JWT_SECRET` when set; otherwise the secret kept in the data directory,
 /// generated there (mode 0600) when `create` is set.
-fn load_secret(settings: &mut Settings, create: bool) -> anyhow::Result<()> {
-    if settings.jwt_secret.is_some() {
+pub(crate) fn load_secret(settings: &mut Settings, create: bool) -> anyhow::Result<()> {
+    let keyed_otherwise = settings.jwt_algorithm != copilot_runtime::auth::JwtAlgorithm::Hs256
+        || settings.jwt_jwks.is_some();
+    if settings.jwt_secret.is_some() || keyed_otherwise {
         return Ok(());
     }
     let path = settings.data_dir.join(SECRET_FILE);
@@ -348,12 +417,15 @@ async fn up(mut settings: Settings, stop: CancellationToken) -> anyhow::Result<(
         let app = App::start(settings, Services::All).await?;
         let base = public_url.unwrap_or_else(|| app.url());
         let token = default_tenant_token(&app.ctx, &data_dir).await?;
-        let jwt = app.jwt.issue(
-            "up",
-            DEFAULT_TENANT,
-            Role::Admin,
-            Duration::from_secs(30 * 24 * 3600),
-        );
+        let jwt = app
+            .jwt
+            .issue(
+                copilot_api::commands::FIRST_ADMIN,
+                DEFAULT_TENANT,
+                Role::Admin,
+                Duration::from_secs(30 * 24 * 3600),
+            )
+            .unwrap_or_else(|e| format!("(none: {e})"));
         for note in &local.notes {
             eprintln!("{note}");
         }

@@ -2,6 +2,7 @@
 //! process, with local NATS and Postgres started when none are reachable), the admin commands
 //! and the benchmarks. Tests start the same `App` the binary runs.
 
+pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod bench_incidents;

@@ -323,3 +323,106 @@ async fn every_worker_run_alone_answers_health_and_metrics() {
         assert!(exit.success(), "{worker} did not exit cleanly on Ctrl-C");
     }
 }
+
+/// Posts one Alertmanager fixture to a gateway with a webhook token; the status it answers.
+async fn post_alert(http: &reqwest::Client, port: u16, token: &str) -> u16 {
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/alertmanager-v4-firing-1alert-alerta.json"
+    ))
+    .unwrap();
+    http.post(format!("http://127.0.0.1:{port}/v1/webhooks/alertmanager"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_token_revoked_from_the_cli_is_refused_by_a_gateway_in_another_process_within_a_second() {
+    // Arrange: a gateway process of its own, and a tenant created by another process.
+    let nats = EphemeralNats::start().await.unwrap();
+    let db = ScratchDatabase::create(&local_admin_url(), "copilot_bin")
+        .await
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let created = copilot(&nats, &db, data_dir.path(), 0)
+        .env("COPILOT_JWT_SECRET", "s".repeat(32))
+        .args(["tenants", "create", "acme", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let token = created["webhook_token"].as_str().unwrap().to_owned();
+    let token_id = created["token_id"].as_str().unwrap().to_owned();
+    let port = free_port();
+    let mut gateway = copilot(&nats, &db, data_dir.path(), port)
+        .arg("gateway")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut before = 0;
+    for _ in 0..100 {
+        before = post_alert(&http, port, &token).await;
+        if before != 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Act: revoke it with the CLI (which returns once the projector has recorded it).
+    let revoked = copilot(&nats, &db, data_dir.path(), 0)
+        .args(["webhook-token", "revoke", "--tenant", "acme", &token_id])
+        .output()
+        .unwrap();
+    let revoked_at = Instant::now();
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let mut after = 0;
+    while revoked_at.elapsed() < Duration::from_secs(5) {
+        after = post_alert(&http, port, &token).await;
+        if after == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = revoked_at.elapsed();
+    Command::new("kill")
+        .args(["-INT", &gateway.id().to_string()])
+        .status()
+        .unwrap();
+    gateway.wait().unwrap();
+
+    // Assert
+    assert_eq!(before, 202, "the token worked before");
+    assert_eq!(
+        after, 401,
+        "the other process's gateway refuses the revoked token"
+    );
+    // One second of token cache, plus the requests' own time on a loaded machine.
+    assert!(
+        took < Duration::from_millis(1500),
+        "refused only after {took:?}"
+    );
+    eprintln!("revocation reached the other process's gateway in {took:?}");
+}

@@ -40,6 +40,8 @@ impl Decision {
                 .and_then(|c| c.traceparent.as_deref())
                 .and_then(TraceParent::parse)
                 .map(|t| t.child(id.as_bytes()).to_string()),
+            // The correlator's own decision: no person to audit.
+            ..Headers::default()
         };
         Self {
             subject: subjects::incident(tenant, incident),

@@ -70,7 +70,11 @@ impl RulesCache {
         }
         let stored = ctx
             .store
-            .tenant_setting(copilot_store::TenantSetting::CorrelationRules, tenant)
+            .tenant_setting(
+                &mut ctx.store.begin().await?,
+                copilot_store::TenantSetting::CorrelationRules,
+                tenant,
+            )
             .await?;
         let rules = match stored {
             Some(json) => serde_json::from_value(json).unwrap_or_else(|err| {

@@ -1,7 +1,8 @@
 //! Webhook authentication: `Authorization: Bearer <token>`, or Basic with the tenant slug as
 //! user and the token as password (what Alertmanager's `basic_auth` and Grafana's contact point
-//! send). Lookups are cached for one second, so a revoked token stops working within a second
-//! without a query per request.
+//! send). Lookups are cached for one second, so a revoked token, or a suspended tenant, is
+//! refused within a second of the projector recording it, on every gateway, without a query
+//! per request.
 
 use std::{
     collections::HashMap,
@@ -46,6 +47,10 @@ impl TokenCache {
             Some(owner) if owner.revoked => Err(ApiError::Unauthorized(
                 "the webhook token has been revoked".into(),
             )),
+            Some(owner) if owner.suspended => Err(ApiError::Forbidden(format!(
+                "tenant {} is suspended; its webhooks are refused until it is resumed",
+                owner.tenant
+            ))),
             Some(owner) if user.as_ref().is_some_and(|u| *u != owner.tenant) => {
                 Err(ApiError::Unauthorized(
                     "the basic-auth user must be the tenant the token belongs to".into(),

@@ -20,7 +20,9 @@ use axum::{
 };
 use chrono::Utc;
 use copilot_events::{Envelope, Headers, SignalReceived, SignalSource, subjects};
-use copilot_runtime::{Context, Settings, http::ApiError, metrics::Metrics};
+use copilot_runtime::{
+    Context, Settings, http::ApiError, metrics::Metrics, ratelimit::TenantLimiter,
+};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +37,7 @@ const HEADER_ALLOWANCE: usize = 1024;
 pub struct Gateway {
     ctx: Context,
     tokens: Arc<auth::TokenCache>,
+    limiter: Option<Arc<TenantLimiter>>,
 }
 
 /// The answer to an accepted webhook.
@@ -48,9 +51,16 @@ pub struct Accepted {
 
 /// The webhook routes, to be served alone or beside the other services.
 pub fn router(ctx: Context) -> Router {
+    let limiter = TenantLimiter::new(
+        "webhooks",
+        ctx.settings.webhook_rate_per_sec,
+        ctx.settings.webhook_burst,
+    )
+    .map(Arc::new);
     let gateway = Gateway {
         ctx,
         tokens: Arc::new(auth::TokenCache::default()),
+        limiter,
     };
     Router::new()
         .route("/v1/webhooks/alertmanager", post(alertmanager))
@@ -61,10 +71,11 @@ pub fn router(ctx: Context) -> Router {
 /// Runs the gateway alone: webhooks, health and metrics on `settings.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "gateway").await?;
+    let timeouts = copilot_runtime::http::ServerTimeouts::from_settings(&ctx.settings);
     let app = copilot_runtime::http::finish(
         router(ctx.clone()).merge(copilot_runtime::http::health_routes(ctx.clone())),
     );
-    copilot_runtime::http::serve(ctx.settings.listen, app, shutdown).await
+    copilot_runtime::http::serve(ctx.settings.listen, app, timeouts, shutdown).await
 }
 
 async fn alertmanager(
@@ -89,6 +100,9 @@ impl Gateway {
             .tokens
             .authenticate(&self.ctx.store, &parts.headers)
             .await?;
+        if let Some(limiter) = &self.limiter {
+            limiter.check(&tenant)?;
+        }
         check_content_type(&parts.headers)?;
         let body = read_body(&parts.headers, body, self.ctx.settings.max_body_bytes).await?;
         let signals = parse::parse(source, &body).map_err(|e| match e {

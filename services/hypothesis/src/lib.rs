@@ -370,7 +370,11 @@ async fn work(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()>
 pub async fn integrations(ctx: &Context, tenant: &str) -> anyhow::Result<TenantIntegrations> {
     Ok(ctx
         .store
-        .tenant_setting(copilot_store::TenantSetting::Integrations, tenant)
+        .tenant_setting(
+            &mut ctx.store.begin().await?,
+            copilot_store::TenantSetting::Integrations,
+            tenant,
+        )
         .await?
         .and_then(|json| serde_json::from_value(json).ok())
         .unwrap_or_default())
@@ -385,7 +389,10 @@ pub async fn gather(
     prometheus_url: Option<&str>,
 ) -> anyhow::Result<Option<EvidenceInput>> {
     let store = &ctx.store;
-    let Some(incident) = store.get_incident(tenant, incident_id).await? else {
+    let Some(incident) = store
+        .get_incident(&mut store.begin().await?, tenant, incident_id)
+        .await?
+    else {
         return Ok(None);
     };
     let signals: Vec<SignalFacts> = store
@@ -506,7 +513,7 @@ async fn propose(ctx: &Context, claim: &copilot_store::HypothesisClaim) -> anyho
     };
     let previous = ctx
         .store
-        .incident_proposals(tenant, incident_id, false)
+        .incident_proposals(&mut ctx.store.begin().await?, tenant, incident_id, false)
         .await?
         .into_iter()
         .next();

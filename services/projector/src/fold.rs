@@ -8,8 +8,9 @@ use copilot_events::{
 };
 use copilot_runtime::consume::subject_tenant;
 use copilot_store::{
-    AttachedSignal, HypothesisRow, IncidentEventRow, NewIncident, ProposalRow, SignalRow,
+    AttachedSignal, AuditRow, HypothesisRow, IncidentEventRow, NewIncident, ProposalRow, SignalRow,
     StateChange, Store, TenantRow, TenantSetting, TokenRevocation, TokenRow, Tx, UsageRow,
+    UserChange, UserRow,
 };
 use uuid::Uuid;
 
@@ -33,6 +34,34 @@ pub(crate) enum TenantChange {
     Created(TenantRow),
     TokenIssued(TokenRow),
     TokenRevoked(TokenRevocation),
+    Suspended {
+        tenant: String,
+        by: String,
+        reason: String,
+        at: DateTime<Utc>,
+        seq: u64,
+    },
+    Resumed {
+        tenant: String,
+        seq: u64,
+    },
+    UserAdded {
+        tenant: String,
+        user: copilot_events::UserAdded,
+        at: DateTime<Utc>,
+        seq: u64,
+    },
+    UserUpdated {
+        tenant: String,
+        change: copilot_events::UserUpdated,
+        at: DateTime<Utc>,
+        seq: u64,
+    },
+    UserRemoved {
+        tenant: String,
+        user_id: String,
+    },
+    Audit(Audit),
     Setting {
         setting: TenantSetting,
         tenant: String,
@@ -54,6 +83,80 @@ pub(crate) struct IncidentChange {
     at: DateTime<Utc>,
     payload: String,
     event: Event,
+    audit: Option<Audit>,
+}
+
+/// A command as the audit log keeps it: any event whose envelope names an actor.
+#[derive(Clone)]
+pub(crate) struct Audit {
+    event_id: Uuid,
+    tenant: String,
+    at: DateTime<Utc>,
+    actor: String,
+    action: &'static str,
+    target: String,
+    request_id: Option<String>,
+    source_addr: Option<String>,
+    details: String,
+}
+
+impl Audit {
+    fn of(envelope: &Envelope, event: &Event) -> Option<Self> {
+        let actor = envelope.actor.clone()?;
+        let target = match event {
+            Event::TenantCreated(_) | Event::TenantSuspended(_) | Event::TenantResumed(_) => {
+                format!("tenant:{}", envelope.tenant)
+            }
+            Event::CorrelationRulesSet(_) => "settings:correlation".to_owned(),
+            Event::TenantIntegrationsSet(_) => "settings:integrations".to_owned(),
+            Event::TenantRetentionSet(_) => "settings:retention".to_owned(),
+            Event::WebhookTokenIssued(e) => format!("token:{}", e.token_id),
+            Event::WebhookTokenRevoked(e) => format!("token:{}", e.token_id),
+            Event::UserAdded(e) => format!("user:{}", e.user_id),
+            Event::UserUpdated(e) => format!("user:{}", e.user_id),
+            Event::UserRemoved(e) => format!("user:{}", e.user_id),
+            other => match incident_of(other) {
+                Some((id, _)) => format!("incident:{id}"),
+                None => return None,
+            },
+        };
+        // What changed, less what must not be repeated: a token's hash stays in its own table.
+        let mut details: serde_json::Value =
+            serde_json::from_str(envelope.payload.get()).unwrap_or_default();
+        if let Some(map) = details.as_object_mut() {
+            map.remove("token_hash");
+        }
+        Some(Self {
+            event_id: envelope.id,
+            tenant: envelope.tenant.clone(),
+            at: envelope.recorded_at,
+            actor,
+            action: event.name(),
+            target,
+            request_id: envelope.request_id.clone(),
+            source_addr: envelope.source_addr.clone(),
+            details: details.to_string(),
+        })
+    }
+
+    async fn write(&self, store: &Store, tx: &mut Tx<'_>) -> copilot_store::Result<()> {
+        store
+            .insert_audit(
+                tx,
+                &AuditRow {
+                    event_id: self.event_id,
+                    tenant: &self.tenant,
+                    at: self.at,
+                    actor: &self.actor,
+                    action: self.action,
+                    target: &self.target,
+                    request_id: self.request_id.as_deref(),
+                    source_addr: self.source_addr.as_deref(),
+                    details: &self.details,
+                },
+            )
+            .await
+    }
 }
 
 impl Fold {
@@ -90,6 +193,12 @@ impl Fold {
         let event = envelope.decode().map_err(|e| e.to_string())?;
         let tenant = envelope.tenant.clone();
         let at = envelope.occurred_at;
+        let audit = Audit::of(envelope, &event);
+        if let (Self::Tenants(changes), Some(audit)) = (&mut *self, &audit)
+            && !matches!(event, Event::SignalReceived(_))
+        {
+            changes.push(TenantChange::Audit(audit.clone()));
+        }
         match (self, event) {
             (Self::Signals { rows, events }, Event::SignalReceived(signal)) => {
                 *events += 1;
@@ -129,9 +238,53 @@ impl Fold {
                     token_id: revoked.token_id,
                     tenant,
                     revoked_by: revoked.revoked_by,
-                    revoked_at: at,
+                    revoked_at: revoked.effective_at.unwrap_or(at),
                     seq,
                 }))
+            }
+            (Self::Tenants(changes), Event::TenantSuspended(e)) => {
+                changes.push(TenantChange::Suspended {
+                    tenant,
+                    by: e.suspended_by,
+                    reason: e.reason,
+                    at,
+                    seq,
+                })
+            }
+            (Self::Tenants(changes), Event::TenantResumed(_)) => {
+                changes.push(TenantChange::Resumed { tenant, seq })
+            }
+            (Self::Tenants(changes), Event::UserAdded(user)) => {
+                changes.push(TenantChange::UserAdded {
+                    tenant,
+                    user,
+                    at,
+                    seq,
+                })
+            }
+            (Self::Tenants(changes), Event::UserUpdated(change)) => {
+                changes.push(TenantChange::UserUpdated {
+                    tenant,
+                    change,
+                    at,
+                    seq,
+                })
+            }
+            (Self::Tenants(changes), Event::UserRemoved(e)) => {
+                changes.push(TenantChange::UserRemoved {
+                    tenant,
+                    user_id: e.user_id,
+                })
+            }
+            (Self::Tenants(changes), Event::TenantRetentionSet(set)) => {
+                changes.push(TenantChange::Setting {
+                    setting: TenantSetting::Retention,
+                    tenant,
+                    value: json(&set.retention),
+                    set_by: set.set_by,
+                    at,
+                    seq,
+                })
             }
             (Self::Tenants(changes), Event::CorrelationRulesSet(set)) => {
                 changes.push(TenantChange::Setting {
@@ -175,6 +328,7 @@ impl Fold {
                     at,
                     payload: envelope.payload.get().to_owned(),
                     event,
+                    audit,
                 });
             }
             (_, other) => {
@@ -195,6 +349,70 @@ impl Fold {
                         TenantChange::Created(row) => store.insert_tenant(tx, &row).await?,
                         TenantChange::TokenIssued(row) => store.insert_token(tx, &row).await?,
                         TenantChange::TokenRevoked(row) => store.revoke_token(tx, &row).await?,
+                        TenantChange::Suspended {
+                            tenant,
+                            by,
+                            reason,
+                            at,
+                            seq,
+                        } => {
+                            store
+                                .suspend_tenant(tx, &tenant, &by, &reason, at, seq)
+                                .await?
+                        }
+                        TenantChange::Resumed { tenant, seq } => {
+                            store.resume_tenant(tx, &tenant, seq).await?
+                        }
+                        TenantChange::UserAdded {
+                            tenant,
+                            user,
+                            at,
+                            seq,
+                        } => {
+                            let role = format!("{:?}", user.role).to_lowercase();
+                            store
+                                .insert_user(
+                                    tx,
+                                    &UserRow {
+                                        tenant: &tenant,
+                                        user_id: &user.user_id,
+                                        email: &user.email,
+                                        display_name: &user.display_name,
+                                        role: &role,
+                                        slack_user_id: user.slack_user_id.as_deref(),
+                                        added_by: &user.added_by,
+                                        at,
+                                        seq,
+                                    },
+                                )
+                                .await?
+                        }
+                        TenantChange::UserUpdated {
+                            tenant,
+                            change,
+                            at,
+                            seq,
+                        } => {
+                            let role = change.role.map(|r| format!("{r:?}").to_lowercase());
+                            store
+                                .update_user(
+                                    tx,
+                                    &UserChange {
+                                        tenant: &tenant,
+                                        user_id: &change.user_id,
+                                        role: role.as_deref(),
+                                        display_name: change.display_name.as_deref(),
+                                        slack_user_id: change.slack_user_id.as_deref(),
+                                        at,
+                                        seq,
+                                    },
+                                )
+                                .await?
+                        }
+                        TenantChange::UserRemoved { tenant, user_id } => {
+                            store.remove_user(tx, &tenant, &user_id).await?
+                        }
+                        TenantChange::Audit(audit) => audit.write(store, tx).await?,
                         TenantChange::Setting {
                             setting,
                             tenant,
@@ -294,6 +512,9 @@ async fn apply_incident(
         return store
             .touch_incident(tx, &c.tenant, c.incident_id, c.at, c.seq)
             .await;
+    }
+    if let Some(audit) = &c.audit {
+        audit.write(store, tx).await?;
     }
     let tenant = c.tenant.as_str();
     let state = |state: IncidentState, by_person: bool, reopened: bool| StateChange {

@@ -27,11 +27,23 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct Trace(pub copilot_events::TraceParent);
 
-/// The headers of the events a request causes: its request id and trace context.
+/// Who an authenticated request speaks for (a user id), set by the API's authorization layer.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// The headers of the events a request causes: its request id and trace context, and for a
+/// command by someone, who and from which address (what the audit log records).
 pub fn event_headers(extensions: &axum::http::Extensions) -> copilot_events::Headers {
+    let actor = extensions.get::<Actor>().map(|a| a.0.clone());
     copilot_events::Headers {
         request_id: extensions.get::<RequestId>().map(|r| r.0.clone()),
         traceparent: extensions.get::<Trace>().map(|t| t.0.to_string()),
+        source_addr: actor.as_ref().and_then(|_| {
+            extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+        }),
+        actor,
         ..copilot_events::Headers::default()
     }
 }
@@ -73,6 +85,11 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after_secs: u64,
+    },
     #[error("{detail}")]
     Unavailable {
         detail: String,
@@ -122,6 +139,11 @@ impl ApiError {
                 "invalid-payload",
                 "Invalid payload",
             ),
+            Self::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             Self::Unavailable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -154,6 +176,9 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         if let Self::Unavailable {
+            retry_after_secs, ..
+        }
+        | Self::TooManyRequests {
             retry_after_secs, ..
         } = self
         {
@@ -350,33 +375,95 @@ where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
     let addr = ctx.settings.listen;
-    let health = serve(addr, finish(health_routes(ctx)), shutdown);
+    let timeouts = ServerTimeouts::from_settings(&ctx.settings);
+    let health = serve(addr, finish(health_routes(ctx)), timeouts, shutdown);
     tokio::try_join!(work, health)?;
     Ok(())
 }
 
-/// Serves `app` on `addr` until `shutdown`, letting requests in flight finish.
+/// How long a client may take to send a request: its headers, then its body. A client that
+/// trickles bytes (slow loris) is cut off instead of holding a connection and a task forever.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTimeouts {
+    pub header_read: std::time::Duration,
+    pub body: std::time::Duration,
+}
+
+impl ServerTimeouts {
+    pub fn from_settings(settings: &crate::Settings) -> Self {
+        Self {
+            header_read: std::time::Duration::from_millis(settings.http_header_timeout_ms),
+            body: std::time::Duration::from_millis(settings.http_body_timeout_ms),
+        }
+    }
+}
+
+/// Binds `addr` and serves `app` until `shutdown`.
 pub async fn serve(
     addr: std::net::SocketAddr,
     app: Router,
+    timeouts: ServerTimeouts,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("binding {addr} (is another copilot running? set COPILOT_LISTEN)")
     })?;
-    serve_on(listener, app, shutdown).await
+    serve_on(listener, app, timeouts, shutdown).await
 }
 
-/// Serves `app` on a bound listener until `shutdown`.
+/// Serves `app` on a bound listener until `shutdown`, then lets requests in flight finish.
+/// Each request carries its peer address (`ConnectInfo`), for the audit log.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     app: Router,
+    timeouts: ServerTimeouts,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
     tracing::info!(addr = %listener.local_addr()?, "http listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        timeouts.body,
+    ));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        });
+    }
+    // Requests in flight get a moment to finish; then the connections are dropped.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod consume;
 pub mod http;
 pub mod metrics;
 pub mod nats;
+pub mod ratelimit;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub events_projected_total: IntCounterVec,
     /// Events parked as dead letters, by projection.
     pub events_dead_lettered_total: IntCounterVec,
+    /// Requests refused with 429, by scope (`webhooks`, `api`).
+    pub rate_limited_total: IntCounterVec,
     /// Messages the consumer has not yet delivered, as of the last delivery (JetStream's `pending`).
     pub consumer_pending_messages: IntGaugeVec,
     /// Stream sequence of the last event a projection committed.
@@ -101,6 +103,14 @@ impl Metrics {
                 "Events a projection could not apply and parked",
             ),
             &["projection"],
+        )
+        .unwrap();
+        let rate_limited_total = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests refused because their tenant was over its rate limit",
+            ),
+            &["scope"],
         )
         .unwrap();
         let consumer_pending_messages = IntGaugeVec::new(
@@ -198,6 +208,7 @@ impl Metrics {
             Box::new(events_appended_total.clone()),
             Box::new(events_projected_total.clone()),
             Box::new(events_dead_lettered_total.clone()),
+            Box::new(rate_limited_total.clone()),
             Box::new(consumer_pending_messages.clone()),
             Box::new(projection_checkpoint_sequence.clone()),
             Box::new(consumer_ack_pending_messages.clone()),
@@ -223,6 +234,7 @@ impl Metrics {
             events_appended_total,
             events_projected_total,
             events_dead_lettered_total,
+            rate_limited_total,
             consumer_pending_messages,
             projection_checkpoint_sequence,
             consumer_ack_pending_messages,

@@ -40,6 +40,40 @@ pub struct Settings {
     )]
     pub jwt_secret: Option<String>,
 
+    /// JWT algorithm, pinned: tokens naming another are refused
+    #[arg(
+        long,
+        env = "COPILOT_JWT_ALGORITHM",
+        default_value = "HS256",
+        global = true
+    )]
+    pub jwt_algorithm: crate::auth::JwtAlgorithm,
+
+    /// PEM public key verifying RS256 or EdDSA tokens
+    #[arg(long, env = "COPILOT_JWT_PUBLIC_KEY", global = true)]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// JWKS file of verification keys chosen by the token's `kid` (rotation; `oct` keys for HS256)
+    #[arg(long, env = "COPILOT_JWT_JWKS", global = true)]
+    pub jwt_jwks: Option<PathBuf>,
+
+    /// PEM private key to issue RS256 or EdDSA tokens with; without it the copilot only verifies
+    #[arg(long, env = "COPILOT_JWT_PRIVATE_KEY", global = true)]
+    pub jwt_private_key: Option<PathBuf>,
+
+    /// `kid` written into the tokens this copilot issues
+    #[arg(long, env = "COPILOT_JWT_KID", global = true)]
+    pub jwt_kid: Option<String>,
+
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds
+    #[arg(
+        long,
+        env = "COPILOT_JWT_LEEWAY_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub jwt_leeway_secs: u64,
+
     /// JWT issuer (`iss`) issued and required
     #[arg(
         long,
@@ -61,6 +95,55 @@ pub struct Settings {
     /// Largest webhook body accepted, in bytes
     #[arg(long, env = "COPILOT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, global = true)]
     pub max_body_bytes: usize,
+
+    /// How long a client may take to send a request's headers, in milliseconds
+    #[arg(
+        long,
+        env = "COPILOT_HTTP_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub http_header_timeout_ms: u64,
+
+    /// How long a client may take to send a request's body, in milliseconds
+    #[arg(
+        long,
+        env = "COPILOT_HTTP_BODY_TIMEOUT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub http_body_timeout_ms: u64,
+
+    /// Webhook requests per second allowed per tenant on each gateway (0: no limit)
+    #[arg(
+        long,
+        env = "COPILOT_WEBHOOK_RATE_PER_SEC",
+        default_value_t = 500,
+        global = true
+    )]
+    pub webhook_rate_per_sec: u32,
+
+    /// Webhook requests a tenant may send at once above the rate
+    #[arg(
+        long,
+        env = "COPILOT_WEBHOOK_BURST",
+        default_value_t = 2000,
+        global = true
+    )]
+    pub webhook_burst: u32,
+
+    /// API requests per second allowed per tenant on each API process (0: no limit)
+    #[arg(
+        long,
+        env = "COPILOT_API_RATE_PER_SEC",
+        default_value_t = 100,
+        global = true
+    )]
+    pub api_rate_per_sec: u32,
+
+    /// API requests a tenant may send at once above the rate
+    #[arg(long, env = "COPILOT_API_BURST", default_value_t = 400, global = true)]
+    pub api_burst: u32,
 
     /// How long the gateway waits for JetStream to acknowledge an append before answering 503, in milliseconds
     #[arg(

@@ -406,6 +406,7 @@ impl Store {
     /// The hypotheses of one proposal with their verdicts, best first.
     pub async fn proposal_hypotheses(
         &self,
+        tx: &mut Tx<'_>,
         tenant: &str,
         incident_id: Uuid,
         proposal_id: Uuid,
@@ -420,13 +421,14 @@ impl Store {
         .bind(tenant)
         .bind(incident_id)
         .bind(proposal_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut **tx)
         .await?)
     }
 
     /// An incident's proposals, newest first (only the newest unless `history`).
     pub async fn incident_proposals(
         &self,
+        tx: &mut Tx<'_>,
         tenant: &str,
         incident_id: Uuid,
         history: bool,
@@ -447,13 +449,13 @@ impl Store {
             .bind(tenant)
             .bind(incident_id)
             .bind(if history { i64::MAX } else { 1 })
-            .fetch_all(&self.pool)
+            .fetch_all(&mut **tx)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for (proposal_id, engine, model, proposed_at, inconclusive, event) in rows {
             out.push(ProposalView {
                 hypotheses: self
-                    .proposal_hypotheses(tenant, incident_id, proposal_id)
+                    .proposal_hypotheses(tx, tenant, incident_id, proposal_id)
                     .await?,
                 proposal_id,
                 engine,
@@ -469,6 +471,7 @@ impl Store {
     /// Whether any proposal of the incident named this hypothesis.
     pub async fn hypothesis_exists(
         &self,
+        tx: &mut Tx<'_>,
         tenant: &str,
         incident_id: Uuid,
         hypothesis_id: &str,
@@ -479,7 +482,7 @@ impl Store {
         .bind(tenant)
         .bind(incident_id)
         .bind(hypothesis_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut **tx)
         .await?)
     }
 }

@@ -16,6 +16,8 @@ pub enum TenantSetting {
     CorrelationRules,
     /// `TenantIntegrationsSet`: the tenant's Prometheus and model.
     Integrations,
+    /// `TenantRetentionSet`: how long the tenant's data is kept.
+    Retention,
 }
 
 impl TenantSetting {
@@ -23,6 +25,7 @@ impl TenantSetting {
         match self {
             Self::CorrelationRules => ("correlation_rules", "rules"),
             Self::Integrations => ("tenant_integrations", "integrations"),
+            Self::Retention => ("tenant_retention", "retention"),
         }
     }
 }
@@ -487,6 +490,7 @@ impl Store {
     /// A tenant setting as JSON, if the tenant set it.
     pub async fn tenant_setting(
         &self,
+        tx: &mut Tx<'_>,
         setting: TenantSetting,
         tenant: &str,
     ) -> Result<Option<serde_json::Value>> {
@@ -495,13 +499,14 @@ impl Store {
             "SELECT {column} FROM {table} WHERE tenant = $1"
         )))
         .bind(tenant)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut **tx)
         .await?)
     }
 
     /// A page of a tenant's incidents in `sort` order, after `cursor`.
     pub async fn list_incidents(
         &self,
+        tx: &mut Tx<'_>,
         tenant: &str,
         filter: &IncidentFilter,
         sort: IncidentSort,
@@ -509,12 +514,13 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<IncidentSummary>> {
         let mut q = list_query("", tenant, filter, sort, cursor, limit);
-        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+        Ok(q.build_query_as().fetch_all(&mut **tx).await?)
     }
 
     /// `EXPLAIN (ANALYZE, BUFFERS)` of `list_incidents`, one line per plan line; for the benchmark.
     pub async fn explain_list_incidents(
         &self,
+        tx: &mut Tx<'_>,
         tenant: &str,
         filter: &IncidentFilter,
         sort: IncidentSort,
@@ -528,22 +534,28 @@ impl Store {
             None,
             limit,
         );
-        let rows: Vec<(String,)> = q.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut **tx).await?;
         Ok(rows.into_iter().map(|(line,)| line).collect())
     }
 
-    pub async fn get_incident(&self, tenant: &str, id: Uuid) -> Result<Option<IncidentSummary>> {
+    pub async fn get_incident(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<Option<IncidentSummary>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {SUMMARY_COLUMNS} FROM incidents WHERE tenant = $1 AND id = $2"
         )))
         .bind(tenant)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut **tx)
         .await?)
     }
 
     pub async fn incident_signals(
         &self,
+        tx: &mut Tx<'_>,
         tenant: &str,
         id: Uuid,
     ) -> Result<Vec<IncidentSignalView>> {
@@ -553,34 +565,45 @@ impl Store {
         )
         .bind(tenant)
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut **tx)
         .await?)
     }
 
-    pub async fn incident_notes(&self, tenant: &str, id: Uuid) -> Result<Vec<IncidentNoteView>> {
+    pub async fn incident_notes(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<Vec<IncidentNoteView>> {
         Ok(sqlx::query_as(
             "SELECT note_id, author, text, created_at FROM incident_notes
              WHERE tenant = $1 AND incident_id = $2 ORDER BY created_at, note_id",
         )
         .bind(tenant)
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut **tx)
         .await?)
     }
 
-    pub async fn incident_timeline(&self, tenant: &str, id: Uuid) -> Result<Vec<TimelineEntry>> {
+    pub async fn incident_timeline(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<Vec<TimelineEntry>> {
         Ok(sqlx::query_as(
             "SELECT event_id, seq, type, actor, request_id, occurred_at, payload FROM incident_events
              WHERE tenant = $1 AND incident_id = $2 ORDER BY seq",
         )
         .bind(tenant)
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut **tx)
         .await?)
     }
 
     pub async fn incident_stats(
         &self,
+        tx: &mut Tx<'_>,
         tenant: &str,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
@@ -590,7 +613,7 @@ impl Store {
              WHERE tenant = $1 AND state NOT IN ('resolved', 'learned', 'inconclusive') GROUP BY severity",
         )
         .bind(tenant)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut **tx)
         .await?;
         let (incidents, signals, mtta, mttr): (i64, i64, Option<f64>, Option<f64>) =
             sqlx::query_as(
@@ -602,7 +625,7 @@ impl Store {
             .bind(tenant)
             .bind(since)
             .bind(until)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut **tx)
             .await?;
         Ok(IncidentStats {
             open_by_severity: open.into_iter().collect(),

@@ -2,12 +2,15 @@
 //! schema change is one file away from every statement it affects. Writes take the caller's
 //! transaction: a projection's rows and its checkpoint commit together or not at all.
 
+mod audit;
 mod correlator;
 mod hypotheses;
 mod incidents;
 mod signals;
 mod tenants;
+mod users;
 
+pub use audit::{AuditCursor, AuditEntry, AuditFilter, AuditRow};
 pub use correlator::{CorrelatorIncident, CorrelatorSignal};
 pub use hypotheses::{
     HypothesisClaim, HypothesisRow, HypothesisView, IncidentSignalFacts, ProposalRow, ProposalView,
@@ -19,7 +22,8 @@ pub use incidents::{
     TenantSetting, TimelineEntry,
 };
 pub use signals::{SignalCursor, SignalFilter, SignalRow, SignalView};
-pub use tenants::{TenantRow, TokenOwner, TokenRevocation, TokenRow};
+pub use tenants::{TenantRow, TenantView, TokenOwner, TokenRevocation, TokenRow, TokenView};
+pub use users::{UserChange, UserRow, UserView};
 
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres, Transaction, postgres::PgPoolOptions};
 
@@ -106,6 +110,21 @@ impl Store {
 
     pub async fn begin(&self) -> Result<Tx<'static>> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// A read transaction confined to one tenant by row-level security: it runs as the
+    /// `copilot_tenant` role with `copilot.tenant` set, both for this transaction only, so rows
+    /// of any other tenant are invisible to every query in it, filtered or not. The API reads
+    /// through these.
+    pub async fn begin_tenant(&self, tenant: &str) -> Result<Tx<'static>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT set_config('role', 'copilot_tenant', true), set_config('copilot.tenant', $1, true)",
+        )
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+        Ok(tx)
     }
 
     /// A transaction for one projection batch. Its commit does not wait for the WAL flush
@@ -257,10 +276,13 @@ pub enum ReadModel {
     HypothesisVerdicts,
     UsageEvents,
     TenantIntegrations,
+    Users,
+    TenantRetention,
+    AuditLog,
 }
 
 impl ReadModel {
-    pub const ALL: [ReadModel; 13] = [
+    pub const ALL: [ReadModel; 16] = [
         Self::Tenants,
         Self::WebhookTokens,
         Self::Signals,
@@ -274,6 +296,9 @@ impl ReadModel {
         Self::HypothesisVerdicts,
         Self::UsageEvents,
         Self::TenantIntegrations,
+        Self::Users,
+        Self::TenantRetention,
+        Self::AuditLog,
     ];
     /// The incident read models, which the projector folds from the INCIDENTS stream.
     pub const INCIDENTS: [ReadModel; 7] = [
@@ -308,6 +333,9 @@ impl ReadModel {
             }
             Self::UsageEvents => ("usage_events", "call_id"),
             Self::TenantIntegrations => ("tenant_integrations", "tenant"),
+            Self::Users => ("users", "tenant, user_id"),
+            Self::TenantRetention => ("tenant_retention", "tenant"),
+            Self::AuditLog => ("audit_log", "event_id"),
         }
     }
 }

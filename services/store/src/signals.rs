@@ -255,6 +255,7 @@ impl Store {
     /// A page of a tenant's signals, newest first, after `cursor`.
     pub async fn list_signals(
         &self,
+        tx: &mut Tx<'_>,
         tenant: &str,
         filter: &SignalFilter,
         cursor: Option<SignalCursor>,
@@ -286,7 +287,7 @@ impl Store {
         }
         q.push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit));
-        let rows = q.build().fetch_all(&self.pool).await?;
+        let rows = q.build().fetch_all(&mut **tx).await?;
         Ok(rows
             .iter()
             .map(|r| view(r, false))
@@ -294,13 +295,18 @@ impl Store {
     }
 
     /// One signal of a tenant; `None` for another tenant's signal as for a missing one.
-    pub async fn get_signal(&self, tenant: &str, id: Uuid) -> Result<Option<SignalView>> {
+    pub async fn get_signal(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<Option<SignalView>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {VIEW_COLUMNS}, raw::text AS raw FROM signals WHERE tenant = $1 AND id = $2"
         )))
         .bind(tenant)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut **tx)
         .await?;
         Ok(row.map(|r| view(&r, true)).transpose()?)
     }

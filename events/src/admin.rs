@@ -1,0 +1,187 @@
+//! Tenant administration beyond creation: suspension, people and their roles, retention. All of
+//! these travel on the TENANTS stream, so the tenants projection (and the audit log built from
+//! it) sees every change to who may do what.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::EventPayload;
+use crate::payloads::Role;
+
+/// The tenant was suspended: its webhooks are refused with 403 and append nothing until it is
+/// resumed. Its data stays readable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantSuspended {
+    pub reason: String,
+    pub suspended_by: String,
+}
+
+impl EventPayload for TenantSuspended {
+    const TYPE: &'static str = "TenantSuspended";
+    const VERSION: u32 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantResumed {
+    pub resumed_by: String,
+}
+
+impl EventPayload for TenantResumed {
+    const TYPE: &'static str = "TenantResumed";
+    const VERSION: u32 = 1;
+}
+
+/// A person of a tenant. `user_id` is what their JWTs carry as `sub`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UserAdded {
+    pub user_id: String,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack_user_id: Option<String>,
+    pub added_by: String,
+}
+
+impl EventPayload for UserAdded {
+    const TYPE: &'static str = "UserAdded";
+    const VERSION: u32 = 1;
+}
+
+/// Some of a user's fields changed; the ones absent stay as they were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UserUpdated {
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack_user_id: Option<String>,
+    pub updated_by: String,
+}
+
+impl EventPayload for UserUpdated {
+    const TYPE: &'static str = "UserUpdated";
+    const VERSION: u32 = 1;
+}
+
+/// The user is gone: their tokens stop working at once, whatever their expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UserRemoved {
+    pub user_id: String,
+    pub removed_by: String,
+}
+
+impl EventPayload for UserRemoved {
+    const TYPE: &'static str = "UserRemoved";
+    const VERSION: u32 = 1;
+}
+
+/// How long a tenant's data is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRetention {
+    /// Days resolved signals are kept.
+    pub signals_days: u32,
+    /// Days resolved incidents are kept.
+    pub incidents_days: u32,
+}
+
+impl Default for TenantRetention {
+    fn default() -> Self {
+        Self {
+            signals_days: 90,
+            incidents_days: 365,
+        }
+    }
+}
+
+impl TenantRetention {
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, days) in [
+            ("signals_days", self.signals_days),
+            ("incidents_days", self.incidents_days),
+        ] {
+            if !(1..=3650).contains(&days) {
+                return Err(format!("{name} must be between 1 and 3650"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantRetentionSet {
+    pub retention: TenantRetention,
+    pub set_by: String,
+}
+
+impl EventPayload for TenantRetentionSet {
+    const TYPE: &'static str = "TenantRetentionSet";
+    const VERSION: u32 = 1;
+}
+
+/// A user id: what a JWT's `sub` carries. 1-128 characters of letters, digits and `.@_+-`.
+pub fn is_valid_user_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b))
+}
+
+/// A plausible email address: one `@` with something either side, no spaces or controls, at most
+/// 254 characters. Delivery is the only real test; this keeps garbage out.
+pub fn is_plausible_email(email: &str) -> bool {
+    email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && matches!(email.split_once('@'), Some((local, domain)) if !local.is_empty() && domain.contains('.') && !domain.contains('@') && !domain.starts_with('.') && !domain.ends_with('.'))
+}
+
+/// A display name or free text field: 1-200 characters without control characters.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.chars().count() <= 200 && !name.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_emails_and_names_are_checked_for_shape() {
+        assert!(is_valid_user_id("alice@example.com"));
+        assert!(is_valid_user_id("u-123_x.y+z"));
+        assert!(!is_valid_user_id(""));
+        assert!(!is_valid_user_id("a b"));
+        assert!(!is_valid_user_id("a'; DROP TABLE users;--"));
+        assert!(!is_valid_user_id(&"a".repeat(129)));
+
+        assert!(is_plausible_email("alice@example.com"));
+        assert!(!is_plausible_email("alice"));
+        assert!(!is_plausible_email("@example.com"));
+        assert!(!is_plausible_email("a@b"));
+        assert!(!is_plausible_email("a@@b.c"));
+        assert!(!is_plausible_email("a @b.c"));
+
+        assert!(is_valid_name("Alice Smith"));
+        assert!(!is_valid_name("  "));
+        assert!(!is_valid_name("a\u{0}b"));
+        assert!(!is_valid_name(&"x".repeat(201)));
+    }
+
+    #[test]
+    fn retention_outside_one_day_to_ten_years_is_refused() {
+        assert!(TenantRetention::default().validate().is_ok());
+        let zero = TenantRetention {
+            signals_days: 0,
+            ..TenantRetention::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("signals_days"));
+        let long = TenantRetention {
+            incidents_days: 4000,
+            ..TenantRetention::default()
+        };
+        assert!(long.validate().unwrap_err().contains("incidents_days"));
+    }
+}

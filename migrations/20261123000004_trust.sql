@@ -1,0 +1,97 @@
+-- Tenants, people and trust: suspension, users, retention, the audit log, and row-level
+-- security so that a tenant-scoped transaction cannot see another tenant's rows even when a
+-- query forgets its tenant filter.
+
+ALTER TABLE tenants
+    ADD COLUMN suspended_at   timestamptz,
+    ADD COLUMN suspended_by   text,
+    ADD COLUMN suspend_reason text;
+
+-- People of a tenant; user_id is what their JWTs carry as `sub`.
+CREATE TABLE users (
+    tenant        text        NOT NULL,
+    user_id       text        NOT NULL,
+    email         text        NOT NULL,
+    display_name  text        NOT NULL,
+    role          text        NOT NULL CHECK (role IN ('viewer', 'engineer', 'admin')),
+    slack_user_id text,
+    added_by      text        NOT NULL,
+    added_at      timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL,
+    last_seq      bigint      NOT NULL,
+    PRIMARY KEY (tenant, user_id)
+);
+CREATE UNIQUE INDEX users_email ON users (tenant, lower(email));
+
+CREATE TABLE tenant_retention (
+    tenant    text PRIMARY KEY,
+    retention jsonb       NOT NULL,
+    set_by    text        NOT NULL,
+    set_at    timestamptz NOT NULL,
+    last_seq  bigint      NOT NULL
+);
+
+-- Every command anyone gave, from the events themselves (those whose envelope names an actor).
+-- Keyed by event id, so a replay or a copy of an event makes no second row.
+CREATE TABLE audit_log (
+    event_id    uuid        PRIMARY KEY,
+    tenant      text        NOT NULL,
+    at          timestamptz NOT NULL,
+    actor       text        NOT NULL,
+    action      text        NOT NULL,
+    target      text        NOT NULL,
+    request_id  text,
+    source_addr text,
+    details     jsonb       NOT NULL
+);
+CREATE INDEX audit_log_newest ON audit_log (tenant, at DESC, event_id DESC);
+
+-- Row-level security. The API reads as copilot_tenant, inside a transaction that names the
+-- tenant (Store::begin_tenant): every policy compares the row's tenant to that name, so a row of
+-- another tenant is invisible whatever the query says. Services that work across tenants (the
+-- projector, correlator, hypothesis service) connect as the tables' owner, whom these policies
+-- do not restrict. The role is cluster-wide; several databases (or concurrent migrations) may
+-- try to create it, so a duplicate is not an error.
+DO $$
+BEGIN
+    CREATE ROLE copilot_tenant NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT pg_has_role(current_user, 'copilot_tenant', 'MEMBER') THEN
+        EXECUTE format('GRANT copilot_tenant TO %I', current_user);
+    END IF;
+EXCEPTION WHEN unique_violation THEN
+    NULL;
+END
+$$;
+
+GRANT USAGE ON SCHEMA public TO copilot_tenant;
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY[
+        'webhook_tokens', 'signals', 'dead_letters', 'correlation_rules', 'incidents',
+        'incident_signals', 'incident_notes', 'incident_events', 'tenant_integrations',
+        'hypothesis_proposals', 'hypotheses', 'hypothesis_verdicts', 'usage_events', 'users',
+        'tenant_retention', 'audit_log'
+    ] LOOP
+        EXECUTE format('GRANT SELECT ON %I TO copilot_tenant', t);
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format(
+            'CREATE POLICY tenant_isolation ON %I TO copilot_tenant
+                 USING (tenant = current_setting(''copilot.tenant'', true))', t);
+    END LOOP;
+END
+$$;
+
+GRANT SELECT ON tenants TO copilot_tenant;
+ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON tenants TO copilot_tenant
+    USING (slug = current_setting('copilot.tenant', true));

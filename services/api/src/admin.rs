@@ -1,0 +1,739 @@
+//! Tenant administration (`/v1/admin/...`): tenants, their webhook tokens and their users, and
+//! each tenant's audit log (`/v1/audit`). Commands append to the TENANTS stream and answer once
+//! the projector has applied them, so what they change is in force when they return: a revoked
+//! token is refused by every gateway within the second its token cache lives.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::JsonRejection, rejection::QueryRejection},
+    http::StatusCode,
+};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use copilot_events::{
+    Role, UserAdded, UserRemoved, UserUpdated, is_plausible_email, is_valid_name, is_valid_slug,
+    is_valid_user_id,
+};
+use copilot_runtime::http::{ApiError, EventOrigin};
+use copilot_store::{AuditCursor, AuditEntry, AuditFilter, TenantView, TokenView, UserView};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    Api, Caller,
+    commands::{self, CommandError},
+    incidents::{bad, body, internal},
+};
+
+/// How long a command waits for the projector to apply its event before answering anyway.
+const PROJECTION_WAIT: Duration = Duration::from_secs(5);
+
+fn command_error(err: CommandError) -> ApiError {
+    match err {
+        CommandError::InvalidSlug(_) => ApiError::Unprocessable(err.to_string()),
+        CommandError::TenantExists(_) => ApiError::Conflict(err.to_string()),
+        CommandError::Append(e) => {
+            tracing::warn!(error = %e, "an administration command's append failed");
+            ApiError::Unavailable {
+                detail: "the event store did not take the command; retry".into(),
+                retry_after_secs: 1,
+            }
+        }
+    }
+}
+
+/// Polls the read model until `done` says the command's effect is there (or the wait is over).
+async fn projected<F, Fut>(mut done: F) -> Result<bool, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
+    loop {
+        if done().await? {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The tenant a path names, if it exists; 404 otherwise (also for slugs that cannot exist).
+async fn tenant_of(api: &Api, slug: &str) -> Result<TenantView, ApiError> {
+    if !is_valid_slug(slug) {
+        return Err(ApiError::NotFound);
+    }
+    let mut tx = api.tenant_tx(slug).await?;
+    api.ctx
+        .store
+        .get_tenant(&mut tx, slug)
+        .await
+        .map_err(internal)?
+        .ok_or(ApiError::NotFound)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Me {
+    sub: String,
+    tenant: String,
+    role: Role,
+    platform: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<UserView>,
+}
+
+/// `GET /v1/me`: who the token speaks for, and with which role now.
+pub async fn me(State(api): State<Api>, caller: Caller) -> Result<Json<Me>, ApiError> {
+    let mut tx = api.tenant_tx(&caller.0.tenant).await?;
+    let user = api
+        .ctx
+        .store
+        .find_user(&mut tx, &caller.0.tenant, &caller.0.sub)
+        .await
+        .map_err(internal)?;
+    Ok(Json(Me {
+        sub: caller.0.sub,
+        tenant: caller.0.tenant,
+        role: caller.0.role,
+        platform: caller.0.platform,
+        user,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Items<T> {
+    items: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+impl<T> Items<T> {
+    fn all(items: Vec<T>) -> Json<Self> {
+        Json(Self {
+            items,
+            next_cursor: None,
+        })
+    }
+}
+
+pub async fn list_tenants(State(api): State<Api>) -> Result<Json<Items<TenantView>>, ApiError> {
+    let mut tx = api.ctx.store.begin().await.map_err(internal)?;
+    let tenants = api
+        .ctx
+        .store
+        .list_tenants(&mut tx)
+        .await
+        .map_err(internal)?;
+    Ok(Items::all(tenants))
+}
+
+pub async fn show_tenant(
+    State(api): State<Api>,
+    Path(slug): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    Ok(Json(tenant_of(&api, &slug).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    slug: String,
+    name: Option<String>,
+    /// Email of the first admin (user id `admin`).
+    admin_email: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedTenant {
+    tenant: String,
+    /// Shown once; only its hash is kept.
+    webhook_token: String,
+    token_id: Uuid,
+    /// The first admin's user id, for `copilot token issue --user`.
+    admin_user: &'static str,
+}
+
+pub async fn create_tenant(
+    State(api): State<Api>,
+    origin: EventOrigin,
+    payload: Result<Json<NewTenant>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
+    let b = body(payload)?;
+    let name = b.name.unwrap_or_else(|| b.slug.clone());
+    if !is_valid_name(&name) {
+        return Err(ApiError::Unprocessable(
+            "name must be 1-200 characters without control characters".into(),
+        ));
+    }
+    if let Some(email) = &b.admin_email
+        && !is_plausible_email(email)
+    {
+        return Err(ApiError::Unprocessable(
+            "admin_email is not an email address".into(),
+        ));
+    }
+    let created = commands::create_tenant(
+        &api.ctx.js,
+        &b.slug,
+        &name,
+        b.admin_email.as_deref(),
+        origin.0,
+    )
+    .await
+    .map_err(command_error)?;
+    let store = &api.ctx.store;
+    let ready = projected(|| async {
+        let mut tx = api.tenant_tx(&b.slug).await?;
+        Ok(store
+            .find_user(&mut tx, &b.slug, commands::FIRST_ADMIN)
+            .await
+            .map_err(internal)?
+            .is_some())
+    })
+    .await?;
+    Ok((
+        if ready {
+            StatusCode::CREATED
+        } else {
+            StatusCode::ACCEPTED
+        },
+        Json(CreatedTenant {
+            tenant: b.slug,
+            webhook_token: created.webhook_token,
+            token_id: created.token_id,
+            admin_user: commands::FIRST_ADMIN,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendBody {
+    reason: String,
+}
+
+pub async fn suspend(
+    State(api): State<Api>,
+    caller: Caller,
+    origin: EventOrigin,
+    Path(slug): Path<String>,
+    payload: Result<Json<SuspendBody>, JsonRejection>,
+) -> Result<Json<TenantView>, ApiError> {
+    let b = body(payload)?;
+    if !is_valid_name(&b.reason) {
+        return Err(ApiError::Unprocessable(
+            "reason must be 1-200 characters without control characters".into(),
+        ));
+    }
+    tenant_of(&api, &slug).await?;
+    commands::suspend_tenant(&api.ctx.js, &slug, &b.reason, &caller.0.sub, origin.0)
+        .await
+        .map_err(command_error)?;
+    suspension_settled(&api, &slug, true).await
+}
+
+pub async fn resume(
+    State(api): State<Api>,
+    caller: Caller,
+    origin: EventOrigin,
+    Path(slug): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    tenant_of(&api, &slug).await?;
+    commands::resume_tenant(&api.ctx.js, &slug, &caller.0.sub, origin.0)
+        .await
+        .map_err(command_error)?;
+    suspension_settled(&api, &slug, false).await
+}
+
+async fn suspension_settled(
+    api: &Api,
+    slug: &str,
+    suspended: bool,
+) -> Result<Json<TenantView>, ApiError> {
+    projected(|| async { Ok(tenant_of(api, slug).await?.suspended_at.is_some() == suspended) })
+        .await?;
+    Ok(Json(tenant_of(api, slug).await?))
+}
+
+pub async fn list_tokens(
+    State(api): State<Api>,
+    Path(slug): Path<String>,
+) -> Result<Json<Items<TokenView>>, ApiError> {
+    tenant_of(&api, &slug).await?;
+    let mut tx = api.tenant_tx(&slug).await?;
+    let tokens = api
+        .ctx
+        .store
+        .list_tokens(&mut tx, &slug)
+        .await
+        .map_err(internal)?;
+    Ok(Items::all(tokens))
+}
+
+#[derive(Debug, Serialize)]
+pub struct IssuedToken {
+    token_id: Uuid,
+    /// Shown once; only its hash is kept.
+    webhook_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaces: Option<TokenView>,
+}
+
+async fn token_of(api: &Api, slug: &str, token_id: &str) -> Result<TokenView, ApiError> {
+    let id = Uuid::parse_str(token_id).map_err(|_| ApiError::NotFound)?;
+    let mut tx = api.tenant_tx(slug).await?;
+    api.ctx
+        .store
+        .list_tokens(&mut tx, slug)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .find(|t| t.token_id == id)
+        .ok_or(ApiError::NotFound)
+}
+
+async fn issue(
+    api: &Api,
+    slug: &str,
+    caller: &Caller,
+    origin: EventOrigin,
+) -> Result<(Uuid, String), ApiError> {
+    let (token_id, secret) =
+        commands::issue_webhook_token(&api.ctx.js, slug, &caller.0.sub, origin.0)
+            .await
+            .map_err(command_error)?;
+    let projected_ok =
+        projected(|| async { Ok(token_of(api, slug, &token_id.to_string()).await.is_ok()) })
+            .await?;
+    if !projected_ok {
+        tracing::warn!(tenant = slug, %token_id, "a new token was not projected in time");
+    }
+    Ok((token_id, secret))
+}
+
+pub async fn issue_token(
+    State(api): State<Api>,
+    caller: Caller,
+    origin: EventOrigin,
+    Path(slug): Path<String>,
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
+    tenant_of(&api, &slug).await?;
+    let (token_id, webhook_token) = issue(&api, &slug, &caller, origin).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(IssuedToken {
+            token_id,
+            webhook_token,
+            replaces: None,
+        }),
+    ))
+}
+
+pub async fn revoke_token(
+    State(api): State<Api>,
+    caller: Caller,
+    origin: EventOrigin,
+    Path((slug, token_id)): Path<(String, String)>,
+) -> Result<Json<TokenView>, ApiError> {
+    let token = token_of(&api, &slug, &token_id).await?;
+    revoke_at(&api, &slug, &caller, origin, token.token_id, None).await
+}
+
+/// Revokes a token (at once, or at `at`) and answers with it once the projector has recorded it.
+async fn revoke_at(
+    api: &Api,
+    slug: &str,
+    caller: &Caller,
+    origin: EventOrigin,
+    token_id: Uuid,
+    at: Option<DateTime<Utc>>,
+) -> Result<Json<TokenView>, ApiError> {
+    commands::revoke_webhook_token(&api.ctx.js, slug, token_id, at, &caller.0.sub, origin.0)
+        .await
+        .map_err(command_error)?;
+    let id = token_id.to_string();
+    projected(|| async { Ok(token_of(api, slug, &id).await?.revoked_at.is_some()) }).await?;
+    Ok(Json(token_of(api, slug, &id).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    /// Seconds the old token keeps working, so senders can switch without a gap [default: 86400].
+    grace_seconds: Option<u64>,
+}
+
+const MAX_GRACE_SECS: u64 = 30 * 24 * 3600;
+
+/// Issues a new token and revokes the old one after a grace period: both work meanwhile.
+pub async fn rotate_token(
+    State(api): State<Api>,
+    caller: Caller,
+    origin: EventOrigin,
+    Path((slug, token_id)): Path<(String, String)>,
+    payload: Option<Json<RotateBody>>,
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
+    let grace = payload
+        .map(|Json(b)| b)
+        .unwrap_or_default()
+        .grace_seconds
+        .unwrap_or(86_400);
+    if grace > MAX_GRACE_SECS {
+        return Err(ApiError::Unprocessable(format!(
+            "grace_seconds must be at most {MAX_GRACE_SECS} (30 days)"
+        )));
+    }
+    let old = token_of(&api, &slug, &token_id).await?;
+    if !old.active {
+        return Err(ApiError::Conflict(
+            "the token is already revoked; issue a new one instead".into(),
+        ));
+    }
+    let (new_id, webhook_token) =
+        issue(&api, &slug, &caller, EventOrigin(origin.0.clone())).await?;
+    let until = Utc::now() + chrono::Duration::seconds(grace as i64);
+    let Json(replaced) = revoke_at(&api, &slug, &caller, origin, old.token_id, Some(until)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(IssuedToken {
+            token_id: new_id,
+            webhook_token,
+            replaces: Some(replaced),
+        }),
+    ))
+}
+
+pub async fn list_users(
+    State(api): State<Api>,
+    Path(slug): Path<String>,
+) -> Result<Json<Items<UserView>>, ApiError> {
+    tenant_of(&api, &slug).await?;
+    let mut tx = api.tenant_tx(&slug).await?;
+    let users = api
+        .ctx
+        .store
+        .list_users(&mut tx, &slug)
+        .await
+        .map_err(internal)?;
+    Ok(Items::all(users))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// What the user's JWTs carry as `sub`.
+    user_id: String,
+    email: String,
+    display_name: String,
+    role: Role,
+    slack_user_id: Option<String>,
+}
+
+fn check_slack_id(id: &Option<String>) -> Result<(), ApiError> {
+    if let Some(id) = id
+        && !(id.len() <= 32
+            && id.len() > 1
+            && id
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+    {
+        return Err(ApiError::Unprocessable(
+            "slack_user_id must be a Slack user id such as U0123ABCD".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn user_of(api: &Api, slug: &str, user_id: &str) -> Result<Option<UserView>, ApiError> {
+    let mut tx = api.tenant_tx(slug).await?;
+    api.ctx
+        .store
+        .find_user(&mut tx, slug, user_id)
+        .await
+        .map_err(internal)
+}
+
+pub async fn add_user(
+    State(api): State<Api>,
+    caller: Caller,
+    origin: EventOrigin,
+    Path(slug): Path<String>,
+    payload: Result<Json<NewUser>, JsonRejection>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    let b = body(payload)?;
+    if !is_valid_user_id(&b.user_id) {
+        return Err(ApiError::Unprocessable(
+            "user_id must be 1-128 of letters, digits and . _ @ + -".into(),
+        ));
+    }
+    if !is_plausible_email(&b.email) {
+        return Err(ApiError::Unprocessable(
+            "email is not an email address".into(),
+        ));
+    }
+    if !is_valid_name(&b.display_name) {
+        return Err(ApiError::Unprocessable(
+            "display_name must be 1-200 characters without control characters".into(),
+        ));
+    }
+    check_slack_id(&b.slack_user_id)?;
+    tenant_of(&api, &slug).await?;
+    if user_of(&api, &slug, &b.user_id).await?.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "user {:?} already exists",
+            b.user_id
+        )));
+    }
+    let mut tx = api.tenant_tx(&slug).await?;
+    if api
+        .ctx
+        .store
+        .user_email_taken(&mut tx, &slug, &b.email)
+        .await
+        .map_err(internal)?
+    {
+        return Err(ApiError::Conflict(format!(
+            "{:?} is another user's email",
+            b.email
+        )));
+    }
+    drop(tx);
+    let event = UserAdded {
+        user_id: b.user_id.clone(),
+        email: b.email,
+        display_name: b.display_name,
+        role: b.role,
+        slack_user_id: b.slack_user_id,
+        added_by: caller.0.sub.clone(),
+    };
+    commands::add_user(&api.ctx.js, &slug, &event, origin.0)
+        .await
+        .map_err(command_error)?;
+    settled_user(&api, &slug, &b.user_id, |u| u.is_some()).await
+}
+
+async fn settled_user(
+    api: &Api,
+    slug: &str,
+    user_id: &str,
+    done: impl Fn(Option<&UserView>) -> bool,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    projected(|| async { Ok(done(user_of(api, slug, user_id).await?.as_ref())) }).await?;
+    match user_of(api, slug, user_id).await? {
+        Some(user) => Ok((StatusCode::OK, Json(user))),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    role: Option<Role>,
+    display_name: Option<String>,
+    slack_user_id: Option<String>,
+}
+
+/// Refuses a change that would leave the tenant without an admin.
+async fn keep_an_admin(api: &Api, slug: &str, user: &UserView) -> Result<(), ApiError> {
+    if user.role != "admin" {
+        return Ok(());
+    }
+    let mut tx = api.tenant_tx(slug).await?;
+    let admins = api
+        .ctx
+        .store
+        .list_users(&mut tx, slug)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|u| u.role == "admin")
+        .count();
+    if admins <= 1 {
+        return Err(ApiError::Conflict(
+            "this is the tenant's last admin: make another user admin first".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn update_user(
+    State(api): State<Api>,
+    caller: Caller,
+    origin: EventOrigin,
+    Path((slug, user_id)): Path<(String, String)>,
+    payload: Result<Json<UserPatch>, JsonRejection>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    let b = body(payload)?;
+    if b.role.is_none() && b.display_name.is_none() && b.slack_user_id.is_none() {
+        return Err(ApiError::Unprocessable(
+            "name at least one of role, display_name, slack_user_id".into(),
+        ));
+    }
+    if let Some(name) = &b.display_name
+        && !is_valid_name(name)
+    {
+        return Err(ApiError::Unprocessable(
+            "display_name must be 1-200 characters without control characters".into(),
+        ));
+    }
+    check_slack_id(&b.slack_user_id)?;
+    let user = user_of(&api, &slug, &user_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if b.role.is_some_and(|r| r != Role::Admin) {
+        keep_an_admin(&api, &slug, &user).await?;
+    }
+    let change = UserUpdated {
+        user_id: user_id.clone(),
+        role: b.role,
+        display_name: b.display_name,
+        slack_user_id: b.slack_user_id,
+        updated_by: caller.0.sub.clone(),
+    };
+    commands::update_user(&api.ctx.js, &slug, &change, origin.0)
+        .await
+        .map_err(command_error)?;
+    let before = user.updated_at;
+    settled_user(&api, &slug, &user_id, |u| {
+        u.is_some_and(|u| u.updated_at > before)
+    })
+    .await
+}
+
+pub async fn remove_user(
+    State(api): State<Api>,
+    caller: Caller,
+    origin: EventOrigin,
+    Path((slug, user_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let user = user_of(&api, &slug, &user_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    keep_an_admin(&api, &slug, &user).await?;
+    let removal = UserRemoved {
+        user_id: user_id.clone(),
+        removed_by: caller.0.sub.clone(),
+    };
+    commands::remove_user(&api.ctx.js, &slug, &removal, origin.0)
+        .await
+        .map_err(command_error)?;
+    projected(|| async { Ok(user_of(&api, &slug, &user_id).await?.is_none()) }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    actor: Option<String>,
+    /// An event type, e.g. `WebhookTokenRevoked`.
+    action: Option<String>,
+    /// `incident:<id>`, `user:<id>`, `token:<id>`, `tenant:<slug>`, `settings:<name>`; a prefix
+    /// ending in `:` matches every target of that kind.
+    target: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+const MAX_AUDIT_LIMIT: u32 = 500;
+
+/// `GET /v1/audit`: the tenant's commands, newest first.
+pub async fn audit(
+    State(api): State<Api>,
+    caller: Caller,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Items<AuditEntry>>, ApiError> {
+    let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_AUDIT_LIMIT).contains(&limit) {
+        return Err(bad(format!(
+            "limit must be between 1 and {MAX_AUDIT_LIMIT}"
+        )));
+    }
+    for (name, value) in [
+        ("actor", &q.actor),
+        ("action", &q.action),
+        ("target", &q.target),
+    ] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 300)
+        {
+            return Err(bad(format!("{name} must be 1-300 characters")));
+        }
+    }
+    let filter = AuditFilter {
+        actor: q.actor,
+        action: q.action,
+        target: q.target,
+        since: q.since,
+        until: q.until,
+        after: q.cursor.as_deref().map(decode_cursor).transpose()?,
+        limit: limit as i64 + 1,
+    };
+    let mut tx = api.tenant_tx(&caller.0.tenant).await?;
+    let mut items = api
+        .ctx
+        .store
+        .list_audit(&mut tx, &caller.0.tenant, &filter)
+        .await
+        .map_err(internal)?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|e| {
+            encode_cursor(AuditCursor {
+                at: e.at,
+                event_id: e.event_id,
+            })
+        })
+    } else {
+        None
+    };
+    Ok(Json(Items { items, next_cursor }))
+}
+
+fn encode_cursor(c: AuditCursor) -> String {
+    let mut bytes = Vec::with_capacity(24);
+    bytes.extend_from_slice(&c.at.timestamp_micros().to_be_bytes());
+    bytes.extend_from_slice(c.event_id.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn decode_cursor(text: &str) -> Result<AuditCursor, ApiError> {
+    let invalid = || bad("cursor is not one this API returned");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| invalid())?;
+    if bytes.len() != 24 {
+        return Err(invalid());
+    }
+    let micros = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+    Ok(AuditCursor {
+        at: DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?,
+        event_id: Uuid::from_slice(&bytes[8..]).map_err(|_| invalid())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_cursor_round_trips_and_garbage_is_refused() {
+        let cursor = AuditCursor {
+            at: DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap(),
+            event_id: Uuid::now_v7(),
+        };
+        assert_eq!(decode_cursor(&encode_cursor(cursor)).unwrap(), cursor);
+        assert!(decode_cursor("nope").is_err());
+        assert!(
+            decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 5]))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! `copilot tenants|token|webhook-token|users`: tenant administration from the command line.
+//! Each command appends the same events as the admin API (with `cli` as the actor) and returns
+//! once the projector has applied them, so its effect is in force when it exits.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use copilot_api::commands::{self, FIRST_ADMIN};
+use copilot_events::{
+    Headers, Role, UserAdded, UserRemoved, UserUpdated, is_plausible_email, is_valid_name,
+    is_valid_user_id,
+};
+use copilot_projector::{Projection, catch_up};
+use copilot_runtime::{Context, Settings, auth::Jwt};
+
+use crate::cli::{TenantsCommand, TokenCommand, UsersCommand, WebhookTokenCommand};
+
+const ACTOR: &str = "cli";
+
+fn headers() -> Headers {
+    Headers {
+        actor: Some(ACTOR.to_owned()),
+        ..Headers::default()
+    }
+}
+
+async fn connect(settings: Settings) -> anyhow::Result<Context> {
+    let ctx = Context::connect(settings, "cli").await?;
+    crate::app::prepare(&ctx).await?;
+    Ok(ctx)
+}
+
+async fn settle(ctx: &Context) -> anyhow::Result<()> {
+    catch_up(ctx, Projection::Tenants, Duration::from_secs(30))
+        .await
+        .context("waiting for the change to be projected")
+}
+
+async fn ensure_tenant(ctx: &Context, slug: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        ctx.store.tenant_exists(slug).await?,
+        "tenant {slug:?} does not exist (see `copilot tenants list`)"
+    );
+    Ok(())
+}
+
+pub async fn tenants(settings: Settings, command: TenantsCommand) -> anyhow::Result<()> {
+    match command {
+        TenantsCommand::Create {
+            slug,
+            name,
+            admin_email,
+            json,
+        } => {
+            let jwt = Jwt::from_settings(&settings)?;
+            let ctx = connect(settings).await?;
+            let name = name.unwrap_or_else(|| slug.clone());
+            anyhow::ensure!(
+                is_valid_name(&name),
+                "the name must be 1-200 printable characters"
+            );
+            if let Some(email) = &admin_email {
+                anyhow::ensure!(
+                    is_plausible_email(email),
+                    "{email:?} is not an email address"
+                );
+            }
+            let created =
+                commands::create_tenant(&ctx.js, &slug, &name, admin_email.as_deref(), headers())
+                    .await?;
+            settle(&ctx).await?;
+            let admin = jwt
+                .issue(
+                    FIRST_ADMIN,
+                    &slug,
+                    Role::Admin,
+                    Duration::from_secs(30 * 24 * 3600),
+                )
+                .unwrap_or_else(|e| format!("(none: {e})"));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"tenant": slug, "webhook_token": created.webhook_token,
+                        "token_id": created.token_id, "admin_user": FIRST_ADMIN, "admin_jwt": admin})
+                );
+            } else {
+                println!("tenant {slug} created, with user {FIRST_ADMIN} (admin)");
+                println!("webhook token (shown once): {}", created.webhook_token);
+                println!("admin JWT (30 days):        {admin}");
+            }
+        }
+        TenantsCommand::List { json } => {
+            let ctx = connect(settings).await?;
+            let mut tx = ctx.store.begin().await?;
+            let tenants = ctx.store.list_tenants(&mut tx).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tenants)?);
+            } else {
+                println!(
+                    "{:<24} {:<10} {:>6} {:>6}  created",
+                    "tenant", "state", "tokens", "users"
+                );
+                for t in tenants {
+                    let state = if t.suspended_at.is_some() {
+                        "suspended"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<24} {:<10} {:>6} {:>6}  {}",
+                        t.slug,
+                        state,
+                        t.active_tokens,
+                        t.users,
+                        t.created_at.format("%Y-%m-%d %H:%M")
+                    );
+                }
+            }
+        }
+        TenantsCommand::Show { slug } => {
+            let ctx = connect(settings).await?;
+            let mut tx = ctx.store.begin_tenant(&slug).await?;
+            let tenant = ctx
+                .store
+                .get_tenant(&mut tx, &slug)
+                .await?
+                .with_context(|| format!("tenant {slug:?} does not exist"))?;
+            println!("{}", serde_json::to_string_pretty(&tenant)?);
+        }
+        TenantsCommand::Suspend { slug, reason } => {
+            anyhow::ensure!(
+                is_valid_name(&reason),
+                "the reason must be 1-200 printable characters"
+            );
+            let ctx = connect(settings).await?;
+            ensure_tenant(&ctx, &slug).await?;
+            commands::suspend_tenant(&ctx.js, &slug, &reason, ACTOR, headers()).await?;
+            settle(&ctx).await?;
+            println!(
+                "tenant {slug} suspended: its webhooks are refused until `copilot tenants resume {slug}`"
+            );
+        }
+        TenantsCommand::Resume { slug } => {
+            let ctx = connect(settings).await?;
+            ensure_tenant(&ctx, &slug).await?;
+            commands::resume_tenant(&ctx.js, &slug, ACTOR, headers()).await?;
+            settle(&ctx).await?;
+            println!("tenant {slug} resumed");
+        }
+    }
+    Ok(())
+}
+
+pub async fn token(settings: Settings, command: TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::Issue {
+        tenant,
+        user,
+        role,
+        platform,
+        ttl_hours,
+    } = command;
+    let jwt = Jwt::from_settings(&settings)?;
+    let ttl = Duration::from_secs(ttl_hours * 3600);
+    if platform {
+        println!("{}", jwt.issue_platform(&user, ttl)?);
+        return Ok(());
+    }
+    let tenant = tenant.context("--tenant is required")?;
+    let ctx = Context::connect(settings, "cli").await?;
+    ensure_tenant(&ctx, &tenant).await?;
+    let mut tx = ctx.store.begin().await?;
+    let found = ctx
+        .store
+        .find_user(&mut tx, &tenant, &user)
+        .await?
+        .with_context(|| {
+            format!("{user:?} is not a user of {tenant}: add them with `copilot users add --tenant {tenant} {user} ...`")
+        })?;
+    let current: Role = found.role.parse().map_err(anyhow::Error::msg)?;
+    println!(
+        "{}",
+        jwt.issue(&user, &tenant, role.unwrap_or(current).min(current), ttl)?
+    );
+    Ok(())
+}
+
+pub async fn webhook_tokens(
+    settings: Settings,
+    command: WebhookTokenCommand,
+) -> anyhow::Result<()> {
+    let ctx = connect(settings).await?;
+    match command {
+        WebhookTokenCommand::List { tenant } => {
+            ensure_tenant(&ctx, &tenant).await?;
+            let mut tx = ctx.store.begin_tenant(&tenant).await?;
+            println!(
+                "{:<36}  {:<12} {:<8} {:<17} revoked",
+                "token id", "prefix", "active", "issued"
+            );
+            for t in ctx.store.list_tokens(&mut tx, &tenant).await? {
+                println!(
+                    "{}  {:<12} {:<8} {:<17} {}",
+                    t.token_id,
+                    t.prefix,
+                    t.active,
+                    t.issued_at.format("%Y-%m-%d %H:%M"),
+                    t.revoked_at.map(|r| r.to_rfc3339()).unwrap_or_default()
+                );
+            }
+        }
+        WebhookTokenCommand::Issue { tenant } => {
+            ensure_tenant(&ctx, &tenant).await?;
+            let (id, secret) =
+                commands::issue_webhook_token(&ctx.js, &tenant, ACTOR, headers()).await?;
+            settle(&ctx).await?;
+            println!("token {id} (shown once): {secret}");
+        }
+        WebhookTokenCommand::Revoke { tenant, token_id } => {
+            ensure_tenant(&ctx, &tenant).await?;
+            commands::revoke_webhook_token(&ctx.js, &tenant, token_id, None, ACTOR, headers())
+                .await?;
+            settle(&ctx).await?;
+            println!("token {token_id} revoked: gateways refuse it within a second");
+        }
+        WebhookTokenCommand::Rotate {
+            tenant,
+            token_id,
+            grace_hours,
+        } => {
+            ensure_tenant(&ctx, &tenant).await?;
+            let (id, secret) =
+                commands::issue_webhook_token(&ctx.js, &tenant, ACTOR, headers()).await?;
+            let until = chrono::Utc::now() + chrono::Duration::hours(grace_hours as i64);
+            commands::revoke_webhook_token(
+                &ctx.js,
+                &tenant,
+                token_id,
+                Some(until),
+                ACTOR,
+                headers(),
+            )
+            .await?;
+            settle(&ctx).await?;
+            println!("new token {id} (shown once): {secret}");
+            println!(
+                "token {token_id} keeps working until {}",
+                until.to_rfc3339()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn users(settings: Settings, command: UsersCommand) -> anyhow::Result<()> {
+    let ctx = connect(settings).await?;
+    match command {
+        UsersCommand::List { tenant } => {
+            ensure_tenant(&ctx, &tenant).await?;
+            let mut tx = ctx.store.begin_tenant(&tenant).await?;
+            for u in ctx.store.list_users(&mut tx, &tenant).await? {
+                println!(
+                    "{:<24} {:<9} {:<32} {}",
+                    u.user_id, u.role, u.email, u.display_name
+                );
+            }
+        }
+        UsersCommand::Add {
+            tenant,
+            user_id,
+            email,
+            name,
+            role,
+            slack_user_id,
+        } => {
+            ensure_tenant(&ctx, &tenant).await?;
+            anyhow::ensure!(
+                is_valid_user_id(&user_id),
+                "user ids are 1-128 of letters, digits and . _ @ + -"
+            );
+            anyhow::ensure!(
+                is_plausible_email(&email),
+                "{email:?} is not an email address"
+            );
+            anyhow::ensure!(
+                is_valid_name(&name),
+                "the name must be 1-200 printable characters"
+            );
+            let user = UserAdded {
+                user_id: user_id.clone(),
+                email,
+                display_name: name,
+                role,
+                slack_user_id,
+                added_by: ACTOR.to_owned(),
+            };
+            commands::add_user(&ctx.js, &tenant, &user, headers()).await?;
+            settle(&ctx).await?;
+            println!(
+                "user {user_id} added to {tenant}; issue a token with `copilot token issue --tenant {tenant} --user {user_id}`"
+            );
+        }
+        UsersCommand::SetRole {
+            tenant,
+            user_id,
+            role,
+        } => {
+            ensure_tenant(&ctx, &tenant).await?;
+            let change = UserUpdated {
+                user_id: user_id.clone(),
+                role: Some(role),
+                display_name: None,
+                slack_user_id: None,
+                updated_by: ACTOR.to_owned(),
+            };
+            commands::update_user(&ctx.js, &tenant, &change, headers()).await?;
+            settle(&ctx).await?;
+            println!("user {user_id} of {tenant} is now {role:?}");
+        }
+        UsersCommand::Remove { tenant, user_id } => {
+            ensure_tenant(&ctx, &tenant).await?;
+            let removal = UserRemoved {
+                user_id: user_id.clone(),
+                removed_by: ACTOR.to_owned(),
+            };
+            commands::remove_user(&ctx.js, &tenant, &removal, headers()).await?;
+            settle(&ctx).await?;
+            println!("user {user_id} removed from {tenant}: their tokens no longer work");
+        }
+    }
+    Ok(())
+}

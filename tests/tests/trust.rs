@@ -1,0 +1,638 @@
+//! Tenants, people and trust end to end: the role table walked route by route, users and their
+//! tokens, suspension, webhook token rotation, the audit log, row-level security and rate
+//! limits, against a real nats-server and Postgres per test.
+
+use std::time::Duration;
+
+use copilot::app::Services;
+use copilot_api::{Access, POLICY};
+use copilot_e2e::{TestApp, alertmanager_payload, workspace_root};
+use copilot_events::{Role, subjects};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn platform(t: &TestApp) -> String {
+    t.app
+        .as_ref()
+        .unwrap()
+        .jwt
+        .issue_platform("ops", HOUR)
+        .unwrap()
+}
+
+async fn send(
+    t: &TestApp,
+    method: Method,
+    path: &str,
+    jwt: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = t
+        .http
+        .request(method, format!("{}{path}", t.url))
+        .bearer_auth(jwt)
+        .header("x-request-id", "req-trust-1");
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.expect("request sent")
+}
+
+fn firing(service: &str) -> Vec<u8> {
+    alertmanager_payload(
+        "firing",
+        &[("HighErrorRate", service, "critical", "2026-11-22T09:00:00Z")],
+    )
+}
+
+#[tokio::test]
+async fn every_route_answers_every_role_as_the_policy_table_says() {
+    // Arrange: one caller per role, and the README's copy of the table.
+    let t = TestApp::spawn().await;
+    let callers = [
+        ("viewer", t.user_jwt("acme", "tester", Role::Viewer).await),
+        ("engineer", t.user_jwt("acme", "bob", Role::Engineer).await),
+        ("admin", t.user_jwt("acme", "alice", Role::Admin).await),
+        ("platform", platform(&t)),
+    ];
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let mut walked = 0;
+
+    for (method, route, access) in POLICY {
+        let path = route
+            .replace("{id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{hid}", "nope")
+            .replace("{slug}", "acme")
+            .replace("{token_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{user_id}", "nobody");
+        let body = (*method != Method::GET && *method != Method::DELETE).then(|| json!({}));
+        for (who, jwt) in &callers {
+            // Act
+            let status = send(&t, method.clone(), &path, jwt, body.clone())
+                .await
+                .status()
+                .as_u16();
+            walked += 1;
+
+            // Assert
+            let allowed = match (access, *who) {
+                (Access::Tenant(_), "platform") => false,
+                (Access::Tenant(role), who) => {
+                    let mine: Role = who.parse().unwrap();
+                    mine >= *role
+                }
+                (Access::Platform, who) => who == "platform",
+                (Access::PlatformOrTenantAdmin, who) => who == "platform" || who == "admin",
+            };
+            if allowed {
+                assert!(
+                    status != 401 && status != 403,
+                    "{who} may {method} {route}, yet got {status}"
+                );
+            } else {
+                assert_eq!(status, 403, "{who} may not {method} {route}");
+            }
+        }
+        let row = format!("| `{method}` | `{route}` |");
+        assert!(
+            readme.lines().any(|l| l.starts_with(&row)),
+            "the README's role table lacks {row}"
+        );
+    }
+    assert_eq!(walked, POLICY.len() * callers.len());
+}
+
+#[tokio::test]
+async fn a_removed_user_s_token_stops_working_and_a_demoted_user_s_token_does_less() {
+    let t = TestApp::spawn().await;
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+    let bob = t.user_jwt("acme", "bob", Role::Engineer).await;
+    let eve = t.user_jwt("acme", "eve", Role::Engineer).await;
+    assert_eq!(
+        send(&t, Method::GET, "/v1/me", &bob, None).await.status(),
+        200
+    );
+
+    let removed = send(
+        &t,
+        Method::DELETE,
+        "/v1/admin/tenants/acme/users/bob",
+        &alice,
+        None,
+    )
+    .await;
+    let demoted = send(
+        &t,
+        Method::PATCH,
+        "/v1/admin/tenants/acme/users/eve",
+        &alice,
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
+
+    assert_eq!(removed.status(), 204);
+    assert_eq!(demoted.status(), 200);
+    assert_eq!(
+        send(&t, Method::GET, "/v1/me", &bob, None).await.status(),
+        401
+    );
+    let me: Value = send(&t, Method::GET, "/v1/me", &eve, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "viewer", "the user's role caps the token's");
+    let note = send(
+        &t,
+        Method::POST,
+        &format!("/v1/incidents/{}/notes", uuid::Uuid::now_v7()),
+        &eve,
+        Some(json!({"text": "hi"})),
+    )
+    .await;
+    assert_eq!(note.status(), 403);
+    // The last admin cannot be removed, so a tenant cannot lock itself out.
+    let first_admin = send(
+        &t,
+        Method::DELETE,
+        "/v1/admin/tenants/acme/users/admin",
+        &alice,
+        None,
+    )
+    .await;
+    let last = send(
+        &t,
+        Method::DELETE,
+        "/v1/admin/tenants/acme/users/alice",
+        &alice,
+        None,
+    )
+    .await;
+    assert_eq!(first_admin.status(), 204);
+    assert_eq!(last.status(), 409);
+}
+
+#[tokio::test]
+async fn a_token_naming_another_tenant_or_a_stranger_is_refused() {
+    let t = TestApp::spawn().await;
+    let jwt = &t.app.as_ref().unwrap().jwt;
+    // A real user of acme, with a token that claims globex: no such user there.
+    t.user_jwt("acme", "carol", Role::Admin).await;
+    let wrong_tenant = jwt.issue("carol", "globex", Role::Admin, HOUR).unwrap();
+    let stranger = jwt.issue("mallory", "acme", Role::Admin, HOUR).unwrap();
+
+    for token in [&wrong_tenant, &stranger] {
+        assert_eq!(
+            send(&t, Method::GET, "/v1/signals", token, None)
+                .await
+                .status(),
+            401
+        );
+    }
+    // A tenant admin administers only its own tenant: another's is not found.
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+    assert_eq!(
+        send(
+            &t,
+            Method::GET,
+            "/v1/admin/tenants/globex/users",
+            &alice,
+            None
+        )
+        .await
+        .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_suspended_tenant_s_webhooks_get_403_and_append_nothing_until_it_is_resumed() {
+    let t = TestApp::spawn().await;
+    let ops = platform(&t);
+    let before = t.stream_messages(subjects::SIGNALS).await;
+
+    let suspended = send(
+        &t,
+        Method::POST,
+        "/v1/admin/tenants/acme/suspend",
+        &ops,
+        Some(json!({"reason": "unpaid invoice"})),
+    )
+    .await;
+    let view: Value = suspended.json().await.unwrap();
+    let refused = t
+        .post_webhook("alertmanager", &t.acme.webhook_token, firing("checkout"))
+        .await;
+    let refused_status = refused.status();
+    let refused_body: Value = refused.json().await.unwrap();
+    let others = t
+        .post_webhook("alertmanager", &t.globex.webhook_token, firing("checkout"))
+        .await;
+
+    assert_eq!(view["suspend_reason"], "unpaid invoice");
+    assert_eq!(refused_status, 403);
+    assert!(
+        refused_body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("suspended")
+    );
+    assert_eq!(others.status(), 202, "other tenants are untouched");
+    assert_eq!(t.stream_messages(subjects::SIGNALS).await, before + 1);
+
+    let resumed = send(
+        &t,
+        Method::POST,
+        "/v1/admin/tenants/acme/resume",
+        &ops,
+        None,
+    )
+    .await;
+    assert_eq!(resumed.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the gateway's token cache
+    let accepted = t
+        .post_webhook("alertmanager", &t.acme.webhook_token, firing("checkout"))
+        .await;
+    assert_eq!(accepted.status(), 202);
+    let list: Value = send(&t, Method::GET, "/v1/admin/tenants", &ops, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let slugs: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["slug"].as_str().unwrap())
+        .collect();
+    assert_eq!(slugs, ["acme", "globex"]);
+}
+
+#[tokio::test]
+async fn a_rotated_token_keeps_working_through_its_grace_and_then_stops() {
+    let t = TestApp::spawn().await;
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+    let old = t.acme.webhook_token.clone();
+
+    let rotated: Value = send(
+        &t,
+        Method::POST,
+        &format!("/v1/admin/tenants/acme/tokens/{}/rotate", t.acme.token_id),
+        &alice,
+        Some(json!({"grace_seconds": 2})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let new = rotated["webhook_token"].as_str().unwrap().to_owned();
+    let listed: Value = send(
+        &t,
+        Method::GET,
+        "/v1/admin/tenants/acme/tokens",
+        &alice,
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+
+    // Both work during the grace.
+    for token in [&old, &new] {
+        assert_eq!(
+            t.post_webhook("alertmanager", token, firing("a"))
+                .await
+                .status(),
+            202
+        );
+    }
+    let tokens = listed["items"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert!(tokens.iter().all(|t| t["active"] == true));
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.get("token_hash").is_none() && t["prefix"].as_str().unwrap().len() == 12),
+        "a listing shows prefixes, never hashes: {listed}"
+    );
+    assert_eq!(rotated["replaces"]["token_id"], t.acme.token_id.to_string());
+
+    // After the grace (and the gateway's one-second cache) only the new one does.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(
+        t.post_webhook("alertmanager", &old, firing("b"))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        t.post_webhook("alertmanager", &new, firing("b"))
+            .await
+            .status(),
+        202
+    );
+
+    let revoked = send(
+        &t,
+        Method::POST,
+        &format!(
+            "/v1/admin/tenants/acme/tokens/{}/revoke",
+            rotated["token_id"].as_str().unwrap()
+        ),
+        &alice,
+        None,
+    )
+    .await;
+    assert_eq!(revoked.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        t.post_webhook("alertmanager", &new, firing("c"))
+            .await
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn the_audit_log_records_every_command_with_its_actor_request_and_address() {
+    let t = TestApp::spawn().await;
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+
+    send(
+        &t,
+        Method::POST,
+        "/v1/admin/tenants/acme/users",
+        &alice,
+        Some(json!({
+            "user_id": "dave", "email": "dave@acme.test", "display_name": "Dave", "role": "engineer"
+        })),
+    )
+    .await;
+    send(
+        &t,
+        Method::PUT,
+        "/v1/settings/retention",
+        &alice,
+        Some(json!({"signals_days": 30, "incidents_days": 400})),
+    )
+    .await;
+    send(
+        &t,
+        Method::POST,
+        "/v1/admin/tenants/acme/tokens",
+        &alice,
+        None,
+    )
+    .await;
+    t.settle(copilot_projector::Projection::Tenants).await;
+    let page: Value = send(&t, Method::GET, "/v1/audit?actor=alice", &alice, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first: Value = send(&t, Method::GET, "/v1/audit?limit=1", &alice, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let next: Value = send(
+        &t,
+        Method::GET,
+        &format!(
+            "/v1/audit?limit=1&cursor={}",
+            first["next_cursor"].as_str().unwrap()
+        ),
+        &alice,
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let users: Value = send(&t, Method::GET, "/v1/audit?target=user:", &alice, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let viewer = send(&t, Method::GET, "/v1/audit", &t.acme.viewer_jwt, None).await;
+    let globex_admin = t.user_jwt("globex", "alice", Role::Admin).await;
+    let foreign: Value = send(
+        &t,
+        Method::GET,
+        "/v1/audit?actor=alice",
+        &globex_admin,
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+
+    let items = page["items"].as_array().unwrap();
+    let actions: Vec<&str> = items
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["WebhookTokenIssued", "TenantRetentionSet", "UserAdded"],
+        "newest first"
+    );
+    for entry in items {
+        assert_eq!(entry["request_id"], "req-trust-1");
+        assert_eq!(entry["source_addr"], "127.0.0.1");
+        assert!(
+            entry["details"].get("token_hash").is_none(),
+            "no hashes in the audit log"
+        );
+    }
+    assert_eq!(items[2]["target"], "user:dave");
+    assert_eq!(items[1]["details"]["retention"]["signals_days"], 30);
+    assert_ne!(first["items"][0]["event_id"], next["items"][0]["event_id"]);
+    assert!(
+        users["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["target"].as_str().unwrap().starts_with("user:"))
+    );
+    assert!(!users["items"].as_array().unwrap().is_empty());
+    assert_eq!(viewer.status(), 403);
+    assert!(
+        foreign["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["target"] != "user:dave"),
+        "globex's audit log holds none of acme's commands"
+    );
+}
+
+#[tokio::test]
+async fn row_level_security_hides_other_tenants_rows_from_a_query_that_forgets_its_filter() {
+    let t = TestApp::spawn().await;
+    for (tenant, token) in [
+        ("acme", &t.acme.webhook_token),
+        ("globex", &t.globex.webhook_token),
+    ] {
+        let r = t.post_webhook("alertmanager", token, firing(tenant)).await;
+        assert_eq!(r.status(), 202);
+    }
+    t.settle(copilot_projector::Projection::Signals).await;
+    let store = &t.ctx().store;
+
+    let mut tx = store.begin_tenant("acme").await.unwrap();
+    let tenants: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant FROM signals")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    let tokens: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant FROM webhook_tokens")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    let slugs: Vec<String> = sqlx::query_scalar("SELECT slug FROM tenants")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    let users: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant FROM users")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    drop(tx);
+    let mut unscoped = store.begin().await.unwrap();
+    let all: i64 = sqlx::query_scalar("SELECT count(DISTINCT tenant) FROM signals")
+        .fetch_one(&mut *unscoped)
+        .await
+        .unwrap();
+
+    assert_eq!(tenants, ["acme"]);
+    assert_eq!(tokens, ["acme"]);
+    assert_eq!(slugs, ["acme"]);
+    assert_eq!(users, ["acme"]);
+    assert_eq!(
+        all, 2,
+        "the services that work across tenants still see both"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_rate_limit_gets_429_with_retry_after_and_others_do_not() {
+    let t = TestApp::spawn_with(Services::HttpOnly, |s| {
+        s.webhook_rate_per_sec = 1;
+        s.webhook_burst = 2;
+        s.api_rate_per_sec = 1;
+        s.api_burst = 2;
+    })
+    .await;
+
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let r = t
+            .post_webhook(
+                "alertmanager",
+                &t.acme.webhook_token,
+                firing(&format!("s{i}")),
+            )
+            .await;
+        statuses.push((r.status().as_u16(), r.headers().get("retry-after").cloned()));
+    }
+    let others = t
+        .post_webhook("alertmanager", &t.globex.webhook_token, firing("x"))
+        .await;
+    let mut api = Vec::new();
+    for _ in 0..3 {
+        api.push(
+            t.get("/v1/signals", &t.acme.viewer_jwt)
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    let metrics = t.get("/metrics", "").await.text().await.unwrap();
+
+    assert_eq!(statuses[0].0, 202);
+    assert_eq!(statuses[1].0, 202);
+    assert_eq!(statuses[2].0, 429);
+    assert!(
+        statuses[2]
+            .1
+            .as_ref()
+            .is_some_and(|v| v.to_str().unwrap().parse::<u64>().unwrap() >= 1)
+    );
+    assert_eq!(others.status(), 202);
+    assert_eq!(api, [200, 200, 429]);
+    assert!(
+        metrics.contains(r#"rate_limited_total{scope="webhooks"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"rate_limited_total{scope="api"} 1"#));
+}
+
+#[tokio::test]
+async fn settings_are_validated_on_write_and_secrets_are_named_never_stored() {
+    let t = TestApp::spawn().await;
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+    let slack = json!({"slack": {"team_id": "T0123ABCD", "signing_secret_env": "ACME_SLACK_SIGNING_SECRET"}});
+
+    let set = send(
+        &t,
+        Method::PUT,
+        "/v1/settings/integrations",
+        &alice,
+        Some(slack.clone()),
+    )
+    .await;
+    let with_secret = send(
+        &t,
+        Method::PUT,
+        "/v1/settings/integrations",
+        &alice,
+        Some(json!({"slack": {"team_id": "T0123ABCD", "signing_secret": "8f742231b10e8888abcd99yyyzzz85a5"}})),
+    )
+    .await;
+    let bad_team = send(
+        &t,
+        Method::PUT,
+        "/v1/settings/integrations",
+        &alice,
+        Some(json!({"slack": {"team_id": "nope", "signing_secret_env": "X"}})),
+    )
+    .await;
+    let bad_retention = send(
+        &t,
+        Method::PUT,
+        "/v1/settings/retention",
+        &alice,
+        Some(json!({"signals_days": 0, "incidents_days": 10})),
+    )
+    .await;
+    t.settle(copilot_projector::Projection::Tenants).await;
+    let read: Value = send(&t, Method::GET, "/v1/settings/integrations", &alice, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let retention: Value = send(&t, Method::GET, "/v1/settings/retention", &alice, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    assert_eq!(set.status(), 202);
+    assert_eq!(
+        with_secret.status(),
+        422,
+        "a secret in the body is refused, not stored"
+    );
+    assert_eq!(bad_team.status(), 422);
+    assert_eq!(bad_retention.status(), 422);
+    assert_eq!(read["slack"], slack["slack"]);
+    assert_eq!(
+        retention,
+        json!({"signals_days": 90, "incidents_days": 365}),
+        "defaults until set"
+    );
+}
