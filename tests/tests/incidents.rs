@@ -525,6 +525,38 @@ async fn lifecycle_commands_check_roles_transitions_versions_and_tenants() {
     assert_eq!(ack_entry["actor"], "bob");
     assert_eq!(ack_entry["request_id"], "ack-req-1");
     assert_eq!(ack_entry["payload"]["to"], "acknowledged");
+    // Every command of the incident is in the tenant's audit log, with who, which request, and
+    // from where; the correlator's own decisions are not commands and are not there.
+    let audit = json_of(
+        t.get(
+            &format!("/v1/audit?target=incident:{id}"),
+            &admin(&t, "acme"),
+        )
+        .await,
+    )
+    .await;
+    let commands = audit["items"].as_array().unwrap();
+    let actions: Vec<&str> = commands
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "IncidentResolved",
+            "IncidentTransitioned",
+            "IncidentNoteAdded",
+            "IncidentAssigned",
+            "IncidentTransitioned"
+        ],
+        "newest first: {audit}"
+    );
+    assert!(
+        commands
+            .iter()
+            .all(|e| e["actor"] == "bob" && e["source_addr"] == "127.0.0.1")
+    );
+    assert_eq!(commands[4]["request_id"], "ack-req-1");
 
     // A hand-resolved incident is reopened by its key's next alert within the window.
     post_alerts(

@@ -97,6 +97,9 @@ pub(crate) async fn scratch(
     settings.nats_url = Some(nats.url());
     settings.database_url = Some(db.url.clone());
     settings.listen = "127.0.0.1:0".parse()?;
+    // A benchmark is one tenant sending as fast as it can: per-tenant limits would measure themselves.
+    settings.webhook_rate_per_sec = 0;
+    settings.api_rate_per_sec = 0;
     settings
         .jwt_secret
         .get_or_insert_with(copilot_runtime::auth::generate_secret);
