@@ -423,14 +423,21 @@ pub async fn serve_on(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt as _;
     tracing::info!(addr = %listener.local_addr()?, "http listening");
-    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        timeouts.body,
-    ));
+    // Zero turns a timeout off (benchmarks measure what each costs).
+    let app = if timeouts.body.is_zero() {
+        app
+    } else {
+        app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            timeouts.body,
+        ))
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header_read);
+    if !timeouts.header_read.is_zero() {
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeouts.header_read);
+    }
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {

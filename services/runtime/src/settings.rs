@@ -96,7 +96,7 @@ pub struct Settings {
     #[arg(long, env = "COPILOT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, global = true)]
     pub max_body_bytes: usize,
 
-    /// How long a client may take to send a request's headers, in milliseconds
+    /// How long a client may take to send a request's headers, in milliseconds (0: no limit)
     #[arg(
         long,
         env = "COPILOT_HTTP_HEADER_TIMEOUT_MS",
@@ -105,7 +105,7 @@ pub struct Settings {
     )]
     pub http_header_timeout_ms: u64,
 
-    /// How long a client may take to send a request's body, in milliseconds
+    /// How long a client may take to send a request's body, in milliseconds (0: no limit)
     #[arg(
         long,
         env = "COPILOT_HTTP_BODY_TIMEOUT_MS",
