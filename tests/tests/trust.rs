@@ -40,6 +40,14 @@ async fn send(
     request.send().await.expect("request sent")
 }
 
+async fn get_json(t: &TestApp, path: &str, jwt: &str) -> Value {
+    send(t, Method::GET, path, jwt, None)
+        .await
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 fn firing(service: &str) -> Vec<u8> {
     alertmanager_payload(
         "firing",
@@ -138,11 +146,7 @@ async fn a_removed_user_s_token_stops_working_and_a_demoted_user_s_token_does_le
         send(&t, Method::GET, "/v1/me", &bob, None).await.status(),
         401
     );
-    let me: Value = send(&t, Method::GET, "/v1/me", &eve, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = get_json(&t, "/v1/me", &eve).await;
     assert_eq!(me["role"], "viewer", "the user's role caps the token's");
     let note = send(
         &t,
@@ -256,11 +260,7 @@ async fn a_suspended_tenant_s_webhooks_get_403_and_append_nothing_until_it_is_re
         .post_webhook("alertmanager", &t.acme.webhook_token, firing("checkout"))
         .await;
     assert_eq!(accepted.status(), 202);
-    let list: Value = send(&t, Method::GET, "/v1/admin/tenants", &ops, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&t, "/v1/admin/tenants", &ops).await;
     let slugs: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
@@ -288,17 +288,7 @@ async fn a_rotated_token_keeps_working_through_its_grace_and_then_stops() {
     .await
     .unwrap();
     let new = rotated["webhook_token"].as_str().unwrap().to_owned();
-    let listed: Value = send(
-        &t,
-        Method::GET,
-        "/v1/admin/tenants/acme/tokens",
-        &alice,
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let listed: Value = get_json(&t, "/v1/admin/tenants/acme/tokens", &alice).await;
 
     // Both work during the grace.
     for token in [&old, &new] {
@@ -388,16 +378,8 @@ async fn the_audit_log_records_every_command_with_its_actor_request_and_address(
     )
     .await;
     t.settle(copilot_projector::Projection::Tenants).await;
-    let page: Value = send(&t, Method::GET, "/v1/audit?actor=alice", &alice, None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let first: Value = send(&t, Method::GET, "/v1/audit?limit=1", &alice, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page: Value = get_json(&t, "/v1/audit?actor=alice", &alice).await;
+    let first: Value = get_json(&t, "/v1/audit?limit=1", &alice).await;
     let next: Value = send(
         &t,
         Method::GET,
@@ -412,24 +394,10 @@ async fn the_audit_log_records_every_command_with_its_actor_request_and_address(
     .json()
     .await
     .unwrap();
-    let users: Value = send(&t, Method::GET, "/v1/audit?target=user:", &alice, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let users: Value = get_json(&t, "/v1/audit?target=user:", &alice).await;
     let viewer = send(&t, Method::GET, "/v1/audit", &t.acme.viewer_jwt, None).await;
     let globex_admin = t.user_jwt("globex", "alice", Role::Admin).await;
-    let foreign: Value = send(
-        &t,
-        Method::GET,
-        "/v1/audit?actor=alice",
-        &globex_admin,
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let foreign: Value = get_json(&t, "/v1/audit?actor=alice", &globex_admin).await;
 
     let items = page["items"].as_array().unwrap();
     let actions: Vec<&str> = items
@@ -610,16 +578,8 @@ async fn settings_are_validated_on_write_and_secrets_are_named_never_stored() {
     )
     .await;
     t.settle(copilot_projector::Projection::Tenants).await;
-    let read: Value = send(&t, Method::GET, "/v1/settings/integrations", &alice, None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let retention: Value = send(&t, Method::GET, "/v1/settings/retention", &alice, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let read: Value = get_json(&t, "/v1/settings/integrations", &alice).await;
+    let retention: Value = get_json(&t, "/v1/settings/retention", &alice).await;
 
     assert_eq!(set.status(), 202);
     assert_eq!(

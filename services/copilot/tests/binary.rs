@@ -25,6 +25,17 @@ fn copilot(
     cmd
 }
 
+/// Runs a one-shot command; fails the test with its stderr unless it succeeds.
+fn succeeds(cmd: &mut Command) -> std::process::Output {
+    let output = cmd.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// The value printed after `label` on a banner line.
 fn field<'a>(banner: &'a str, label: &str) -> &'a str {
     banner
@@ -127,14 +138,8 @@ async fn copilot_up_prints_working_instructions_and_tenants_create_prints_json()
         "the alert opened an incident, listed as the banner says"
     );
 
-    let created = copilot(&nats, &db, data_dir.path(), port)
-        .args(["tenants", "create", "acme", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
+    let created = succeeds(
+        copilot(&nats, &db, data_dir.path(), port).args(["tenants", "create", "acme", "--json"]),
     );
     let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
     assert_eq!(created["tenant"], "acme");
@@ -357,15 +362,10 @@ async fn a_token_revoked_from_the_cli_is_refused_by_a_gateway_in_another_process
         .await
         .unwrap();
     let data_dir = tempfile::tempdir().unwrap();
-    let created = copilot(&nats, &db, data_dir.path(), 0)
-        .env("COPILOT_JWT_SECRET", "s".repeat(32))
-        .args(["tenants", "create", "acme", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
+    let created = succeeds(
+        copilot(&nats, &db, data_dir.path(), 0)
+            .env("COPILOT_JWT_SECRET", "s".repeat(32))
+            .args(["tenants", "create", "acme", "--json"]),
     );
     let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
     let token = created["webhook_token"].as_str().unwrap().to_owned();
