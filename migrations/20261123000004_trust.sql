@@ -48,25 +48,40 @@ CREATE INDEX audit_log_newest ON audit_log (tenant, at DESC, event_id DESC);
 
 -- Row-level security. The API reads as copilot_tenant, inside a transaction that names the
 -- tenant (Store::begin_tenant): every policy compares the row's tenant to that name, so a row of
--- another tenant is invisible whatever the query says. Services that work across tenants (the
--- projector, correlator, hypothesis service) connect as the tables' owner, whom these policies
--- do not restrict. The role is cluster-wide; several databases (or concurrent migrations) may
+-- another tenant is invisible whatever the query says. Every copilot process must connect as
+-- the tables' owner (the role that ran these migrations): the policies do not restrict the owner,
+-- so the projector, correlator and hypothesis service work across tenants, while any other role
+-- would see no rows at all. The role is cluster-wide; several databases (or concurrent migrations) may
 -- try to create it, so a duplicate is not an error.
 DO $$
 BEGIN
-    CREATE ROLE copilot_tenant NOLOGIN;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'copilot_tenant') THEN
+        CREATE ROLE copilot_tenant NOLOGIN;
+    END IF;
+EXCEPTION
+    WHEN duplicate_object OR unique_violation THEN
+        NULL;
+    WHEN insufficient_privilege THEN
+        RAISE EXCEPTION 'the copilot needs a role copilot_tenant it can switch to: as a superuser run CREATE ROLE copilot_tenant NOLOGIN; GRANT copilot_tenant TO %;', current_user;
 END
 $$;
 
+-- The owner must be able to SET ROLE copilot_tenant: membership before PostgreSQL 16, the SET
+-- option from 16 on (a CREATEROLE creator otherwise gets ADMIN only).
 DO $$
+DECLARE
+    v16 boolean := current_setting('server_version_num')::int >= 160000;
 BEGIN
-    IF NOT pg_has_role(current_user, 'copilot_tenant', 'MEMBER') THEN
+    IF v16 AND NOT pg_has_role(current_user, 'copilot_tenant', 'SET') THEN
+        EXECUTE format('GRANT copilot_tenant TO %I WITH SET TRUE', current_user);
+    ELSIF NOT v16 AND NOT pg_has_role(current_user, 'copilot_tenant', 'MEMBER') THEN
         EXECUTE format('GRANT copilot_tenant TO %I', current_user);
     END IF;
-EXCEPTION WHEN unique_violation THEN
-    NULL;
+EXCEPTION
+    WHEN unique_violation THEN
+        NULL;
+    WHEN insufficient_privilege THEN
+        RAISE EXCEPTION 'the copilot cannot switch to role copilot_tenant: as a superuser run GRANT copilot_tenant TO %;', current_user;
 END
 $$;
 

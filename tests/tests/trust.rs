@@ -103,9 +103,15 @@ async fn every_route_answers_every_role_as_the_policy_table_says() {
                 assert_eq!(status, 403, "{who} may not {method} {route}");
             }
         }
-        let row = format!("| `{method}` | `{route}` |");
+        let who = match access {
+            Access::Tenant(Role::Admin) => "admin".to_owned(),
+            Access::Tenant(role) => format!("{role:?}+").to_lowercase(),
+            Access::Platform => "platform".to_owned(),
+            Access::PlatformOrTenantAdmin => "platform, or the tenant's admin".to_owned(),
+        };
+        let row = format!("| `{method}` | `{route}` | {who} |");
         assert!(
-            readme.lines().any(|l| l.starts_with(&row)),
+            readme.lines().any(|l| l == row),
             "the README's role table lacks {row}"
         );
     }
@@ -281,7 +287,7 @@ async fn a_rotated_token_keeps_working_through_its_grace_and_then_stops() {
         Method::POST,
         &format!("/v1/admin/tenants/acme/tokens/{}/rotate", t.acme.token_id),
         &alice,
-        Some(json!({"grace_seconds": 2})),
+        Some(json!({"grace_seconds": 4})),
     )
     .await
     .json()
@@ -311,7 +317,13 @@ async fn a_rotated_token_keeps_working_through_its_grace_and_then_stops() {
     assert_eq!(rotated["replaces"]["token_id"], t.acme.token_id.to_string());
 
     // After the grace (and the gateway's one-second cache) only the new one does.
-    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let ends: chrono::DateTime<chrono::Utc> = rotated["replaces"]["revoked_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let left = (ends - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(1200)).await;
     assert_eq!(
         t.post_webhook("alertmanager", &old, firing("b"))
             .await
@@ -490,14 +502,14 @@ async fn row_level_security_hides_other_tenants_rows_from_a_query_that_forgets_i
 async fn a_tenant_over_its_rate_limit_gets_429_with_retry_after_and_others_do_not() {
     let t = TestApp::spawn_with(Services::HttpOnly, |s| {
         s.webhook_rate_per_sec = 1;
-        s.webhook_burst = 2;
+        s.webhook_burst = 3;
         s.api_rate_per_sec = 1;
-        s.api_burst = 2;
+        s.api_burst = 3;
     })
     .await;
 
     let mut statuses = Vec::new();
-    for i in 0..3 {
+    for i in 0..6 {
         let r = t
             .post_webhook(
                 "alertmanager",
@@ -511,7 +523,7 @@ async fn a_tenant_over_its_rate_limit_gets_429_with_retry_after_and_others_do_no
         .post_webhook("alertmanager", &t.globex.webhook_token, firing("x"))
         .await;
     let mut api = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..6 {
         api.push(
             t.get("/v1/signals", &t.acme.viewer_jwt)
                 .await
@@ -521,22 +533,27 @@ async fn a_tenant_over_its_rate_limit_gets_429_with_retry_after_and_others_do_no
     }
     let metrics = t.get("/metrics", "").await.text().await.unwrap();
 
-    assert_eq!(statuses[0].0, 202);
-    assert_eq!(statuses[1].0, 202);
-    assert_eq!(statuses[2].0, 429);
-    assert!(
-        statuses[2]
-            .1
+    // The burst passes; past it, at 1/s, some are refused (how many depends on the machine's pace).
+    assert!(statuses[..3].iter().all(|(s, _)| *s == 202), "{statuses:?}");
+    let refused: Vec<_> = statuses[3..].iter().filter(|(s, _)| *s == 429).collect();
+    assert!(!refused.is_empty(), "{statuses:?}");
+    assert!(refused.iter().all(|(_, retry)| {
+        retry
             .as_ref()
             .is_some_and(|v| v.to_str().unwrap().parse::<u64>().unwrap() >= 1)
-    );
-    assert_eq!(others.status(), 202);
-    assert_eq!(api, [200, 200, 429]);
-    assert!(
-        metrics.contains(r#"rate_limited_total{scope="webhooks"} 1"#),
-        "{metrics}"
-    );
-    assert!(metrics.contains(r#"rate_limited_total{scope="api"} 1"#));
+    }));
+    assert_eq!(others.status(), 202, "other tenants have their own bucket");
+    assert!(api[..3].iter().all(|s| *s == 200), "{api:?}");
+    assert!(api[3..].contains(&429), "{api:?}");
+    let counted = |scope: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("rate_limited_total{{scope=\"{scope}\"}} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(counted("webhooks"), refused.len() as u64, "{metrics}");
+    assert!(counted("api") >= 1);
 }
 
 #[tokio::test]

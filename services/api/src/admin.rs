@@ -62,6 +62,24 @@ where
     }
 }
 
+/// The projector's name for the tenants projection, whose checkpoint commands wait for.
+const TENANTS_PROJECTION: &str = "tenants";
+
+/// Waits until the tenants projection has applied the event appended at `seq`, so what the
+/// command changed is in force when it answers (up to [`PROJECTION_WAIT`]; then it answers anyway).
+async fn applied(api: &Api, seq: u64) -> Result<bool, ApiError> {
+    projected(|| async {
+        Ok(api
+            .ctx
+            .store
+            .read_checkpoint(TENANTS_PROJECTION)
+            .await
+            .map_err(internal)?
+            >= seq)
+    })
+    .await
+}
+
 /// The tenant a path names, if it exists; 404 otherwise (also for slugs that cannot exist).
 async fn tenant_of(api: &Api, slug: &str) -> Result<TenantView, ApiError> {
     if !is_valid_slug(slug) {
@@ -230,10 +248,11 @@ pub async fn suspend(
         ));
     }
     tenant_of(&api, &slug).await?;
-    commands::suspend_tenant(&api.ctx.js, &slug, &b.reason, &caller.0.sub, origin.0)
+    let seq = commands::suspend_tenant(&api.ctx.js, &slug, &b.reason, &caller.0.sub, origin.0)
         .await
         .map_err(command_error)?;
-    suspension_settled(&api, &slug, true).await
+    applied(&api, seq).await?;
+    Ok(Json(tenant_of(&api, &slug).await?))
 }
 
 pub async fn resume(
@@ -243,20 +262,11 @@ pub async fn resume(
     Path(slug): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     tenant_of(&api, &slug).await?;
-    commands::resume_tenant(&api.ctx.js, &slug, &caller.0.sub, origin.0)
+    let seq = commands::resume_tenant(&api.ctx.js, &slug, &caller.0.sub, origin.0)
         .await
         .map_err(command_error)?;
-    suspension_settled(&api, &slug, false).await
-}
-
-async fn suspension_settled(
-    api: &Api,
-    slug: &str,
-    suspended: bool,
-) -> Result<Json<TenantView>, ApiError> {
-    projected(|| async { Ok(tenant_of(api, slug).await?.suspended_at.is_some() == suspended) })
-        .await?;
-    Ok(Json(tenant_of(api, slug).await?))
+    applied(&api, seq).await?;
+    Ok(Json(tenant_of(&api, &slug).await?))
 }
 
 pub async fn list_tokens(
@@ -352,12 +362,12 @@ async fn revoke_at(
     token_id: Uuid,
     at: Option<DateTime<Utc>>,
 ) -> Result<Json<TokenView>, ApiError> {
-    commands::revoke_webhook_token(&api.ctx.js, slug, token_id, at, &caller.0.sub, origin.0)
-        .await
-        .map_err(command_error)?;
-    let id = token_id.to_string();
-    projected(|| async { Ok(token_of(api, slug, &id).await?.revoked_at.is_some()) }).await?;
-    Ok(Json(token_of(api, slug, &id).await?))
+    let seq =
+        commands::revoke_webhook_token(&api.ctx.js, slug, token_id, at, &caller.0.sub, origin.0)
+            .await
+            .map_err(command_error)?;
+    applied(api, seq).await?;
+    Ok(Json(token_of(api, slug, &token_id.to_string()).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -510,19 +520,20 @@ pub async fn add_user(
         slack_user_id: b.slack_user_id,
         added_by: caller.0.sub.clone(),
     };
-    commands::add_user(&api.ctx.js, &slug, &event, origin.0)
+    let seq = commands::add_user(&api.ctx.js, &slug, &event, origin.0)
         .await
         .map_err(command_error)?;
-    settled_user(&api, &slug, &b.user_id, |u| u.is_some()).await
+    settled_user(&api, &slug, &b.user_id, seq).await
 }
 
+/// The user once the projector has applied the event at `seq`.
 async fn settled_user(
     api: &Api,
     slug: &str,
     user_id: &str,
-    done: impl Fn(Option<&UserView>) -> bool,
+    seq: u64,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
-    projected(|| async { Ok(done(user_of(api, slug, user_id).await?.as_ref())) }).await?;
+    applied(api, seq).await?;
     match user_of(api, slug, user_id).await? {
         Some(user) => Ok((StatusCode::OK, Json(user))),
         None => Err(ApiError::NotFound),
@@ -594,14 +605,10 @@ pub async fn update_user(
         slack_user_id: b.slack_user_id,
         updated_by: caller.0.sub.clone(),
     };
-    commands::update_user(&api.ctx.js, &slug, &change, origin.0)
+    let seq = commands::update_user(&api.ctx.js, &slug, &change, origin.0)
         .await
         .map_err(command_error)?;
-    let before = user.updated_at;
-    settled_user(&api, &slug, &user_id, |u| {
-        u.is_some_and(|u| u.updated_at > before)
-    })
-    .await
+    settled_user(&api, &slug, &user_id, seq).await
 }
 
 pub async fn remove_user(
@@ -618,10 +625,10 @@ pub async fn remove_user(
         user_id: user_id.clone(),
         removed_by: caller.0.sub.clone(),
     };
-    commands::remove_user(&api.ctx.js, &slug, &removal, origin.0)
+    let seq = commands::remove_user(&api.ctx.js, &slug, &removal, origin.0)
         .await
         .map_err(command_error)?;
-    projected(|| async { Ok(user_of(&api, &slug, &user_id).await?.is_none()) }).await?;
+    applied(&api, seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

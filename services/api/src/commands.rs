@@ -175,7 +175,7 @@ pub async fn revoke_webhook_token(
     effective_at: Option<chrono::DateTime<Utc>>,
     actor: &str,
     headers: Headers,
-) -> Result<(), CommandError> {
+) -> Result<u64, CommandError> {
     let revoked = WebhookTokenRevoked {
         token_id,
         revoked_by: actor.to_owned(),
@@ -191,19 +191,19 @@ pub async fn revoke_webhook_token(
     .await
 }
 
-/// Appends one event on `subject` without an expected sequence.
+/// Appends one event on `subject` without an expected sequence; returns its stream sequence,
+/// which a caller can wait for the projector to reach.
 pub async fn append_on<P: EventPayload>(
     js: &jetstream::Context,
     subject: String,
     tenant: &str,
     payload: &P,
     headers: Headers,
-) -> Result<(), CommandError> {
+) -> Result<u64, CommandError> {
     let message = event_message(tenant, payload, headers);
     append(js, subject, message)
         .await
-        .map_err(AppendError::unexpected)?;
-    Ok(())
+        .map_err(AppendError::unexpected)
 }
 
 pub async fn suspend_tenant(
@@ -212,7 +212,7 @@ pub async fn suspend_tenant(
     reason: &str,
     actor: &str,
     headers: Headers,
-) -> Result<(), CommandError> {
+) -> Result<u64, CommandError> {
     let event = TenantSuspended {
         reason: reason.to_owned(),
         suspended_by: actor.to_owned(),
@@ -225,7 +225,7 @@ pub async fn resume_tenant(
     tenant: &str,
     actor: &str,
     headers: Headers,
-) -> Result<(), CommandError> {
+) -> Result<u64, CommandError> {
     let event = TenantResumed {
         resumed_by: actor.to_owned(),
     };
@@ -237,7 +237,7 @@ pub async fn add_user(
     tenant: &str,
     user: &UserAdded,
     headers: Headers,
-) -> Result<(), CommandError> {
+) -> Result<u64, CommandError> {
     append_on(js, subjects::tenant_users(tenant), tenant, user, headers).await
 }
 
@@ -246,7 +246,7 @@ pub async fn update_user(
     tenant: &str,
     change: &UserUpdated,
     headers: Headers,
-) -> Result<(), CommandError> {
+) -> Result<u64, CommandError> {
     append_on(js, subjects::tenant_users(tenant), tenant, change, headers).await
 }
 
@@ -255,6 +255,6 @@ pub async fn remove_user(
     tenant: &str,
     removal: &UserRemoved,
     headers: Headers,
-) -> Result<(), CommandError> {
+) -> Result<u64, CommandError> {
     append_on(js, subjects::tenant_users(tenant), tenant, removal, headers).await
 }

@@ -180,8 +180,13 @@ pub const POLICY: &[(Method, &str, Access)] = &[
     ),
 ];
 
-/// The access a route needs, if the table has it.
+/// The access a route needs, if the table has it. `HEAD` is a `GET` without the body.
 pub fn access_of(method: &Method, route: &str) -> Option<Access> {
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
     POLICY
         .iter()
         .find(|(m, r, _)| m == method && *r == route)
@@ -260,7 +265,7 @@ async fn authorize(
 ) -> Result<Response, ApiError> {
     let route = matched.as_ref().map(|m| m.as_str()).unwrap_or_default();
     let access = access_of(req.method(), route).ok_or_else(|| {
-        tracing::error!(route, method = %req.method(), "route has no access policy");
+        tracing::warn!(route, method = %req.method(), "route has no access policy");
         ApiError::Forbidden("this route has no access policy".into())
     })?;
     let mut claims = api
@@ -273,6 +278,9 @@ async fn authorize(
             .map(|(_, v)| v.to_owned())
     });
     if claims.platform {
+        // An operator is never mistaken for a tenant's user of the same name, in the audit
+        // log or anywhere else an actor is recorded.
+        claims.sub = format!("platform:{}", claims.sub);
         if matches!(access, Access::Tenant(_)) {
             return Err(ApiError::Forbidden(
                 "a platform token administers tenants and reads no tenant's data; use a user's token"
@@ -290,6 +298,13 @@ async fn authorize(
             .ok_or_else(|| {
                 ApiError::Unauthorized("the token's user does not exist (or was removed)".into())
             })?;
+        // A token issued before its user was (re-)added speaks for someone else: an earlier
+        // user of the same id, since removed.
+        if (claims.iat as i64) < user.added_at.timestamp() {
+            return Err(ApiError::Unauthorized(
+                "the token predates its user; issue a new one".into(),
+            ));
+        }
         let current: Role = user.role.parse().map_err(|e: String| {
             ApiError::Internal(anyhow::anyhow!("stored role of {}: {e}", user.user_id))
         })?;
@@ -318,7 +333,8 @@ async fn authorize(
     if let Some(limiter) = &api.limiter {
         limiter.check(&claims.tenant)?;
     }
-    let mut req = checked_input(req).await?;
+    let deadline = copilot_runtime::http::ServerTimeouts::from_settings(&api.ctx.settings).body;
+    let mut req = checked_input(req, deadline).await?;
     req.extensions_mut().insert(Actor(claims.sub.clone()));
     req.extensions_mut().insert(Caller(claims));
     Ok(next.run(req).await)
@@ -330,31 +346,18 @@ const MAX_API_BODY: usize = 1024 * 1024;
 /// Refuses what no handler should see: a NUL in the query string (Postgres cannot compare text
 /// with one, so it would fail as a 500), and a body that is JSON but not an object (serde
 /// accepts `[]` for a struct whose fields all have defaults).
-async fn checked_input(req: Request) -> Result<Request, ApiError> {
-    if req
-        .uri()
-        .query()
-        .is_some_and(|q| q.to_ascii_lowercase().contains("%00"))
-    {
+async fn checked_input(req: Request, deadline: std::time::Duration) -> Result<Request, ApiError> {
+    let uri = req.uri();
+    if uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")) {
         return Err(ApiError::BadRequest(
-            "query parameters may not contain NUL characters".into(),
+            "paths and query parameters may not contain NUL characters".into(),
         ));
     }
     if req.method() == Method::GET || req.method() == Method::DELETE {
         return Ok(req);
     }
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_API_BODY)
-        .await
-        .map_err(|e| {
-            if std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            {
-                ApiError::PayloadTooLarge(format!("the body exceeds {MAX_API_BODY} bytes"))
-            } else {
-                ApiError::BadRequest("the request body could not be read".into())
-            }
-        })?;
+    let bytes = copilot_runtime::http::read_body_within(body, MAX_API_BODY, deadline).await?;
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None | Some(b'{') => {}
         Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() => {

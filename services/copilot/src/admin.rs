@@ -44,6 +44,21 @@ async fn ensure_tenant(ctx: &Context, slug: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses to demote or remove a tenant's last admin, as the API does.
+async fn keep_an_admin(ctx: &Context, tenant: &str, user_id: &str) -> anyhow::Result<()> {
+    let mut tx = ctx.store.begin_tenant(tenant).await?;
+    let users = ctx.store.list_users(&mut tx, tenant).await?;
+    let admins = users.iter().filter(|u| u.role == "admin").count();
+    let is_admin = users
+        .iter()
+        .any(|u| u.user_id == user_id && u.role == "admin");
+    anyhow::ensure!(
+        !(is_admin && admins <= 1),
+        "{user_id} is the last admin of {tenant}: make another user admin first"
+    );
+    Ok(())
+}
+
 pub async fn tenants(settings: Settings, command: TenantsCommand) -> anyhow::Result<()> {
     match command {
         TenantsCommand::Create {
@@ -305,6 +320,9 @@ pub async fn users(settings: Settings, command: UsersCommand) -> anyhow::Result<
             role,
         } => {
             ensure_tenant(&ctx, &tenant).await?;
+            if role != Role::Admin {
+                keep_an_admin(&ctx, &tenant, &user_id).await?;
+            }
             let change = UserUpdated {
                 user_id: user_id.clone(),
                 role: Some(role),
@@ -318,6 +336,7 @@ pub async fn users(settings: Settings, command: UsersCommand) -> anyhow::Result<
         }
         UsersCommand::Remove { tenant, user_id } => {
             ensure_tenant(&ctx, &tenant).await?;
+            keep_an_admin(&ctx, &tenant, &user_id).await?;
             let removal = UserRemoved {
                 user_id: user_id.clone(),
                 removed_by: ACTOR.to_owned(),

@@ -338,6 +338,7 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
         write_private(&token_path, &created.webhook_token)?;
         return Ok(created.webhook_token);
     }
+    ensure_first_admin(ctx).await?;
     if let Ok(kept) = std::fs::read_to_string(&token_path) {
         let kept = kept.trim().to_owned();
         let owner = ctx
@@ -361,6 +362,42 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
     catch_up(ctx, Projection::Tenants, Duration::from_secs(30)).await?;
     write_private(&token_path, &token)?;
     Ok(token)
+}
+
+/// Gives a `default` tenant created before users existed its admin user, so the JWT `up` prints
+/// (for user `admin`) works.
+async fn ensure_first_admin(ctx: &Context) -> anyhow::Result<()> {
+    use copilot_api::commands::FIRST_ADMIN;
+    let mut tx = ctx.store.begin().await?;
+    if ctx
+        .store
+        .find_user(&mut tx, DEFAULT_TENANT, FIRST_ADMIN)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    drop(tx);
+    let admin = copilot_events::UserAdded {
+        user_id: FIRST_ADMIN.to_owned(),
+        email: format!("{FIRST_ADMIN}@{DEFAULT_TENANT}.invalid"),
+        display_name: "Administrator".to_owned(),
+        role: Role::Admin,
+        slack_user_id: None,
+        added_by: "up".to_owned(),
+    };
+    let headers = copilot_events::Headers {
+        actor: Some("up".to_owned()),
+        ..Default::default()
+    };
+    copilot_api::commands::add_user(&ctx.js, DEFAULT_TENANT, &admin, headers).await?;
+    copilot_projector::catch_up(
+        ctx,
+        copilot_projector::Projection::Tenants,
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(())
 }
 
 const SECRET_FILE: &str = "jwt-secret";

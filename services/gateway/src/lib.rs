@@ -104,7 +104,7 @@ impl Gateway {
             limiter.check(&tenant)?;
         }
         check_content_type(&parts.headers)?;
-        let body = read_body(&parts.headers, body, self.ctx.settings.max_body_bytes).await?;
+        let body = read_body(&parts.headers, body, &self.ctx.settings).await?;
         let signals = parse::parse(source, &body).map_err(|e| match e {
             parse::ParseError::Json(_) => ApiError::BadRequest(e.to_string()),
             _ => ApiError::Unprocessable(e.to_string()),
@@ -270,23 +270,18 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 async fn read_body(
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
+    settings: &Settings,
 ) -> Result<bytes::Bytes, ApiError> {
-    let too_large =
-        || ApiError::PayloadTooLarge(format!("the body exceeds the limit of {limit} bytes"));
+    let limit = settings.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return Err(too_large());
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the body exceeds the limit of {limit} bytes"
+        )));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            too_large()
-        } else {
-            ApiError::BadRequest("the request body could not be read".into())
-        }
-    })
+    let deadline = copilot_runtime::http::ServerTimeouts::from_settings(settings).body;
+    copilot_runtime::http::read_body_within(body, limit, deadline).await
 }

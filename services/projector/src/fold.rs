@@ -194,12 +194,12 @@ impl Fold {
         let tenant = envelope.tenant.clone();
         let at = envelope.occurred_at;
         let audit = Audit::of(envelope, &event);
-        if let (Self::Tenants(changes), Some(audit)) = (&mut *self, &audit)
-            && !matches!(event, Event::SignalReceived(_))
-        {
-            changes.push(TenantChange::Audit(audit.clone()));
-        }
-        match (self, event) {
+        // Recorded after the event itself, and only if it applies: a parked event is no command.
+        let tenant_audit = match self {
+            Self::Tenants(_) => audit.clone(),
+            _ => None,
+        };
+        match (&mut *self, event) {
             (Self::Signals { rows, events }, Event::SignalReceived(signal)) => {
                 *events += 1;
                 let row = signal_row(seq, &tenant, envelope, signal)?;
@@ -334,6 +334,9 @@ impl Fold {
             (_, other) => {
                 return Err(format!("{} does not belong on this stream", other.name()));
             }
+        }
+        if let (Self::Tenants(changes), Some(audit)) = (self, tenant_audit) {
+            changes.push(TenantChange::Audit(audit));
         }
         Ok(())
     }

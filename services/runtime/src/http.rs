@@ -398,6 +398,38 @@ impl ServerTimeouts {
     }
 }
 
+/// Reads a whole request body of at most `limit` bytes within `deadline` (zero: no deadline).
+/// The server's body timeout is per frame, so a client trickling a byte at a time would get
+/// past it; this bounds the whole body.
+pub async fn read_body_within(
+    body: axum::body::Body,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<bytes::Bytes, ApiError> {
+    let read = async {
+        axum::body::to_bytes(body, limit).await.map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                ApiError::PayloadTooLarge(format!("the body exceeds the limit of {limit} bytes"))
+            } else {
+                ApiError::BadRequest("the request body could not be read".into())
+            }
+        })
+    };
+    if deadline.is_zero() {
+        return read.await;
+    }
+    tokio::time::timeout(deadline, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::BadRequest(format!(
+                "the body did not arrive within {} ms",
+                deadline.as_millis()
+            )))
+        })
+}
+
 /// Binds `addr` and serves `app` until `shutdown`.
 pub async fn serve(
     addr: std::net::SocketAddr,
