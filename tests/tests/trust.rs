@@ -496,6 +496,26 @@ async fn row_level_security_hides_other_tenants_rows_from_a_query_that_forgets_i
         all, 2,
         "the services that work across tenants still see both"
     );
+
+    // The full-text search function (which runs as the owner, for the index) finds only the
+    // transaction's tenant's incidents, and nothing outside a tenant transaction.
+    let search = "SELECT i.tenant FROM incidents i WHERE i.id IN (SELECT copilot_incident_search('higherrorrate'))";
+    let found = copilot_e2e::poll(Duration::from_secs(20), || async {
+        let mut tx = store.begin_tenant("acme").await.unwrap();
+        let tenants: Vec<String> = sqlx::query_scalar(search)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        (!tenants.is_empty()).then_some(tenants)
+    })
+    .await;
+    let mut unscoped = store.begin().await.unwrap();
+    let outside: Vec<String> = sqlx::query_scalar(search)
+        .fetch_all(&mut *unscoped)
+        .await
+        .unwrap();
+    assert_eq!(found, ["acme"]);
+    assert!(outside.is_empty(), "{outside:?}");
 }
 
 #[tokio::test]

@@ -503,7 +503,8 @@ impl Store {
         .await?)
     }
 
-    /// A page of a tenant's incidents in `sort` order, after `cursor`.
+    /// A page of a tenant's incidents in `sort` order, after `cursor`. A text filter matches only
+    /// in a tenant transaction ([`Store::begin_tenant`]).
     pub async fn list_incidents(
         &self,
         tx: &mut Tx<'_>,
@@ -739,9 +740,11 @@ fn list_query(
         q.push(" AND opened_at < ").push_bind(until);
     }
     if let Some(text) = &filter.text {
-        q.push(" AND search @@ plainto_tsquery('simple', ")
+        // Through the search function, so the GIN index serves it under row-level security
+        // (migration 0005); it finds only the transaction's tenant's incidents.
+        q.push(" AND id IN (SELECT copilot_incident_search(")
             .push_bind(text.clone())
-            .push(")");
+            .push("))");
     }
     if let Some(c) = cursor {
         match sort {
