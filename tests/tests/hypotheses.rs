@@ -249,20 +249,8 @@ async fn an_incident_gets_cited_hypotheses_and_analysts_give_verdicts() {
                 .unwrap()
         }
     };
-    let engineer = t
-        .app
-        .as_ref()
-        .unwrap()
-        .jwt
-        .issue("bob", "acme", Role::Engineer, Duration::from_secs(60))
-        .unwrap();
-    let foreign = t
-        .app
-        .as_ref()
-        .unwrap()
-        .jwt
-        .issue("eve", "globex", Role::Engineer, Duration::from_secs(60))
-        .unwrap();
+    let engineer = t.user_jwt("acme", "bob", Role::Engineer).await;
+    let foreign = t.user_jwt("globex", "eve", Role::Engineer).await;
     assert_eq!(
         verdict(t.acme.viewer_jwt.clone(), "rollout:checkout")
             .await
@@ -545,13 +533,7 @@ async fn tenant_integrations_pick_the_tenants_model_and_never_hold_a_key() {
     ))
     .await;
     let t = TestApp::spawn_with(Services::All, fast_hypotheses(60)).await;
-    let admin = t
-        .app
-        .as_ref()
-        .unwrap()
-        .jwt
-        .issue("alice", "acme", Role::Admin, Duration::from_secs(60))
-        .unwrap();
+    let admin = t.user_jwt("acme", "alice", Role::Admin).await;
     let put = |jwt: String, body: Value| {
         let (http, url) = (
             t.http.clone(),
@@ -660,13 +642,7 @@ async fn proposals_verdicts_and_usage_rebuilt_from_the_streams_equal_the_live_on
     })
     .await;
     let hid = newest["hypotheses"][0]["id"].as_str().unwrap().to_owned();
-    let engineer = t
-        .app
-        .as_ref()
-        .unwrap()
-        .jwt
-        .issue("bob", "acme", Role::Engineer, Duration::from_secs(60))
-        .unwrap();
+    let engineer = t.user_jwt("acme", "bob", Role::Engineer).await;
     let r = t
         .http
         .post(format!(

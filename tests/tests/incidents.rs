@@ -30,22 +30,12 @@ async fn settle_incidents(t: &TestApp) {
     t.settle(Projection::Incidents).await;
 }
 
-fn admin(t: &TestApp, tenant: &str) -> String {
-    t.app
-        .as_ref()
-        .unwrap()
-        .jwt
-        .issue("alice", tenant, Role::Admin, Duration::from_secs(600))
-        .unwrap()
+async fn admin(t: &TestApp, tenant: &str) -> String {
+    t.user_jwt(tenant, "alice", Role::Admin).await
 }
 
-fn engineer(t: &TestApp, tenant: &str) -> String {
-    t.app
-        .as_ref()
-        .unwrap()
-        .jwt
-        .issue("bob", tenant, Role::Engineer, Duration::from_secs(600))
-        .unwrap()
+async fn engineer(t: &TestApp, tenant: &str) -> String {
+    t.user_jwt(tenant, "bob", Role::Engineer).await
 }
 
 async fn send(
@@ -70,7 +60,7 @@ async fn set_rules(t: &TestApp, tenant: &str, rules: Value) {
         t,
         reqwest::Method::PUT,
         "/v1/settings/correlation",
-        &admin(t, tenant),
+        &admin(t, tenant).await,
         rules,
     )
     .await;
@@ -405,7 +395,7 @@ async fn lifecycle_commands_check_roles_transitions_versions_and_tenants() {
     let id = incident["id"].as_str().unwrap().to_owned();
     let version = incident["version"].as_u64().unwrap();
     let path = |what: &str| format!("/v1/incidents/{id}/{what}");
-    let bob = engineer(&t, "acme");
+    let bob = engineer(&t, "acme").await;
 
     // A viewer may not act; another tenant sees nothing.
     let viewer = send(
@@ -421,7 +411,7 @@ async fn lifecycle_commands_check_roles_transitions_versions_and_tenants() {
         &t,
         reqwest::Method::POST,
         &path("transitions"),
-        &engineer(&t, "globex"),
+        &engineer(&t, "globex").await,
         json!({"to": "acknowledged"}),
     )
     .await;
@@ -530,7 +520,7 @@ async fn lifecycle_commands_check_roles_transitions_versions_and_tenants() {
     let audit = json_of(
         t.get(
             &format!("/v1/audit?target=incident:{id}"),
-            &admin(&t, "acme"),
+            &admin(&t, "acme").await,
         )
         .await,
     )
@@ -747,10 +737,7 @@ async fn a_correlator_crash_between_append_and_commit_redecides_the_same_events_
         "the copy is not in the timeline"
     );
     // The skipped copy still moved the incident's version: a command goes through.
-    let jwt = app
-        .jwt
-        .issue("bob", "acme", Role::Engineer, Duration::from_secs(60))
-        .unwrap();
+    let jwt = copilot_e2e::user_jwt(&app, "acme", "bob", Role::Engineer).await;
     let ack = reqwest::Client::new()
         .post(format!(
             "{}/v1/incidents/{}/transitions",
@@ -871,7 +858,7 @@ async fn the_incident_read_models_rebuilt_from_the_streams_equal_the_live_ones()
         &t,
         reqwest::Method::POST,
         &format!("/v1/incidents/{id}/notes"),
-        &engineer(&t, "acme"),
+        &engineer(&t, "acme").await,
         json!({"text": "n"}),
     )
     .await;

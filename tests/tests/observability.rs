@@ -2,7 +2,7 @@
 //! every dashboard query runs, the compose file, Prometheus and Alertmanager configurations are
 //! valid, and its own alert rules pass their unit tests.
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use copilot::app::Services;
 use copilot_e2e::{TestApp, alertmanager_payload, prometheus::Prometheus, workspace_root};
@@ -96,17 +96,8 @@ async fn every_sql_panel_of_the_incident_dashboard_runs_against_real_read_models
     })
     .await;
     let jwt = t
-        .app
-        .as_ref()
-        .unwrap()
-        .jwt
-        .issue(
-            "bob",
-            "acme",
-            copilot_events::Role::Engineer,
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        .user_jwt("acme", "bob", copilot_events::Role::Engineer)
+        .await;
     let r = t
         .http
         .post(format!(

@@ -74,11 +74,7 @@ async fn copilot_up_prints_working_instructions_and_tenants_create_prints_json()
         .await
         .unwrap();
     let data_dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut up = copilot(&nats, &db, data_dir.path(), port)
         .arg("up")
         .stdout(Stdio::piped())
@@ -196,11 +192,7 @@ async fn with_an_otlp_endpoint_set_spans_of_a_webhooks_trace_are_exported() {
         .await
         .unwrap();
     let data_dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut up = copilot(&nats, &db, data_dir.path(), port)
         .arg("up")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
@@ -286,11 +278,7 @@ async fn every_worker_run_alone_answers_health_and_metrics() {
     }
     let http = reqwest::Client::new();
     for worker in ["projector", "correlator", "hypothesis"] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut process = copilot(&nats, &db, data_dir.path(), port)
             .arg(worker)
             .stdout(Stdio::null())
