@@ -214,6 +214,17 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// The role as the API, tokens and the `users` table spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Engineer => "engineer",
+            Self::Admin => "admin",
+        }
+    }
+}
+
 impl std::str::FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

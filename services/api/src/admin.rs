@@ -16,6 +16,7 @@ use copilot_events::{
     Role, UserAdded, UserRemoved, UserUpdated, is_plausible_email, is_valid_name, is_valid_slug,
     is_valid_user_id,
 };
+use copilot_projector::Projection;
 use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::{AuditCursor, AuditEntry, AuditFilter, TenantView, TokenView, UserView};
 use serde::{Deserialize, Serialize};
@@ -44,15 +45,19 @@ fn command_error(err: CommandError) -> ApiError {
     }
 }
 
-/// Polls the read model until `done` says the command's effect is there (or the wait is over).
-async fn projected<F, Fut>(mut done: F) -> Result<bool, ApiError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, ApiError>>,
-{
+/// Waits until the tenants projection has applied the event appended at `seq`, so what the
+/// command changed is in force when it answers. After [`PROJECTION_WAIT`] it answers anyway:
+/// `false` says the effect may not be visible yet.
+async fn applied(api: &Api, seq: u64) -> Result<bool, ApiError> {
     let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
     loop {
-        if done().await? {
+        let checkpoint = api
+            .ctx
+            .store
+            .read_checkpoint(Projection::Tenants.name())
+            .await
+            .map_err(internal)?;
+        if checkpoint >= seq {
             return Ok(true);
         }
         if tokio::time::Instant::now() > deadline {
@@ -60,24 +65,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// The projector's name for the tenants projection, whose checkpoint commands wait for.
-const TENANTS_PROJECTION: &str = "tenants";
-
-/// Waits until the tenants projection has applied the event appended at `seq`, so what the
-/// command changed is in force when it answers (up to [`PROJECTION_WAIT`]; then it answers anyway).
-async fn applied(api: &Api, seq: u64) -> Result<bool, ApiError> {
-    projected(|| async {
-        Ok(api
-            .ctx
-            .store
-            .read_checkpoint(TENANTS_PROJECTION)
-            .await
-            .map_err(internal)?
-            >= seq)
-    })
-    .await
 }
 
 /// The tenant a path names, if it exists; 404 otherwise (also for slugs that cannot exist).
@@ -203,16 +190,7 @@ pub async fn create_tenant(
     )
     .await
     .map_err(command_error)?;
-    let store = &api.ctx.store;
-    let ready = projected(|| async {
-        let mut tx = api.tenant_tx(&b.slug).await?;
-        Ok(store
-            .find_user(&mut tx, &b.slug, commands::FIRST_ADMIN)
-            .await
-            .map_err(internal)?
-            .is_some())
-    })
-    .await?;
+    let ready = applied(&api, created.seq).await?;
     Ok((
         if ready {
             StatusCode::CREATED
@@ -312,17 +290,14 @@ async fn issue(
     caller: &Caller,
     origin: EventOrigin,
 ) -> Result<(Uuid, String), ApiError> {
-    let (token_id, secret) =
-        commands::issue_webhook_token(&api.ctx.js, slug, &caller.0.sub, origin.0)
-            .await
-            .map_err(command_error)?;
-    let projected_ok =
-        projected(|| async { Ok(token_of(api, slug, &token_id.to_string()).await.is_ok()) })
-            .await?;
-    if !projected_ok {
+    let issued = commands::issue_webhook_token(&api.ctx.js, slug, &caller.0.sub, origin.0)
+        .await
+        .map_err(command_error)?;
+    if !applied(api, issued.seq).await? {
+        let token_id = issued.token_id;
         tracing::warn!(tenant = slug, %token_id, "a new token was not projected in time");
     }
-    Ok((token_id, secret))
+    Ok((issued.token_id, issued.webhook_token))
 }
 
 pub async fn issue_token(
@@ -549,21 +524,15 @@ pub struct UserPatch {
 }
 
 /// Refuses a change that would leave the tenant without an admin.
-async fn keep_an_admin(api: &Api, slug: &str, user: &UserView) -> Result<(), ApiError> {
-    if user.role != "admin" {
-        return Ok(());
-    }
+async fn keep_an_admin(api: &Api, slug: &str, user_id: &str) -> Result<(), ApiError> {
     let mut tx = api.tenant_tx(slug).await?;
-    let admins = api
+    if api
         .ctx
         .store
-        .list_users(&mut tx, slug)
+        .is_last_admin(&mut tx, slug, user_id)
         .await
         .map_err(internal)?
-        .into_iter()
-        .filter(|u| u.role == "admin")
-        .count();
-    if admins <= 1 {
+    {
         return Err(ApiError::Conflict(
             "this is the tenant's last admin: make another user admin first".into(),
         ));
@@ -592,11 +561,11 @@ pub async fn update_user(
         ));
     }
     check_slack_id(&b.slack_user_id)?;
-    let user = user_of(&api, &slug, &user_id)
+    user_of(&api, &slug, &user_id)
         .await?
         .ok_or(ApiError::NotFound)?;
     if b.role.is_some_and(|r| r != Role::Admin) {
-        keep_an_admin(&api, &slug, &user).await?;
+        keep_an_admin(&api, &slug, &user_id).await?;
     }
     let change = UserUpdated {
         user_id: user_id.clone(),
@@ -617,10 +586,10 @@ pub async fn remove_user(
     origin: EventOrigin,
     Path((slug, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let user = user_of(&api, &slug, &user_id)
+    user_of(&api, &slug, &user_id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    keep_an_admin(&api, &slug, &user).await?;
+    keep_an_admin(&api, &slug, &user_id).await?;
     let removal = UserRemoved {
         user_id: user_id.clone(),
         removed_by: caller.0.sub.clone(),

@@ -25,10 +25,33 @@ pub enum CommandError {
 /// The first user of a new tenant: an admin whose id its first JWT carries.
 pub const FIRST_ADMIN: &str = "admin";
 
-/// A created tenant's first webhook token (the secret is shown once).
+/// A created tenant's first webhook token (the secret is shown once), and the stream sequence of
+/// the creation's last event, which a caller can wait for the projector to reach.
 pub struct CreatedTenant {
     pub token_id: Uuid,
     pub webhook_token: String,
+    pub seq: u64,
+}
+
+/// A new webhook token: its id, the secret (shown once) and the sequence of its event.
+pub struct IssuedWebhookToken {
+    pub token_id: Uuid,
+    pub webhook_token: String,
+    pub seq: u64,
+}
+
+/// The `UserAdded` of a tenant's first admin ([`FIRST_ADMIN`]), with `email` or a placeholder.
+pub fn first_admin(tenant: &str, email: Option<&str>, actor: &str) -> UserAdded {
+    UserAdded {
+        user_id: FIRST_ADMIN.to_owned(),
+        email: email
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{FIRST_ADMIN}@{tenant}.invalid")),
+        display_name: "Administrator".to_owned(),
+        role: Role::Admin,
+        slack_user_id: None,
+        added_by: actor.to_owned(),
+    }
 }
 
 /// Appends `TenantCreated` (only if the tenant's subject is empty, so two concurrent creations
@@ -57,31 +80,23 @@ pub async fn create_tenant(
         Err(AppendError::Other(e)) => return Err(CommandError::Append(e)),
         Ok(_) => {}
     }
-    let (token_id, webhook_token) = issue_webhook_token(js, slug, actor, headers.clone()).await?;
-    let admin = UserAdded {
-        user_id: FIRST_ADMIN.to_owned(),
-        email: admin_email
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("admin@{slug}.invalid")),
-        display_name: "Administrator".to_owned(),
-        role: Role::Admin,
-        slack_user_id: None,
-        added_by: actor.to_owned(),
-    };
-    append_on(js, subjects::tenant_users(slug), slug, &admin, headers).await?;
+    let token = issue_webhook_token(js, slug, actor, headers.clone()).await?;
+    let admin = first_admin(slug, admin_email, actor);
+    let seq = add_user(js, slug, &admin, headers).await?;
     Ok(CreatedTenant {
-        token_id,
-        webhook_token,
+        token_id: token.token_id,
+        webhook_token: token.webhook_token,
+        seq,
     })
 }
 
-/// Issues a new webhook token for a tenant; returns its id and the secret (shown once).
+/// Issues a new webhook token for a tenant.
 pub async fn issue_webhook_token(
     js: &jetstream::Context,
     tenant: &str,
     actor: &str,
     headers: Headers,
-) -> Result<(Uuid, String), CommandError> {
+) -> Result<IssuedWebhookToken, CommandError> {
     let token = NewWebhookToken::generate();
     let issued = WebhookTokenIssued {
         token_id: Uuid::now_v7(),
@@ -89,7 +104,7 @@ pub async fn issue_webhook_token(
         prefix: token.prefix,
         issued_by: actor.to_owned(),
     };
-    append_on(
+    let seq = append_on(
         js,
         subjects::tenant_tokens(tenant),
         tenant,
@@ -97,7 +112,11 @@ pub async fn issue_webhook_token(
         headers,
     )
     .await?;
-    Ok((issued.token_id, token.secret))
+    Ok(IssuedWebhookToken {
+        token_id: issued.token_id,
+        webhook_token: token.secret,
+        seq,
+    })
 }
 
 /// A command's event, ready to append: a new envelope, its id as `Nats-Msg-Id` (a retried

@@ -47,13 +47,8 @@ async fn ensure_tenant(ctx: &Context, slug: &str) -> anyhow::Result<()> {
 /// Refuses to demote or remove a tenant's last admin, as the API does.
 async fn keep_an_admin(ctx: &Context, tenant: &str, user_id: &str) -> anyhow::Result<()> {
     let mut tx = ctx.store.begin_tenant(tenant).await?;
-    let users = ctx.store.list_users(&mut tx, tenant).await?;
-    let admins = users.iter().filter(|u| u.role == "admin").count();
-    let is_admin = users
-        .iter()
-        .any(|u| u.user_id == user_id && u.role == "admin");
     anyhow::ensure!(
-        !(is_admin && admins <= 1),
+        !ctx.store.is_last_admin(&mut tx, tenant, user_id).await?,
         "{user_id} is the last admin of {tenant}: make another user admin first"
     );
     Ok(())
@@ -225,8 +220,8 @@ pub async fn webhook_tokens(
         }
         WebhookTokenCommand::Issue { tenant } => {
             ensure_tenant(&ctx, &tenant).await?;
-            let (id, secret) =
-                commands::issue_webhook_token(&ctx.js, &tenant, ACTOR, headers()).await?;
+            let issued = commands::issue_webhook_token(&ctx.js, &tenant, ACTOR, headers()).await?;
+            let (id, secret) = (issued.token_id, issued.webhook_token);
             settle(&ctx).await?;
             println!("token {id} (shown once): {secret}");
         }
@@ -243,8 +238,8 @@ pub async fn webhook_tokens(
             grace_hours,
         } => {
             ensure_tenant(&ctx, &tenant).await?;
-            let (id, secret) =
-                commands::issue_webhook_token(&ctx.js, &tenant, ACTOR, headers()).await?;
+            let issued = commands::issue_webhook_token(&ctx.js, &tenant, ACTOR, headers()).await?;
+            let (id, secret) = (issued.token_id, issued.webhook_token);
             let until = chrono::Utc::now() + chrono::Duration::hours(grace_hours as i64);
             commands::revoke_webhook_token(
                 &ctx.js,

@@ -349,7 +349,7 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
             return Ok(kept);
         }
     }
-    let (_, token) = copilot_api::commands::issue_webhook_token(
+    let token = copilot_api::commands::issue_webhook_token(
         &ctx.js,
         DEFAULT_TENANT,
         "up",
@@ -359,6 +359,7 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
         },
     )
     .await?;
+    let token = token.webhook_token;
     catch_up(ctx, Projection::Tenants, Duration::from_secs(30)).await?;
     write_private(&token_path, &token)?;
     Ok(token)
@@ -378,14 +379,7 @@ async fn ensure_first_admin(ctx: &Context) -> anyhow::Result<()> {
         return Ok(());
     }
     drop(tx);
-    let admin = copilot_events::UserAdded {
-        user_id: FIRST_ADMIN.to_owned(),
-        email: format!("{FIRST_ADMIN}@{DEFAULT_TENANT}.invalid"),
-        display_name: "Administrator".to_owned(),
-        role: Role::Admin,
-        slack_user_id: None,
-        added_by: "up".to_owned(),
-    };
+    let admin = copilot_api::commands::first_admin(DEFAULT_TENANT, None, "up");
     let headers = copilot_events::Headers {
         actor: Some("up".to_owned()),
         ..Default::default()

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use copilot_events::{
-    CORRELATOR, Envelope, Event, IncidentState, ModelCallRecorded, Severity, SignalReceived,
+    CORRELATOR, Envelope, Event, IncidentState, ModelCallRecorded, Role, Severity, SignalReceived,
 };
 use copilot_runtime::consume::subject_tenant;
 use copilot_store::{
@@ -87,7 +87,6 @@ pub(crate) struct IncidentChange {
 }
 
 /// A command as the audit log keeps it: any event whose envelope names an actor.
-#[derive(Clone)]
 pub(crate) struct Audit {
     event_id: Uuid,
     tenant: String,
@@ -193,11 +192,11 @@ impl Fold {
         let event = envelope.decode().map_err(|e| e.to_string())?;
         let tenant = envelope.tenant.clone();
         let at = envelope.occurred_at;
-        let audit = Audit::of(envelope, &event);
-        // Recorded after the event itself, and only if it applies: a parked event is no command.
-        let tenant_audit = match self {
-            Self::Tenants(_) => audit.clone(),
-            _ => None,
+        // A tenant command's audit row is recorded after the event itself, and only if it
+        // applies (a parked event is no command); an incident's travels with its change.
+        let (tenant_audit, audit) = match (&*self, Audit::of(envelope, &event)) {
+            (Self::Tenants(_), audit) => (audit, None),
+            (_, audit) => (None, audit),
         };
         match (&mut *self, event) {
             (Self::Signals { rows, events }, Event::SignalReceived(signal)) => {
@@ -372,7 +371,7 @@ impl Fold {
                             at,
                             seq,
                         } => {
-                            let role = format!("{:?}", user.role).to_lowercase();
+                            let role = user.role.as_str();
                             store
                                 .insert_user(
                                     tx,
@@ -381,7 +380,7 @@ impl Fold {
                                         user_id: &user.user_id,
                                         email: &user.email,
                                         display_name: &user.display_name,
-                                        role: &role,
+                                        role,
                                         slack_user_id: user.slack_user_id.as_deref(),
                                         added_by: &user.added_by,
                                         at,
@@ -396,14 +395,14 @@ impl Fold {
                             at,
                             seq,
                         } => {
-                            let role = change.role.map(|r| format!("{r:?}").to_lowercase());
+                            let role = change.role.map(Role::as_str);
                             store
                                 .update_user(
                                     tx,
                                     &UserChange {
                                         tenant: &tenant,
                                         user_id: &change.user_id,
-                                        role: role.as_deref(),
+                                        role,
                                         display_name: change.display_name.as_deref(),
                                         slack_user_id: change.slack_user_id.as_deref(),
                                         at,

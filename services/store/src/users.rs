@@ -118,6 +118,23 @@ impl Store {
         .await?)
     }
 
+    /// Whether `user_id` is the tenant's only admin (removing or demoting them would leave none).
+    pub async fn is_last_admin(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE tenant = $1 AND user_id = $2 AND role = 'admin')
+                AND (SELECT count(*) FROM users WHERE tenant = $1 AND role = 'admin') <= 1",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .fetch_one(&mut **tx)
+        .await?)
+    }
+
     pub async fn list_users(&self, tx: &mut Tx<'_>, tenant: &str) -> Result<Vec<UserView>> {
         Ok(sqlx::query_as(
             "SELECT user_id, email, display_name, role, slack_user_id, added_by, added_at, updated_at
