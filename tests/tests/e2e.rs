@@ -938,3 +938,46 @@ async fn copilot_up_keeps_the_default_tenants_token_and_replaces_it_once_revoked
         202
     );
 }
+
+#[tokio::test]
+async fn a_batch_moves_the_checkpoint_only_from_where_it_was_folded_and_a_second_writer_waits_then_loses()
+ {
+    // Arrange: a migrated database whose signals checkpoint is at 0.
+    let db = copilot_e2e::test_db().await;
+    let store = copilot_store::Store::connect(&db.url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    let name = Projection::Signals.name();
+    store
+        .init_checkpoint(name, subjects::SIGNALS)
+        .await
+        .unwrap();
+
+    // Act: a batch folded from 5 (the checkpoint is not there); then two writers folded from 0,
+    // the second while the first has not committed.
+    let mut stale = store.begin_batch().await.unwrap();
+    let stale_moved = store.move_checkpoint(&mut stale, name, 5, 9).await.unwrap();
+    drop(stale);
+    let mut first = store.begin_batch().await.unwrap();
+    let first_moved = store.move_checkpoint(&mut first, name, 0, 4).await.unwrap();
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin_batch().await.unwrap();
+            store.move_checkpoint(&mut tx, name, 0, 7).await.unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second_waited = !second.is_finished();
+    first.commit().await.unwrap();
+    let second_moved = second.await.unwrap();
+
+    // Assert
+    assert!(
+        !stale_moved,
+        "a batch folded from elsewhere must not move it"
+    );
+    assert!(first_moved);
+    assert!(second_waited, "the second writer waits on the first's row");
+    assert!(!second_moved, "then finds it moved, and must not commit");
+    assert_eq!(store.read_checkpoint(name).await.unwrap(), 4);
+}

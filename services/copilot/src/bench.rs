@@ -6,9 +6,10 @@
 //! 2. raw JetStream: the same events appended straight from this process with async-nats
 //!    (1024 acks in flight), and the gateway's share of that ceiling;
 //! 3. projector: the backlog of both folded into Postgres, events/s;
-//! 4. alert-to-row latency at steady rates: one webhook at a time on a fixed schedule, each timed
-//!    from send until the projector's committed checkpoint covers its last alert (polled every
-//!    500 µs from a thread and connection of its own).
+//! 4. alert-to-row latency at steady rates: webhooks sent on a fixed schedule whether or not
+//!    earlier ones were answered (open loop), each timed from when it was due until the
+//!    projector's committed checkpoint covers its alerts (polled every 500 µs from a thread and
+//!    connection of its own).
 
 use std::time::{Duration, Instant};
 
@@ -194,18 +195,7 @@ async fn run(settings: Settings, args: &IngestArgs) -> anyhow::Result<IngestRepo
     // 4. Alert-to-row latency at steady rates, with the projector running.
     let mut latency = Vec::new();
     for (round, rate) in args.rates.iter().enumerate() {
-        latency.push(
-            steady(
-                &ctx,
-                &client,
-                &url,
-                &tenant.webhook_token,
-                *rate,
-                args,
-                round + 1,
-            )
-            .await?,
-        );
+        latency.push(steady(&ctx, &url, &tenant.webhook_token, *rate, args, round + 1).await?);
     }
     shutdown.cancel();
     let _ = projector.await;
@@ -269,18 +259,17 @@ pub(crate) async fn drive_gateway(
 
 async fn steady(
     ctx: &Context,
-    client: &reqwest::Client,
     url: &str,
     token: &str,
     rate: u32,
     args: &IngestArgs,
     round: usize,
 ) -> anyhow::Result<LatencyReport> {
-    let per_webhook = args.alerts_per_webhook;
+    let per_webhook = args.alerts_per_webhook as u64;
     let interval = Duration::from_secs_f64(per_webhook as f64 / f64::from(rate));
-    let count = (u64::from(rate) * args.seconds / per_webhook as u64).max(1);
+    let count = (u64::from(rate) * args.seconds / per_webhook).max(1);
     let base = last_seq(ctx).await?;
-    // (send instant, stream sequence of the webhook's last alert), in send order.
+    // (when the webhook was due, a stream sequence its alerts cannot be past), as 202s arrive.
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, u64)>();
     // The watcher runs on a thread and connection of its own, polling the checkpoint every
     // 500 µs: fine enough to measure milliseconds, light enough not to take the system's CPU.
@@ -294,12 +283,12 @@ async fn steady(
                 let store = copilot_store::Store::connect(&url, 1).await?;
                 let mut histogram =
                     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-                let mut waiting = std::collections::VecDeque::new();
+                let mut waiting = Vec::new();
                 let mut closed = false;
                 while !(closed && waiting.is_empty()) {
                     loop {
                         match sent_rx.try_recv() {
-                            Ok(item) => waiting.push_back(item),
+                            Ok(item) => waiting.push(item),
                             Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
                             Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
                                 closed = true;
@@ -313,15 +302,15 @@ async fn steady(
                     }
                     let at = store.read_checkpoint(Projection::Signals.name()).await?;
                     let now = Instant::now();
-                    while let Some((sent, seq)) = waiting.front() {
+                    waiting.retain(|(due, seq)| {
                         if *seq > at {
-                            break;
+                            return true;
                         }
                         histogram
-                            .record(now.duration_since(*sent).as_micros().max(1) as u64)
+                            .record(now.duration_since(*due).as_micros().max(1) as u64)
                             .ok();
-                        waiting.pop_front();
-                    }
+                        false
+                    });
                     std::thread::sleep(Duration::from_micros(500));
                 }
                 anyhow::Ok(histogram)
@@ -329,33 +318,72 @@ async fn steady(
         })
     };
     let bar = progress(count, &format!("latency @ {rate}/s"));
-    let mut accepted = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-    let started = Instant::now();
-    for i in 0..count {
-        let due = started + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let body = notification(i as usize, per_webhook, round);
-        let sent = Instant::now();
-        let response = client
-            .post(url)
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status() == 202,
-            "the gateway answered {}",
-            response.status()
-        );
-        accepted
-            .record(sent.elapsed().as_micros().max(1) as u64)
-            .ok();
-        let _ = sent_tx.send((sent, base + (i + 1) * per_webhook as u64));
-        bar.inc(1);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    drop(sent_tx);
+    // Open loop: each webhook goes out when due, whether or not earlier ones were answered, and
+    // its latency runs from when it was due. A sender that waited for each answer would send
+    // less exactly when the system is slow, and hide that slowness (coordinated omission).
+    // The sender has a thread and runtime of its own, as Alertmanager would be a process of its
+    // own: a busy worker of the system's runtime delays the system, not the schedule.
+    let sender = {
+        let (url, token, bar) = (url.to_owned(), token.to_owned(), bar.clone());
+        std::thread::spawn(move || -> anyhow::Result<(Histogram<u64>, f64)> {
+            // The schedule is kept by this thread's own sleeps (tokio's timer ticks in whole
+            // milliseconds, which would add up to one to every measurement); the requests run
+            // on a runtime of their own.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let _entered = runtime.enter();
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()?;
+            let started_webhooks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut in_flight = tokio::task::JoinSet::new();
+            let started = Instant::now();
+            for i in 0..count {
+                let due = started + interval * i as u32;
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                let request = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(notification(i as usize, per_webhook as usize, round));
+                started_webhooks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (started_webhooks, sent_tx, bar) =
+                    (started_webhooks.clone(), sent_tx.clone(), bar.clone());
+                in_flight.spawn(async move {
+                    let response = request.send().await?;
+                    anyhow::ensure!(
+                        response.status() == 202,
+                        "the gateway answered {}",
+                        response.status()
+                    );
+                    let accepted = due.elapsed();
+                    // Only webhooks already sent can have appended, so this one's alerts are
+                    // at or below the last alert of all of them: exact when they do not
+                    // overlap, else a little later, which can only lengthen the latency.
+                    let sent = started_webhooks.load(std::sync::atomic::Ordering::SeqCst);
+                    let _ = sent_tx.send((due, base + sent * per_webhook));
+                    bar.inc(1);
+                    anyhow::Ok(accepted)
+                });
+            }
+            drop(sent_tx);
+            let elapsed = started.elapsed().as_secs_f64();
+            runtime.block_on(async move {
+                let mut accepted =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+                while let Some(took) = in_flight.join_next().await {
+                    let took = took.context("a webhook task panicked")??;
+                    accepted.record(took.as_micros().max(1) as u64).ok();
+                }
+                anyhow::Ok((accepted, elapsed))
+            })
+        })
+    };
+    let (accepted, elapsed) = tokio::task::spawn_blocking(move || sender.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the webhook sender panicked"))??;
     let histogram = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::task::spawn_blocking(move || watcher.join()),
@@ -367,7 +395,7 @@ async fn steady(
     let ms = |micros: u64| micros as f64 / 1000.0;
     Ok(LatencyReport {
         target_alerts_per_sec: rate,
-        achieved_alerts_per_sec: (count * per_webhook as u64) as f64 / elapsed,
+        achieved_alerts_per_sec: (count * per_webhook) as f64 / elapsed,
         webhooks: count,
         p50_ms: ms(histogram.value_at_quantile(0.50)),
         p99_ms: ms(histogram.value_at_quantile(0.99)),

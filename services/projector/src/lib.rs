@@ -266,8 +266,12 @@ async fn pipeline(
         let Some(batch) = batches.next(shutdown).await? else {
             return Ok(());
         };
-        let prepared = prepare(projection, batch, folded_to)?;
         let from = folded_to;
+        // Folding a full batch takes milliseconds of CPU: off the async workers, so the
+        // gateway and API sharing them in `copilot up` are not held up behind it.
+        let prepared = tokio::task::spawn_blocking(move || prepare(projection, batch, from))
+            .await
+            .context("folding a batch panicked")??;
         folded_to = prepared.last;
         if let Some(previous) = committing.take() {
             previous.await.context("a batch commit panicked")??;
@@ -432,11 +436,6 @@ async fn commit(
     let started = std::time::Instant::now();
     let fold_len = fold.len();
     let mut tx = store.begin_batch().await?;
-    let checkpoint = store.checkpoint(&mut tx, name).await?;
-    anyhow::ensure!(
-        checkpoint == from,
-        "the {name} checkpoint is at {checkpoint}, expected {from}: another writer?"
-    );
     let mut parked = parked;
     let applied = match fold.write(store, &mut tx).await {
         Ok(()) => fold_len,
@@ -448,11 +447,6 @@ async fn commit(
             );
             drop(tx);
             tx = store.begin_batch().await?;
-            let checkpoint = store.checkpoint(&mut tx, name).await?;
-            anyhow::ensure!(
-                checkpoint == from,
-                "the {name} checkpoint moved to {checkpoint}"
-            );
             one_by_one(store, &mut tx, projection, &messages, from, &mut parked).await?
         }
         Err(err) => return Err(err.into()),
@@ -485,9 +479,12 @@ async fn commit(
         }
         park(&ctx, projection, p).await?;
     }
-    store
-        .set_checkpoint(&mut tx, name, projection.stream(), last)
-        .await?;
+    // Checked last, in the same statement that moves it: if another writer got in, nothing
+    // of this batch commits (the caller repositions).
+    anyhow::ensure!(
+        store.move_checkpoint(&mut tx, name, from, last).await?,
+        "the {name} checkpoint is no longer at {from}: another writer?"
+    );
     tx.commit().await.context("committing the batch")?;
     let committed = started.elapsed();
     // The consumer acks cumulatively (`ack_policy: all`) and this is its one writer, reading in

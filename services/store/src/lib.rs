@@ -85,6 +85,18 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(5))
+            // A connection in steady use is known to be alive; pinging it on every acquire
+            // would add a round trip to every batch and request. One idle for a while (the
+            // server may have restarted since) is still checked first.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > std::time::Duration::from_secs(1) {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         Ok(Self { pool })
@@ -133,11 +145,11 @@ impl Store {
     /// it finds, so the stream delivers them again. Nothing is lost or applied twice; the fsync
     /// simply leaves the path every alert waits on.
     pub async fn begin_batch(&self) -> Result<Tx<'static>> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+        // One round trip for both.
+        Ok(self
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await?)
     }
 
     /// A savepoint inside `tx`: committing it keeps its writes, dropping it undoes them.
@@ -222,6 +234,28 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// Moves a batch's checkpoint from `from` to `to` in the batch's transaction. `false` when
+    /// the checkpoint is not at `from`: another writer got in, and the batch must be abandoned.
+    /// One statement both checks and moves it, so a batch costs no extra round trip to lock it
+    /// first; a second writer waits on the row here and then finds it moved.
+    pub async fn move_checkpoint(
+        &self,
+        tx: &mut Tx<'_>,
+        projection: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<bool> {
+        let moved = sqlx::query(
+            "UPDATE projection_checkpoints SET last_seq = $3 WHERE projection = $1 AND last_seq = $2",
+        )
+        .bind(projection)
+        .bind(from as i64)
+        .bind(to as i64)
+        .execute(&mut **tx)
+        .await?;
+        Ok(moved.rows_affected() == 1)
     }
 
     /// Parks an event a projection could not apply.
