@@ -75,6 +75,10 @@ pub struct LatencyReport {
     /// The gateway's share: webhook sent to 202 (JetStream acked every alert).
     pub accepted_p50_ms: f64,
     pub accepted_p99_ms: f64,
+    /// The floor under that share: the same events appended straight to JetStream at the same
+    /// rate, open loop, from a connection of their own; due to every ack of a webhook's alerts.
+    pub jetstream_p50_ms: f64,
+    pub jetstream_p99_ms: f64,
 }
 
 /// A nats-server and a scratch database of the benchmark's own, and settings pointing at them;
@@ -148,7 +152,7 @@ async fn run(settings: Settings, args: &IngestArgs) -> anyhow::Result<IngestRepo
     .await?;
 
     // 2. The same events straight to JetStream.
-    let events = raw_events(args.webhooks, args.alerts_per_webhook);
+    let events = raw_events("bench-raw", args.webhooks, args.alerts_per_webhook, 0);
     let bar = progress(events.len() as u64, "raw jetstream");
     let started = Instant::now();
     let mut acks = FuturesUnordered::new();
@@ -195,7 +199,11 @@ async fn run(settings: Settings, args: &IngestArgs) -> anyhow::Result<IngestRepo
     // 4. Alert-to-row latency at steady rates, with the projector running.
     let mut latency = Vec::new();
     for (round, rate) in args.rates.iter().enumerate() {
-        latency.push(steady(&ctx, &url, &tenant.webhook_token, *rate, args, round + 1).await?);
+        let mut report = steady(&ctx, &url, &tenant.webhook_token, *rate, args, round + 1).await?;
+        let floor = jetstream_steady(&ctx, *rate, args, round + 1).await?;
+        report.jetstream_p50_ms = ms(floor.value_at_quantile(0.50));
+        report.jetstream_p99_ms = ms(floor.value_at_quantile(0.99));
+        latency.push(report);
     }
     shutdown.cancel();
     let _ = projector.await;
@@ -392,7 +400,6 @@ async fn steady(
     .context("the projector did not catch up within 60s")??
     .map_err(|_| anyhow::anyhow!("the latency watcher panicked"))??;
     bar.finish_and_clear();
-    let ms = |micros: u64| micros as f64 / 1000.0;
     Ok(LatencyReport {
         target_alerts_per_sec: rate,
         achieved_alerts_per_sec: (count * per_webhook) as f64 / elapsed,
@@ -402,7 +409,83 @@ async fn steady(
         max_ms: ms(histogram.max()),
         accepted_p50_ms: ms(accepted.value_at_quantile(0.50)),
         accepted_p99_ms: ms(accepted.value_at_quantile(0.99)),
+        jetstream_p50_ms: 0.0,
+        jetstream_p99_ms: 0.0,
     })
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+/// Appends the events of `rate`'s webhooks straight to JetStream on the same schedule as
+/// `steady`, open loop, from a thread, runtime and NATS connection of its own (as another
+/// process would); returns each webhook's time from due to its last ack (µs).
+async fn jetstream_steady(
+    ctx: &Context,
+    rate: u32,
+    args: &IngestArgs,
+    round: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    let per_webhook = args.alerts_per_webhook;
+    let interval = Duration::from_secs_f64(per_webhook as f64 / f64::from(rate));
+    let count = (rate as usize * args.seconds as usize / per_webhook).max(1);
+    let webhooks: Vec<Vec<_>> = raw_events("bench-raw", count, per_webhook, 100 + round)
+        .chunks(per_webhook)
+        .map(<[_]>::to_vec)
+        .collect();
+    let nats_url = ctx.settings.nats_url();
+    let bar = progress(count as u64, &format!("jetstream @ {rate}/s"));
+    let sender = std::thread::spawn({
+        let bar = bar.clone();
+        move || -> anyhow::Result<Histogram<u64>> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let js = runtime.block_on(async {
+                anyhow::Ok(async_nats::jetstream::new(
+                    async_nats::connect(&nats_url).await?,
+                ))
+            })?;
+            let _entered = runtime.enter();
+            let mut in_flight = tokio::task::JoinSet::new();
+            let started = Instant::now();
+            for (i, events) in webhooks.into_iter().enumerate() {
+                let due = started + interval * i as u32;
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                let (js, bar) = (js.clone(), bar.clone());
+                in_flight.spawn(async move {
+                    let mut acks = Vec::with_capacity(events.len());
+                    for (subject, id, payload) in events {
+                        let message = PublishMessage::build()
+                            .payload(payload.into())
+                            .message_id(id);
+                        acks.push(js.send_publish(subject, message).await?);
+                    }
+                    for ack in acks {
+                        ack.await?;
+                    }
+                    bar.inc(1);
+                    anyhow::Ok(due.elapsed())
+                });
+            }
+            runtime.block_on(async move {
+                let mut latency =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+                while let Some(took) = in_flight.join_next().await {
+                    let took = took.context("an append task panicked")??;
+                    latency.record(took.as_micros().max(1) as u64).ok();
+                }
+                anyhow::Ok(latency)
+            })
+        }
+    });
+    let latency = tokio::task::spawn_blocking(move || sender.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the JetStream sender panicked"))??;
+    bar.finish_and_clear();
+    Ok(latency)
 }
 
 async fn last_seq(ctx: &Context) -> anyhow::Result<u64> {
@@ -482,15 +565,19 @@ pub(crate) fn notification(index: usize, alerts: usize, salt: usize) -> Vec<u8> 
 
 /// The events the gateway would append for the throughput phase's webhooks, for another tenant
 /// so they are new: `(subject, Nats-Msg-Id, envelope bytes)`.
-fn raw_events(webhooks: usize, per_webhook: usize) -> Vec<(String, String, Vec<u8>)> {
-    let tenant = "bench-raw";
+fn raw_events(
+    tenant: &str,
+    webhooks: usize,
+    per_webhook: usize,
+    salt: usize,
+) -> Vec<(String, String, Vec<u8>)> {
     let subject = subjects::signal(tenant, SignalSource::Alertmanager.as_str());
     let now = chrono::Utc::now();
     (0..webhooks)
         .flat_map(|i| {
             copilot_gateway::parse::parse(
                 SignalSource::Alertmanager,
-                &notification(i, per_webhook, 0),
+                &notification(i, per_webhook, salt),
             )
             .expect("bench payloads parse")
         })
@@ -537,7 +624,7 @@ fn print_report(r: &IngestReport) {
     );
     for l in &r.latency {
         println!(
-            "  alert-to-row @ {:>5}/s (got {:>6.0}/s, {} webhooks)  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (of which webhook to 202: p50 {:.2} ms  p99 {:.2} ms)",
+            "  alert-to-row @ {:>5}/s (got {:>6.0}/s, {} webhooks)  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (of which webhook to 202: p50 {:.2} ms  p99 {:.2} ms; JetStream alone: p50 {:.2} ms  p99 {:.2} ms)",
             l.target_alerts_per_sec,
             l.achieved_alerts_per_sec,
             l.webhooks,
@@ -545,7 +632,9 @@ fn print_report(r: &IngestReport) {
             l.p99_ms,
             l.max_ms,
             l.accepted_p50_ms,
-            l.accepted_p99_ms
+            l.accepted_p99_ms,
+            l.jetstream_p50_ms,
+            l.jetstream_p99_ms
         );
     }
 }
