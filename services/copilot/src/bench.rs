@@ -326,72 +326,46 @@ async fn steady(
         })
     };
     let bar = progress(count, &format!("latency @ {rate}/s"));
-    // Open loop: each webhook goes out when due, whether or not earlier ones were answered, and
-    // its latency runs from when it was due. A sender that waited for each answer would send
-    // less exactly when the system is slow, and hide that slowness (coordinated omission).
-    // The sender has a thread and runtime of its own, as Alertmanager would be a process of its
-    // own: a busy worker of the system's runtime delays the system, not the schedule.
-    let sender = {
-        let (url, token, bar) = (url.to_owned(), token.to_owned(), bar.clone());
-        std::thread::spawn(move || -> anyhow::Result<(Histogram<u64>, f64)> {
-            // The schedule is kept by this thread's own sleeps (tokio's timer ticks in whole
-            // milliseconds, which would add up to one to every measurement); the requests run
-            // on a runtime of their own.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            let _entered = runtime.enter();
-            let client = reqwest::Client::builder()
+    let (url, token, progress_bar) = (url.to_owned(), token.to_owned(), bar.clone());
+    let started_webhooks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (accepted, elapsed) = open_loop(
+        count,
+        interval,
+        || async {
+            Ok(reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
-                .build()?;
-            let started_webhooks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let mut in_flight = tokio::task::JoinSet::new();
-            let started = Instant::now();
-            for i in 0..count {
-                let due = started + interval * i as u32;
-                std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                let request = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(notification(i as usize, per_webhook as usize, round));
-                started_webhooks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (started_webhooks, sent_tx, bar) =
-                    (started_webhooks.clone(), sent_tx.clone(), bar.clone());
-                in_flight.spawn(async move {
-                    let response = request.send().await?;
-                    anyhow::ensure!(
-                        response.status() == 202,
-                        "the gateway answered {}",
-                        response.status()
-                    );
-                    let accepted = due.elapsed();
-                    // Only webhooks already sent can have appended, so this one's alerts are
-                    // at or below the last alert of all of them: exact when they do not
-                    // overlap, else a little later, which can only lengthen the latency.
-                    let sent = started_webhooks.load(std::sync::atomic::Ordering::SeqCst);
-                    let _ = sent_tx.send((due, base + sent * per_webhook));
-                    bar.inc(1);
-                    anyhow::Ok(accepted)
-                });
+                .build()?)
+        },
+        move |client, i, due| {
+            let request = client
+                .post(&url)
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(notification(i as usize, per_webhook as usize, round));
+            started_webhooks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (started_webhooks, sent_tx, bar) = (
+                started_webhooks.clone(),
+                sent_tx.clone(),
+                progress_bar.clone(),
+            );
+            async move {
+                let response = request.send().await?;
+                anyhow::ensure!(
+                    response.status() == 202,
+                    "the gateway answered {}",
+                    response.status()
+                );
+                // Only webhooks already sent can have appended, so this one's alerts are at or
+                // below the last alert of all of them: exact when they do not overlap, else a
+                // little later, which can only lengthen the latency.
+                let sent = started_webhooks.load(std::sync::atomic::Ordering::SeqCst);
+                let _ = sent_tx.send((due, base + sent * per_webhook));
+                bar.inc(1);
+                Ok(())
             }
-            drop(sent_tx);
-            let elapsed = started.elapsed().as_secs_f64();
-            runtime.block_on(async move {
-                let mut accepted =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-                while let Some(took) = in_flight.join_next().await {
-                    let took = took.context("a webhook task panicked")??;
-                    accepted.record(took.as_micros().max(1) as u64).ok();
-                }
-                anyhow::Ok((accepted, elapsed))
-            })
-        })
-    };
-    let (accepted, elapsed) = tokio::task::spawn_blocking(move || sender.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the webhook sender panicked"))??;
+        },
+    )
+    .await?;
     let histogram = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::task::spawn_blocking(move || watcher.join()),
@@ -412,6 +386,60 @@ async fn steady(
         jetstream_p50_ms: 0.0,
         jetstream_p99_ms: 0.0,
     })
+}
+
+/// Runs `count` tasks on a fixed schedule, one every `interval`, open loop: each starts when due,
+/// whether or not earlier ones have finished, and is timed from when it was due until it finishes
+/// (µs). A sender that waited for each answer would send less exactly when the system is slow, and
+/// hide that slowness (coordinated omission). Runs on a thread and runtime of its own, as a
+/// sender that is another process would: a busy worker of the system's runtime delays the
+/// system, not the schedule. The schedule is kept by the thread's own sleeps, since tokio's timer
+/// ticks in whole milliseconds and would add up to one to every measurement. `setup` makes what
+/// the tasks share (a client, a connection) on that runtime. Returns the times and the seconds
+/// the schedule took.
+async fn open_loop<S, Setup, SetupFut, Task, TaskFut>(
+    count: u64,
+    interval: Duration,
+    setup: Setup,
+    mut task: Task,
+) -> anyhow::Result<(Histogram<u64>, f64)>
+where
+    S: Send + 'static,
+    Setup: FnOnce() -> SetupFut + Send + 'static,
+    SetupFut: std::future::Future<Output = anyhow::Result<S>>,
+    Task: FnMut(&S, u64, Instant) -> TaskFut + Send + 'static,
+    TaskFut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let sender = std::thread::spawn(move || -> anyhow::Result<(Histogram<u64>, f64)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let shared = runtime.block_on(setup())?;
+        let _entered = runtime.enter();
+        let mut in_flight = tokio::task::JoinSet::new();
+        let started = Instant::now();
+        for i in 0..count {
+            let due = started + interval * i as u32;
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let work = task(&shared, i, due);
+            in_flight.spawn(async move { work.await.map(|()| due.elapsed()) });
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        drop(task);
+        runtime.block_on(async move {
+            let mut times =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            while let Some(took) = in_flight.join_next().await {
+                let took = took.context("a sender task panicked")??;
+                times.record(took.as_micros().max(1) as u64).ok();
+            }
+            anyhow::Ok((times, elapsed))
+        })
+    });
+    tokio::task::spawn_blocking(move || sender.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the sender thread panicked"))?
 }
 
 fn ms(micros: u64) -> f64 {
@@ -436,54 +464,36 @@ async fn jetstream_steady(
         .collect();
     let nats_url = ctx.settings.nats_url();
     let bar = progress(count as u64, &format!("jetstream @ {rate}/s"));
-    let sender = std::thread::spawn({
-        let bar = bar.clone();
-        move || -> anyhow::Result<Histogram<u64>> {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            let js = runtime.block_on(async {
-                anyhow::Ok(async_nats::jetstream::new(
-                    async_nats::connect(&nats_url).await?,
-                ))
-            })?;
-            let _entered = runtime.enter();
-            let mut in_flight = tokio::task::JoinSet::new();
-            let started = Instant::now();
-            for (i, events) in webhooks.into_iter().enumerate() {
-                let due = started + interval * i as u32;
-                std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                let (js, bar) = (js.clone(), bar.clone());
-                in_flight.spawn(async move {
-                    let mut acks = Vec::with_capacity(events.len());
-                    for (subject, id, payload) in events {
-                        let message = PublishMessage::build()
-                            .payload(payload.into())
-                            .message_id(id);
-                        acks.push(js.send_publish(subject, message).await?);
-                    }
-                    for ack in acks {
-                        ack.await?;
-                    }
-                    bar.inc(1);
-                    anyhow::Ok(due.elapsed())
-                });
-            }
-            runtime.block_on(async move {
-                let mut latency =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-                while let Some(took) = in_flight.join_next().await {
-                    let took = took.context("an append task panicked")??;
-                    latency.record(took.as_micros().max(1) as u64).ok();
+    let progress_bar = bar.clone();
+    let mut webhooks = webhooks.into_iter();
+    let (latency, _) = open_loop(
+        count as u64,
+        interval,
+        || async move {
+            Ok(async_nats::jetstream::new(
+                async_nats::connect(&nats_url).await?,
+            ))
+        },
+        move |js, _, _| {
+            let events = webhooks.next().unwrap_or_default();
+            let (js, bar) = (js.clone(), progress_bar.clone());
+            async move {
+                let mut acks = Vec::with_capacity(events.len());
+                for (subject, id, payload) in events {
+                    let message = PublishMessage::build()
+                        .payload(payload.into())
+                        .message_id(id);
+                    acks.push(js.send_publish(subject, message).await?);
                 }
-                anyhow::Ok(latency)
-            })
-        }
-    });
-    let latency = tokio::task::spawn_blocking(move || sender.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the JetStream sender panicked"))??;
+                for ack in acks {
+                    ack.await?;
+                }
+                bar.inc(1);
+                Ok(())
+            }
+        },
+    )
+    .await?;
     bar.finish_and_clear();
     Ok(latency)
 }

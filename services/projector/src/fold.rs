@@ -175,7 +175,11 @@ impl Fold {
     pub fn len(&self) -> usize {
         match self {
             Self::Signals { events, .. } => *events,
-            Self::Tenants(changes) => changes.len(),
+            // An audit row travels with the event it records, not as an event of its own.
+            Self::Tenants(changes) => changes
+                .iter()
+                .filter(|c| !matches!(c, TenantChange::Audit(_)))
+                .count(),
             Self::Incidents(changes) => changes.len(),
             Self::Telemetry(calls) => calls.len(),
         }
@@ -753,4 +757,37 @@ fn merge(existing: &mut SignalRow, later: SignalRow) {
 /// A payload map as JSON text, for a `::jsonb` cast in the bulk upsert.
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("maps of strings and numbers serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use copilot_events::{Headers, TenantCreated, subjects};
+
+    use super::*;
+
+    #[test]
+    fn a_tenant_command_counts_as_one_event_though_it_also_writes_an_audit_row() {
+        // Arrange: a tenant creation a person ran, so it carries an actor and is audited.
+        let created = TenantCreated {
+            slug: "acme".into(),
+            name: "Acme".into(),
+            created_by: "alice".into(),
+        };
+        let headers = Headers {
+            actor: Some("alice".into()),
+            ..Headers::default()
+        };
+        let envelope = Envelope::new("acme", &created, Utc::now(), headers);
+        let mut fold = Fold::new(Projection::Tenants);
+
+        // Act
+        fold.add(1, &subjects::tenant("acme"), &envelope).unwrap();
+
+        // Assert: two changes (the tenant, its audit row), one event.
+        let Fold::Tenants(changes) = &fold else {
+            panic!("a tenants fold")
+        };
+        assert_eq!(changes.len(), 2);
+        assert_eq!(fold.len(), 1);
+    }
 }
