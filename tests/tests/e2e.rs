@@ -981,3 +981,67 @@ async fn a_batch_moves_the_checkpoint_only_from_where_it_was_folded_and_a_second
     assert!(!second_moved, "then finds it moved, and must not commit");
     assert_eq!(store.read_checkpoint(name).await.unwrap(), 4);
 }
+
+#[tokio::test]
+async fn after_postgres_ends_every_session_reads_intake_and_projection_recover() {
+    // Arrange: a running system that has projected a webhook and served a read.
+    let t = TestApp::spawn().await;
+    t.post_webhook(
+        "alertmanager",
+        &t.acme.webhook_token,
+        fixture("alertmanager-v4-firing-1alert-alerta.json"),
+    )
+    .await;
+    t.settle(Projection::Signals).await;
+    assert_eq!(t.get("/v1/signals", &t.acme.viewer_jwt).await.status(), 200);
+
+    // Act: Postgres ends every session of the system's database, as a restart would; then a
+    // reader and a sender go on, retrying as clients do.
+    let admin = sqlx::PgPool::connect(&copilot_e2e::admin_database_url())
+        .await
+        .unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = $1 AND pid <> pg_backend_pid()) AS ended",
+    )
+    .bind(&t.db.name)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    let failed_reads = std::sync::atomic::AtomicUsize::new(0);
+    wait_until(Duration::from_secs(10), || async {
+        let ok = t.get("/v1/signals", &t.acme.viewer_jwt).await.status() == 200;
+        failed_reads.fetch_add(usize::from(!ok), std::sync::atomic::Ordering::Relaxed);
+        ok
+    })
+    .await;
+    let failed_reads = failed_reads.into_inner();
+    wait_until(Duration::from_secs(10), || async {
+        t.post_webhook(
+            "alertmanager",
+            &t.acme.webhook_token,
+            fixture("alertmanager-v4-firing-2alerts-oncall.json"),
+        )
+        .await
+        .status()
+            == 202
+    })
+    .await;
+
+    // Assert: at most one failed read per pooled connection, and the new alerts reach their rows.
+    assert!(ended > 0, "the system had sessions to end");
+    assert!(
+        failed_reads <= 8,
+        "{failed_reads} reads failed; the pool holds at most 8 connections"
+    );
+    wait_until(Duration::from_secs(20), || async {
+        t.ctx()
+            .store
+            .signal_totals("acme")
+            .await
+            .ok()
+            .map(|(rows, _)| rows)
+            == Some(3)
+    })
+    .await;
+}
