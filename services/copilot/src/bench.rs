@@ -199,11 +199,7 @@ async fn run(settings: Settings, args: &IngestArgs) -> anyhow::Result<IngestRepo
     // 4. Alert-to-row latency at steady rates, with the projector running.
     let mut latency = Vec::new();
     for (round, rate) in args.rates.iter().enumerate() {
-        let mut report = steady(&ctx, &url, &tenant.webhook_token, *rate, args, round + 1).await?;
-        let floor = jetstream_steady(&ctx, *rate, args, round + 1).await?;
-        report.jetstream_p50_ms = ms(floor.value_at_quantile(0.50));
-        report.jetstream_p99_ms = ms(floor.value_at_quantile(0.99));
-        latency.push(report);
+        latency.push(steady(&ctx, &url, &tenant.webhook_token, *rate, args, round + 1).await?);
     }
     shutdown.cancel();
     let _ = projector.await;
@@ -231,7 +227,7 @@ pub(crate) async fn drive_gateway(
     label: &str,
 ) -> anyhow::Result<(f64, Histogram<u64>)> {
     let bar = progress(bodies.len() as u64, label);
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut latency = latency_histogram();
     let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut sent = bodies.into_iter();
@@ -274,8 +270,7 @@ async fn steady(
     round: usize,
 ) -> anyhow::Result<LatencyReport> {
     let per_webhook = args.alerts_per_webhook as u64;
-    let interval = Duration::from_secs_f64(per_webhook as f64 / f64::from(rate));
-    let count = (u64::from(rate) * args.seconds / per_webhook).max(1);
+    let (count, interval) = schedule(rate, args);
     let base = last_seq(ctx).await?;
     // (when the webhook was due, a stream sequence its alerts cannot be past), as 202s arrive.
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, u64)>();
@@ -289,8 +284,7 @@ async fn steady(
                 .build()?;
             runtime.block_on(async move {
                 let store = copilot_store::Store::connect(&url, 1).await?;
-                let mut histogram =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+                let mut histogram = latency_histogram();
                 let mut waiting = Vec::new();
                 let mut closed = false;
                 while !(closed && waiting.is_empty()) {
@@ -374,6 +368,7 @@ async fn steady(
     .context("the projector did not catch up within 60s")??
     .map_err(|_| anyhow::anyhow!("the latency watcher panicked"))??;
     bar.finish_and_clear();
+    let floor = jetstream_steady(ctx, rate, args, round).await?;
     Ok(LatencyReport {
         target_alerts_per_sec: rate,
         achieved_alerts_per_sec: (count * per_webhook) as f64 / elapsed,
@@ -383,9 +378,17 @@ async fn steady(
         max_ms: ms(histogram.max()),
         accepted_p50_ms: ms(accepted.value_at_quantile(0.50)),
         accepted_p99_ms: ms(accepted.value_at_quantile(0.99)),
-        jetstream_p50_ms: 0.0,
-        jetstream_p99_ms: 0.0,
+        jetstream_p50_ms: ms(floor.value_at_quantile(0.50)),
+        jetstream_p99_ms: ms(floor.value_at_quantile(0.99)),
     })
+}
+
+/// How many webhooks a steady rate sends and how far apart: `rate` alerts/s for `--seconds`.
+fn schedule(rate: u32, args: &IngestArgs) -> (u64, Duration) {
+    let per_webhook = args.alerts_per_webhook as u64;
+    let count = (u64::from(rate) * args.seconds / per_webhook).max(1);
+    let interval = Duration::from_secs_f64(per_webhook as f64 / f64::from(rate));
+    (count, interval)
 }
 
 /// Runs `count` tasks on a fixed schedule, one every `interval`, open loop: each starts when due,
@@ -428,8 +431,7 @@ where
         let elapsed = started.elapsed().as_secs_f64();
         drop(task);
         runtime.block_on(async move {
-            let mut times =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut times = latency_histogram();
             while let Some(took) = in_flight.join_next().await {
                 let took = took.context("a sender task panicked")??;
                 times.record(took.as_micros().max(1) as u64).ok();
@@ -440,6 +442,11 @@ where
     tokio::task::spawn_blocking(move || sender.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the sender thread panicked"))?
+}
+
+/// A histogram of latencies in µs, from 1 µs to a minute, to 3 significant digits.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
 fn ms(micros: u64) -> f64 {
@@ -456,18 +463,17 @@ async fn jetstream_steady(
     round: usize,
 ) -> anyhow::Result<Histogram<u64>> {
     let per_webhook = args.alerts_per_webhook;
-    let interval = Duration::from_secs_f64(per_webhook as f64 / f64::from(rate));
-    let count = (rate as usize * args.seconds as usize / per_webhook).max(1);
-    let webhooks: Vec<Vec<_>> = raw_events("bench-raw", count, per_webhook, 100 + round)
+    let (count, interval) = schedule(rate, args);
+    let webhooks: Vec<Vec<_>> = raw_events("bench-raw", count as usize, per_webhook, 100 + round)
         .chunks(per_webhook)
         .map(<[_]>::to_vec)
         .collect();
     let nats_url = ctx.settings.nats_url();
-    let bar = progress(count as u64, &format!("jetstream @ {rate}/s"));
+    let bar = progress(count, &format!("jetstream @ {rate}/s"));
     let progress_bar = bar.clone();
     let mut webhooks = webhooks.into_iter();
     let (latency, _) = open_loop(
-        count as u64,
+        count,
         interval,
         || async move {
             Ok(async_nats::jetstream::new(
@@ -697,10 +703,7 @@ pub async fn instrumentation(settings: Settings, args: InstrumentationArgs) -> a
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
-    let mut totals = [
-        (0.0f64, Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?),
-        (0.0, Histogram::new_with_bounds(1, 60_000_000, 3)?),
-    ];
+    let mut totals = [(0.0f64, latency_histogram()), (0.0, latency_histogram())];
     for round in 0..args.rounds {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for mode in order {

@@ -17,7 +17,6 @@ use copilot_projector::Projection;
 use copilot_runtime::{Context, Settings, nats};
 use copilot_store::{IncidentFilter, IncidentSort};
 use futures::{StreamExt as _, stream::FuturesUnordered};
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
@@ -269,7 +268,7 @@ async fn time_query(
     requests: usize,
 ) -> anyhow::Result<QueryLatency> {
     let url = format!("{base}/v1/incidents?{query}");
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut histogram = crate::bench::latency_histogram();
     let bar = progress(requests as u64, "list");
     for _ in 0..requests {
         let started = Instant::now();

@@ -193,7 +193,8 @@ impl Store {
         Ok(seq.unwrap_or(0) as u64)
     }
 
-    /// Makes sure the projection has a checkpoint row, so that `checkpoint` can lock it.
+    /// Makes sure the projection has a checkpoint row, so that `checkpoint` can lock it and
+    /// `move_checkpoint` can move it.
     pub async fn init_checkpoint(&self, projection: &str, stream: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO projection_checkpoints (projection, stream, last_seq) VALUES ($1, $2, 0)
