@@ -866,10 +866,9 @@ async fn an_event_the_database_refuses_is_parked_and_the_events_around_it_are_ap
         .unwrap();
     let body = fixture("alertmanager-v4-firing-2alerts-oncall.json");
     let mut signals = copilot_gateway_parse(&body);
-    // The gateway refuses NUL characters; an event appended by anything else may still carry one.
-    signals[0]
-        .labels
-        .insert("poison".into(), "nul\0byte".into());
+    // The gateway refuses NUL characters; an event appended by anything else may still carry one,
+    // and Postgres refuses it in a text column.
+    signals[0].title = "nul\0byte".into();
     let js = &t.ctx().js;
     for signal in &signals {
         let envelope =

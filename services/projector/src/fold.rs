@@ -754,7 +754,7 @@ fn merge(existing: &mut SignalRow, later: SignalRow) {
     };
 }
 
-/// A payload map as JSON text, for a `::jsonb` cast in the bulk upsert.
+/// A payload map as JSON text, for a `::json` cast in the bulk upsert.
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("maps of strings and numbers serialize")
 }

@@ -192,8 +192,8 @@ impl Store {
                    labels, annotations, "values", generator_url, group_key, receiver, ends_at, first_received_at,
                    last_received_at, notification_count, raw, last_event_id, last_request_id, last_seq)
                SELECT id, tenant, fingerprint, starts_at, source, status, severity, service, title,
-                   labels::jsonb, annotations::jsonb, vals::jsonb, generator_url, group_key, receiver, ends_at,
-                   first_received_at, last_received_at, notification_count, raw::json, last_event_id,
+                   labels::json, annotations::json, vals::json, generator_url, group_key, receiver, ends_at,
+                   first_received_at, last_received_at, notification_count, raw, last_event_id,
                    last_request_id, last_seq
                FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
                    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
@@ -302,7 +302,7 @@ impl Store {
         id: Uuid,
     ) -> Result<Option<SignalView>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {VIEW_COLUMNS}, raw::text AS raw FROM signals WHERE tenant = $1 AND id = $2"
+            "SELECT {VIEW_COLUMNS}, raw FROM signals WHERE tenant = $1 AND id = $2"
         )))
         .bind(tenant)
         .bind(id)
