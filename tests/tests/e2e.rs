@@ -1007,14 +1007,18 @@ async fn after_postgres_ends_every_session_reads_intake_and_projection_recover()
     .fetch_one(&admin)
     .await
     .unwrap();
-    let failed_reads = std::sync::atomic::AtomicUsize::new(0);
+    let failed_reads = std::sync::Mutex::new(Vec::new());
     wait_until(Duration::from_secs(10), || async {
-        let ok = t.get("/v1/signals", &t.acme.viewer_jwt).await.status() == 200;
-        failed_reads.fetch_add(usize::from(!ok), std::sync::atomic::Ordering::Relaxed);
-        ok
+        let response = t.get("/v1/signals", &t.acme.viewer_jwt).await;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let retry_after = response.headers().get("retry-after").cloned();
+            failed_reads.lock().unwrap().push((status, retry_after));
+        }
+        status == 200
     })
     .await;
-    let failed_reads = failed_reads.into_inner();
+    let failed_reads = failed_reads.into_inner().unwrap();
     wait_until(Duration::from_secs(10), || async {
         t.post_webhook(
             "alertmanager",
@@ -1027,12 +1031,18 @@ async fn after_postgres_ends_every_session_reads_intake_and_projection_recover()
     })
     .await;
 
-    // Assert: at most one failed read per pooled connection, and the new alerts reach their rows.
+    // Assert: at most one failed read per pooled connection, each a 503 telling the client to
+    // retry (not a 500), and the new alerts reach their rows.
     assert!(ended > 0, "the system had sessions to end");
     assert!(
-        failed_reads <= 8,
-        "{failed_reads} reads failed; the pool holds at most 8 connections"
+        failed_reads.len() <= 8,
+        "{} reads failed; the pool holds at most 8 connections",
+        failed_reads.len()
     );
+    for (status, retry_after) in &failed_reads {
+        assert_eq!(*status, 503, "{failed_reads:?}");
+        assert!(retry_after.is_some(), "{failed_reads:?}");
+    }
     wait_until(Duration::from_secs(20), || async {
         t.ctx()
             .store

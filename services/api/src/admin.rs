@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::{
     Api, Caller,
     commands::{self, CommandError},
-    incidents::{bad, body, internal},
+    incidents::{bad, body},
 };
 
 /// How long a command waits for the projector to apply its event before answering anyway.
@@ -55,8 +55,7 @@ async fn applied(api: &Api, seq: u64) -> Result<bool, ApiError> {
             .ctx
             .store
             .read_checkpoint(Projection::Tenants.name())
-            .await
-            .map_err(internal)?;
+            .await?;
         if checkpoint >= seq {
             return Ok(true);
         }
@@ -76,8 +75,7 @@ async fn tenant_of(api: &Api, slug: &str) -> Result<TenantView, ApiError> {
     api.ctx
         .store
         .get_tenant(&mut tx, slug)
-        .await
-        .map_err(internal)?
+        .await?
         .ok_or(ApiError::NotFound)
 }
 
@@ -98,8 +96,7 @@ pub async fn me(State(api): State<Api>, caller: Caller) -> Result<Json<Me>, ApiE
         .ctx
         .store
         .find_user(&mut tx, &caller.0.tenant, &caller.0.sub)
-        .await
-        .map_err(internal)?;
+        .await?;
     Ok(Json(Me {
         sub: caller.0.sub,
         tenant: caller.0.tenant,
@@ -126,13 +123,8 @@ impl<T> Items<T> {
 }
 
 pub async fn list_tenants(State(api): State<Api>) -> Result<Json<Items<TenantView>>, ApiError> {
-    let mut tx = api.ctx.store.begin().await.map_err(internal)?;
-    let tenants = api
-        .ctx
-        .store
-        .list_tenants(&mut tx)
-        .await
-        .map_err(internal)?;
+    let mut tx = api.ctx.store.begin().await?;
+    let tenants = api.ctx.store.list_tenants(&mut tx).await?;
     Ok(Items::all(tenants))
 }
 
@@ -253,12 +245,7 @@ pub async fn list_tokens(
 ) -> Result<Json<Items<TokenView>>, ApiError> {
     tenant_of(&api, &slug).await?;
     let mut tx = api.tenant_tx(&slug).await?;
-    let tokens = api
-        .ctx
-        .store
-        .list_tokens(&mut tx, &slug)
-        .await
-        .map_err(internal)?;
+    let tokens = api.ctx.store.list_tokens(&mut tx, &slug).await?;
     Ok(Items::all(tokens))
 }
 
@@ -277,8 +264,7 @@ async fn token_of(api: &Api, slug: &str, token_id: &str) -> Result<TokenView, Ap
     api.ctx
         .store
         .list_tokens(&mut tx, slug)
-        .await
-        .map_err(internal)?
+        .await?
         .into_iter()
         .find(|t| t.token_id == id)
         .ok_or(ApiError::NotFound)
@@ -398,12 +384,7 @@ pub async fn list_users(
 ) -> Result<Json<Items<UserView>>, ApiError> {
     tenant_of(&api, &slug).await?;
     let mut tx = api.tenant_tx(&slug).await?;
-    let users = api
-        .ctx
-        .store
-        .list_users(&mut tx, &slug)
-        .await
-        .map_err(internal)?;
+    let users = api.ctx.store.list_users(&mut tx, &slug).await?;
     Ok(Items::all(users))
 }
 
@@ -439,7 +420,7 @@ async fn user_of(api: &Api, slug: &str, user_id: &str) -> Result<Option<UserView
         .store
         .find_user(&mut tx, slug, user_id)
         .await
-        .map_err(internal)
+        .map_err(ApiError::from)
 }
 
 pub async fn add_user(
@@ -478,8 +459,7 @@ pub async fn add_user(
         .ctx
         .store
         .user_email_taken(&mut tx, &slug, &b.email)
-        .await
-        .map_err(internal)?
+        .await?
     {
         return Err(ApiError::Conflict(format!(
             "{:?} is another user's email",
@@ -526,13 +506,7 @@ pub struct UserPatch {
 /// Refuses a change that would leave the tenant without an admin.
 async fn keep_an_admin(api: &Api, slug: &str, user_id: &str) -> Result<(), ApiError> {
     let mut tx = api.tenant_tx(slug).await?;
-    if api
-        .ctx
-        .store
-        .is_last_admin(&mut tx, slug, user_id)
-        .await
-        .map_err(internal)?
-    {
+    if api.ctx.store.is_last_admin(&mut tx, slug, user_id).await? {
         return Err(ApiError::Conflict(
             "this is the tenant's last admin: make another user admin first".into(),
         ));
@@ -657,8 +631,7 @@ pub async fn audit(
         .ctx
         .store
         .list_audit(&mut tx, &caller.0.tenant, &filter)
-        .await
-        .map_err(internal)?;
+        .await?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
         items.last().map(|e| {

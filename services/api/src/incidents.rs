@@ -103,10 +103,6 @@ pub(crate) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
 }
 
-pub(crate) fn internal(err: copilot_store::StoreError) -> ApiError {
-    ApiError::Internal(err.into())
-}
-
 pub async fn list(
     State(api): State<Api>,
     caller: Caller,
@@ -169,8 +165,7 @@ pub async fn list(
             cursor,
             limit + 1,
         )
-        .await
-        .map_err(internal)?;
+        .await?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
         items
@@ -187,8 +182,7 @@ async fn find(api: &Api, tenant: &str, id: &str) -> Result<IncidentSummary, ApiE
     api.ctx
         .store
         .get_incident(&mut api.tenant_tx(tenant).await?, tenant, id)
-        .await
-        .map_err(internal)?
+        .await?
         .ok_or(ApiError::NotFound)
 }
 
@@ -201,18 +195,11 @@ pub async fn get(
     let incident = find(&api, tenant, &id).await?;
     let store = &api.ctx.store;
     let mut tx = api.tenant_tx(tenant).await?;
-    let signals = store
-        .incident_signals(&mut tx, tenant, incident.id)
-        .await
-        .map_err(internal)?;
-    let notes = store
-        .incident_notes(&mut tx, tenant, incident.id)
-        .await
-        .map_err(internal)?;
+    let signals = store.incident_signals(&mut tx, tenant, incident.id).await?;
+    let notes = store.incident_notes(&mut tx, tenant, incident.id).await?;
     let current = store
         .incident_proposals(&mut tx, tenant, incident.id, false)
-        .await
-        .map_err(internal)?
+        .await?
         .into_iter()
         .next();
     let (hypotheses, hypotheses_proposal) = match current {
@@ -248,8 +235,7 @@ pub async fn timeline(
         .ctx
         .store
         .incident_timeline(&mut api.tenant_tx(tenant).await?, tenant, incident.id)
-        .await
-        .map_err(internal)?;
+        .await?;
     Ok(Json(Timeline { items }))
 }
 
@@ -279,8 +265,7 @@ pub async fn hypotheses(
             incident.id,
             q.history,
         )
-        .await
-        .map_err(internal)?;
+        .await?;
     Ok(Json(Proposals { items }))
 }
 
@@ -315,8 +300,7 @@ pub async fn verdict(
             incident.id,
             &hypothesis_id,
         )
-        .await
-        .map_err(internal)?
+        .await?
     {
         return Err(ApiError::NotFound);
     }
@@ -366,8 +350,7 @@ pub async fn stats(
                 since,
                 until,
             )
-            .await
-            .map_err(internal)?,
+            .await?,
     ))
 }
 
@@ -683,8 +666,7 @@ async fn read_setting<T: serde::de::DeserializeOwned + Default>(
             setting,
             &caller.0.tenant,
         )
-        .await
-        .map_err(internal)?;
+        .await?;
     Ok(Json(
         stored
             .and_then(|json| serde_json::from_value(json).ok())

@@ -207,7 +207,7 @@ impl Api {
             .store
             .begin_tenant(tenant)
             .await
-            .map_err(|e| ApiError::Internal(e.into()))
+            .map_err(ApiError::from)
     }
 }
 
@@ -288,13 +288,12 @@ async fn authorize(
             ));
         }
     } else {
-        let mut tx = api.ctx.store.begin().await.map_err(store_error)?;
+        let mut tx = api.ctx.store.begin().await?;
         let user = api
             .ctx
             .store
             .find_user(&mut tx, &claims.tenant, &claims.sub)
-            .await
-            .map_err(store_error)?
+            .await?
             .ok_or_else(|| {
                 ApiError::Unauthorized("the token's user does not exist (or was removed)".into())
             })?;
@@ -368,10 +367,6 @@ async fn checked_input(req: Request, deadline: std::time::Duration) -> Result<Re
         Some(_) => return Err(ApiError::BadRequest("the body is not valid JSON".into())),
     }
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
-}
-
-fn store_error(e: copilot_store::StoreError) -> ApiError {
-    ApiError::Internal(e.into())
 }
 
 /// The API routes, to be served alone or beside the other services.

@@ -86,8 +86,7 @@ pub async fn list(
             cursor,
             limit + 1,
         )
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+        .await?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
         items
@@ -112,8 +111,7 @@ pub async fn get(
             &caller.0.tenant,
             id,
         )
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+        .await?
         .map(Json)
         .ok_or(ApiError::NotFound)
 }

@@ -35,10 +35,7 @@ impl TokenCache {
         let owner = match self.cached(&hash) {
             Some(owner) => owner,
             None => {
-                let owner = store
-                    .find_token(&hash)
-                    .await
-                    .map_err(|e| ApiError::Internal(e.into()))?;
+                let owner = store.find_token(&hash).await?;
                 self.remember(hash, owner.clone());
                 owner
             }

@@ -99,6 +99,22 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+/// A store failure: `Unavailable` (503, retry in a second) when Postgres cannot be reached, so
+/// clients and Alertmanager retry instead of reporting a bug; `Internal` otherwise.
+impl From<copilot_store::StoreError> for ApiError {
+    fn from(err: copilot_store::StoreError) -> Self {
+        if err.is_unavailable() {
+            tracing::warn!(error = %err, "database unavailable");
+            Self::Unavailable {
+                detail: "the database is unavailable; retry shortly".into(),
+                retry_after_secs: 1,
+            }
+        } else {
+            Self::Internal(err.into())
+        }
+    }
+}
+
 /// An RFC 9457 problem body, the shape of every error answer.
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct Problem {
@@ -505,4 +521,33 @@ pub async fn serve_on(
     // Requests in flight get a moment to finish; then the connections are dropped.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_that_cannot_reach_postgres_answers_503_with_retry_after() {
+        let lost = copilot_store::StoreError::Database(sqlx::Error::PoolTimedOut);
+
+        let response = ApiError::from(lost).into_response();
+
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn any_other_store_failure_answers_500_without_its_cause() {
+        let bug = copilot_store::StoreError::Database(sqlx::Error::ColumnNotFound("secret".into()));
+
+        let error = ApiError::from(bug);
+
+        assert!(matches!(error, ApiError::Internal(_)));
+        assert_eq!(error.to_string(), "internal error");
+        assert_eq!(
+            error.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }

@@ -53,6 +53,27 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// The database could not be reached or is going away (connection lost or refused, pool
+    /// timed out, server shutting down or not yet accepting connections): nothing is wrong with
+    /// the request, and the same one should succeed once Postgres is back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            // 08: connection exception; 57P01-57P03: admin or crash shutdown, cannot connect now;
+            // 53300: too many connections.
+            Self::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+            }),
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
