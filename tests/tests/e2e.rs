@@ -982,6 +982,85 @@ async fn a_batch_moves_the_checkpoint_only_from_where_it_was_folded_and_a_second
 }
 
 #[tokio::test]
+async fn a_signals_batch_commits_in_one_statement_only_from_its_checkpoint_and_a_second_writer_waits_then_loses()
+ {
+    // Arrange: a migrated database whose signals checkpoint is at 0.
+    let db = copilot_e2e::test_db().await;
+    let store = copilot_store::Store::connect(&db.url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    let name = Projection::Signals.name();
+    store
+        .init_checkpoint(name, subjects::SIGNALS)
+        .await
+        .unwrap();
+
+    // Act: a batch folded from 5 (the checkpoint is not there); then, while another writer has
+    // moved the checkpoint from 0 but not committed, a batch folded from 0; then one from where
+    // that writer left it.
+    let stale = store
+        .commit_signals(vec![signal_row("stale", 9)], name, 5, 9)
+        .await
+        .unwrap();
+    let mut first = store.begin_batch().await.unwrap();
+    assert!(store.move_checkpoint(&mut first, name, 0, 4).await.unwrap());
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .commit_signals(vec![signal_row("second", 7)], name, 0, 7)
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second_waited = !second.is_finished();
+    first.commit().await.unwrap();
+    let second_moved = second.await.unwrap();
+    let next = store
+        .commit_signals(vec![signal_row("next", 6)], name, 4, 6)
+        .await
+        .unwrap();
+
+    // Assert: only the batch folded from where the checkpoint was wrote its row and moved it.
+    assert!(!stale, "a batch folded from elsewhere must not commit");
+    assert!(second_waited, "the second writer waits on the first's row");
+    assert!(!second_moved, "then finds it moved, and must not commit");
+    assert!(next);
+    assert_eq!(store.signal_totals("acme").await.unwrap(), (1, 1));
+    assert_eq!(store.read_checkpoint(name).await.unwrap(), 6);
+}
+
+/// A signal row of tenant `acme` with fingerprint `fingerprint`, as folded from event `seq`.
+fn signal_row(fingerprint: &str, seq: u64) -> copilot_store::SignalRow {
+    let now = chrono::Utc::now();
+    copilot_store::SignalRow {
+        id: uuid::Uuid::now_v7(),
+        tenant: "acme".into(),
+        fingerprint: fingerprint.into(),
+        starts_at: now,
+        source: "alertmanager".into(),
+        status: "firing".into(),
+        severity: "critical".into(),
+        service: Some("checkout".into()),
+        title: "HighErrorRate".into(),
+        labels: r#"{"alertname":"HighErrorRate"}"#.into(),
+        annotations: "{}".into(),
+        values: None,
+        generator_url: None,
+        group_key: None,
+        receiver: None,
+        ends_at: None,
+        first_received_at: now,
+        last_received_at: now,
+        notification_count: 1,
+        raw: r#"{"labels":{"alertname":"HighErrorRate"}}"#.into(),
+        last_event_id: uuid::Uuid::now_v7(),
+        last_request_id: None,
+        last_seq: seq,
+    }
+}
+
+#[tokio::test]
 async fn after_postgres_ends_every_session_reads_intake_and_projection_recover() {
     // Arrange: a running system that has projected a webhook and served a read.
     let t = TestApp::spawn().await;

@@ -1,5 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::sync::LazyLock;
+
 use sqlx::{Postgres, QueryBuilder, Row as _, postgres::PgRow};
 use uuid::Uuid;
 
@@ -177,53 +179,53 @@ fn view(row: &PgRow, with_raw: bool) -> std::result::Result<SignalView, sqlx::Er
     })
 }
 
-impl Store {
-    /// Upserts folded signal rows. A repeated notification adds to the count and moves
-    /// `last_received_at`; `resolved` is sticky for an alert instance (Alertmanager in HA mode
-    /// can deliver a stale `firing` after the `resolved`); a row never moves back to an older event.
-    /// The caller guarantees one row per id.
-    pub async fn upsert_signals(&self, tx: &mut Tx<'_>, rows: Vec<SignalRow>) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let c = SignalColumns::from(rows);
-        sqlx::query(
-            r#"INSERT INTO signals AS s (id, tenant, fingerprint, starts_at, source, status, severity, service, title,
-                   labels, annotations, "values", generator_url, group_key, receiver, ends_at, first_received_at,
-                   last_received_at, notification_count, raw, last_event_id, last_request_id, last_seq)
-               SELECT id, tenant, fingerprint, starts_at, source, status, severity, service, title,
-                   labels::json, annotations::json, vals::json, generator_url, group_key, receiver, ends_at,
-                   first_received_at, last_received_at, notification_count, raw, last_event_id,
-                   last_request_id, last_seq
-               FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
-                   $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-                   $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::int4[], $20::text[], $21::uuid[],
-                   $22::text[], $23::int8[])
-                 AS u(id, tenant, fingerprint, starts_at, source, status, severity, service, title, labels,
-                   annotations, vals, generator_url, group_key, receiver, ends_at, first_received_at,
-                   last_received_at, notification_count, raw, last_event_id, last_request_id, last_seq)
-               ON CONFLICT (tenant, id) DO UPDATE SET
-                   status = CASE WHEN s.status = 'resolved' OR excluded.status = 'resolved'
-                                 THEN 'resolved' ELSE excluded.status END,
-                   ends_at = GREATEST(s.ends_at, excluded.ends_at),
-                   severity = excluded.severity,
-                   service = excluded.service,
-                   title = excluded.title,
-                   labels = excluded.labels,
-                   annotations = excluded.annotations,
-                   "values" = excluded."values",
-                   generator_url = excluded.generator_url,
-                   group_key = excluded.group_key,
-                   receiver = excluded.receiver,
-                   first_received_at = LEAST(s.first_received_at, excluded.first_received_at),
-                   last_received_at = GREATEST(s.last_received_at, excluded.last_received_at),
-                   notification_count = s.notification_count + excluded.notification_count,
-                   raw = excluded.raw,
-                   last_event_id = excluded.last_event_id,
-                   last_request_id = excluded.last_request_id,
-                   last_seq = excluded.last_seq
-               WHERE s.last_seq < excluded.last_seq"#,
-        )
+/// The signal upsert over one array per column ($1 to $23, as [`bind_columns`] binds them);
+/// `guard` is a `WHERE` on the whole batch, or empty.
+fn upsert_sql(guard: &str) -> String {
+    format!(
+        r#"INSERT INTO signals AS s (id, tenant, fingerprint, starts_at, source, status, severity, service, title,
+               labels, annotations, "values", generator_url, group_key, receiver, ends_at, first_received_at,
+               last_received_at, notification_count, raw, last_event_id, last_request_id, last_seq)
+           SELECT id, tenant, fingerprint, starts_at, source, status, severity, service, title,
+               labels::json, annotations::json, vals::json, generator_url, group_key, receiver, ends_at,
+               first_received_at, last_received_at, notification_count, raw, last_event_id,
+               last_request_id, last_seq
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
+               $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+               $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::int4[], $20::text[], $21::uuid[],
+               $22::text[], $23::int8[])
+             AS u(id, tenant, fingerprint, starts_at, source, status, severity, service, title, labels,
+               annotations, vals, generator_url, group_key, receiver, ends_at, first_received_at,
+               last_received_at, notification_count, raw, last_event_id, last_request_id, last_seq)
+           {guard}
+           ON CONFLICT (tenant, id) DO UPDATE SET
+               status = CASE WHEN s.status = 'resolved' OR excluded.status = 'resolved'
+                             THEN 'resolved' ELSE excluded.status END,
+               ends_at = GREATEST(s.ends_at, excluded.ends_at),
+               severity = excluded.severity,
+               service = excluded.service,
+               title = excluded.title,
+               labels = excluded.labels,
+               annotations = excluded.annotations,
+               "values" = excluded."values",
+               generator_url = excluded.generator_url,
+               group_key = excluded.group_key,
+               receiver = excluded.receiver,
+               first_received_at = LEAST(s.first_received_at, excluded.first_received_at),
+               last_received_at = GREATEST(s.last_received_at, excluded.last_received_at),
+               notification_count = s.notification_count + excluded.notification_count,
+               raw = excluded.raw,
+               last_event_id = excluded.last_event_id,
+               last_request_id = excluded.last_request_id,
+               last_seq = excluded.last_seq
+           WHERE s.last_seq < excluded.last_seq"#
+    )
+}
+
+/// Binds the rows as the arrays $1 to $23 of [`upsert_sql`].
+fn bind_columns(query: PgQuery<'_>, rows: Vec<SignalRow>) -> PgQuery<'_> {
+    let c = SignalColumns::from(rows);
+    query
         .bind(c.id)
         .bind(c.tenant)
         .bind(c.fingerprint)
@@ -247,9 +249,55 @@ impl Store {
         .bind(c.last_event_id)
         .bind(c.last_request_id)
         .bind(c.last_seq)
-        .execute(&mut **tx)
-        .await?;
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+impl Store {
+    /// Upserts folded signal rows. A repeated notification adds to the count and moves
+    /// `last_received_at`; `resolved` is sticky for an alert instance (Alertmanager in HA mode
+    /// can deliver a stale `firing` after the `resolved`); a row never moves back to an older event.
+    /// The caller guarantees one row per id.
+    pub async fn upsert_signals(&self, tx: &mut Tx<'_>, rows: Vec<SignalRow>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        static UPSERT: LazyLock<String> = LazyLock::new(|| upsert_sql(""));
+        bind_columns(sqlx::query(sqlx::AssertSqlSafe(UPSERT.as_str())), rows)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
+    }
+
+    /// A batch of the signals projection in one statement and so one round trip, committed on
+    /// its own: upserts `rows` (as [`Store::upsert_signals`]) and moves `projection`'s checkpoint
+    /// from `from` to `to`, without waiting for the commit to be flushed (as
+    /// [`Store::begin_batch`]). Nothing is written unless the checkpoint was at `from`; returns
+    /// whether it was (if not, another writer got in).
+    pub async fn commit_signals(
+        &self,
+        rows: Vec<SignalRow>,
+        projection: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<bool> {
+        static COMMIT: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH durability AS (SELECT set_config('synchronous_commit', 'off', true)),
+                      moved AS (UPDATE projection_checkpoints SET last_seq = $26
+                                 WHERE projection = $24 AND last_seq = $25 RETURNING 1),
+                      upserted AS ({})
+                 SELECT EXISTS (SELECT 1 FROM moved) AND (SELECT count(*) FROM durability) = 1",
+                upsert_sql("WHERE EXISTS (SELECT 1 FROM moved)")
+            )
+        });
+        let row = bind_columns(sqlx::query(sqlx::AssertSqlSafe(COMMIT.as_str())), rows)
+            .bind(projection)
+            .bind(from as i64)
+            .bind(to as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// A page of a tenant's signals, newest first, after `cursor`.
