@@ -942,14 +942,8 @@ async fn copilot_up_keeps_the_default_tenants_token_and_replaces_it_once_revoked
 async fn a_batch_moves_the_checkpoint_only_from_where_it_was_folded_and_a_second_writer_waits_then_loses()
  {
     // Arrange: a migrated database whose signals checkpoint is at 0.
-    let db = copilot_e2e::test_db().await;
-    let store = copilot_store::Store::connect(&db.url, 4).await.unwrap();
-    store.migrate().await.unwrap();
+    let (_db, store) = store_at_checkpoint_zero().await;
     let name = Projection::Signals.name();
-    store
-        .init_checkpoint(name, subjects::SIGNALS)
-        .await
-        .unwrap();
 
     // Act: a batch folded from 5 (the checkpoint is not there); then two writers folded from 0,
     // the second while the first has not committed.
@@ -985,14 +979,8 @@ async fn a_batch_moves_the_checkpoint_only_from_where_it_was_folded_and_a_second
 async fn a_signals_batch_commits_in_one_statement_only_from_its_checkpoint_and_a_second_writer_waits_then_loses()
  {
     // Arrange: a migrated database whose signals checkpoint is at 0.
-    let db = copilot_e2e::test_db().await;
-    let store = copilot_store::Store::connect(&db.url, 4).await.unwrap();
-    store.migrate().await.unwrap();
+    let (_db, store) = store_at_checkpoint_zero().await;
     let name = Projection::Signals.name();
-    store
-        .init_checkpoint(name, subjects::SIGNALS)
-        .await
-        .unwrap();
 
     // Act: a batch folded from 5 (the checkpoint is not there); then, while another writer has
     // moved the checkpoint from 0 but not committed, a batch folded from 0; then one from where
@@ -1028,6 +1016,19 @@ async fn a_signals_batch_commits_in_one_statement_only_from_its_checkpoint_and_a
     assert!(next);
     assert_eq!(store.signal_totals("acme").await.unwrap(), (1, 1));
     assert_eq!(store.read_checkpoint(name).await.unwrap(), 6);
+}
+
+/// A store on a migrated database of its own whose signals checkpoint is at 0; the database
+/// goes away with the first.
+async fn store_at_checkpoint_zero() -> (copilot_e2e::TestDb, copilot_store::Store) {
+    let db = copilot_e2e::test_db().await;
+    let store = copilot_store::Store::connect(&db.url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+        .init_checkpoint(Projection::Signals.name(), subjects::SIGNALS)
+        .await
+        .unwrap();
+    (db, store)
 }
 
 /// A signal row of tenant `acme` with fingerprint `fingerprint`, as folded from event `seq`.
