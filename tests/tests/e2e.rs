@@ -1018,6 +1018,38 @@ async fn a_signals_batch_commits_in_one_statement_only_from_its_checkpoint_and_a
     assert_eq!(store.read_checkpoint(name).await.unwrap(), 6);
 }
 
+#[tokio::test]
+async fn a_store_error_from_a_session_postgres_ended_is_answered_503_not_500() {
+    // Arrange: a store whose one connection has just been used, then ended by Postgres.
+    let db = copilot_e2e::test_db().await;
+    let store = copilot_store::Store::connect(&db.url, 1).await.unwrap();
+    store.migrate().await.unwrap();
+    store.read_checkpoint("signals").await.unwrap();
+    let admin = sqlx::PgPool::connect(&copilot_e2e::admin_database_url())
+        .await
+        .unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
+          WHERE datname = $1",
+    )
+    .bind(&db.name)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+
+    // Act: the next query goes out on that connection (it was idle less than the pool's 1 s
+    // before it pings).
+    let err = store.read_checkpoint("signals").await.unwrap_err();
+
+    // Assert
+    assert!(ended >= 1, "the store's session was ended");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(matches!(
+        copilot_runtime::http::ApiError::from(err),
+        copilot_runtime::http::ApiError::Unavailable { .. }
+    ));
+}
+
 /// A store on a migrated database of its own whose signals checkpoint is at 0; the database
 /// goes away with the first.
 async fn store_at_checkpoint_zero() -> (copilot_e2e::TestDb, copilot_store::Store) {

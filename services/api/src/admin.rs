@@ -46,23 +46,42 @@ fn command_error(err: CommandError) -> ApiError {
 }
 
 /// Waits until the tenants projection has applied the event appended at `seq`, so what the
-/// command changed is in force when it answers. After [`PROJECTION_WAIT`] it answers anyway:
-/// `false` says the effect may not be visible yet.
-async fn applied(api: &Api, seq: u64) -> Result<bool, ApiError> {
+/// command changed is in force when it answers. After [`PROJECTION_WAIT`], or at once if Postgres
+/// cannot be read, it answers anyway: `false` says the effect may not be visible yet. Never an
+/// error: the command is recorded, and an answer telling the client to retry would record it twice.
+async fn applied(api: &Api, seq: u64) -> bool {
     let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
     loop {
-        let checkpoint = api
+        let checkpoint = match api
             .ctx
             .store
             .read_checkpoint(Projection::Tenants.name())
-            .await?;
+            .await
+        {
+            Ok(checkpoint) => checkpoint,
+            Err(err) => {
+                tracing::warn!(seq, error = %err, "cannot see whether a command was applied");
+                return false;
+            }
+        };
         if checkpoint >= seq {
-            return Ok(true);
+            return true;
         }
         if tokio::time::Instant::now() > deadline {
-            return Ok(false);
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An error reading the result of a command already recorded: not "unavailable, retry", since a
+/// retry would record the command again.
+fn after_append(err: ApiError) -> ApiError {
+    match err {
+        ApiError::Unavailable { detail, .. } => ApiError::Internal(anyhow::anyhow!(
+            "the command was recorded but its result cannot be read: {detail}"
+        )),
+        other => other,
     }
 }
 
@@ -182,7 +201,7 @@ pub async fn create_tenant(
     )
     .await
     .map_err(command_error)?;
-    let ready = applied(&api, created.seq).await?;
+    let ready = applied(&api, created.seq).await;
     Ok((
         if ready {
             StatusCode::CREATED
@@ -221,8 +240,8 @@ pub async fn suspend(
     let seq = commands::suspend_tenant(&api.ctx.js, &slug, &b.reason, &caller.0.sub, origin.0)
         .await
         .map_err(command_error)?;
-    applied(&api, seq).await?;
-    Ok(Json(tenant_of(&api, &slug).await?))
+    applied(&api, seq).await;
+    Ok(Json(tenant_of(&api, &slug).await.map_err(after_append)?))
 }
 
 pub async fn resume(
@@ -235,8 +254,8 @@ pub async fn resume(
     let seq = commands::resume_tenant(&api.ctx.js, &slug, &caller.0.sub, origin.0)
         .await
         .map_err(command_error)?;
-    applied(&api, seq).await?;
-    Ok(Json(tenant_of(&api, &slug).await?))
+    applied(&api, seq).await;
+    Ok(Json(tenant_of(&api, &slug).await.map_err(after_append)?))
 }
 
 pub async fn list_tokens(
@@ -279,7 +298,7 @@ async fn issue(
     let issued = commands::issue_webhook_token(&api.ctx.js, slug, &caller.0.sub, origin.0)
         .await
         .map_err(command_error)?;
-    if !applied(api, issued.seq).await? {
+    if !applied(api, issued.seq).await {
         let token_id = issued.token_id;
         tracing::warn!(tenant = slug, %token_id, "a new token was not projected in time");
     }
@@ -327,8 +346,12 @@ async fn revoke_at(
         commands::revoke_webhook_token(&api.ctx.js, slug, token_id, at, &caller.0.sub, origin.0)
             .await
             .map_err(command_error)?;
-    applied(api, seq).await?;
-    Ok(Json(token_of(api, slug, &token_id.to_string()).await?))
+    applied(api, seq).await;
+    Ok(Json(
+        token_of(api, slug, &token_id.to_string())
+            .await
+            .map_err(after_append)?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -488,8 +511,8 @@ async fn settled_user(
     user_id: &str,
     seq: u64,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
-    applied(api, seq).await?;
-    match user_of(api, slug, user_id).await? {
+    applied(api, seq).await;
+    match user_of(api, slug, user_id).await.map_err(after_append)? {
         Some(user) => Ok((StatusCode::OK, Json(user))),
         None => Err(ApiError::NotFound),
     }
@@ -571,7 +594,7 @@ pub async fn remove_user(
     let seq = commands::remove_user(&api.ctx.js, &slug, &removal, origin.0)
         .await
         .map_err(command_error)?;
-    applied(&api, seq).await?;
+    applied(&api, seq).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -24,7 +24,8 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// The tenant the request's credentials belong to, or the 401 to answer.
+    /// The tenant the request's credentials belong to, or the error to answer (401 for
+    /// credentials that are missing, wrong or revoked; 503 while Postgres cannot be reached).
     pub async fn authenticate(
         &self,
         store: &Store,

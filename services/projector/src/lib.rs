@@ -436,26 +436,31 @@ async fn commit(
     } = prepared;
     let started = std::time::Instant::now();
     let mut parked = parked;
-    let (applied, written) = match fold {
+    // For a single statement, writing and committing are one: `write_us` is all of it.
+    let (applied, written, single_statement) = match fold {
         // The hot path, a batch of signals with nothing to park: one statement, one round trip.
         Fold::Signals { rows, events } if parked.is_empty() => {
             let rows = rows.into_values().collect();
             match store.commit_signals(rows, name, from, last).await {
                 Ok(moved) => {
                     ensure_moved(moved, name, from)?;
-                    (events, started.elapsed())
+                    (events, started.elapsed(), true)
                 }
                 Err(err) if err.is_data_error() => {
                     refused(name, &err);
                     let batch = (&messages[..], from, last);
-                    transaction(&ctx, projection, None, batch, &mut parked, started).await?
+                    let (applied, written) =
+                        transaction(&ctx, projection, None, batch, &mut parked, started).await?;
+                    (applied, written, false)
                 }
                 Err(err) => return Err(err.into()),
             }
         }
         fold => {
             let batch = (&messages[..], from, last);
-            transaction(&ctx, projection, Some(fold), batch, &mut parked, started).await?
+            let (applied, written) =
+                transaction(&ctx, projection, Some(fold), batch, &mut parked, started).await?;
+            (applied, written, false)
         }
     };
     let committed = started.elapsed();
@@ -504,6 +509,7 @@ async fn commit(
         fold_us = fold_time.as_micros() as u64,
         write_us = written.as_micros() as u64,
         commit_us = (committed - written).as_micros() as u64,
+        single_statement,
         "batch projected"
     );
     Ok(())

@@ -1,6 +1,7 @@
 //! The read-model store. All SQL of the system lives here, one function per query, so that a
 //! schema change is one file away from every statement it affects. Writes take the caller's
-//! transaction: a projection's rows and its checkpoint commit together or not at all.
+//! transaction, or (`commit_signals`) are one statement that moves the checkpoint too: a
+//! projection's rows and its checkpoint commit together or not at all.
 
 mod audit;
 mod correlator;
@@ -66,10 +67,12 @@ impl StoreError {
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed,
             ) => true,
-            // 08: connection exception; 57P01-57P03: admin or crash shutdown, cannot connect now;
-            // 53300: too many connections.
+            // 08: connection exception, less 08P01 (protocol violation: a client bug, not an
+            // outage); 57P01-57P03: admin or crash shutdown, cannot connect now; 53300: too many
+            // connections.
             Self::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
-                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+                (code.starts_with("08") && code != "08P01")
+                    || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
             }),
             _ => false,
         }
@@ -215,7 +218,7 @@ impl Store {
     }
 
     /// Makes sure the projection has a checkpoint row, so that `checkpoint` can lock it and
-    /// `move_checkpoint` can move it.
+    /// `move_checkpoint` and `commit_signals` can move it.
     pub async fn init_checkpoint(&self, projection: &str, stream: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO projection_checkpoints (projection, stream, last_seq) VALUES ($1, $2, 0)
@@ -471,5 +474,65 @@ impl Store {
                 .await?
                 .flatten(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::StoreError;
+
+    /// An error Postgres answered with, as sqlx reports it, by SQLSTATE alone.
+    #[derive(Debug)]
+    struct Answered(&'static str);
+
+    impl std::fmt::Display for Answered {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Answered {}
+
+    impl sqlx::error::DatabaseError for Answered {
+        fn message(&self) -> &str {
+            "answered"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn answered(code: &'static str) -> StoreError {
+        StoreError::Database(sqlx::Error::Database(Box::new(Answered(code))))
+    }
+
+    #[test]
+    fn only_an_outage_counts_as_the_database_being_unavailable() {
+        // Connection failure, connection refused, admin shutdown, cannot connect now, too many
+        // connections; and no connection from the pool in time.
+        for code in ["08006", "08001", "57P01", "57P03", "53300"] {
+            assert!(answered(code).is_unavailable(), "{code}");
+        }
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
+        // Protocol violation (a client bug), unique violation, bad data, serialization failure,
+        // unknown table: retrying the same request would not help.
+        for code in ["08P01", "23505", "22021", "40001", "42P01"] {
+            assert!(!answered(code).is_unavailable(), "{code}");
+        }
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_unavailable());
     }
 }
