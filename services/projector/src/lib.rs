@@ -436,6 +436,7 @@ async fn commit(
     } = prepared;
     let started = std::time::Instant::now();
     let mut parked = parked;
+    let batch = (&messages[..], from, last);
     // For a single statement, writing and committing are one: `write_us` is all of it.
     let (applied, written, single_statement) = match fold {
         // The hot path, a batch of signals with nothing to park: one statement, one round trip.
@@ -448,7 +449,6 @@ async fn commit(
                 }
                 Err(err) if err.is_data_error() => {
                     refused(name, &err);
-                    let batch = (&messages[..], from, last);
                     let (applied, written) =
                         transaction(&ctx, projection, None, batch, &mut parked, started).await?;
                     (applied, written, false)
@@ -457,7 +457,6 @@ async fn commit(
             }
         }
         fold => {
-            let batch = (&messages[..], from, last);
             let (applied, written) =
                 transaction(&ctx, projection, Some(fold), batch, &mut parked, started).await?;
             (applied, written, false)

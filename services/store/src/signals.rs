@@ -1,7 +1,7 @@
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use std::sync::LazyLock;
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder, Row as _, postgres::PgRow};
 use uuid::Uuid;
 
