@@ -708,4 +708,23 @@ mod tests {
                 .is_err()
         );
     }
+
+    #[test]
+    fn a_database_outage_after_a_command_was_recorded_is_a_500_that_does_not_invite_a_retry() {
+        use axum::response::IntoResponse as _;
+        // Arrange: the read of a recorded command's result failed as an outage would.
+        let outage = ApiError::Unavailable {
+            detail: "the database is unavailable; retry shortly".into(),
+            retry_after_secs: 1,
+        };
+
+        // Act
+        let response = after_append(outage).into_response();
+        let not_found = after_append(ApiError::NotFound).into_response();
+
+        // Assert: retrying would record the command twice, so nothing says to.
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().get("retry-after").is_none());
+        assert_eq!(not_found.status(), StatusCode::NOT_FOUND);
+    }
 }
