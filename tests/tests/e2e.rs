@@ -1025,17 +1025,7 @@ async fn a_store_error_from_a_session_postgres_ended_is_answered_503_not_500() {
     let store = copilot_store::Store::connect(&db.url, 1).await.unwrap();
     store.migrate().await.unwrap();
     store.read_checkpoint("signals").await.unwrap();
-    let admin = sqlx::PgPool::connect(&copilot_e2e::admin_database_url())
-        .await
-        .unwrap();
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
-          WHERE datname = $1",
-    )
-    .bind(&db.name)
-    .fetch_one(&admin)
-    .await
-    .unwrap();
+    let ended = end_sessions(&db.name).await;
 
     // Act: the next query goes out on that connection (it was idle less than the pool's 1 s
     // before it pings).
@@ -1048,6 +1038,22 @@ async fn a_store_error_from_a_session_postgres_ended_is_answered_503_not_500() {
         copilot_runtime::http::ApiError::from(err),
         copilot_runtime::http::ApiError::Unavailable { .. }
     ));
+}
+
+/// Has Postgres end every session on database `name`, as a restart would, waiting until each is
+/// gone; returns how many it ended. From a connection to another database, so never its own.
+async fn end_sessions(name: &str) -> i64 {
+    let admin = sqlx::PgPool::connect(&copilot_e2e::admin_database_url())
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
+          WHERE datname = $1",
+    )
+    .bind(name)
+    .fetch_one(&admin)
+    .await
+    .unwrap()
 }
 
 /// A store on a migrated database of its own whose signals checkpoint is at 0; the database
@@ -1108,17 +1114,7 @@ async fn after_postgres_ends_every_session_reads_intake_and_projection_recover()
 
     // Act: Postgres ends every session of the system's database, as a restart would; then a
     // reader and a sender go on, retrying as clients do.
-    let admin = sqlx::PgPool::connect(&copilot_e2e::admin_database_url())
-        .await
-        .unwrap();
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE datname = $1 AND pid <> pg_backend_pid()) AS ended",
-    )
-    .bind(&t.db.name)
-    .fetch_one(&admin)
-    .await
-    .unwrap();
+    let ended = end_sessions(&t.db.name).await;
     let failed_reads = std::sync::Mutex::new(Vec::new());
     wait_until(Duration::from_secs(10), || async {
         let response = t.get("/v1/signals", &t.acme.viewer_jwt).await;

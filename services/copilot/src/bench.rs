@@ -152,7 +152,7 @@ async fn run(settings: Settings, args: &IngestArgs) -> anyhow::Result<IngestRepo
     .await?;
 
     // 2. The same events straight to JetStream.
-    let events = raw_events("bench-raw", args.webhooks, args.alerts_per_webhook, 0);
+    let events = raw_events(args.webhooks, args.alerts_per_webhook, 0);
     let bar = progress(events.len() as u64, "raw jetstream");
     let started = Instant::now();
     let mut acks = FuturesUnordered::new();
@@ -464,7 +464,7 @@ async fn jetstream_steady(
 ) -> anyhow::Result<Histogram<u64>> {
     let per_webhook = args.alerts_per_webhook;
     let (count, interval) = schedule(rate, args);
-    let webhooks: Vec<Vec<_>> = raw_events("bench-raw", count as usize, per_webhook, 100 + round)
+    let webhooks: Vec<Vec<_>> = raw_events(count as usize, per_webhook, 100 + round)
         .chunks(per_webhook)
         .map(<[_]>::to_vec)
         .collect();
@@ -579,14 +579,10 @@ pub(crate) fn notification(index: usize, alerts: usize, salt: usize) -> Vec<u8> 
     .expect("json serializes")
 }
 
-/// The events the gateway would append for the throughput phase's webhooks, for another tenant
-/// so they are new: `(subject, Nats-Msg-Id, envelope bytes)`.
-fn raw_events(
-    tenant: &str,
-    webhooks: usize,
-    per_webhook: usize,
-    salt: usize,
-) -> Vec<(String, String, Vec<u8>)> {
+/// The events the gateway would append for `webhooks` notifications (`salt` as in
+/// [`notification`]), for another tenant so they are new: `(subject, Nats-Msg-Id, envelope bytes)`.
+fn raw_events(webhooks: usize, per_webhook: usize, salt: usize) -> Vec<(String, String, Vec<u8>)> {
+    let tenant = "bench-raw";
     let subject = subjects::signal(tenant, SignalSource::Alertmanager.as_str());
     let now = chrono::Utc::now();
     (0..webhooks)
