@@ -122,13 +122,92 @@ impl EventPayload for TenantRetentionSet {
     const VERSION: u32 = 1;
 }
 
-/// A user id: what a JWT's `sub` carries. 1-128 characters of letters, digits and `.@_+-`.
+/// A tenant secret was stored (or replaced). The value itself never travels in an event: it is
+/// sealed in Postgres with the platform's key; the event carries only what tells versions apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantSecretSet {
+    /// The secret's name, as settings refer to it (`llm.api_key_secret`).
+    pub name: String,
+    /// 1 for the first value, one more for each replacement.
+    pub version: u32,
+    /// A short keyed digest of the value, to tell values apart without revealing them.
+    pub fingerprint: String,
+    pub set_by: String,
+}
+
+impl EventPayload for TenantSecretSet {
+    const TYPE: &'static str = "TenantSecretSet";
+    const VERSION: u32 = 1;
+}
+
+/// A tenant secret was deleted; settings that name it stop sending it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantSecretRemoved {
+    pub name: String,
+    pub removed_by: String,
+}
+
+impl EventPayload for TenantSecretRemoved {
+    const TYPE: &'static str = "TenantSecretRemoved";
+    const VERSION: u32 = 1;
+}
+
+/// A tenant secret's name: 1-64 characters of `a-z`, `0-9`, `-` and `_`, starting with a letter.
+pub fn is_valid_secret_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Prefix of the actors that are the copilot itself (`system:correlator`, `system:cli`). A user id
+/// cannot contain `:`, so no person can be recorded as one of them.
+pub const SYSTEM_ACTOR_PREFIX: &str = "system:";
+
+/// Ids no user may take: the bare names the copilot's own components were recorded under
+/// before actors were namespaced, and names that read as the system in an audit log.
+pub const RESERVED_USER_IDS: &[&str] = &[
+    "correlator",
+    "cli",
+    "up",
+    "system",
+    "platform",
+    "hypothesis",
+    "projector",
+    "gateway",
+    "api",
+    "copilot",
+    "root",
+];
+
+/// The actor a component of the copilot records its own events under.
+pub fn system_actor(component: &str) -> String {
+    format!("{SYSTEM_ACTOR_PREFIX}{component}")
+}
+
+/// Whether an actor is the copilot itself rather than a person (including the bare names
+/// recorded before actors were namespaced).
+pub fn is_system_actor(actor: &str) -> bool {
+    actor.starts_with(SYSTEM_ACTOR_PREFIX) || RESERVED_USER_IDS.contains(&actor)
+}
+
+/// A user id: what a JWT's `sub` carries. 1-128 characters of letters, digits and `.@_+-`, and
+/// not one of the [`RESERVED_USER_IDS`] (any case).
 pub fn is_valid_user_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b))
+        && !RESERVED_USER_IDS.contains(&id.to_ascii_lowercase().as_str())
+}
+
+/// Whether a string of a command holds a character no field may: NUL, or any other control
+/// character but tab, line feed and carriage return (ANSI escapes, backspace, C1 controls).
+pub fn has_forbidden_control(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
 }
 
 /// A plausible email address: one `@` with something either side, no spaces or controls, at most
@@ -156,6 +235,10 @@ mod tests {
         assert!(!is_valid_user_id("a b"));
         assert!(!is_valid_user_id("a'; DROP TABLE users;--"));
         assert!(!is_valid_user_id(&"a".repeat(129)));
+        for reserved in ["correlator", "cli", "up", "System", "PLATFORM"] {
+            assert!(!is_valid_user_id(reserved), "{reserved} is reserved");
+        }
+        assert!(!is_valid_user_id("system:correlator"));
 
         assert!(is_plausible_email("alice@example.com"));
         assert!(!is_plausible_email("alice"));
@@ -168,6 +251,31 @@ mod tests {
         assert!(!is_valid_name("  "));
         assert!(!is_valid_name("a\u{0}b"));
         assert!(!is_valid_name(&"x".repeat(201)));
+    }
+
+    #[test]
+    fn system_actors_are_namespaced_and_the_old_bare_names_still_count() {
+        assert_eq!(system_actor("correlator"), "system:correlator");
+        assert!(is_system_actor("system:cli"));
+        assert!(is_system_actor("correlator"));
+        assert!(!is_system_actor("alice"));
+    }
+
+    #[test]
+    fn control_characters_other_than_line_breaks_and_tabs_are_forbidden() {
+        assert!(has_forbidden_control("gpt\u{0}4"));
+        assert!(has_forbidden_control("\u{1b}[31mred"));
+        assert!(has_forbidden_control("a\u{85}b"));
+        assert!(!has_forbidden_control("line one\nline two\tindented\r\n"));
+    }
+
+    #[test]
+    fn secret_names_are_lowercase_identifiers() {
+        assert!(is_valid_secret_name("openai"));
+        assert!(is_valid_secret_name("slack-signing_2"));
+        for bad in ["", "1abc", "A", "a b", "a.b", &"x".repeat(65)] {
+            assert!(!is_valid_secret_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::admin::{
-    TenantResumed, TenantRetentionSet, TenantSuspended, UserAdded, UserRemoved, UserUpdated,
+    TenantResumed, TenantRetentionSet, TenantSecretRemoved, TenantSecretSet, TenantSuspended,
+    UserAdded, UserRemoved, UserUpdated,
 };
 use crate::hypotheses::{HypothesesProposed, HypothesisVerdictGiven, ModelCallRecorded};
 use crate::incidents::{
@@ -97,6 +98,8 @@ pub enum Event {
     UserAdded(UserAdded),
     UserUpdated(UserUpdated),
     UserRemoved(UserRemoved),
+    TenantSecretSet(TenantSecretSet),
+    TenantSecretRemoved(TenantSecretRemoved),
 }
 
 impl Event {
@@ -126,6 +129,8 @@ impl Event {
             Self::UserAdded(_) => UserAdded::TYPE,
             Self::UserUpdated(_) => UserUpdated::TYPE,
             Self::UserRemoved(_) => UserRemoved::TYPE,
+            Self::TenantSecretSet(_) => TenantSecretSet::TYPE,
+            Self::TenantSecretRemoved(_) => TenantSecretRemoved::TYPE,
         }
     }
 }
@@ -239,7 +244,9 @@ impl Envelope {
             TenantRetentionSet,
             UserAdded,
             UserUpdated,
-            UserRemoved
+            UserRemoved,
+            TenantSecretSet,
+            TenantSecretRemoved
         )
     }
 }

@@ -183,7 +183,8 @@ impl EventPayload for CorrelationRulesSet {
 }
 
 /// Where a tenant's hypotheses look for metrics and which model they ask. Secrets never travel
-/// in events: the model's API key is named by the environment variable that holds it.
+/// in events: a model's API key is named by the tenant secret that holds it
+/// (`PUT /v1/settings/secrets/{name}`), sealed in Postgres and sent only to this tenant's model.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantIntegrations {
@@ -198,15 +199,19 @@ pub struct TenantIntegrations {
     pub slack: Option<TenantSlack>,
 }
 
-/// A Slack workspace. The signing secret itself never enters the copilot's events or tables:
-/// it is named by an environment variable of the copilot's processes, like a model's API key.
+/// A Slack workspace. Its signing secret is a tenant secret, named here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSlack {
     /// Slack team (workspace) id, e.g. `T0123ABCD`.
     pub team_id: String,
-    /// Name of the environment variable that holds the app's signing secret.
-    pub signing_secret_env: String,
+    /// Name of the tenant secret that holds the app's signing secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+    /// Legacy: an environment variable of the copilot's processes. Honoured only when the
+    /// operator lists it in `COPILOT_TENANT_ENV_ALLOW`; use `signing_secret` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_env: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -218,8 +223,13 @@ pub struct TenantLlm {
     /// Milliseconds before the built-in engine answers instead [default: the global setting].
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Name of the environment variable of the copilot's processes that holds the API key.
-    #[serde(default)]
+    /// Name of the tenant secret that holds the API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret: Option<String>,
+    /// Legacy: an environment variable of the copilot's processes that holds the API key.
+    /// Honoured only when the operator lists it in `COPILOT_TENANT_ENV_ALLOW`; use
+    /// `api_key_secret` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
 }
 
@@ -241,6 +251,28 @@ fn valid_env_name(name: &str) -> bool {
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// A reference to a secret: a tenant secret's name, or (legacy) an environment variable.
+fn check_secret_ref(
+    field: &str,
+    secret: Option<&str>,
+    env: Option<&str>,
+) -> Result<(), String> {
+    if secret.is_some() && env.is_some() {
+        return Err(format!("set {field}_secret or {field}_env, not both"));
+    }
+    if secret.is_some_and(|n| !crate::is_valid_secret_name(n)) {
+        return Err(format!(
+            "{field}_secret must name a tenant secret (a-z, 0-9, - and _, starting with a letter)"
+        ));
+    }
+    if env.is_some_and(|n| !valid_env_name(n)) {
+        return Err(format!(
+            "{field}_env must name an environment variable (A-Z, 0-9, _)"
+        ));
+    }
+    Ok(())
+}
+
 impl TenantIntegrations {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(url) = &self.prometheus_url
@@ -252,8 +284,11 @@ impl TenantIntegrations {
             if !valid_url(&llm.base_url) {
                 return Err("llm.base_url must be an http(s) URL (with /v1)".into());
             }
-            if llm.model.trim().is_empty() || llm.model.len() > 200 {
-                return Err("llm.model must be 1-200 characters".into());
+            if llm.model.trim().is_empty()
+                || llm.model.len() > 200
+                || llm.model.chars().any(char::is_control)
+            {
+                return Err("llm.model must be 1-200 characters without control characters".into());
             }
             if llm
                 .timeout_ms
@@ -261,15 +296,11 @@ impl TenantIntegrations {
             {
                 return Err("llm.timeout_ms must be between 1000 and 300000".into());
             }
-            if llm
-                .api_key_env
-                .as_deref()
-                .is_some_and(|n| !valid_env_name(n))
-            {
-                return Err(
-                    "llm.api_key_env must name an environment variable (A-Z, 0-9, _)".into(),
-                );
-            }
+            check_secret_ref(
+                "llm.api_key",
+                llm.api_key_secret.as_deref(),
+                llm.api_key_env.as_deref(),
+            )?;
         }
         if let Some(slack) = &self.slack {
             let team_ok = slack.team_id.len() <= 32
@@ -282,14 +313,44 @@ impl TenantIntegrations {
             if !team_ok {
                 return Err("slack.team_id must be a Slack team id such as T0123ABCD".into());
             }
-            if !valid_env_name(&slack.signing_secret_env) {
-                return Err(
-                    "slack.signing_secret_env must name an environment variable (A-Z, 0-9, _)"
-                        .into(),
-                );
-            }
+            check_secret_ref(
+                "slack.signing",
+                slack.signing_secret.as_deref(),
+                slack.signing_secret_env.as_deref(),
+            )?;
         }
         Ok(())
+    }
+
+    /// The tenant secrets these settings name.
+    pub fn secret_names(&self) -> Vec<&str> {
+        let llm = self.llm.as_ref().and_then(|l| l.api_key_secret.as_deref());
+        let slack = self
+            .slack
+            .as_ref()
+            .and_then(|s| s.signing_secret.as_deref());
+        llm.into_iter().chain(slack).collect()
+    }
+
+    /// The environment variables these settings name (legacy references, which the operator
+    /// must allow).
+    pub fn env_names(&self) -> Vec<&str> {
+        let llm = self.llm.as_ref().and_then(|l| l.api_key_env.as_deref());
+        let slack = self
+            .slack
+            .as_ref()
+            .and_then(|s| s.signing_secret_env.as_deref());
+        llm.into_iter().chain(slack).collect()
+    }
+
+    /// The URLs these settings make the copilot call.
+    pub fn urls(&self) -> Vec<(&'static str, &str)> {
+        let prometheus = self
+            .prometheus_url
+            .as_deref()
+            .map(|u| ("prometheus_url", u));
+        let llm = self.llm.as_ref().map(|l| ("llm.base_url", l.base_url.as_str()));
+        prometheus.into_iter().chain(llm).collect()
     }
 }
 
@@ -485,12 +546,19 @@ mod tests {
     }
 
     #[test]
-    fn integrations_take_urls_and_an_env_var_name_never_a_key() {
+    fn integrations_take_urls_and_secret_names_never_a_key() {
         let ok: TenantIntegrations = serde_json::from_str(
-            r#"{"prometheus_url": "http://prom:9090", "llm": {"base_url": "https://api.openai.com/v1", "model": "gpt-4o-mini", "api_key_env": "ACME_OPENAI_KEY"}}"#,
+            r#"{"prometheus_url": "http://prom:9090", "llm": {"base_url": "https://api.openai.com/v1", "model": "gpt-4o-mini", "api_key_secret": "openai"}}"#,
         )
         .unwrap();
         assert!(ok.validate().is_ok());
+        assert_eq!(ok.secret_names(), ["openai"]);
+        // Settings stored before tenant secrets existed still read, and name their variable.
+        let legacy: TenantIntegrations = serde_json::from_str(
+            r#"{"llm": {"base_url": "https://x/v1", "model": "m", "api_key_env": "ACME_OPENAI_KEY"}, "slack": {"team_id": "T1", "signing_secret_env": "ACME_SLACK"}}"#,
+        )
+        .unwrap();
+        assert_eq!(legacy.env_names(), ["ACME_OPENAI_KEY", "ACME_SLACK"]);
         assert!(
             serde_json::from_str::<TenantIntegrations>(
                 r#"{"llm": {"base_url": "https://x/v1", "model": "m", "api_key": "sk-secret"}}"#
@@ -509,6 +577,18 @@ mod tests {
         ));
         assert!(bad(
             r#"{"llm": {"base_url": "https://x/v1", "model": "m", "timeout_ms": 5}}"#
+        ));
+        assert!(bad(
+            r#"{"llm": {"base_url": "https://x/v1", "model": "m\u0000x"}}"#
+        ));
+        assert!(bad(
+            r#"{"llm": {"base_url": "https://x/v1", "model": "\u001b[31mm"}}"#
+        ));
+        assert!(bad(
+            r#"{"llm": {"base_url": "https://x/v1", "model": "m", "api_key_secret": "Bad Name"}}"#
+        ));
+        assert!(bad(
+            r#"{"llm": {"base_url": "https://x/v1", "model": "m", "api_key_secret": "a", "api_key_env": "A"}}"#
         ));
     }
 

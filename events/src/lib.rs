@@ -15,8 +15,10 @@ pub mod subjects;
 mod trace;
 
 pub use admin::{
-    TenantResumed, TenantRetention, TenantRetentionSet, TenantSuspended, UserAdded, UserRemoved,
-    UserUpdated, is_plausible_email, is_valid_name, is_valid_user_id,
+    RESERVED_USER_IDS, SYSTEM_ACTOR_PREFIX, TenantResumed, TenantRetention, TenantRetentionSet,
+    TenantSecretRemoved, TenantSecretSet, TenantSuspended, UserAdded, UserRemoved, UserUpdated,
+    has_forbidden_control, is_plausible_email, is_system_actor, is_valid_name,
+    is_valid_secret_name, is_valid_user_id, system_actor,
 };
 pub use envelope::{DecodeError, Envelope, Event, EventPayload, Headers};
 pub use hypotheses::{

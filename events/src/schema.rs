@@ -10,8 +10,8 @@ use crate::{
     CorrelationRulesSet, Envelope, EventPayload, HypothesesProposed, HypothesisVerdictGiven,
     IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened, IncidentResolved,
     IncidentTransitioned, ModelCallRecorded, SignalAttached, SignalReceived, SignalResolved,
-    TenantCreated, TenantIntegrationsSet, TenantResumed, TenantRetentionSet, TenantSuspended,
-    UserAdded, UserRemoved, UserUpdated, WebhookTokenIssued, WebhookTokenRevoked,
+    TenantCreated, TenantIntegrationsSet, TenantResumed, TenantRetentionSet, TenantSecretRemoved,
+    TenantSecretSet, TenantSuspended, UserAdded, UserRemoved, UserUpdated, WebhookTokenIssued, WebhookTokenRevoked,
 };
 
 fn payload<P: EventPayload>() -> (String, String) {
@@ -53,6 +53,8 @@ pub fn all() -> Vec<(String, String)> {
         payload::<UserAdded>(),
         payload::<UserUpdated>(),
         payload::<UserRemoved>(),
+        payload::<TenantSecretSet>(),
+        payload::<TenantSecretRemoved>(),
     ]
 }
 

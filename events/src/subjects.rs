@@ -59,6 +59,12 @@ pub fn tenant_users(tenant: &str) -> String {
     format!("tenants.{tenant}.users")
 }
 
+/// `tenants.<tenant>.secrets`: tenant secrets stored and removed (names, versions and
+/// fingerprints only; values never travel in events).
+pub fn tenant_secrets(tenant: &str) -> String {
+    format!("tenants.{tenant}.secrets")
+}
+
 /// `incidents.<tenant>.<incident>`: every event of one incident, decisions and commands alike.
 pub fn incident(tenant: &str, incident: uuid::Uuid) -> String {
     format!("incidents.{tenant}.{incident}")

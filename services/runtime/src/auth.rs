@@ -59,6 +59,12 @@ pub struct Claims {
     /// A platform operator's token: administers tenants (`/v1/admin/...`), reads no tenant's data.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub platform: bool,
+    /// Which incarnation of the user the token speaks for: the stream sequence of the
+    /// `UserAdded` that created them. A user removed and added again under the same id is
+    /// another incarnation, and the old token is refused whatever the timing. Tokens from an
+    /// identity provider carry none; theirs must be issued after the user was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub useq: Option<u64>,
 }
 
 /// The tenant claim of platform tokens: not a valid slug, so it can name no tenant's data.
@@ -286,26 +292,29 @@ impl Jwt {
         self.encoding.is_some()
     }
 
-    /// A signed token for user `sub` of `tenant` with at most `role`, valid for `ttl`.
+    /// A signed token for user `sub` of `tenant` with at most `role`, valid for `ttl`, bound to
+    /// the user's incarnation `user_seq` (the `added_seq` of the users read model).
     pub fn issue(
         &self,
         sub: &str,
         tenant: &str,
+        user_seq: u64,
         role: Role,
         ttl: std::time::Duration,
     ) -> Result<String, JwtError> {
-        self.sign(sub, tenant, role, ttl, false)
+        self.sign(sub, tenant, Some(user_seq), role, ttl, false)
     }
 
     /// A platform operator's token (tenant administration only).
     pub fn issue_platform(&self, sub: &str, ttl: std::time::Duration) -> Result<String, JwtError> {
-        self.sign(sub, PLATFORM_TENANT, Role::Admin, ttl, true)
+        self.sign(sub, PLATFORM_TENANT, None, Role::Admin, ttl, true)
     }
 
     fn sign(
         &self,
         sub: &str,
         tenant: &str,
+        useq: Option<u64>,
         role: Role,
         ttl: std::time::Duration,
         platform: bool,
@@ -325,6 +334,7 @@ impl Jwt {
             exp: now + ttl.as_secs(),
             nbf: Some(now),
             platform,
+            useq,
         };
         let mut header = Header::new(self.algorithm.algorithm());
         header.kid = self.kid.clone();
@@ -441,7 +451,7 @@ mod tests {
     #[test]
     fn an_issued_token_verifies_with_its_claims() {
         let jwt = hs(&"s".repeat(32));
-        let token = jwt.issue("alice", "acme", Role::Engineer, MINUTE).unwrap();
+        let token = jwt.issue("alice", "acme", 1, Role::Engineer, MINUTE).unwrap();
         let claims = jwt.verify(&token).unwrap();
         assert_eq!(
             (claims.sub.as_str(), claims.tenant.as_str(), claims.role),
@@ -458,12 +468,12 @@ mod tests {
     #[test]
     fn a_token_signed_with_another_key_is_refused() {
         let forged = hs(&"x".repeat(32))
-            .issue("mallory", "acme", Role::Admin, MINUTE)
+            .issue("mallory", "acme", 1, Role::Admin, MINUTE)
             .unwrap();
         assert!(hs(&"s".repeat(32)).verify(&forged).is_err());
 
         let other_rsa = rsa("rsa_b.pem", "rsa_b.pub.pem")
-            .issue("mallory", "acme", Role::Admin, MINUTE)
+            .issue("mallory", "acme", 1, Role::Admin, MINUTE)
             .unwrap();
         assert!(
             rsa("rsa_a.pem", "rsa_a.pub.pem")
@@ -550,7 +560,7 @@ mod tests {
     #[test]
     fn rs256_and_eddsa_tokens_verify_with_their_public_keys() {
         let jwt = rsa("rsa_a.pem", "rsa_a.pub.pem");
-        let token = jwt.issue("alice", "acme", Role::Viewer, MINUTE).unwrap();
+        let token = jwt.issue("alice", "acme", 1, Role::Viewer, MINUTE).unwrap();
         assert_eq!(jwt.verify(&token).unwrap().sub, "alice");
 
         let ed = Jwt::new(&JwtConfig {
@@ -559,7 +569,7 @@ mod tests {
             ..config(JwtAlgorithm::EdDsa)
         })
         .unwrap();
-        let token = ed.issue("bob", "acme", Role::Viewer, MINUTE).unwrap();
+        let token = ed.issue("bob", "acme", 1, Role::Viewer, MINUTE).unwrap();
         assert_eq!(ed.verify(&token).unwrap().sub, "bob");
         // An RS256 verifier refuses an EdDSA token: the algorithm is pinned.
         assert!(jwt.verify(&token).is_err());
@@ -574,7 +584,7 @@ mod tests {
         .unwrap();
         assert!(!jwt.can_issue());
         assert!(matches!(
-            jwt.issue("a", "acme", Role::Viewer, MINUTE),
+            jwt.issue("a", "acme", 1, Role::Viewer, MINUTE),
             Err(JwtError::CannotIssue(JwtAlgorithm::Rs256))
         ));
     }
@@ -594,7 +604,7 @@ mod tests {
                 ..config(JwtAlgorithm::Rs256)
             })
             .unwrap()
-            .issue("alice", "acme", Role::Viewer, MINUTE)
+            .issue("alice", "acme", 1, Role::Viewer, MINUTE)
             .unwrap()
         };
         assert!(verifier.verify(&signer("rsa_a.pem", "rsa-a")).is_ok());
@@ -608,7 +618,7 @@ mod tests {
         assert!(matches!(
             verifier.verify(
                 &rsa("rsa_a.pem", "rsa_a.pub.pem")
-                    .issue("a", "acme", Role::Viewer, MINUTE)
+                    .issue("a", "acme", 1, Role::Viewer, MINUTE)
                     .unwrap()
             ),
             Err(JwtError::MissingKid)

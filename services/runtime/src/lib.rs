@@ -4,10 +4,12 @@
 
 pub mod auth;
 pub mod consume;
+pub mod egress;
 pub mod http;
 pub mod metrics;
 pub mod nats;
 pub mod ratelimit;
+pub mod secrets;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

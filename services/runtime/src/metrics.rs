@@ -22,6 +22,10 @@ pub struct Metrics {
     pub events_dead_lettered_total: IntCounterVec,
     /// Requests refused with 429, by scope (`webhooks`, `api`).
     pub rate_limited_total: IntCounterVec,
+    /// Failed authentications, by scope (`webhooks`, `api`).
+    pub auth_failures_total: IntCounterVec,
+    /// Connections to tenant-given URLs refused by the egress policy.
+    pub egress_refused_total: prometheus::IntCounter,
     /// Messages the consumer has not yet delivered, as of the last delivery (JetStream's `pending`).
     pub consumer_pending_messages: IntGaugeVec,
     /// Stream sequence of the last event a projection committed.
@@ -111,6 +115,19 @@ impl Metrics {
                 "Requests refused because their tenant was over its rate limit",
             ),
             &["scope"],
+        )
+        .unwrap();
+        let auth_failures_total = IntCounterVec::new(
+            Opts::new(
+                "auth_failures_total",
+                "Requests refused because their credentials were missing, wrong or revoked",
+            ),
+            &["scope"],
+        )
+        .unwrap();
+        let egress_refused_total = prometheus::IntCounter::new(
+            "egress_refused_total",
+            "Connections to tenant-given URLs refused because they reach an internal address",
         )
         .unwrap();
         let consumer_pending_messages = IntGaugeVec::new(
@@ -209,6 +226,8 @@ impl Metrics {
             Box::new(events_projected_total.clone()),
             Box::new(events_dead_lettered_total.clone()),
             Box::new(rate_limited_total.clone()),
+            Box::new(auth_failures_total.clone()),
+            Box::new(egress_refused_total.clone()),
             Box::new(consumer_pending_messages.clone()),
             Box::new(projection_checkpoint_sequence.clone()),
             Box::new(consumer_ack_pending_messages.clone()),
@@ -235,6 +254,8 @@ impl Metrics {
             events_projected_total,
             events_dead_lettered_total,
             rate_limited_total,
+            auth_failures_total,
+            egress_refused_total,
             consumer_pending_messages,
             projection_checkpoint_sequence,
             consumer_ack_pending_messages,

@@ -145,6 +145,54 @@ pub struct Settings {
     #[arg(long, env = "COPILOT_API_BURST", default_value_t = 400, global = true)]
     pub api_burst: u32,
 
+    /// API requests per second allowed per user on each API process, inside the tenant's (0: no limit)
+    #[arg(
+        long,
+        env = "COPILOT_API_USER_RATE_PER_SEC",
+        default_value_t = 40,
+        global = true
+    )]
+    pub api_user_rate_per_sec: u32,
+
+    /// API requests one user may send at once above their rate
+    #[arg(
+        long,
+        env = "COPILOT_API_USER_BURST",
+        default_value_t = 150,
+        global = true
+    )]
+    pub api_user_burst: u32,
+
+    /// Failed authentications (webhooks and API) allowed per source address per minute; past it, that address gets 429 until its budget refills (0: no limit)
+    #[arg(
+        long,
+        env = "COPILOT_AUTH_FAILURES_PER_MIN",
+        default_value_t = 30,
+        global = true
+    )]
+    pub auth_failures_per_min: u32,
+
+    /// Hosts and CIDRs that tenant-given URLs (Prometheus, models) may reach although they are loopback, private, link-local or metadata addresses, comma-separated (e.g. `10.0.0.0/8,prometheus.internal`) [default: none; `copilot up` allows loopback]
+    #[arg(long, env = "COPILOT_EGRESS_ALLOW", global = true)]
+    pub egress_allow: Option<String>,
+
+    /// Environment variables tenants may still name in legacy settings (`llm.api_key_env`, `slack.signing_secret_env`), comma-separated [default: none; tenants store secrets instead]
+    #[arg(long, env = "COPILOT_TENANT_ENV_ALLOW", global = true)]
+    pub tenant_env_allow: Option<String>,
+
+    /// Keys that seal tenant secrets in Postgres: `id:base64-of-32-bytes`, comma-separated, the first seals and all open (rotation); `copilot up` generates one in the data directory when unset
+    #[arg(
+        long,
+        env = "COPILOT_SECRETS_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub secrets_key: Option<String>,
+
+    /// File holding the secrets keys, one `id:base64` per line, the first sealing (instead of COPILOT_SECRETS_KEY)
+    #[arg(long, env = "COPILOT_SECRETS_KEY_FILE", global = true)]
+    pub secrets_key_file: Option<PathBuf>,
+
     /// How long the gateway waits for JetStream to acknowledge an append before answering 503, in milliseconds
     #[arg(
         long,
@@ -312,6 +360,13 @@ impl Settings {
             .unwrap_or_else(|| format!("http://{}", self.listen))
             .trim_end_matches('/')
             .to_owned()
+    }
+
+    /// Whether a tenant's settings may name environment variable `name` (legacy secret references).
+    pub fn tenant_env_allowed(&self, name: &str) -> bool {
+        self.tenant_env_allow
+            .as_deref()
+            .is_some_and(|list| list.split(',').any(|n| n.trim() == name))
     }
 
     /// Settings with every default, for tests and tools that fill in what they need.
