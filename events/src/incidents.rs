@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use crate::{EventPayload, Severity};
 
-/// The actor of decisions the correlator makes.
-pub const CORRELATOR: &str = "correlator";
+/// The actor of decisions the correlator makes. Events recorded before actors were namespaced
+/// say `correlator`; compare with [`crate::is_system_actor`], not with this.
+pub const CORRELATOR: &str = "system:correlator";
 
 /// Where an incident stands. `resolved` can be reopened; `learned` and `inconclusive` close the
 /// review.
@@ -252,11 +253,7 @@ fn valid_env_name(name: &str) -> bool {
 }
 
 /// A reference to a secret: a tenant secret's name, or (legacy) an environment variable.
-fn check_secret_ref(
-    field: &str,
-    secret: Option<&str>,
-    env: Option<&str>,
-) -> Result<(), String> {
+fn check_secret_ref(field: &str, secret: Option<&str>, env: Option<&str>) -> Result<(), String> {
     if secret.is_some() && env.is_some() {
         return Err(format!("set {field}_secret or {field}_env, not both"));
     }
@@ -349,7 +346,10 @@ impl TenantIntegrations {
             .prometheus_url
             .as_deref()
             .map(|u| ("prometheus_url", u));
-        let llm = self.llm.as_ref().map(|l| ("llm.base_url", l.base_url.as_str()));
+        let llm = self
+            .llm
+            .as_ref()
+            .map(|l| ("llm.base_url", l.base_url.as_str()));
         prometheus.into_iter().chain(llm).collect()
     }
 }

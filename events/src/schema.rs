@@ -11,7 +11,8 @@ use crate::{
     IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened, IncidentResolved,
     IncidentTransitioned, ModelCallRecorded, SignalAttached, SignalReceived, SignalResolved,
     TenantCreated, TenantIntegrationsSet, TenantResumed, TenantRetentionSet, TenantSecretRemoved,
-    TenantSecretSet, TenantSuspended, UserAdded, UserRemoved, UserUpdated, WebhookTokenIssued, WebhookTokenRevoked,
+    TenantSecretSet, TenantSuspended, UserAdded, UserRemoved, UserUpdated, WebhookTokenIssued,
+    WebhookTokenRevoked,
 };
 
 fn payload<P: EventPayload>() -> (String, String) {

@@ -210,15 +210,14 @@ async fn people(app: &App, slug: &str) -> String {
 /// if there is none.
 pub async fn user_jwt(app: &App, tenant: &str, user_id: &str, role: Role) -> String {
     let ctx = &app.ctx;
-    let mut tx = ctx.store.begin().await.expect("a transaction");
-    let exists = ctx
-        .store
-        .find_user(&mut tx, tenant, user_id)
-        .await
-        .expect("reading users")
-        .is_some();
-    drop(tx);
-    if !exists {
+    let find = || async {
+        let mut tx = ctx.store.begin().await.expect("a transaction");
+        ctx.store
+            .find_user(&mut tx, tenant, user_id)
+            .await
+            .expect("reading users")
+    };
+    if find().await.is_none() {
         let user = copilot_events::UserAdded {
             user_id: user_id.to_owned(),
             email: format!("{user_id}@{tenant}.test"),
@@ -238,8 +237,15 @@ pub async fn user_jwt(app: &App, tenant: &str, user_id: &str, role: Role) -> Str
         .await
         .expect("the user is projected");
     }
+    let user = find().await.expect("the user exists");
     app.jwt
-        .issue(user_id, tenant, role, Duration::from_secs(600))
+        .issue(
+            user_id,
+            tenant,
+            user.incarnation(),
+            role,
+            Duration::from_secs(600),
+        )
         .expect("issuing a JWT")
 }
 

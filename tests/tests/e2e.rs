@@ -572,6 +572,7 @@ async fn the_read_api_refuses_missing_forged_and_expired_tokens() {
         .issue(
             "m",
             "acme",
+            None,
             copilot_events::Role::Admin,
             Duration::from_secs(60),
         )
@@ -581,7 +582,13 @@ async fn the_read_api_refuses_missing_forged_and_expired_tokens() {
         .as_ref()
         .unwrap()
         .jwt
-        .issue("alice", "acme", copilot_events::Role::Admin, Duration::ZERO)
+        .issue(
+            "alice",
+            "acme",
+            None,
+            copilot_events::Role::Admin,
+            Duration::ZERO,
+        )
         .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
 

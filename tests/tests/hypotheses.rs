@@ -29,6 +29,8 @@ fn llm(server: &FakeLlm, timeout: Duration) -> Engine {
         model: "test-model".into(),
         api_key: Some("test-key".into()),
         timeout,
+        egress: None,
+        key_error: None,
     })
 }
 
@@ -497,6 +499,7 @@ async fn metric_evidence_is_read_from_a_real_prometheus_and_summarised() {
         let now = chrono::Utc::now();
         let found = copilot_hypothesis::metrics::fetch(
             &url,
+            None,
             &templates,
             &["checkout".to_owned(), "bad\"name".to_owned()],
             started - chrono::Duration::seconds(30),

@@ -190,8 +190,12 @@ async fn a_token_naming_another_tenant_or_a_stranger_is_refused() {
     let jwt = &t.app.as_ref().unwrap().jwt;
     // A real user of acme, with a token that claims globex: no such user there.
     t.user_jwt("acme", "carol", Role::Admin).await;
-    let wrong_tenant = jwt.issue("carol", "globex", Role::Admin, HOUR).unwrap();
-    let stranger = jwt.issue("mallory", "acme", Role::Admin, HOUR).unwrap();
+    let wrong_tenant = jwt
+        .issue("carol", "globex", None, Role::Admin, HOUR)
+        .unwrap();
+    let stranger = jwt
+        .issue("mallory", "acme", None, Role::Admin, HOUR)
+        .unwrap();
 
     for token in [&wrong_tenant, &stranger] {
         assert_eq!(

@@ -31,9 +31,13 @@ use crate::{
 /// How long a command waits for the projector to apply its event before answering anyway.
 const PROJECTION_WAIT: Duration = Duration::from_secs(5);
 
-fn command_error(err: CommandError) -> ApiError {
+pub(crate) fn command_error(err: CommandError) -> ApiError {
     match err {
-        CommandError::InvalidSlug(_) => ApiError::Unprocessable(err.to_string()),
+        CommandError::InvalidSlug(_) | CommandError::InvalidSecret(_) => {
+            ApiError::Unprocessable(err.to_string())
+        }
+        CommandError::Store(e) => ApiError::from(e),
+        CommandError::Secrets(e) => ApiError::Internal(anyhow::anyhow!(e)),
         CommandError::TenantExists(_) => ApiError::Conflict(err.to_string()),
         CommandError::Append(e) => {
             tracing::warn!(error = %e, "an administration command's append failed");
@@ -133,7 +137,7 @@ pub struct Items<T> {
 }
 
 impl<T> Items<T> {
-    fn all(items: Vec<T>) -> Json<Self> {
+    pub(crate) fn all(items: Vec<T>) -> Json<Self> {
         Json(Self {
             items,
             next_cursor: None,

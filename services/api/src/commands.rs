@@ -5,11 +5,15 @@
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use chrono::Utc;
 use copilot_events::{
-    Envelope, EventPayload, Headers, Role, TenantCreated, TenantResumed, TenantSuspended,
-    UserAdded, UserRemoved, UserUpdated, WebhookTokenIssued, WebhookTokenRevoked, is_valid_slug,
-    subjects,
+    Envelope, EventPayload, Headers, Role, TenantCreated, TenantResumed, TenantSecretRemoved,
+    TenantSecretSet, TenantSuspended, UserAdded, UserRemoved, UserUpdated, WebhookTokenIssued,
+    WebhookTokenRevoked, has_forbidden_control, is_valid_secret_name, is_valid_slug, subjects,
 };
-use copilot_runtime::auth::NewWebhookToken;
+use copilot_runtime::{
+    auth::NewWebhookToken,
+    secrets::{SecretKeys, SecretsError, fingerprint},
+};
+use copilot_store::{SecretRow, Store, StoreError};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +24,114 @@ pub enum CommandError {
     TenantExists(String),
     #[error("the event store did not take the event: {0}")]
     Append(String),
+    #[error("{0}")]
+    InvalidSecret(String),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Largest secret value, in bytes.
+pub const MAX_SECRET_BYTES: usize = 8192;
+
+/// A stored secret as its event tells it: never the value.
+pub struct StoredSecret {
+    pub name: String,
+    pub version: u32,
+    pub fingerprint: String,
+    pub seq: u64,
+}
+
+/// Seals `value` with the platform's key and stores it as tenant secret `name` (replacing any
+/// value it had, with the next version), then appends `TenantSecretSet` with the version and
+/// fingerprint only. The row commits only once the event is appended, so the audit log never
+/// misses a value that is in force.
+#[allow(clippy::too_many_arguments)]
+pub async fn set_secret(
+    js: &jetstream::Context,
+    store: &Store,
+    keys: &SecretKeys,
+    tenant: &str,
+    name: &str,
+    value: &str,
+    actor: &str,
+    headers: Headers,
+) -> Result<StoredSecret, CommandError> {
+    if !is_valid_secret_name(name) {
+        return Err(CommandError::InvalidSecret(format!(
+            "{name:?} is not a valid secret name: use 1-64 of a-z, 0-9, - and _, starting with a letter"
+        )));
+    }
+    if value.is_empty() || value.len() > MAX_SECRET_BYTES || has_forbidden_control(value) {
+        return Err(CommandError::InvalidSecret(format!(
+            "a secret's value is 1-{MAX_SECRET_BYTES} bytes without control characters"
+        )));
+    }
+    let mut tx = store.begin().await?;
+    let version = store.next_secret_version(&mut tx, tenant, name).await?;
+    let sealed = keys.seal(tenant, name, version as u32, value);
+    let row = SecretRow {
+        name: name.to_owned(),
+        version,
+        key_id: sealed.key_id,
+        nonce: sealed.nonce,
+        ciphertext: sealed.ciphertext,
+        fingerprint: fingerprint(tenant, name, value),
+    };
+    store
+        .put_secret(&mut tx, tenant, &row, actor, Utc::now())
+        .await?;
+    let event = TenantSecretSet {
+        name: name.to_owned(),
+        version: version as u32,
+        fingerprint: row.fingerprint.clone(),
+        set_by: actor.to_owned(),
+    };
+    let seq = append_on(
+        js,
+        subjects::tenant_secrets(tenant),
+        tenant,
+        &event,
+        headers,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(StoredSecret {
+        name: row.name,
+        version: event.version,
+        fingerprint: row.fingerprint,
+        seq,
+    })
+}
+
+/// Deletes tenant secret `name` and appends `TenantSecretRemoved`; `None` when there was none.
+pub async fn remove_secret(
+    js: &jetstream::Context,
+    store: &Store,
+    tenant: &str,
+    name: &str,
+    actor: &str,
+    headers: Headers,
+) -> Result<Option<u64>, CommandError> {
+    let mut tx = store.begin().await?;
+    if !store.delete_secret(&mut tx, tenant, name).await? {
+        return Ok(None);
+    }
+    let event = TenantSecretRemoved {
+        name: name.to_owned(),
+        removed_by: actor.to_owned(),
+    };
+    let seq = append_on(
+        js,
+        subjects::tenant_secrets(tenant),
+        tenant,
+        &event,
+        headers,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Some(seq))
 }
 
 /// The first user of a new tenant: an admin whose id its first JWT carries.
@@ -67,7 +179,10 @@ pub async fn create_tenant(
     if !is_valid_slug(slug) {
         return Err(CommandError::InvalidSlug(slug.to_owned()));
     }
-    let actor = headers.actor.clone().unwrap_or_else(|| "cli".to_owned());
+    let actor = headers
+        .actor
+        .clone()
+        .unwrap_or_else(|| copilot_events::system_actor("cli"));
     let actor = actor.as_str();
     let created = TenantCreated {
         slug: slug.to_owned(),

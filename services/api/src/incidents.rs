@@ -16,10 +16,10 @@ use axum::{
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use copilot_events::{
-    CORRELATOR, CorrelationRules, CorrelationRulesSet, Headers, HypothesisVerdictGiven,
-    IncidentAssigned, IncidentNoteAdded, IncidentReopened, IncidentResolved, IncidentState,
-    IncidentTransitioned, Severity, TenantIntegrations, TenantIntegrationsSet, TenantRetention,
-    TenantRetentionSet, Verdict, subjects,
+    CorrelationRules, CorrelationRulesSet, Headers, HypothesisVerdictGiven, IncidentAssigned,
+    IncidentNoteAdded, IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned,
+    Severity, TenantIntegrations, TenantIntegrationsSet, TenantRetention, TenantRetentionSet,
+    Verdict, is_system_actor, subjects,
 };
 use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::{
@@ -429,9 +429,10 @@ async fn command<F>(
 where
     F: Fn(&IncidentSummary) -> Result<CommandEvent, ApiError>,
 {
-    if caller.0.sub == CORRELATOR {
+    if is_system_actor(&caller.0.sub) {
         return Err(ApiError::Forbidden(format!(
-            "the subject {CORRELATOR:?} is reserved for the correlator's own decisions"
+            "the subject {:?} is reserved for the copilot's own decisions",
+            caller.0.sub
         )));
     }
     let tenant = caller.0.tenant.as_str();
@@ -712,12 +713,48 @@ pub async fn set_integrations(
 ) -> Result<(StatusCode, Json<TenantIntegrations>), ApiError> {
     let integrations = body(payload)?;
     integrations.validate().map_err(ApiError::Unprocessable)?;
+    check_integrations(&api, &caller.0.tenant, &integrations).await?;
     let event = TenantIntegrationsSet {
         integrations: integrations.clone(),
         set_by: caller.0.sub.clone(),
     };
     append_tenant_setting(&api, &caller, &origin, &event).await?;
     Ok((StatusCode::ACCEPTED, Json(integrations)))
+}
+
+/// What the settings make the copilot do on the tenant's behalf, checked before anything is
+/// appended: every URL must pass the egress policy (a literal internal address, or a name that
+/// resolves to one now, is a 422; names are checked again at every call), every secret named must
+/// be one the tenant stored, and an environment variable may be named only where the operator
+/// allows it, so a tenant can never make the copilot send a secret the tenant did not provide.
+async fn check_integrations(
+    api: &Api,
+    tenant: &str,
+    integrations: &TenantIntegrations,
+) -> Result<(), ApiError> {
+    for (field, url) in integrations.urls() {
+        api.egress
+            .check_url_resolved(url)
+            .await
+            .map_err(|e| ApiError::Unprocessable(format!("{field}: {e}")))?;
+    }
+    for name in integrations.env_names() {
+        if !api.ctx.settings.tenant_env_allowed(name) {
+            return Err(ApiError::Unprocessable(format!(
+                "settings may not name the copilot's environment variable {name:?}: store the value with PUT /v1/settings/secrets/{{name}} and name that secret instead"
+            )));
+        }
+    }
+    let names = integrations.secret_names();
+    if !names.is_empty() {
+        let stored = api.ctx.store.list_secrets(tenant).await?;
+        if let Some(missing) = names.iter().find(|n| !stored.iter().any(|s| s.name == **n)) {
+            return Err(ApiError::Unprocessable(format!(
+                "no secret named {missing:?}: store it first with PUT /v1/settings/secrets/{missing}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub async fn get_retention(

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod commands;
 pub mod incidents;
+pub mod secrets;
 pub mod signals;
 
 use std::sync::Arc;
@@ -21,14 +22,16 @@ use axum::{
     http::{Method, header, request::Parts},
     middleware::Next,
     response::Response,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use copilot_events::Role;
 use copilot_runtime::{
     Context, Settings,
     auth::{Claims, Jwt},
+    egress::EgressPolicy,
     http::{Actor, ApiError},
-    ratelimit::TenantLimiter,
+    ratelimit::{AuthFailureLimiter, TenantLimiter},
+    secrets::SecretKeys,
 };
 use copilot_store::Tx;
 use tokio_util::sync::CancellationToken;
@@ -120,6 +123,21 @@ pub const POLICY: &[(Method, &str, Access)] = &[
         "/v1/settings/retention",
         Access::Tenant(Role::Admin),
     ),
+    (
+        Method::GET,
+        "/v1/settings/secrets",
+        Access::Tenant(Role::Admin),
+    ),
+    (
+        Method::PUT,
+        "/v1/settings/secrets/{name}",
+        Access::Tenant(Role::Admin),
+    ),
+    (
+        Method::DELETE,
+        "/v1/settings/secrets/{name}",
+        Access::Tenant(Role::Admin),
+    ),
     (Method::GET, "/v1/audit", Access::Tenant(Role::Admin)),
     (Method::GET, "/v1/admin/tenants", Access::Platform),
     (Method::POST, "/v1/admin/tenants", Access::Platform),
@@ -198,9 +216,23 @@ pub struct Api {
     pub ctx: Context,
     pub jwt: Arc<Jwt>,
     limiter: Option<Arc<TenantLimiter>>,
+    user_limiter: Option<Arc<TenantLimiter>>,
+    auth_failures: Option<Arc<AuthFailureLimiter>>,
+    /// Where tenant-given URLs may point.
+    pub egress: Arc<EgressPolicy>,
+    /// The platform's keys for tenant secrets, when the operator configured them.
+    secrets: Option<Arc<SecretKeys>>,
 }
 
 impl Api {
+    /// The keys tenant secrets are sealed with, or 503 naming what the operator must set.
+    pub fn secret_keys(&self) -> Result<&SecretKeys, ApiError> {
+        self.secrets.as_deref().ok_or_else(|| ApiError::Unavailable {
+            detail: "tenant secrets are not enabled on this copilot: its operator must set COPILOT_SECRETS_KEY or COPILOT_SECRETS_KEY_FILE".into(),
+            retry_after_secs: 60,
+        })
+    }
+
     /// A read transaction that row-level security confines to `tenant`.
     pub async fn tenant_tx(&self, tenant: &str) -> Result<Tx<'static>, ApiError> {
         self.ctx
@@ -268,19 +300,62 @@ async fn authorize(
         tracing::warn!(route, method = %req.method(), "route has no access policy");
         ApiError::Forbidden("this route has no access policy".into())
     })?;
-    let mut claims = api
-        .jwt
-        .verify(bearer(req.headers())?)
-        .map_err(|_| ApiError::Unauthorized("the token is invalid or expired".into()))?;
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let (Some(limiter), Some(source)) = (&api.auth_failures, source) {
+        limiter.admit(source)?;
+    }
     let slug = params.as_ref().ok().and_then(|p| {
         p.iter()
             .find(|(name, _)| *name == "slug")
             .map(|(_, v)| v.to_owned())
     });
+    let mut claims = match authenticate(&api, req.headers(), access, slug).await {
+        Ok(claims) => claims,
+        Err(err @ ApiError::Unauthorized(_)) => {
+            if let (Some(limiter), Some(source)) = (&api.auth_failures, source) {
+                limiter.failed(source);
+            }
+            return Err(err);
+        }
+        Err(err) => return Err(err),
+    };
+    if let Some(limiter) = &api.user_limiter
+        && !claims.platform
+    {
+        limiter.check(&format!("{}/{}", claims.tenant, claims.sub))?;
+    }
+    if let Some(limiter) = &api.limiter {
+        limiter.check(&claims.tenant)?;
+    }
+    let deadline = copilot_runtime::http::ServerTimeouts::from_settings(&api.ctx.settings).body;
+    let mut req = checked_input(req, deadline).await?;
     if claims.platform {
         // An operator is never mistaken for a tenant's user of the same name, in the audit
         // log or anywhere else an actor is recorded.
         claims.sub = format!("platform:{}", claims.sub);
+    }
+    req.extensions_mut().insert(Actor(claims.sub.clone()));
+    req.extensions_mut().insert(Caller(claims));
+    Ok(next.run(req).await)
+}
+
+/// The caller's claims, checked against the users read model and the route's access: 401 for
+/// a token that is not (or no longer) good, 403 for a caller who may not do this, 404 for
+/// another tenant's administration.
+async fn authenticate(
+    api: &Api,
+    headers: &axum::http::HeaderMap,
+    access: Access,
+    slug: Option<String>,
+) -> Result<Claims, ApiError> {
+    let mut claims = api
+        .jwt
+        .verify(bearer(headers)?)
+        .map_err(|_| ApiError::Unauthorized("the token is invalid or expired".into()))?;
+    if claims.platform {
         if matches!(access, Access::Tenant(_)) {
             return Err(ApiError::Forbidden(
                 "a platform token administers tenants and reads no tenant's data; use a user's token"
@@ -297,11 +372,9 @@ async fn authorize(
             .ok_or_else(|| {
                 ApiError::Unauthorized("the token's user does not exist (or was removed)".into())
             })?;
-        // A token issued before its user was (re-)added speaks for someone else: an earlier
-        // user of the same id, since removed.
-        if (claims.iat as i64) < user.added_at.timestamp() {
+        if !bound_to(&claims, &user) {
             return Err(ApiError::Unauthorized(
-                "the token predates its user; issue a new one".into(),
+                "the token was issued for an earlier user of this id; issue a new one".into(),
             ));
         }
         let current: Role = user.role.parse().map_err(|e: String| {
@@ -329,22 +402,31 @@ async fn authorize(
             ));
         }
     }
-    if let Some(limiter) = &api.limiter {
-        limiter.check(&claims.tenant)?;
+    Ok(claims)
+}
+
+/// Whether a user token speaks for this incarnation of its user. A token the copilot issued
+/// names the incarnation (`useq`, the sequence of the `UserAdded`); one from an identity
+/// provider names none, and must then have been issued after the second the user was added, so
+/// a token of a removed user cannot pass for a new user of the same id, whatever the timing.
+fn bound_to(claims: &Claims, user: &copilot_store::UserView) -> bool {
+    match (claims.useq, user.incarnation()) {
+        (Some(token), Some(current)) => token == current,
+        // A user projected before incarnations were recorded: nothing to compare a bound token
+        // with but the time.
+        (Some(_), None) | (None, _) => (claims.iat as i64) > user.added_at.timestamp(),
     }
-    let deadline = copilot_runtime::http::ServerTimeouts::from_settings(&api.ctx.settings).body;
-    let mut req = checked_input(req, deadline).await?;
-    req.extensions_mut().insert(Actor(claims.sub.clone()));
-    req.extensions_mut().insert(Caller(claims));
-    Ok(next.run(req).await)
 }
 
 /// Largest API request body.
 const MAX_API_BODY: usize = 1024 * 1024;
 
 /// Refuses what no handler should see: a NUL in the query string (Postgres cannot compare text
-/// with one, so it would fail as a 500), and a body that is JSON but not an object (serde
-/// accepts `[]` for a struct whose fields all have defaults).
+/// with one, so it would fail as a 500), a body that is JSON but not an object (serde accepts
+/// `[]` for a struct whose fields all have defaults), and a body with a NUL or another control
+/// character (but tab and line breaks) in any string: Postgres refuses NUL, so such a command
+/// would be appended and then dead-lettered by the projector, never taking effect; ANSI escapes
+/// would reach terminals through the audit log.
 async fn checked_input(req: Request, deadline: std::time::Duration) -> Result<Request, ApiError> {
     let uri = req.uri();
     if uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")) {
@@ -366,14 +448,79 @@ async fn checked_input(req: Request, deadline: std::time::Duration) -> Result<Re
         }
         Some(_) => return Err(ApiError::BadRequest("the body is not valid JSON".into())),
     }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && let Some(path) = control_character_at(&value, String::new())
+    {
+        return Err(ApiError::Unprocessable(format!(
+            "{path} contains a NUL or control character; only tab and line breaks are allowed"
+        )));
+    }
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+/// The JSON path of the first string (value or key) holding a forbidden control character.
+fn control_character_at(value: &serde_json::Value, path: String) -> Option<String> {
+    use copilot_events::has_forbidden_control;
+    let here = || {
+        if path.is_empty() {
+            "the body".to_owned()
+        } else {
+            path.clone()
+        }
+    };
+    match value {
+        serde_json::Value::String(s) => has_forbidden_control(s).then(here),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| control_character_at(item, format!("{}[{i}]", here()))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let at = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            if has_forbidden_control(key) {
+                return Some(format!("a field name in {}", here()));
+            }
+            control_character_at(item, at)
+        }),
+        _ => None,
+    }
 }
 
 /// The API routes, to be served alone or beside the other services.
 pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
-    let limiter = TenantLimiter::new("api", ctx.settings.api_rate_per_sec, ctx.settings.api_burst)
-        .map(Arc::new);
-    let api = Api { ctx, jwt, limiter };
+    let settings = &ctx.settings;
+    let limiter =
+        TenantLimiter::new("api", settings.api_rate_per_sec, settings.api_burst).map(Arc::new);
+    let user_limiter = TenantLimiter::per_user(
+        "api_user",
+        settings.api_user_rate_per_sec,
+        settings.api_user_burst,
+    )
+    .map(Arc::new);
+    let auth_failures =
+        AuthFailureLimiter::new("api", settings.auth_failures_per_min).map(Arc::new);
+    // Settings are checked when the process starts (`copilot_runtime::check_settings`); should
+    // they still not parse here, the safe reading is the strictest.
+    let egress = EgressPolicy::from_settings(settings).unwrap_or_else(|err| {
+        tracing::error!(error = %err, "egress policy unreadable; tenant URLs reach public addresses only");
+        EgressPolicy::strict()
+    });
+    let secrets = SecretKeys::from_settings(settings).unwrap_or_else(|err| {
+        tracing::error!(error = %err, "secrets keys unreadable; tenant secrets are disabled");
+        None
+    });
+    let api = Api {
+        ctx,
+        jwt,
+        limiter,
+        user_limiter,
+        auth_failures,
+        egress: Arc::new(egress),
+        secrets: secrets.map(Arc::new),
+    };
     Router::new()
         .route("/v1/me", get(admin::me))
         .route("/v1/signals", get(signals::list))
@@ -404,6 +551,11 @@ pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
         .route(
             "/v1/settings/retention",
             get(incidents::get_retention).put(incidents::set_retention),
+        )
+        .route("/v1/settings/secrets", get(secrets::list))
+        .route(
+            "/v1/settings/secrets/{name}",
+            put(secrets::put).delete(secrets::delete),
         )
         .route("/v1/audit", get(admin::audit))
         .route(

@@ -15,7 +15,8 @@ use copilot_runtime::{Context, Settings, auth::Jwt};
 
 use crate::cli::{TenantsCommand, TokenCommand, UsersCommand, WebhookTokenCommand};
 
-const ACTOR: &str = "cli";
+/// The actor of the CLI's commands, namespaced so no user can be mistaken for it.
+const ACTOR: &str = "system:cli";
 
 fn headers() -> Headers {
     Headers {
@@ -42,6 +43,26 @@ async fn ensure_tenant(ctx: &Context, slug: &str) -> anyhow::Result<()> {
         "tenant {slug:?} does not exist (see `copilot tenants list`)"
     );
     Ok(())
+}
+
+/// A JWT for user `user_id` of `tenant`, bound to the user's current incarnation (so it stops
+/// working if the user is removed, even if someone is added again under the same id).
+pub async fn user_token(
+    ctx: &Context,
+    jwt: &Jwt,
+    tenant: &str,
+    user_id: &str,
+    role: Role,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    let mut tx = ctx.store.begin().await?;
+    let user = ctx
+        .store
+        .find_user(&mut tx, tenant, user_id)
+        .await?
+        .with_context(|| format!("{user_id:?} is not a user of {tenant}"))?;
+    let current: Role = user.role.parse().map_err(anyhow::Error::msg)?;
+    Ok(jwt.issue(user_id, tenant, user.incarnation(), role.min(current), ttl)?)
 }
 
 /// Refuses to demote or remove a tenant's last admin, as the API does.
@@ -79,14 +100,16 @@ pub async fn tenants(settings: Settings, command: TenantsCommand) -> anyhow::Res
                 commands::create_tenant(&ctx.js, &slug, &name, admin_email.as_deref(), headers())
                     .await?;
             settle(&ctx).await?;
-            let admin = jwt
-                .issue(
-                    FIRST_ADMIN,
-                    &slug,
-                    Role::Admin,
-                    Duration::from_secs(30 * 24 * 3600),
-                )
-                .unwrap_or_else(|e| format!("(none: {e})"));
+            let admin = user_token(
+                &ctx,
+                &jwt,
+                &slug,
+                FIRST_ADMIN,
+                Role::Admin,
+                Duration::from_secs(30 * 24 * 3600),
+            )
+            .await
+            .unwrap_or_else(|e| format!("(none: {e})"));
             if json {
                 println!(
                     "{}",
@@ -189,7 +212,13 @@ pub async fn token(settings: Settings, command: TokenCommand) -> anyhow::Result<
     let current: Role = found.role.parse().map_err(anyhow::Error::msg)?;
     println!(
         "{}",
-        jwt.issue(&user, &tenant, role.unwrap_or(current).min(current), ttl)?
+        jwt.issue(
+            &user,
+            &tenant,
+            found.incarnation(),
+            role.unwrap_or(current).min(current),
+            ttl
+        )?
     );
     Ok(())
 }

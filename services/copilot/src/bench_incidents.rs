@@ -134,12 +134,15 @@ async fn run(settings: Settings, args: &IncidentsArgs) -> anyhow::Result<Inciden
         .seed_bench_incidents("bench", args.incidents, args.signals_per_incident)
         .await?;
     let (incidents, signals) = ctx.store.incident_totals("bench").await?;
-    let jwt = app.jwt.issue(
-        copilot_api::commands::FIRST_ADMIN,
+    let jwt = crate::admin::user_token(
+        &app.ctx,
+        &app.jwt,
         "bench",
+        copilot_api::commands::FIRST_ADMIN,
         Role::Viewer,
         Duration::from_secs(3600),
-    )?;
+    )
+    .await?;
     let client = reqwest::Client::new();
     let mut list = Vec::new();
     for query in [

@@ -61,6 +61,11 @@ pub enum Command {
         #[command(subcommand)]
         command: WebhookTokenCommand,
     },
+    /// Tenant secrets (model keys, Slack signing secrets): sealing keys, storing, rotation
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// People of a tenant and their roles
     Users {
         #[command(subcommand)]
@@ -207,6 +212,44 @@ pub enum UsersCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Print a new sealing key (`id:base64`) for COPILOT_SECRETS_KEY or its file; to rotate, put
+    /// it first in the list, run `copilot secrets rekey`, then drop the old key
+    NewKey {
+        /// The key's id, recorded beside every secret it seals
+        #[arg(long, default_value_t = chrono::Utc::now().format("k%Y%m%d").to_string())]
+        id: String,
+    },
+    /// Store a tenant secret, read from stdin (or a variable); its value is never shown again
+    Set {
+        #[arg(long)]
+        tenant: String,
+        /// The name settings refer to it by (`llm.api_key_secret`)
+        name: String,
+        /// Read the value from this environment variable instead of stdin
+        #[arg(long)]
+        from_env: Option<String>,
+    },
+    /// List a tenant's secrets: names, versions and fingerprints, never values
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Delete a tenant secret; settings that name it stop sending it
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// Move settings that name environment variables (`llm.api_key_env`,
+    /// `slack.signing_secret_env`) onto tenant secrets holding their values as this command
+    /// sees them
+    ImportEnv,
+    /// Re-seal every secret with the first key, after a new key was put first
+    Rekey,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum EvalCommand {
     /// Run an engine over a directory of scenario cases; print top-1/top-3 accuracy, citation
     /// validity and expected calibration error
@@ -259,12 +302,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway => copilot_gateway::run(settings, shutdown).await,
         Command::Projector => copilot_projector::run(settings, shutdown).await,
         Command::Correlator => copilot_correlator::run(settings, shutdown).await,
-        Command::Hypothesis => copilot_hypothesis::run(settings, shutdown).await,
+        Command::Hypothesis => {
+            load_secrets_key(&mut settings, false)?;
+            copilot_hypothesis::run(settings, shutdown).await
+        }
         Command::Eval {
             command: EvalCommand::Hypotheses(args),
         } => crate::eval::hypotheses(&settings, args).await,
         Command::Api => {
-            load_secret(&mut settings, false)?;
+            load_keys(&mut settings)?;
             copilot_api::run(settings, shutdown).await
         }
         Command::Migrate => {
@@ -283,15 +329,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tenants { command } => {
-            load_secret(&mut settings, false)?;
+            load_keys(&mut settings)?;
             crate::admin::tenants(settings, command).await
         }
         Command::Token { command } => {
-            load_secret(&mut settings, false)?;
+            load_keys(&mut settings)?;
             crate::admin::token(settings, command).await
         }
         Command::WebhookToken { command } => crate::admin::webhook_tokens(settings, command).await,
         Command::Users { command } => crate::admin::users(settings, command).await,
+        Command::Secrets { command } => {
+            load_keys(&mut settings)?;
+            crate::secrets::run(settings, command).await
+        }
         Command::Bench {
             command: BenchCommand::Ingest(args),
         } => crate::bench::ingest(settings, args).await,
@@ -334,7 +384,7 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
     catch_up(ctx, Projection::Tenants, Duration::from_secs(30)).await?;
     let token_path = data_dir.join(DEFAULT_TOKEN_FILE);
     if !ctx.store.tenant_exists(DEFAULT_TENANT).await? {
-        let created = create_tenant(ctx, DEFAULT_TENANT, "Default", "up").await?;
+        let created = create_tenant(ctx, DEFAULT_TENANT, "Default", UP_ACTOR).await?;
         write_private(&token_path, &created.webhook_token)?;
         return Ok(created.webhook_token);
     }
@@ -352,9 +402,9 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
     let token = copilot_api::commands::issue_webhook_token(
         &ctx.js,
         DEFAULT_TENANT,
-        "up",
+        UP_ACTOR,
         copilot_events::Headers {
-            actor: Some("up".to_owned()),
+            actor: Some(UP_ACTOR.to_owned()),
             ..Default::default()
         },
     )
@@ -379,9 +429,9 @@ async fn ensure_first_admin(ctx: &Context) -> anyhow::Result<()> {
         return Ok(());
     }
     drop(tx);
-    let admin = copilot_api::commands::first_admin(DEFAULT_TENANT, None, "up");
+    let admin = copilot_api::commands::first_admin(DEFAULT_TENANT, None, UP_ACTOR);
     let headers = copilot_events::Headers {
-        actor: Some("up".to_owned()),
+        actor: Some(UP_ACTOR.to_owned()),
         ..Default::default()
     };
     copilot_api::commands::add_user(&ctx.js, DEFAULT_TENANT, &admin, headers).await?;
@@ -394,7 +444,12 @@ async fn ensure_first_admin(ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The actor `copilot up` records its own commands under.
+const UP_ACTOR: &str = "system:up";
 const SECRET_FILE: &str = "jwt-secret";
+const SECRETS_KEY_FILE: &str = "secrets-key";
+/// What `copilot up` lets tenant URLs reach when the operator says nothing: this machine.
+const LAPTOP_EGRESS: &str = "127.0.0.0/8,::1";
 const DEFAULT_TOKEN_FILE: &str = "default-webhook-token";
 pub(crate) const DEFAULT_TENANT: &str = "default";
 
@@ -422,6 +477,41 @@ pub(crate) fn load_secret(settings: &mut Settings, create: bool) -> anyhow::Resu
     Ok(())
 }
 
+/// Uses the configured secrets key; otherwise the one kept in the data directory, generated
+/// there (mode 0600) when `create` is set. Returns a note for the operator when it generated one.
+pub(crate) fn load_secrets_key(
+    settings: &mut Settings,
+    create: bool,
+) -> anyhow::Result<Option<String>> {
+    if settings.secrets_key.is_some() || settings.secrets_key_file.is_some() {
+        return Ok(None);
+    }
+    let path = settings.data_dir.join(SECRETS_KEY_FILE);
+    let mut note = None;
+    if !path.exists() {
+        if !create {
+            return Ok(None);
+        }
+        let key = copilot_runtime::secrets::generate_key(
+            &chrono::Utc::now().format("k%Y%m%d").to_string(),
+        );
+        write_private(&path, &format!("{key}\n"))?;
+        note = Some(format!(
+            "generated the key that seals tenant secrets in {} (back it up: secrets stored with it cannot be read without it)",
+            path.display()
+        ));
+    }
+    settings.secrets_key_file = Some(path);
+    Ok(note)
+}
+
+/// Both keys a process may find in the data directory: the JWT secret and the secrets key.
+pub(crate) fn load_keys(settings: &mut Settings) -> anyhow::Result<()> {
+    load_secret(settings, false)?;
+    load_secrets_key(settings, false)?;
+    Ok(())
+}
+
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -440,23 +530,31 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 async fn up(mut settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
-    let local = Local::resolve(&mut settings).await?;
+    let mut local = Local::resolve(&mut settings).await?;
     load_secret(&mut settings, true)?;
+    local.notes.extend(load_secrets_key(&mut settings, true)?);
+    if settings.egress_allow.is_none() {
+        settings.egress_allow = Some(LAPTOP_EGRESS.to_owned());
+        local.notes.push(format!(
+            "tenant-given URLs (Prometheus, models) may reach this machine's loopback addresses ({LAPTOP_EGRESS}), as on a laptop; set COPILOT_EGRESS_ALLOW (empty: public addresses only) on a shared deployment"
+        ));
+    }
     let data_dir = settings.data_dir.clone();
     let public_url = settings.public_url.clone();
     let result = async {
         let app = App::start(settings, Services::All).await?;
         let base = public_url.unwrap_or_else(|| app.url());
         let token = default_tenant_token(&app.ctx, &data_dir).await?;
-        let jwt = app
-            .jwt
-            .issue(
-                copilot_api::commands::FIRST_ADMIN,
-                DEFAULT_TENANT,
-                Role::Admin,
-                Duration::from_secs(30 * 24 * 3600),
-            )
-            .unwrap_or_else(|e| format!("(none: {e})"));
+        let jwt = crate::admin::user_token(
+            &app.ctx,
+            &app.jwt,
+            DEFAULT_TENANT,
+            copilot_api::commands::FIRST_ADMIN,
+            Role::Admin,
+            Duration::from_secs(30 * 24 * 3600),
+        )
+        .await
+        .unwrap_or_else(|e| format!("(none: {e})"));
         for note in &local.notes {
             eprintln!("{note}");
         }

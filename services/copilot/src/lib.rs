@@ -10,5 +10,6 @@ pub mod cli;
 pub mod eval;
 pub mod local;
 pub mod schemas;
+pub mod secrets;
 
 pub use app::App;

@@ -15,7 +15,7 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::Utc;
-use copilot_events::{CORRELATOR, CorrelationRules, Envelope, Event, IncidentState, subjects};
+use copilot_events::{CorrelationRules, Envelope, Event, IncidentState, is_system_actor, subjects};
 use copilot_runtime::{
     Context, Settings,
     consume::{self, Batches},
@@ -274,10 +274,10 @@ async fn follow_lifecycle(ctx: &Context, shutdown: &CancellationToken) -> anyhow
                 continue;
             };
             let (incident_id, state, at) = match envelope.decode() {
-                Ok(Event::IncidentResolved(e)) if e.actor != CORRELATOR => {
+                Ok(Event::IncidentResolved(e)) if !is_system_actor(&e.actor) => {
                     (e.incident_id, "resolved", Some(envelope.occurred_at))
                 }
-                Ok(Event::IncidentReopened(e)) if e.actor != CORRELATOR => {
+                Ok(Event::IncidentReopened(e)) if !is_system_actor(&e.actor) => {
                     (e.incident_id, "open", Some(envelope.occurred_at))
                 }
                 Ok(Event::IncidentTransitioned(e))

@@ -41,19 +41,22 @@ impl TokenCache {
                 owner
             }
         };
+        // Credentials that do not fit together are refused before anything about the token's
+        // tenant is told, and without naming it: a caller who knows a token but not its tenant
+        // learns nothing more.
         match owner {
-            Some(owner) if owner.revoked => Err(ApiError::Unauthorized(
-                "the webhook token has been revoked".into(),
-            )),
-            Some(owner) if owner.suspended => Err(ApiError::Forbidden(format!(
-                "tenant {} is suspended; its webhooks are refused until it is resumed",
-                owner.tenant
-            ))),
             Some(owner) if user.as_ref().is_some_and(|u| *u != owner.tenant) => {
                 Err(ApiError::Unauthorized(
                     "the basic-auth user must be the tenant the token belongs to".into(),
                 ))
             }
+            Some(owner) if owner.revoked => Err(ApiError::Unauthorized(
+                "the webhook token has been revoked".into(),
+            )),
+            Some(owner) if owner.suspended => Err(ApiError::Forbidden(
+                "the token's tenant is suspended; its webhooks are refused until it is resumed"
+                    .into(),
+            )),
             Some(owner) => Ok(owner.tenant),
             None => Err(ApiError::Unauthorized("unknown webhook token".into())),
         }

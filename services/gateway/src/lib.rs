@@ -21,7 +21,10 @@ use axum::{
 use chrono::Utc;
 use copilot_events::{Envelope, Headers, SignalReceived, SignalSource, subjects};
 use copilot_runtime::{
-    Context, Settings, http::ApiError, metrics::Metrics, ratelimit::TenantLimiter,
+    Context, Settings,
+    http::ApiError,
+    metrics::Metrics,
+    ratelimit::{AuthFailureLimiter, TenantLimiter},
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +41,7 @@ pub struct Gateway {
     ctx: Context,
     tokens: Arc<auth::TokenCache>,
     limiter: Option<Arc<TenantLimiter>>,
+    auth_failures: Option<Arc<AuthFailureLimiter>>,
 }
 
 /// The answer to an accepted webhook.
@@ -57,10 +61,13 @@ pub fn router(ctx: Context) -> Router {
         ctx.settings.webhook_burst,
     )
     .map(Arc::new);
+    let auth_failures =
+        AuthFailureLimiter::new("webhooks", ctx.settings.auth_failures_per_min).map(Arc::new);
     let gateway = Gateway {
         ctx,
         tokens: Arc::new(auth::TokenCache::default()),
         limiter,
+        auth_failures,
     };
     Router::new()
         .route("/v1/webhooks/alertmanager", post(alertmanager))
@@ -96,10 +103,27 @@ impl Gateway {
         req: Request,
     ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
         let (parts, body) = req.into_parts();
-        let tenant = self
+        let source_addr = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let limited = self.auth_failures.as_deref().zip(source_addr);
+        if let Some((limiter, addr)) = limited {
+            limiter.admit(addr)?;
+        }
+        let tenant = match self
             .tokens
             .authenticate(&self.ctx.store, &parts.headers)
-            .await?;
+            .await
+        {
+            Ok(tenant) => tenant,
+            Err(err) => {
+                if let (Some((limiter, addr)), ApiError::Unauthorized(_)) = (limited, &err) {
+                    limiter.failed(addr);
+                }
+                return Err(err);
+            }
+        };
         if let Some(limiter) = &self.limiter {
             limiter.check(&tenant)?;
         }

@@ -24,7 +24,13 @@ use copilot_events::{
     Envelope, Event, EventPayload, Headers, HypothesesProposed, Hypothesis, ModelCallRecorded,
     TenantIntegrations, TokenUsage, TraceParent, derived_id, subjects,
 };
-use copilot_runtime::{Context, Settings, metrics::Metrics, nats};
+use copilot_runtime::{
+    Context, Settings,
+    egress::EgressPolicy,
+    metrics::Metrics,
+    nats,
+    secrets::{Sealed, SecretKeys},
+};
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -44,25 +50,34 @@ pub enum Engine {
 
 impl Engine {
     /// The tenant's own model when it set one, else the global one, else the built-in engine.
-    pub fn for_tenant(settings: &Settings, integrations: &TenantIntegrations) -> Self {
-        match &integrations.llm {
-            Some(llm) => Self::Llm(LlmConfig {
-                base_url: llm.base_url.clone(),
-                model: llm.model.clone(),
-                api_key: llm.api_key_env.as_ref().and_then(|name| {
-                    let key = std::env::var(name).ok();
-                    if key.is_none() {
-                        tracing::warn!(
-                            variable = name.as_str(),
-                            "the tenant's model key variable is not set; calling without a key"
-                        );
-                    }
-                    key
-                }),
-                timeout: Duration::from_millis(llm.timeout_ms.unwrap_or(settings.llm_timeout_ms)),
-            }),
-            None => Self::from_settings(settings),
-        }
+    /// A tenant's model is called under the egress policy, with the key from the tenant's own
+    /// secret (or, legacy, a variable the operator allows tenants to name), never anything else.
+    pub async fn for_tenant(
+        ctx: &Context,
+        tenant: &str,
+        integrations: &TenantIntegrations,
+    ) -> Self {
+        let settings = &ctx.settings;
+        let Some(llm) = &integrations.llm else {
+            return Self::from_settings(settings);
+        };
+        let (api_key, key_error) = match tenant_key(ctx, tenant, llm).await {
+            Ok(key) => (key, None),
+            Err(reason) => {
+                tracing::warn!(tenant, reason, "the tenant's model key is unavailable");
+                (None, Some(reason))
+            }
+        };
+        let egress =
+            EgressPolicy::from_settings(settings).unwrap_or_else(|_| EgressPolicy::strict());
+        Self::Llm(LlmConfig {
+            base_url: llm.base_url.clone(),
+            model: llm.model.clone(),
+            api_key,
+            timeout: Duration::from_millis(llm.timeout_ms.unwrap_or(settings.llm_timeout_ms)),
+            egress: Some(egress),
+            key_error,
+        })
     }
 
     pub fn from_settings(settings: &Settings) -> Self {
@@ -72,10 +87,52 @@ impl Engine {
                 model: model.clone(),
                 api_key: settings.llm_api_key.clone(),
                 timeout: Duration::from_millis(settings.llm_timeout_ms),
+                egress: None,
+                key_error: None,
             }),
             _ => Self::Builtin,
         }
     }
+}
+
+/// The API key of a tenant's model: its secret opened with the platform's keys, or the value of
+/// a variable the operator allows tenants to name; `Err` says why there is none to send.
+async fn tenant_key(
+    ctx: &Context,
+    tenant: &str,
+    llm: &copilot_events::TenantLlm,
+) -> Result<Option<String>, String> {
+    if let Some(name) = &llm.api_key_secret {
+        let keys = SecretKeys::from_settings(&ctx.settings)
+            .map_err(|e| format!("secret {name:?}: {e}"))?
+            .ok_or_else(|| format!("secret {name:?}: this copilot has no secrets key"))?;
+        let row = ctx
+            .store
+            .sealed_secret(tenant, name)
+            .await
+            .map_err(|_| format!("secret {name:?} could not be read"))?
+            .ok_or_else(|| format!("secret {name:?} is not stored"))?;
+        let sealed = Sealed {
+            key_id: row.key_id,
+            nonce: row.nonce,
+            ciphertext: row.ciphertext,
+        };
+        return keys
+            .open(tenant, name, row.version as u32, &sealed)
+            .map(Some)
+            .map_err(|e| format!("secret {name:?}: {e}"));
+    }
+    if let Some(name) = &llm.api_key_env {
+        if !ctx.settings.tenant_env_allowed(name) {
+            return Err(format!(
+                "llm.api_key_env names {name:?}, which the operator does not allow tenants to use; store the key as a tenant secret"
+            ));
+        }
+        return std::env::var(name)
+            .map(Some)
+            .map_err(|_| format!("variable {name:?} is not set"));
+    }
+    Ok(None)
 }
 
 /// A model call as it went, for telemetry.
@@ -380,13 +437,19 @@ pub async fn integrations(ctx: &Context, tenant: &str) -> anyhow::Result<TenantI
         .unwrap_or_default())
 }
 
+/// Where metric evidence comes from: a Prometheus and, for a tenant's own, the egress policy.
+pub struct MetricsSource<'a> {
+    pub url: &'a str,
+    pub egress: Option<EgressPolicy>,
+}
+
 /// Gathers the facts of one incident from the read models, and from Prometheus when the tenant
 /// or the process names one. `None` while the incident is not in the read model yet.
 pub async fn gather(
     ctx: &Context,
     tenant: &str,
     incident_id: Uuid,
-    prometheus_url: Option<&str>,
+    prometheus: Option<MetricsSource<'_>>,
 ) -> anyhow::Result<Option<EvidenceInput>> {
     let store = &ctx.store;
     let Some(incident) = store
@@ -424,8 +487,8 @@ pub async fn gather(
             }
         })
         .collect();
-    let metrics = match prometheus_url {
-        Some(url) => {
+    let metrics = match prometheus {
+        Some(MetricsSource { url, egress }) => {
             let templates = match &ctx.settings.prometheus_queries {
                 Some(path) => metrics::templates_from_file(path).with_context(|| {
                     format!("reading the Prometheus query templates {}", path.display())
@@ -448,6 +511,7 @@ pub async fn gather(
             let end = Utc::now().max(onset + chrono::Duration::minutes(5));
             metrics::fetch(
                 url,
+                egress.as_ref(),
                 &templates,
                 &services,
                 onset - chrono::Duration::minutes(30),
@@ -503,12 +567,20 @@ async fn propose(ctx: &Context, claim: &copilot_store::HypothesisClaim) -> anyho
     let (tenant, incident_id) = (claim.tenant.as_str(), claim.incident_id);
     let trace = claim.traceparent.as_deref().and_then(TraceParent::parse);
     let integrations = integrations(ctx, tenant).await?;
-    let engine = Engine::for_tenant(&ctx.settings, &integrations);
-    let prometheus_url = integrations
-        .prometheus_url
-        .as_deref()
-        .or(ctx.settings.prometheus_url.as_deref());
-    let Some(input) = gather(ctx, tenant, incident_id, prometheus_url).await? else {
+    let engine = Engine::for_tenant(ctx, tenant, &integrations).await;
+    // A tenant's Prometheus is reached under the egress policy; the operator's is not.
+    let prometheus = match (&integrations.prometheus_url, &ctx.settings.prometheus_url) {
+        (Some(url), _) => Some(MetricsSource {
+            url,
+            egress: Some(
+                EgressPolicy::from_settings(&ctx.settings)
+                    .unwrap_or_else(|_| EgressPolicy::strict()),
+            ),
+        }),
+        (None, Some(url)) => Some(MetricsSource { url, egress: None }),
+        (None, None) => None,
+    };
+    let Some(input) = gather(ctx, tenant, incident_id, prometheus).await? else {
         return Ok(false);
     };
     let previous = ctx

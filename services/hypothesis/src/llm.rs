@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use async_openai::{
     Client,
     config::OpenAIConfig,
+    error::OpenAIError,
     types::chat::{
         ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs,
         CreateChatCompletionRequestArgs, ResponseFormat, ResponseFormatJsonSchema,
     },
 };
 use copilot_events::{CauseKind, Hypothesis, TokenUsage};
+use copilot_runtime::egress::{EgressPolicy, is_refusal};
 use serde::Deserialize;
 
 use crate::{
@@ -21,22 +23,52 @@ use crate::{
 };
 
 /// Where and how to reach the model.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LlmConfig {
     /// Base URL including `/v1`, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`.
     pub base_url: String,
     pub model: String,
     pub api_key: Option<String>,
     pub timeout: Duration,
+    /// For a tenant's own model: the egress policy every connection to it obeys. `None` for
+    /// the operator's model, which is the operator's to point anywhere.
+    pub egress: Option<EgressPolicy>,
+    /// Why the model's key could not be had (a secret missing or unreadable): the call is not
+    /// made, and the built-in engine answers, saying this.
+    pub key_error: Option<String>,
 }
 
+impl std::fmt::Debug for LlmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("timeout", &self.timeout)
+            .field("egress", &self.egress)
+            .field("key_error", &self.key_error)
+            .finish()
+    }
+}
+
+/// Why a model call failed. These are recorded in the proposal (`fallback_reason`), which every
+/// viewer of the tenant can read, so each is a class with at most a status code: never what the
+/// endpoint answered, which could be anything the URL reached.
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
     #[error("the model did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("the model endpoint failed: {0}")]
-    Endpoint(String),
-    #[error("the request to the model could not be built: {0}")]
+    #[error("the model endpoint answered status {0}")]
+    Status(u16),
+    #[error("the model endpoint could not be reached")]
+    Unreachable,
+    #[error(
+        "the model endpoint is an internal address this tenant's settings may not reach (egress policy)"
+    )]
+    Refused,
+    #[error("the model's API key is unavailable: {0}")]
+    Key(String),
+    #[error("the request to the model could not be built")]
     Invalid(String),
     #[error("the model's answer is not usable: {reason}")]
     Unusable { reason: String, usage: TokenUsage },
@@ -47,8 +79,26 @@ impl LlmError {
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::Timeout(_) => "timeout",
-            Self::Endpoint(_) => "error",
+            Self::Status(_) | Self::Unreachable => "error",
+            Self::Refused | Self::Key(_) => "refused",
             Self::Invalid(_) | Self::Unusable { .. } => "invalid",
+        }
+    }
+
+    /// The class of a failed call, from what the client library reports.
+    fn of(err: OpenAIError) -> Self {
+        match err {
+            OpenAIError::ApiError(e) => Self::Status(e.status_code.as_u16()),
+            OpenAIError::Reqwest(e) if is_refusal(&e) => Self::Refused,
+            OpenAIError::Reqwest(e) => match e.status() {
+                Some(status) => Self::Status(status.as_u16()),
+                None => Self::Unreachable,
+            },
+            OpenAIError::JSONDeserialize(..) => Self::Unusable {
+                reason: "not an OpenAI-compatible answer".into(),
+                usage: TokenUsage::default(),
+            },
+            _ => Self::Unreachable,
         }
     }
 
@@ -141,11 +191,25 @@ pub async fn propose(
     let prompt_digest = blake3::hash(format!("{SYSTEM}\n{user}").as_bytes())
         .to_hex()
         .to_string();
+    if let Some(reason) = &config.key_error {
+        return Err(LlmError::Key(reason.clone()));
+    }
     let mut openai = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
     if let Some(key) = &config.api_key {
         openai = openai.with_api_key(key);
     }
-    let client = Client::with_config(openai);
+    let mut client = Client::with_config(openai);
+    if let Some(policy) = &config.egress {
+        policy.check_url(&config.base_url).map_err(|err| {
+            tracing::warn!(error = %err, "egress refused");
+            LlmError::Refused
+        })?;
+        let http = policy
+            .client_builder()
+            .build()
+            .map_err(|e| LlmError::Invalid(e.to_string()))?;
+        client = client.with_http_client(http);
+    }
     let schema = serde_json::to_value(schemars::schema_for!(Answer))
         .map_err(|e| LlmError::Invalid(e.to_string()))?;
     let request = CreateChatCompletionRequestArgs::default()
@@ -177,7 +241,7 @@ pub async fn propose(
     let response = tokio::time::timeout(config.timeout, client.chat().create(request))
         .await
         .map_err(|_| LlmError::Timeout(config.timeout))?
-        .map_err(|e| LlmError::Endpoint(e.to_string()))?;
+        .map_err(LlmError::of)?;
     let latency = started.elapsed();
     let usage = response
         .usage
@@ -194,7 +258,7 @@ pub async fn propose(
         .and_then(|c| c.message.content.clone())
         .ok_or_else(|| unusable("no message content".into()))?;
     let answer: Answer = serde_json::from_str(strip_fences(&content))
-        .map_err(|e| unusable(format!("not the JSON asked for: {e}")))?;
+        .map_err(|_| unusable("not the JSON asked for".into()))?;
     let hypotheses = answer
         .hypotheses
         .into_iter()

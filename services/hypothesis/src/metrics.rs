@@ -114,13 +114,27 @@ pub fn summarise(
 /// nothing is skipped (and logged), never fatal.
 pub async fn fetch(
     url: &str,
+    egress: Option<&copilot_runtime::egress::EgressPolicy>,
     templates: &[QueryTemplate],
     services: &[String],
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     timeout: Duration,
 ) -> Vec<MetricSummary> {
-    let client = match reqwest::Client::builder().timeout(timeout).build() {
+    let builder = match egress {
+        Some(policy) => {
+            if let Err(err) = policy.check_url(url) {
+                copilot_runtime::metrics::Metrics::global()
+                    .egress_refused_total
+                    .inc();
+                tracing::warn!(error = %err, "the tenant's Prometheus URL is refused; no metric evidence");
+                return Vec::new();
+            }
+            policy.client_builder()
+        }
+        None => reqwest::Client::builder(),
+    };
+    let client = match builder.timeout(timeout).build() {
         Ok(http) => match prometheus_http_query::Client::from(http, url) {
             Ok(client) => client,
             Err(err) => {
@@ -143,6 +157,14 @@ pub async fn fetch(
             let data = match result {
                 Ok(result) => result.into_inner().0,
                 Err(err) => {
+                    if std::error::Error::source(&err)
+                        .is_some_and(copilot_runtime::egress::is_refusal)
+                    {
+                        tracing::warn!(
+                            "the tenant's Prometheus resolves to an internal address; no metric evidence"
+                        );
+                        return out;
+                    }
                     tracing::debug!(query, error = %err, "metric query failed");
                     continue;
                 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use copilot_events::{
     CORRELATOR, Envelope, Event, IncidentState, ModelCallRecorded, Role, Severity, SignalReceived,
+    is_system_actor,
 };
 use copilot_runtime::consume::subject_tenant;
 use copilot_store::{
@@ -114,6 +115,8 @@ impl Audit {
             Event::UserAdded(e) => format!("user:{}", e.user_id),
             Event::UserUpdated(e) => format!("user:{}", e.user_id),
             Event::UserRemoved(e) => format!("user:{}", e.user_id),
+            Event::TenantSecretSet(e) => format!("secret:{}", e.name),
+            Event::TenantSecretRemoved(e) => format!("secret:{}", e.name),
             other => match incident_of(other) {
                 Some((id, _)) => format!("incident:{id}"),
                 None => return None,
@@ -309,6 +312,9 @@ impl Fold {
                     seq,
                 })
             }
+            // The secret itself is in its own table, written by the command; the stream keeps
+            // who changed which secret when, for the audit log.
+            (Self::Tenants(_), Event::TenantSecretSet(_) | Event::TenantSecretRemoved(_)) => {}
             (Self::Telemetry(calls), Event::ModelCallRecorded(call)) => {
                 calls.push((seq, tenant, call));
             }
@@ -589,13 +595,13 @@ async fn apply_incident(
                 .await
         }
         Event::IncidentResolved(e) => {
-            let by_person = e.actor != CORRELATOR;
+            let by_person = !is_system_actor(&e.actor);
             store
                 .change_incident_state(tx, &state(IncidentState::Resolved, by_person, false))
                 .await
         }
         Event::IncidentReopened(e) => {
-            let by_person = e.actor != CORRELATOR;
+            let by_person = !is_system_actor(&e.actor);
             store
                 .change_incident_state(tx, &state(e.to, by_person, true))
                 .await

@@ -293,16 +293,17 @@ impl Jwt {
     }
 
     /// A signed token for user `sub` of `tenant` with at most `role`, valid for `ttl`, bound to
-    /// the user's incarnation `user_seq` (the `added_seq` of the users read model).
+    /// the user's incarnation `user_seq` (the `added_seq` of the users read model; `None` only
+    /// for users projected before it was recorded).
     pub fn issue(
         &self,
         sub: &str,
         tenant: &str,
-        user_seq: u64,
+        user_seq: Option<u64>,
         role: Role,
         ttl: std::time::Duration,
     ) -> Result<String, JwtError> {
-        self.sign(sub, tenant, Some(user_seq), role, ttl, false)
+        self.sign(sub, tenant, user_seq, role, ttl, false)
     }
 
     /// A platform operator's token (tenant administration only).
@@ -451,7 +452,9 @@ mod tests {
     #[test]
     fn an_issued_token_verifies_with_its_claims() {
         let jwt = hs(&"s".repeat(32));
-        let token = jwt.issue("alice", "acme", 1, Role::Engineer, MINUTE).unwrap();
+        let token = jwt
+            .issue("alice", "acme", Some(1), Role::Engineer, MINUTE)
+            .unwrap();
         let claims = jwt.verify(&token).unwrap();
         assert_eq!(
             (claims.sub.as_str(), claims.tenant.as_str(), claims.role),
@@ -468,12 +471,12 @@ mod tests {
     #[test]
     fn a_token_signed_with_another_key_is_refused() {
         let forged = hs(&"x".repeat(32))
-            .issue("mallory", "acme", 1, Role::Admin, MINUTE)
+            .issue("mallory", "acme", Some(1), Role::Admin, MINUTE)
             .unwrap();
         assert!(hs(&"s".repeat(32)).verify(&forged).is_err());
 
         let other_rsa = rsa("rsa_b.pem", "rsa_b.pub.pem")
-            .issue("mallory", "acme", 1, Role::Admin, MINUTE)
+            .issue("mallory", "acme", Some(1), Role::Admin, MINUTE)
             .unwrap();
         assert!(
             rsa("rsa_a.pem", "rsa_a.pub.pem")
@@ -560,7 +563,9 @@ mod tests {
     #[test]
     fn rs256_and_eddsa_tokens_verify_with_their_public_keys() {
         let jwt = rsa("rsa_a.pem", "rsa_a.pub.pem");
-        let token = jwt.issue("alice", "acme", 1, Role::Viewer, MINUTE).unwrap();
+        let token = jwt
+            .issue("alice", "acme", Some(1), Role::Viewer, MINUTE)
+            .unwrap();
         assert_eq!(jwt.verify(&token).unwrap().sub, "alice");
 
         let ed = Jwt::new(&JwtConfig {
@@ -569,7 +574,9 @@ mod tests {
             ..config(JwtAlgorithm::EdDsa)
         })
         .unwrap();
-        let token = ed.issue("bob", "acme", 1, Role::Viewer, MINUTE).unwrap();
+        let token = ed
+            .issue("bob", "acme", Some(1), Role::Viewer, MINUTE)
+            .unwrap();
         assert_eq!(ed.verify(&token).unwrap().sub, "bob");
         // An RS256 verifier refuses an EdDSA token: the algorithm is pinned.
         assert!(jwt.verify(&token).is_err());
@@ -584,7 +591,7 @@ mod tests {
         .unwrap();
         assert!(!jwt.can_issue());
         assert!(matches!(
-            jwt.issue("a", "acme", 1, Role::Viewer, MINUTE),
+            jwt.issue("a", "acme", Some(1), Role::Viewer, MINUTE),
             Err(JwtError::CannotIssue(JwtAlgorithm::Rs256))
         ));
     }
@@ -604,7 +611,7 @@ mod tests {
                 ..config(JwtAlgorithm::Rs256)
             })
             .unwrap()
-            .issue("alice", "acme", 1, Role::Viewer, MINUTE)
+            .issue("alice", "acme", Some(1), Role::Viewer, MINUTE)
             .unwrap()
         };
         assert!(verifier.verify(&signer("rsa_a.pem", "rsa-a")).is_ok());
@@ -618,7 +625,7 @@ mod tests {
         assert!(matches!(
             verifier.verify(
                 &rsa("rsa_a.pem", "rsa_a.pub.pem")
-                    .issue("a", "acme", 1, Role::Viewer, MINUTE)
+                    .issue("a", "acme", Some(1), Role::Viewer, MINUTE)
                     .unwrap()
             ),
             Err(JwtError::MissingKid)

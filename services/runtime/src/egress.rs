@@ -168,9 +168,8 @@ impl reqwest::dns::Resolve for Resolver {
         let policy = self.0.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if policy.host_allowed(&host) {
                 return Ok(Box::new(resolved.into_iter()) as reqwest::dns::Addrs);
             }
@@ -186,7 +185,8 @@ impl reqwest::dns::Resolve for Resolver {
                     Err(Box::new(EgressError::Internal {
                         host,
                         address: addr.ip(),
-                    }) as Box<dyn std::error::Error + Send + Sync>)
+                    })
+                        as Box<dyn std::error::Error + Send + Sync>)
                 }
                 _ => Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs),
             }

@@ -27,11 +27,20 @@ pub struct Context {
     pub store: copilot_store::Store,
 }
 
+/// Refuses to start on settings that would otherwise be read as something safer than meant:
+/// an egress allowance or a secrets key that does not parse.
+pub fn check_settings(settings: &Settings) -> anyhow::Result<()> {
+    egress::EgressPolicy::from_settings(settings).map_err(anyhow::Error::msg)?;
+    secrets::SecretKeys::from_settings(settings)?;
+    Ok(())
+}
+
 impl Context {
     /// Connects to NATS and Postgres as the settings say. Provisioning streams and running
     /// migrations are separate steps (`nats::provision`, `Store::migrate`).
     pub async fn connect(settings: Settings, service: &str) -> anyhow::Result<Self> {
         use anyhow::Context as _;
+        check_settings(&settings)?;
         let nats = nats::connect(&settings.nats_url(), service).await?;
         let js = nats::jetstream(nats.clone(), settings.publish_timeout());
         let store =

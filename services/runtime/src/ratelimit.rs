@@ -164,8 +164,10 @@ mod tests {
     #[test]
     fn a_source_that_spent_its_failures_is_refused_and_others_are_not() {
         let limiter = AuthFailureLimiter::new("api", 3).unwrap();
-        let (attacker, other): (IpAddr, IpAddr) =
-            ("203.0.113.9".parse().unwrap(), "198.51.100.1".parse().unwrap());
+        let (attacker, other): (IpAddr, IpAddr) = (
+            "203.0.113.9".parse().unwrap(),
+            "198.51.100.1".parse().unwrap(),
+        );
 
         for _ in 0..3 {
             limiter.admit(attacker).unwrap();

@@ -191,7 +191,10 @@ mod tests {
         let sealed = keys.seal("acme", "openai", 1, "sk-live-123");
 
         assert_ne!(sealed.ciphertext, b"sk-live-123");
-        assert_eq!(keys.open("acme", "openai", 1, &sealed).unwrap(), "sk-live-123");
+        assert_eq!(
+            keys.open("acme", "openai", 1, &sealed).unwrap(),
+            "sk-live-123"
+        );
         assert!(matches!(
             keys.open("globex", "openai", 1, &sealed),
             Err(SecretsError::Corrupt(_))
@@ -211,7 +214,10 @@ mod tests {
 
         assert_eq!(after.primary_id(), "new");
         assert_eq!(sealed_after.key_id, "new");
-        assert_eq!(after.open("acme", "openai", 1, &sealed_before).unwrap(), "v1");
+        assert_eq!(
+            after.open("acme", "openai", 1, &sealed_before).unwrap(),
+            "v1"
+        );
         assert!(matches!(
             before.open("acme", "openai", 2, &sealed_after),
             Err(SecretsError::UnknownKey(id)) if id == "new"

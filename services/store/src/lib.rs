@@ -7,6 +7,7 @@ mod audit;
 mod correlator;
 mod hypotheses;
 mod incidents;
+mod secrets;
 mod signals;
 mod tenants;
 mod users;
@@ -22,6 +23,7 @@ pub use incidents::{
     IncidentSignalView, IncidentSort, IncidentStats, IncidentSummary, NewIncident, StateChange,
     TenantSetting, TimelineEntry,
 };
+pub use secrets::{SecretMeta, SecretRow};
 pub use signals::{SignalCursor, SignalFilter, SignalRow, SignalView};
 pub use tenants::{TenantRow, TenantView, TokenOwner, TokenRevocation, TokenRow, TokenView};
 pub use users::{UserChange, UserRow, UserView};

@@ -35,14 +35,25 @@ pub struct UserView {
     pub added_by: String,
     pub added_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Stream sequence of the `UserAdded` of this incarnation of the user, which their tokens
+    /// carry; `None` for rows projected before it was recorded.
+    #[serde(skip)]
+    pub added_seq: Option<i64>,
+}
+
+impl UserView {
+    /// The incarnation a token of this user is bound to (`Claims::useq`).
+    pub fn incarnation(&self) -> Option<u64> {
+        self.added_seq.map(|s| s as u64)
+    }
 }
 
 impl Store {
     pub async fn insert_user(&self, tx: &mut Tx<'_>, u: &UserRow<'_>) -> Result<()> {
         sqlx::query(
             "INSERT INTO users (tenant, user_id, email, display_name, role, slack_user_id, added_by,
-                                added_at, updated_at, last_seq)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) ON CONFLICT DO NOTHING",
+                                added_at, updated_at, last_seq, added_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $9) ON CONFLICT DO NOTHING",
         )
         .bind(u.tenant)
         .bind(u.user_id)
@@ -93,7 +104,8 @@ impl Store {
         user_id: &str,
     ) -> Result<Option<UserView>> {
         Ok(sqlx::query_as(
-            "SELECT user_id, email, display_name, role, slack_user_id, added_by, added_at, updated_at
+            "SELECT user_id, email, display_name, role, slack_user_id, added_by, added_at, updated_at,
+                    added_seq
              FROM users WHERE tenant = $1 AND user_id = $2",
         )
         .bind(tenant)
@@ -137,7 +149,8 @@ impl Store {
 
     pub async fn list_users(&self, tx: &mut Tx<'_>, tenant: &str) -> Result<Vec<UserView>> {
         Ok(sqlx::query_as(
-            "SELECT user_id, email, display_name, role, slack_user_id, added_by, added_at, updated_at
+            "SELECT user_id, email, display_name, role, slack_user_id, added_by, added_at, updated_at,
+                    added_seq
              FROM users WHERE tenant = $1 ORDER BY user_id",
         )
         .bind(tenant)
