@@ -26,6 +26,7 @@ pub enum Reply {
 struct Shared {
     reply: Arc<Mutex<Reply>>,
     requests: Arc<Mutex<Vec<Value>>>,
+    authorizations: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 pub struct FakeLlm {
@@ -39,6 +40,7 @@ impl FakeLlm {
         let shared = Shared {
             reply: Arc::new(Mutex::new(reply)),
             requests: Arc::default(),
+            authorizations: Arc::default(),
         };
         let app = Router::new()
             .route("/v1/chat/completions", post(complete))
@@ -64,6 +66,11 @@ impl FakeLlm {
     pub fn requests(&self) -> Vec<Value> {
         self.shared.requests.lock().unwrap().clone()
     }
+
+    /// The `Authorization` header of every request received so far.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.shared.authorizations.lock().unwrap().clone()
+    }
 }
 
 impl Drop for FakeLlm {
@@ -74,9 +81,16 @@ impl Drop for FakeLlm {
 
 async fn complete(
     State(shared): State<Shared>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<Value>,
 ) -> (StatusCode, Json<Value>) {
     shared.requests.lock().unwrap().push(body.clone());
+    shared.authorizations.lock().unwrap().push(
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    );
     let reply = shared.reply.lock().unwrap().clone();
     match reply {
         Reply::Content(content) => (

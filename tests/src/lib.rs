@@ -72,6 +72,12 @@ pub fn settings(nats: &NatsServer, db: &TestDb) -> Settings {
     // Rate limits only where a test asks for them: tests poll fast.
     settings.webhook_rate_per_sec = 0;
     settings.api_rate_per_sec = 0;
+    settings.api_user_rate_per_sec = 0;
+    settings.auth_failures_per_min = 0;
+    // Test servers (models, Prometheus) listen on loopback, as on the laptop `copilot up` is
+    // made for; the egress tests take this allowance away.
+    settings.egress_allow = Some("127.0.0.0/8,::1".to_owned());
+    settings.secrets_key = Some(copilot_runtime::secrets::generate_key("test"));
     settings
 }
 

@@ -159,6 +159,7 @@ async fn hostile_input_gets_a_clear_4xx_appends_nothing_and_the_service_keeps_se
             "/v1/admin/tenants/acme/users/alice".to_owned(),
         ),
         (Method::POST, "/v1/admin/tenants/acme/suspend".to_owned()),
+        (Method::PUT, "/v1/settings/secrets/openai".to_owned()),
     ];
     for (method, path) in &writes {
         for (what, body, expect) in hostile_bodies(&webhook) {
@@ -455,4 +456,103 @@ async fn slow_loris(url: &str, token: &str) -> Vec<String> {
         outcomes.push(outcome);
     }
     outcomes
+}
+
+#[tokio::test]
+async fn a_nul_or_control_character_in_any_settings_command_is_a_422_and_never_a_dead_letter() {
+    // Arrange: the attack's reproduction (a model name with NUL, then with an ANSI escape) and
+    // the same in every string of every command that appends to TENANTS.
+    let t = TestApp::spawn().await;
+    let admin = t.user_jwt("acme", "alice", Role::Admin).await;
+    let ops = t
+        .app
+        .as_ref()
+        .unwrap()
+        .jwt
+        .issue_platform("ops", Duration::from_secs(600))
+        .unwrap();
+    let before = t.stream_messages(subjects::TENANTS).await;
+    let llm =
+        |model: &str| json!({"llm": {"base_url": "https://api.example.com/v1", "model": model}});
+    let mut cases = Vec::new();
+    for bad in [
+        "gpt\u{0}4",
+        "\u{1b}[31mgpt-4\u{1b}[0m",
+        "gpt\u{8}4",
+        "gpt\u{85}4",
+    ] {
+        cases.extend([
+            (Method::PUT, "/v1/settings/integrations", llm(bad), &admin),
+            (
+                Method::PUT,
+                "/v1/settings/integrations",
+                json!({"slack": {"team_id": "T1", "signing_secret": bad}}),
+                &admin,
+            ),
+            (
+                Method::PUT,
+                "/v1/settings/correlation",
+                json!({"group_by": [bad]}),
+                &admin,
+            ),
+            (
+                Method::PUT,
+                "/v1/settings/secrets/openai",
+                json!({"value": bad}),
+                &admin,
+            ),
+            (
+                Method::POST,
+                "/v1/admin/tenants/acme/users",
+                json!({"user_id": "zed", "email": "zed@acme.test", "display_name": bad, "role": "viewer"}),
+                &admin,
+            ),
+            (
+                Method::PATCH,
+                "/v1/admin/tenants/acme/users/alice",
+                json!({"display_name": bad}),
+                &admin,
+            ),
+            (
+                Method::POST,
+                "/v1/admin/tenants/acme/suspend",
+                json!({"reason": bad}),
+                &ops,
+            ),
+            (
+                Method::POST,
+                "/v1/admin/tenants",
+                json!({"slug": "newco", "name": bad}),
+                &ops,
+            ),
+        ]);
+    }
+
+    // Act
+    let mut answered = Vec::new();
+    for (method, path, body, jwt) in &cases {
+        let r = t
+            .http
+            .request(method.clone(), format!("{}{path}", t.url))
+            .bearer_auth(jwt.as_str())
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        answered.push((r.status().as_u16(), format!("{method} {path} {body}")));
+    }
+    t.settle(copilot_projector::Projection::Tenants).await;
+
+    // Assert
+    let wrong: Vec<_> = answered.iter().filter(|(s, _)| *s != 422).collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert_eq!(
+        t.stream_messages(subjects::TENANTS).await,
+        before,
+        "nothing appended"
+    );
+    assert_eq!(
+        t.ctx().store.count_dead_letters("tenants").await.unwrap(),
+        0
+    );
 }

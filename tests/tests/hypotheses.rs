@@ -530,7 +530,7 @@ async fn metric_evidence_is_read_from_a_real_prometheus_and_summarised() {
 }
 
 #[tokio::test]
-async fn tenant_integrations_pick_the_tenants_model_and_never_hold_a_key() {
+async fn tenant_integrations_pick_the_tenants_model_and_send_it_the_tenants_own_secret() {
     let server = FakeLlm::start(Reply::Content(
         json!({"inconclusive": true, "hypotheses": []}).to_string(),
     ))
@@ -551,7 +551,16 @@ async fn tenant_integrations_pick_the_tenants_model_and_never_hold_a_key() {
                 .unwrap()
         }
     };
-    let settings = json!({"llm": {"base_url": server.base_url(), "model": "acme-model", "api_key_env": "ACME_TEST_MODEL_KEY"}});
+    let stored = t
+        .http
+        .put(format!("{}/v1/settings/secrets/acme-model-key", t.url))
+        .bearer_auth(&admin)
+        .json(&json!({"value": "sk-acme-only"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+    let settings = json!({"llm": {"base_url": server.base_url(), "model": "acme-model", "api_key_secret": "acme-model-key"}});
     assert_eq!(
         put(t.acme.viewer_jwt.clone(), settings.clone())
             .await
@@ -580,7 +589,7 @@ async fn tenant_integrations_pick_the_tenants_model_and_never_hold_a_key() {
     t.settle(Projection::Tenants).await;
     let read = json_of(t.get("/v1/settings/integrations", &t.acme.viewer_jwt).await).await;
     assert_eq!(read["llm"]["model"], "acme-model");
-    assert_eq!(read["llm"]["api_key_env"], "ACME_TEST_MODEL_KEY");
+    assert_eq!(read["llm"]["api_key_secret"], "acme-model-key");
     assert!(read["llm"].get("api_key").is_none());
     let other = json_of(
         t.get("/v1/settings/integrations", &t.globex.viewer_jwt)
@@ -599,6 +608,205 @@ async fn tenant_integrations_pick_the_tenants_model_and_never_hold_a_key() {
     assert_eq!(detail["hypotheses_proposal"]["engine"], "llm");
     assert_eq!(detail["hypotheses_proposal"]["model"], "acme-model");
     assert_eq!(server.requests()[0]["model"], "acme-model");
+    assert_eq!(
+        server.authorizations()[0].as_deref(),
+        Some("Bearer sk-acme-only")
+    );
+}
+
+/// Why the current proposal of an incident came from the built-in engine, as any viewer of the
+/// tenant reads it.
+async fn fallback_reason(t: &TestApp, detail: &Value) -> String {
+    let id = detail["id"].as_str().unwrap();
+    let proposals = json_of(
+        t.get(
+            &format!("/v1/incidents/{id}/hypotheses"),
+            &t.acme.viewer_jwt,
+        )
+        .await,
+    )
+    .await;
+    assert!(
+        !proposals.to_string().contains("scripted failure"),
+        "an upstream body reached the tenant: {proposals}"
+    );
+    proposals["items"][0]["event"]["fallback_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Settings of `tenant` appended as they were before tenant secrets, or as if the write-time
+/// checks had been passed (a name that resolved elsewhere then): what the hypothesis service
+/// does with them is what counts.
+async fn append_integrations(t: &TestApp, tenant: &str, integrations: Value) {
+    let event = copilot_events::TenantIntegrationsSet {
+        integrations: serde_json::from_value(integrations).unwrap(),
+        set_by: "alice".into(),
+    };
+    copilot_api::commands::append_on(
+        &t.ctx().js,
+        copilot_events::subjects::tenant(tenant),
+        tenant,
+        &event,
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    t.settle(Projection::Tenants).await;
+}
+
+#[tokio::test]
+async fn a_setting_naming_the_platforms_secret_variable_is_refused_and_never_sends_it() {
+    let server = FakeLlm::start(Reply::Content(
+        json!({"inconclusive": true, "hypotheses": []}).to_string(),
+    ))
+    .await;
+    let t = TestApp::spawn_with(Services::All, fast_hypotheses(60)).await;
+    let admin = t.user_jwt("acme", "alice", Role::Admin).await;
+    let before = t.stream_messages("TENANTS").await;
+
+    // The attack: name the platform's JWT secret (or the database URL) as the model's key.
+    for variable in ["COPILOT_JWT_SECRET", "DATABASE_URL", "HOME"] {
+        let r = t
+            .http
+            .put(format!("{}/v1/settings/integrations", t.url))
+            .bearer_auth(&admin)
+            .json(&json!({"llm": {"base_url": server.base_url(), "model": "m", "api_key_env": variable}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{variable}");
+        assert!(r.text().await.unwrap().contains("secret"));
+    }
+    assert_eq!(
+        t.stream_messages("TENANTS").await,
+        before,
+        "nothing appended"
+    );
+
+    // A setting from before tenant secrets that names a variable of the copilot's process
+    // (HOME is set in every test process) is not honoured either: no key is sent anywhere.
+    append_integrations(
+        &t,
+        "acme",
+        json!({"llm": {"base_url": server.base_url(), "model": "m", "api_key_env": "HOME"}}),
+    )
+    .await;
+    post(
+        &t,
+        &[("HighErrorRate", "api", "critical", "2026-11-22T08:00:00Z")],
+    )
+    .await;
+    let detail = incident_with_hypotheses(&t, "api").await;
+
+    assert_eq!(detail["hypotheses_proposal"]["engine"], "builtin");
+    let reason = fallback_reason(&t, &detail).await;
+    assert!(reason.contains("does not allow"), "{reason}");
+    assert!(server.requests().is_empty(), "the model was not called");
+}
+
+#[tokio::test]
+async fn tenant_urls_that_reach_the_platforms_network_are_refused_when_written_and_when_called() {
+    let server = FakeLlm::start(Reply::Content(
+        json!({"inconclusive": true, "hypotheses": []}).to_string(),
+    ))
+    .await;
+    let t = TestApp::spawn_with(Services::All, |s| {
+        fast_hypotheses(60)(s);
+        // A shared deployment: tenants' URLs reach public addresses only.
+        s.egress_allow = None;
+    })
+    .await;
+    let admin = t.user_jwt("acme", "alice", Role::Admin).await;
+    let nats_port = t.nats.url().rsplit(':').next().unwrap().to_owned();
+    let before = t.stream_messages("TENANTS").await;
+
+    for settings in [
+        json!({"prometheus_url": format!("http://127.0.0.1:{nats_port}")}),
+        json!({"prometheus_url": "http://169.254.169.254/latest/meta-data/"}),
+        json!({"prometheus_url": "http://[::1]:9090"}),
+        json!({"prometheus_url": "http://2130706433:9090"}),
+        json!({"llm": {"base_url": format!("http://localhost:{}/v1", server.addr.port()), "model": "m"}}),
+        json!({"llm": {"base_url": "http://10.0.0.7/v1", "model": "m"}}),
+    ] {
+        let r = t
+            .http
+            .put(format!("{}/v1/settings/integrations", t.url))
+            .bearer_auth(&admin)
+            .json(&settings)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{settings}");
+        assert!(r.text().await.unwrap().contains("internal address"));
+    }
+    assert_eq!(
+        t.stream_messages("TENANTS").await,
+        before,
+        "nothing appended"
+    );
+
+    // At call time too: a name (here `localhost`) that resolves to loopback is not called,
+    // whatever it resolved to when the settings were written.
+    append_integrations(
+        &t,
+        "acme",
+        json!({"llm": {"base_url": format!("http://localhost:{}/v1", server.addr.port()), "model": "m"}}),
+    )
+    .await;
+    post(
+        &t,
+        &[("HighErrorRate", "api", "critical", "2026-11-22T08:00:00Z")],
+    )
+    .await;
+    let detail = incident_with_hypotheses(&t, "api").await;
+
+    assert_eq!(detail["hypotheses_proposal"]["engine"], "builtin");
+    assert_eq!(
+        fallback_reason(&t, &detail).await,
+        "the model endpoint is an internal address this tenant's settings may not reach (egress policy)"
+    );
+    assert!(server.requests().is_empty(), "the model was not called");
+    let metrics = t
+        .http
+        .get(format!("{}/metrics", t.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("egress_refused_total 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn what_a_tenants_model_answers_on_failure_never_reaches_the_tenant() {
+    // The endpoint's error body says "scripted failure": a URL pointed at an internal service
+    // would put that service's answer here.
+    let server = FakeLlm::start(Reply::Status(500)).await;
+    let t = TestApp::spawn_with(Services::All, fast_hypotheses(60)).await;
+    append_integrations(
+        &t,
+        "acme",
+        json!({"llm": {"base_url": server.base_url(), "model": "m", "timeout_ms": 1000}}),
+    )
+    .await;
+
+    post(
+        &t,
+        &[("HighErrorRate", "api", "critical", "2026-11-22T08:00:00Z")],
+    )
+    .await;
+    let detail = incident_with_hypotheses(&t, "api").await;
+
+    let reason = fallback_reason(&t, &detail).await;
+    assert!(!server.requests().is_empty(), "the model was called");
+    assert!(
+        reason == "the model endpoint answered status 500"
+            || reason.starts_with("the model did not answer within"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]

@@ -74,7 +74,8 @@ async fn every_route_answers_every_role_as_the_policy_table_says() {
             .replace("{hid}", "nope")
             .replace("{slug}", "acme")
             .replace("{token_id}", &uuid::Uuid::now_v7().to_string())
-            .replace("{user_id}", "nobody");
+            .replace("{user_id}", "nobody")
+            .replace("{name}", "nope");
         let body = (*method != Method::GET && *method != Method::DELETE).then(|| json!({}));
         for (who, jwt) in &callers {
             // Act
@@ -582,34 +583,33 @@ async fn a_tenant_over_its_rate_limit_gets_429_with_retry_after_and_others_do_no
 
 #[tokio::test]
 async fn settings_are_validated_on_write_and_secrets_are_named_never_stored() {
-    let t = TestApp::spawn().await;
+    let t = TestApp::spawn_with(Services::All, |s| {
+        s.tenant_env_allow = Some("ACME_SLACK_SIGNING_SECRET".into());
+    })
+    .await;
     let alice = t.user_jwt("acme", "alice", Role::Admin).await;
-    let slack = json!({"slack": {"team_id": "T0123ABCD", "signing_secret_env": "ACME_SLACK_SIGNING_SECRET"}});
+    let legacy = json!({"slack": {"team_id": "T0123ABCD", "signing_secret_env": "ACME_SLACK_SIGNING_SECRET"}});
+    let put = |body: Value| {
+        send(
+            &t,
+            Method::PUT,
+            "/v1/settings/integrations",
+            &alice,
+            Some(body),
+        )
+    };
 
-    let set = send(
-        &t,
-        Method::PUT,
-        "/v1/settings/integrations",
-        &alice,
-        Some(slack.clone()),
+    let allowed_variable = put(legacy.clone()).await;
+    let other_variable =
+        put(json!({"slack": {"team_id": "T0123ABCD", "signing_secret_env": "COPILOT_JWT_SECRET"}}))
+            .await;
+    let unknown_secret =
+        put(json!({"slack": {"team_id": "T0123ABCD", "signing_secret": "slack-signing"}})).await;
+    let pasted_value = put(
+        json!({"slack": {"team_id": "T0123ABCD", "signing_secret": "8f742231b10e8888abcd99yyyzzz85a5"}}),
     )
     .await;
-    let with_secret = send(
-        &t,
-        Method::PUT,
-        "/v1/settings/integrations",
-        &alice,
-        Some(json!({"slack": {"team_id": "T0123ABCD", "signing_secret": "8f742231b10e8888abcd99yyyzzz85a5"}})),
-    )
-    .await;
-    let bad_team = send(
-        &t,
-        Method::PUT,
-        "/v1/settings/integrations",
-        &alice,
-        Some(json!({"slack": {"team_id": "nope", "signing_secret_env": "X"}})),
-    )
-    .await;
+    let bad_team = put(json!({"slack": {"team_id": "nope", "signing_secret": "x"}})).await;
     let bad_retention = send(
         &t,
         Method::PUT,
@@ -622,18 +622,351 @@ async fn settings_are_validated_on_write_and_secrets_are_named_never_stored() {
     let read: Value = get_json(&t, "/v1/settings/integrations", &alice).await;
     let retention: Value = get_json(&t, "/v1/settings/retention", &alice).await;
 
-    assert_eq!(set.status(), 202);
+    assert_eq!(allowed_variable.status(), 202, "the operator allows it");
+    assert_eq!(other_variable.status(), 422, "the operator does not");
     assert_eq!(
-        with_secret.status(),
+        unknown_secret.status(),
         422,
-        "a secret in the body is refused, not stored"
+        "a secret must be stored first"
     );
+    assert_eq!(pasted_value.status(), 422, "a value is not a secret's name");
     assert_eq!(bad_team.status(), 422);
     assert_eq!(bad_retention.status(), 422);
-    assert_eq!(read["slack"], slack["slack"]);
+    assert_eq!(read["slack"], legacy["slack"]);
     assert_eq!(
         retention,
         json!({"signals_days": 90, "incidents_days": 365}),
         "defaults until set"
     );
+}
+
+#[tokio::test]
+async fn a_tenant_secret_is_written_once_and_never_read_back_by_anyone() {
+    let t = TestApp::spawn().await;
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+    let value = "sk-live-ACME-0123456789abcdef";
+    let path = "/v1/settings/secrets/openai";
+
+    let first: Value = send(&t, Method::PUT, path, &alice, Some(json!({"value": value})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second: Value = send(
+        &t,
+        Method::PUT,
+        path,
+        &alice,
+        Some(json!({"value": "sk-2"})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let viewer = send(
+        &t,
+        Method::GET,
+        "/v1/settings/secrets",
+        &t.acme.viewer_jwt,
+        None,
+    )
+    .await;
+    let bad_name = send(
+        &t,
+        Method::PUT,
+        "/v1/settings/secrets/Bad%20Name",
+        &alice,
+        Some(json!({"value": "x"})),
+    )
+    .await;
+    let control = send(
+        &t,
+        Method::PUT,
+        path,
+        &alice,
+        Some(json!({"value": "a\u{1b}b"})),
+    )
+    .await;
+    t.settle(copilot_projector::Projection::Tenants).await;
+    let listed = get_json(&t, "/v1/settings/secrets", &alice).await;
+    let foreign = get_json(
+        &t,
+        "/v1/settings/secrets",
+        &t.user_jwt("globex", "alice", Role::Admin).await,
+    )
+    .await;
+    let audit = get_json(&t, "/v1/audit?actor=alice", &alice).await;
+    let stream = t.ctx().js.get_stream("TENANTS").await.unwrap();
+    let mut events = String::new();
+    for seq in 1..=t.stream_last_seq("TENANTS").await {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        events.push_str(&String::from_utf8_lossy(&message.payload));
+    }
+    let row: (Vec<u8>, String) = sqlx::query_as(
+        "SELECT ciphertext, key_id FROM tenant_secrets WHERE tenant = 'acme' AND name = 'openai'",
+    )
+    .fetch_one(&sqlx::PgPool::connect(&t.db.url).await.unwrap())
+    .await
+    .unwrap();
+
+    assert_eq!(first["version"], 1);
+    assert_eq!(second["version"], 2);
+    assert_ne!(first["fingerprint"], second["fingerprint"]);
+    assert!(first.get("value").is_none());
+    assert_eq!(viewer.status(), 403);
+    assert_eq!(bad_name.status(), 422);
+    assert_eq!(control.status(), 422);
+    assert_eq!(listed["items"][0]["name"], "openai");
+    assert_eq!(listed["items"][0]["version"], 2);
+    assert_eq!(listed["items"][0]["fingerprint"], second["fingerprint"]);
+    assert_eq!(
+        foreign["items"],
+        json!([]),
+        "another tenant sees none of it"
+    );
+    let secret_entries: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target"] == "secret:openai")
+        .collect();
+    assert_eq!(secret_entries.len(), 2, "{audit}");
+    assert!(
+        secret_entries
+            .iter()
+            .all(|e| e["details"].get("fingerprint").is_some()),
+        "{audit}"
+    );
+    for place in [listed.to_string(), audit.to_string(), events] {
+        assert!(!place.contains(value) && !place.contains("sk-2"), "{place}");
+    }
+    assert!(
+        !String::from_utf8_lossy(&row.0).contains("sk-2"),
+        "sealed at rest"
+    );
+    assert_eq!(row.1, "test");
+}
+
+#[tokio::test]
+async fn after_a_key_rotation_rekey_reseals_every_secret_with_the_new_key() {
+    let t = TestApp::spawn().await;
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+    for name in ["openai", "slack"] {
+        let r = send(
+            &t,
+            Method::PUT,
+            &format!("/v1/settings/secrets/{name}"),
+            &alice,
+            Some(json!({"value": format!("{name}-value")})),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    let old = t.ctx().settings.secrets_key.clone().unwrap();
+    let new = copilot_runtime::secrets::generate_key("next");
+    let mut settings = (*t.ctx().settings).clone();
+    settings.secrets_key = Some(format!("{new},{old}"));
+
+    copilot::secrets::run(settings, copilot::cli::SecretsCommand::Rekey)
+        .await
+        .unwrap();
+
+    let only_new = copilot_runtime::secrets::SecretKeys::parse(&new).unwrap();
+    for name in ["openai", "slack"] {
+        let row = t
+            .ctx()
+            .store
+            .sealed_secret("acme", name)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.key_id, "next");
+        let sealed = copilot_runtime::secrets::Sealed {
+            key_id: row.key_id,
+            nonce: row.nonce,
+            ciphertext: row.ciphertext,
+        };
+        assert_eq!(
+            only_new
+                .open("acme", name, row.version as u32, &sealed)
+                .unwrap(),
+            format!("{name}-value")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_removed_user_s_token_never_speaks_for_a_new_user_of_the_same_id() {
+    let t = TestApp::spawn().await;
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+    let add = || {
+        send(
+            &t,
+            Method::POST,
+            "/v1/admin/tenants/acme/users",
+            &alice,
+            Some(
+                json!({"user_id": "frank", "email": "frank@acme.test", "display_name": "Frank", "role": "admin"}),
+            ),
+        )
+    };
+
+    // The attack found 4 of 4 tries within one second; try as often, each within one second.
+    for attempt in 0..4 {
+        assert!(add().await.status().is_success(), "attempt {attempt}");
+        let old = t.user_jwt("acme", "frank", Role::Admin).await;
+        let removed = send(
+            &t,
+            Method::DELETE,
+            "/v1/admin/tenants/acme/users/frank",
+            &alice,
+            None,
+        )
+        .await;
+        assert_eq!(removed.status(), 204);
+        assert!(add().await.status().is_success());
+
+        let status = send(&t, Method::GET, "/v1/me", &old, None).await.status();
+        let fresh = t.user_jwt("acme", "frank", Role::Admin).await;
+
+        assert_eq!(
+            status, 401,
+            "attempt {attempt}: the old token speaks for the new frank"
+        );
+        assert_eq!(
+            send(&t, Method::GET, "/v1/me", &fresh, None).await.status(),
+            200
+        );
+        send(
+            &t,
+            Method::DELETE,
+            "/v1/admin/tenants/acme/users/frank",
+            &alice,
+            None,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn system_actors_cannot_be_impersonated_by_users() {
+    let t = TestApp::spawn().await;
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+
+    let mut statuses = Vec::new();
+    for id in ["correlator", "cli", "up", "System", "system:correlator"] {
+        let r = send(
+            &t,
+            Method::POST,
+            "/v1/admin/tenants/acme/users",
+            &alice,
+            Some(json!({"user_id": id, "email": format!("x{}@acme.test", statuses.len()), "display_name": "X", "role": "admin"})),
+        )
+        .await;
+        statuses.push(r.status().as_u16());
+    }
+    t.settle(copilot_projector::Projection::Tenants).await;
+    let audit = get_json(&t, "/v1/audit", &alice).await;
+
+    assert_eq!(statuses, [422; 5]);
+    // What the system did is recorded as the system: the tenant's creation here.
+    let actors: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["actor"].as_str())
+        .collect();
+    assert!(
+        actors
+            .iter()
+            .all(|a| a.starts_with("system:") || *a == "alice" || *a == "test"),
+        "{actors:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_user_s_burst_leaves_the_rest_of_the_tenant_its_share() {
+    let t = TestApp::spawn_with(Services::HttpOnly, |s| {
+        s.api_rate_per_sec = 2;
+        s.api_burst = 20;
+        s.api_user_rate_per_sec = 1;
+        s.api_user_burst = 5;
+    })
+    .await;
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+
+    let mut viewer = Vec::new();
+    for _ in 0..20 {
+        viewer.push(t.get("/v1/me", &t.acme.viewer_jwt).await.status().as_u16());
+    }
+    let admin = t.get("/v1/me", &alice).await;
+
+    assert!(viewer[..5].iter().all(|s| *s == 200), "{viewer:?}");
+    assert!(viewer[5..].contains(&429), "{viewer:?}");
+    assert_eq!(admin.status(), 200, "the admin is not locked out");
+}
+
+#[tokio::test]
+async fn a_source_guessing_credentials_is_slowed_down_and_counted() {
+    let t = TestApp::spawn_with(Services::HttpOnly, |s| s.auth_failures_per_min = 3).await;
+
+    let mut webhooks = Vec::new();
+    for i in 0..5 {
+        let r = t
+            .post_webhook("alertmanager", &format!("cpw_guess{i}"), firing("x"))
+            .await;
+        webhooks.push(r.status().as_u16());
+    }
+    let valid_now = t
+        .post_webhook("alertmanager", &t.acme.webhook_token, firing("x"))
+        .await;
+    let metrics = t.get("/metrics", "").await.text().await.unwrap();
+
+    assert_eq!(webhooks[..3], [401, 401, 401]);
+    assert_eq!(webhooks[3..], [429, 429]);
+    assert_eq!(
+        valid_now.status(),
+        429,
+        "while the source is held back, nothing it sends is checked"
+    );
+    assert!(valid_now.headers().contains_key("retry-after"));
+    assert!(
+        metrics.contains("auth_failures_total{scope=\"webhooks\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rate_limited_total{scope=\"webhooks_auth_failures\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_with_another_tenant_s_name_gets_401_naming_no_tenant() {
+    let t = TestApp::spawn().await;
+    let ops = platform(&t);
+    send(
+        &t,
+        Method::POST,
+        "/v1/admin/tenants/globex/suspend",
+        &ops,
+        Some(json!({"reason": "audit"})),
+    )
+    .await;
+    t.settle(copilot_projector::Projection::Tenants).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the gateway's token cache
+
+    let r = t
+        .http
+        .post(format!("{}/v1/webhooks/alertmanager", t.url))
+        .basic_auth("acme", Some(&t.globex.webhook_token))
+        .header("content-type", "application/json")
+        .body(firing("x"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+
+    assert_eq!(status, 401);
+    assert!(!body.contains("globex"), "{body}");
 }

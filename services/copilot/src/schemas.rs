@@ -19,6 +19,8 @@ pub fn http() -> Vec<(String, String)> {
         named::<copilot_events::CorrelationRules>("CorrelationRules.json"),
         named::<copilot_events::TenantIntegrations>("TenantIntegrations.json"),
         named::<copilot_api::incidents::Proposals>("HypothesisProposals.json"),
+        named::<copilot_api::secrets::SecretBody>("SecretBody.json"),
+        named::<copilot_api::secrets::SecretStored>("SecretStored.json"),
     ]
 }
 
