@@ -12,7 +12,9 @@ UPDATE users SET added_seq = last_seq WHERE added_at = updated_at;
 -- key `key_id`, bound to (tenant, name, version). Not a read model: the values never travel in
 -- events (TenantSecretSet carries the name, version and fingerprint only), so this table is
 -- written by the secrets command and is not rebuilt from the streams; back it up with the
--- database. The tenant role gets no grant on it: no tenant-scoped query can reach it.
+-- database. The tenant role gets no grant on it: no tenant-scoped query can reach it. A deleted
+-- secret keeps its row, emptied (deleted_at set), so its versions keep counting up and a version
+-- names one value for good.
 CREATE TABLE tenant_secrets (
     tenant      text        NOT NULL,
     name        text        NOT NULL,
@@ -23,5 +25,6 @@ CREATE TABLE tenant_secrets (
     fingerprint text        NOT NULL,
     set_by      text        NOT NULL,
     set_at      timestamptz NOT NULL,
+    deleted_at  timestamptz,
     PRIMARY KEY (tenant, name)
 );

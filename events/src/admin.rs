@@ -186,10 +186,14 @@ pub fn system_actor(component: &str) -> String {
     format!("{SYSTEM_ACTOR_PREFIX}{component}")
 }
 
-/// Whether an actor is the copilot itself rather than a person (including the bare names
-/// recorded before actors were namespaced).
+/// The bare names the copilot's components were recorded under before actors were namespaced.
+const LEGACY_SYSTEM_ACTORS: &[&str] = &["correlator", "cli", "up"];
+
+/// Whether an actor is the copilot itself rather than a person: `system:*`, or one of the bare
+/// names events recorded before actors were namespaced (`correlator`, `cli`, `up`). Other
+/// reserved ids are only refused for new users; someone who already had one stays a person.
 pub fn is_system_actor(actor: &str) -> bool {
-    actor.starts_with(SYSTEM_ACTOR_PREFIX) || RESERVED_USER_IDS.contains(&actor)
+    actor.starts_with(SYSTEM_ACTOR_PREFIX) || LEGACY_SYSTEM_ACTORS.contains(&actor)
 }
 
 /// A user id: what a JWT's `sub` carries. 1-128 characters of letters, digits and `.@_+-`, and
@@ -259,6 +263,8 @@ mod tests {
         assert!(is_system_actor("system:cli"));
         assert!(is_system_actor("correlator"));
         assert!(!is_system_actor("alice"));
+        // Reserved for new users, but a person who already had the id stays a person.
+        assert!(!is_system_actor("api"));
     }
 
     #[test]

@@ -567,6 +567,13 @@ async fn the_signal_list_filters_and_pages_newest_first() {
 #[tokio::test]
 async fn the_read_api_refuses_missing_forged_and_expired_tokens() {
     let t = TestApp::spawn().await;
+    let alice = t
+        .ctx()
+        .store
+        .find_user(&mut t.ctx().store.begin().await.unwrap(), "acme", "alice")
+        .await
+        .unwrap()
+        .unwrap();
     let forged = copilot_runtime::auth::Jwt::hs256(&[1u8; 32], "copilot", "copilot-api")
         .unwrap()
         .issue(
@@ -585,7 +592,7 @@ async fn the_read_api_refuses_missing_forged_and_expired_tokens() {
         .issue(
             "alice",
             "acme",
-            None,
+            alice.incarnation(),
             copilot_events::Role::Admin,
             Duration::ZERO,
         )

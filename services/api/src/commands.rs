@@ -7,11 +7,11 @@ use chrono::Utc;
 use copilot_events::{
     Envelope, EventPayload, Headers, Role, TenantCreated, TenantResumed, TenantSecretRemoved,
     TenantSecretSet, TenantSuspended, UserAdded, UserRemoved, UserUpdated, WebhookTokenIssued,
-    WebhookTokenRevoked, has_forbidden_control, is_valid_secret_name, is_valid_slug, subjects,
+    WebhookTokenRevoked, is_valid_secret_name, is_valid_slug, subjects,
 };
 use copilot_runtime::{
     auth::NewWebhookToken,
-    secrets::{SecretKeys, SecretsError, fingerprint},
+    secrets::{SecretKeys, SecretsError},
 };
 use copilot_store::{SecretRow, Store, StoreError};
 use uuid::Uuid;
@@ -63,9 +63,14 @@ pub async fn set_secret(
             "{name:?} is not a valid secret name: use 1-64 of a-z, 0-9, - and _, starting with a letter"
         )));
     }
-    if value.is_empty() || value.len() > MAX_SECRET_BYTES || has_forbidden_control(value) {
+    // What an HTTP header can carry as a bearer token or a signing key: visible ASCII. A line
+    // break would make the request that sends it impossible to build.
+    if value.is_empty()
+        || value.len() > MAX_SECRET_BYTES
+        || !value.bytes().all(|b| b.is_ascii_graphic())
+    {
         return Err(CommandError::InvalidSecret(format!(
-            "a secret's value is 1-{MAX_SECRET_BYTES} bytes without control characters"
+            "a secret's value is 1-{MAX_SECRET_BYTES} visible ASCII characters (no spaces, line breaks or control characters)"
         )));
     }
     let mut tx = store.begin().await?;
@@ -77,7 +82,7 @@ pub async fn set_secret(
         key_id: sealed.key_id,
         nonce: sealed.nonce,
         ciphertext: sealed.ciphertext,
-        fingerprint: fingerprint(tenant, name, value),
+        fingerprint: keys.fingerprint(tenant, name, value),
     };
     store
         .put_secret(&mut tx, tenant, &row, actor, Utc::now())

@@ -739,7 +739,7 @@ async fn check_integrations(
             .map_err(|e| ApiError::Unprocessable(format!("{field}: {e}")))?;
     }
     for name in integrations.env_names() {
-        if !api.ctx.settings.tenant_env_allowed(name) {
+        if !api.ctx.settings.tenant_env_allowed(tenant, name) {
             return Err(ApiError::Unprocessable(format!(
                 "settings may not name the copilot's environment variable {name:?}: store the value with PUT /v1/settings/secrets/{{name}} and name that secret instead"
             )));

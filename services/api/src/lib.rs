@@ -304,9 +304,6 @@ async fn authorize(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    if let (Some(limiter), Some(source)) = (&api.auth_failures, source) {
-        limiter.admit(source)?;
-    }
     let slug = params.as_ref().ok().and_then(|p| {
         p.iter()
             .find(|(name, _)| *name == "slug")
@@ -314,8 +311,12 @@ async fn authorize(
     });
     let mut claims = match authenticate(&api, req.headers(), access, slug).await {
         Ok(claims) => claims,
+        // A token that verifies costs a guesser nothing to have refused; one that does not is
+        // counted against its source, which past its budget gets 429 (see AuthFailureLimiter).
+        // Good tokens from the same source keep working.
         Err(err @ ApiError::Unauthorized(_)) => {
             if let (Some(limiter), Some(source)) = (&api.auth_failures, source) {
+                limiter.admit(source)?;
                 limiter.failed(source);
             }
             return Err(err);
@@ -448,12 +449,16 @@ async fn checked_input(req: Request, deadline: std::time::Duration) -> Result<Re
         }
         Some(_) => return Err(ApiError::BadRequest("the body is not valid JSON".into())),
     }
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes)
-        && let Some(path) = control_character_at(&value, String::new())
-    {
-        return Err(ApiError::Unprocessable(format!(
-            "{path} contains a NUL or control character; only tab and line breaks are allowed"
-        )));
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        // What cannot be read as JSON values (nested too deep, a number out of range) is not
+        // let through unchecked: no command takes such a body anyway.
+        let value = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_err(|_| ApiError::BadRequest("the body is not valid JSON".into()))?;
+        if let Some(path) = control_character_at(&value, String::new()) {
+            return Err(ApiError::Unprocessable(format!(
+                "{path} contains a NUL or control character; only tab and line breaks are allowed"
+            )));
+        }
     }
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
@@ -598,4 +603,59 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         router(ctx.clone(), jwt).merge(copilot_runtime::http::health_routes(ctx.clone())),
     );
     copilot_runtime::http::serve(ctx.settings.listen, app, timeouts, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone as _, Utc};
+
+    use super::*;
+
+    fn user(added_seq: Option<i64>) -> copilot_store::UserView {
+        let at = Utc.timestamp_opt(1_790_000_000, 0).unwrap();
+        copilot_store::UserView {
+            user_id: "frank".into(),
+            email: "frank@acme.test".into(),
+            display_name: "Frank".into(),
+            role: "admin".into(),
+            slack_user_id: None,
+            added_by: "alice".into(),
+            added_at: at,
+            updated_at: at,
+            added_seq,
+        }
+    }
+
+    fn claims(useq: Option<u64>, iat: u64) -> Claims {
+        Claims {
+            sub: "frank".into(),
+            tenant: "acme".into(),
+            role: Role::Admin,
+            iss: "copilot".into(),
+            aud: "copilot-api".into(),
+            iat,
+            exp: iat + 60,
+            nbf: None,
+            platform: false,
+            useq,
+        }
+    }
+
+    #[test]
+    fn a_token_bound_to_an_earlier_incarnation_is_refused_however_late_it_was_issued() {
+        let added = 1_790_000_000;
+
+        assert!(bound_to(&claims(Some(7), added), &user(Some(7))));
+        assert!(!bound_to(&claims(Some(5), added + 3600), &user(Some(7))));
+    }
+
+    #[test]
+    fn a_token_without_an_incarnation_must_be_issued_after_the_second_its_user_was_added() {
+        let added = 1_790_000_000;
+
+        assert!(bound_to(&claims(None, added + 1), &user(Some(7))));
+        assert!(!bound_to(&claims(None, added), &user(Some(7))));
+        assert!(!bound_to(&claims(None, added - 1), &user(None)));
+        assert!(bound_to(&claims(Some(3), added + 1), &user(None)));
+    }
 }

@@ -110,8 +110,11 @@ pub async fn run(settings: Settings, command: SecretsCommand) -> anyhow::Result<
     }
 }
 
-/// Moves every tenant's settings that name an environment variable onto a tenant secret holding
-/// that variable's value as this process sees it, and points the settings at the secret.
+/// Moves every tenant's settings that name an environment variable the operator allows that
+/// tenant (`COPILOT_TENANT_ENV_ALLOW`) onto a tenant secret holding that variable's value as this
+/// process sees it, and points the settings at the secret. A variable not allowed is skipped and
+/// named: settings a tenant wrote during an attack (`COPILOT_JWT_SECRET`) must not become its
+/// secret.
 async fn import_env(settings: Settings) -> anyhow::Result<()> {
     let keys = keys(&settings)?;
     let ctx = Context::connect(settings, "cli").await?;
@@ -124,17 +127,30 @@ async fn import_env(settings: Settings) -> anyhow::Result<()> {
     for tenant in tenants.iter().map(|t| t.slug.as_str()) {
         let mut integrations = copilot_hypothesis::integrations(&ctx, tenant).await?;
         let mut changed = false;
+        let allowed = |var: &str| {
+            let ok = ctx.settings.tenant_env_allowed(tenant, var);
+            if !ok {
+                println!(
+                    "{tenant}: skipped {var}: not allowed for {tenant} in COPILOT_TENANT_ENV_ALLOW"
+                );
+            }
+            ok
+        };
         if let Some(llm) = &mut integrations.llm
-            && let Some(var) = llm.api_key_env.take()
+            && let Some(var) = llm.api_key_env.clone()
+            && allowed(&var)
         {
             store_var(&ctx, &keys, tenant, "llm-api-key", &var).await?;
+            llm.api_key_env = None;
             llm.api_key_secret = Some("llm-api-key".into());
             changed = true;
         }
         if let Some(slack) = &mut integrations.slack
-            && let Some(var) = slack.signing_secret_env.take()
+            && let Some(var) = slack.signing_secret_env.clone()
+            && allowed(&var)
         {
             store_var(&ctx, &keys, tenant, "slack-signing-secret", &var).await?;
+            slack.signing_secret_env = None;
             slack.signing_secret = Some("slack-signing-secret".into());
             changed = true;
         }

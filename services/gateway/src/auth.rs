@@ -12,25 +12,70 @@ use std::{
 
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
-use copilot_runtime::{auth::hash_token, http::ApiError};
+use copilot_runtime::{auth::hash_token, http::ApiError, ratelimit::AuthFailureLimiter};
 use copilot_store::{Store, TokenOwner};
 
 const CACHE_TTL: Duration = Duration::from_secs(1);
 const CACHE_MAX_ENTRIES: usize = 10_000;
+/// How long a token that authenticated stays known good: a source over its failed-auth budget
+/// still has such tokens looked up (so a sender behind the same address as a guesser keeps
+/// delivering), and only unknown ones refused unseen.
+const KNOWN_GOOD_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Default)]
 pub struct TokenCache {
     entries: RwLock<HashMap<String, (Option<TokenOwner>, Instant)>>,
+    known_good: RwLock<HashMap<String, Instant>>,
 }
 
 impl TokenCache {
     /// The tenant the request's credentials belong to, or the error to answer (401 for
-    /// credentials that are missing, wrong or revoked; 503 while Postgres cannot be reached).
+    /// credentials that are missing, wrong or revoked; 429 for unknown credentials from a
+    /// source past its failed-auth budget; 503 while Postgres cannot be reached). Failures are
+    /// counted against the source.
     pub async fn authenticate(
         &self,
         store: &Store,
         headers: &HeaderMap,
+        limited: Option<(&AuthFailureLimiter, std::net::IpAddr)>,
     ) -> Result<String, ApiError> {
+        let hash = credentials(headers).map(|(_, token)| hash_token(&token));
+        if let Some((limiter, source)) = limited
+            && !hash.as_ref().is_ok_and(|h| self.is_known_good(h))
+        {
+            limiter.admit(source)?;
+        }
+        let result = self.lookup(store, headers).await;
+        match (&result, limited) {
+            (Ok(_), _) => {
+                if let Ok(hash) = hash {
+                    self.remember_good(hash);
+                }
+            }
+            (Err(ApiError::Unauthorized(_)), Some((limiter, source))) => limiter.failed(source),
+            _ => {}
+        }
+        result
+    }
+
+    fn is_known_good(&self, hash: &str) -> bool {
+        let known = self.known_good.read().expect("known-good lock");
+        known
+            .get(hash)
+            .is_some_and(|at| at.elapsed() < KNOWN_GOOD_TTL)
+    }
+
+    fn remember_good(&self, hash: String) {
+        let mut known = self.known_good.write().expect("known-good lock");
+        if known.len() >= CACHE_MAX_ENTRIES {
+            known.retain(|_, at| at.elapsed() < KNOWN_GOOD_TTL);
+        }
+        if known.len() < CACHE_MAX_ENTRIES {
+            known.insert(hash, Instant::now());
+        }
+    }
+
+    async fn lookup(&self, store: &Store, headers: &HeaderMap) -> Result<String, ApiError> {
         let (user, token) = credentials(headers)?;
         let hash = hash_token(&token);
         let owner = match self.cached(&hash) {

@@ -108,22 +108,10 @@ impl Gateway {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
         let limited = self.auth_failures.as_deref().zip(source_addr);
-        if let Some((limiter, addr)) = limited {
-            limiter.admit(addr)?;
-        }
-        let tenant = match self
+        let tenant = self
             .tokens
-            .authenticate(&self.ctx.store, &parts.headers)
-            .await
-        {
-            Ok(tenant) => tenant,
-            Err(err) => {
-                if let (Some((limiter, addr)), ApiError::Unauthorized(_)) = (limited, &err) {
-                    limiter.failed(addr);
-                }
-                return Err(err);
-            }
-        };
+            .authenticate(&self.ctx.store, &parts.headers, limited)
+            .await?;
         if let Some(limiter) = &self.limiter {
             limiter.check(&tenant)?;
         }

@@ -96,16 +96,23 @@ impl Engine {
 }
 
 /// The API key of a tenant's model: its secret opened with the platform's keys, or the value of
-/// a variable the operator allows tenants to name; `Err` says why there is none to send.
+/// a variable the operator allows tenants to name; `Err` says why there is none to send, in words
+/// fit for the tenant (what only the operator should see is logged).
 async fn tenant_key(
     ctx: &Context,
     tenant: &str,
     llm: &copilot_events::TenantLlm,
 ) -> Result<Option<String>, String> {
     if let Some(name) = &llm.api_key_secret {
+        let unopenable = |err: &dyn std::fmt::Display| {
+            tracing::warn!(tenant, secret = name.as_str(), error = %err, "a tenant secret cannot be opened");
+            format!(
+                "secret {name:?} cannot be opened on this copilot (its operator's logs say why)"
+            )
+        };
         let keys = SecretKeys::from_settings(&ctx.settings)
-            .map_err(|e| format!("secret {name:?}: {e}"))?
-            .ok_or_else(|| format!("secret {name:?}: this copilot has no secrets key"))?;
+            .map_err(|e| unopenable(&e))?
+            .ok_or_else(|| unopenable(&"no secrets key is configured"))?;
         let row = ctx
             .store
             .sealed_secret(tenant, name)
@@ -120,10 +127,10 @@ async fn tenant_key(
         return keys
             .open(tenant, name, row.version as u32, &sealed)
             .map(Some)
-            .map_err(|e| format!("secret {name:?}: {e}"));
+            .map_err(|e| unopenable(&e));
     }
     if let Some(name) = &llm.api_key_env {
-        if !ctx.settings.tenant_env_allowed(name) {
+        if !ctx.settings.tenant_env_allowed(tenant, name) {
             return Err(format!(
                 "llm.api_key_env names {name:?}, which the operator does not allow tenants to use; store the key as a tenant secret"
             ));

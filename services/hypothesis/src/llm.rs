@@ -181,6 +181,29 @@ pub fn prompt(input: &EvidenceInput, set: &EvidenceSet) -> String {
     text
 }
 
+/// The client's configuration: the base URL and the configured key, and nothing from the
+/// process's environment. async-openai's defaults read `OPENAI_API_KEY`, `OPENAI_ORG_ID` and
+/// `OPENAI_PROJECT_ID`, which would send the operator's credentials to whatever URL a tenant
+/// configured; every field is set here instead.
+pub fn openai_config(config: &LlmConfig) -> Result<OpenAIConfig, LlmError> {
+    let key = config.api_key.as_deref().unwrap_or_default();
+    if unsendable_key(key) {
+        return Err(LlmError::Key(
+            "the key holds characters an HTTP header cannot carry".into(),
+        ));
+    }
+    Ok(OpenAIConfig::new()
+        .with_api_base(config.base_url.trim_end_matches('/'))
+        .with_api_key(key)
+        .with_org_id("")
+        .with_project_id(""))
+}
+
+/// Whether `Bearer <key>` would not be a valid header value (async-openai would panic on it).
+fn unsendable_key(key: &str) -> bool {
+    reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).is_err()
+}
+
 /// Asks the model. Errors, timeouts and unusable answers are errors: the caller falls back.
 pub async fn propose(
     config: &LlmConfig,
@@ -194,11 +217,7 @@ pub async fn propose(
     if let Some(reason) = &config.key_error {
         return Err(LlmError::Key(reason.clone()));
     }
-    let mut openai = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
-    if let Some(key) = &config.api_key {
-        openai = openai.with_api_key(key);
-    }
-    let mut client = Client::with_config(openai);
+    let mut client = Client::with_config(openai_config(config)?);
     if let Some(policy) = &config.egress {
         policy.check_url(&config.base_url).map_err(|err| {
             tracing::warn!(error = %err, "egress refused");
@@ -295,4 +314,46 @@ fn strip_fences(content: &str) -> &str {
         .and_then(|s| s.strip_suffix("```"))
         .map(str::trim)
         .unwrap_or(trimmed)
+}
+
+#[cfg(test)]
+mod tests {
+    use async_openai::config::Config as _;
+
+    use super::*;
+
+    fn config(api_key: Option<&str>) -> LlmConfig {
+        LlmConfig {
+            base_url: "https://models.example.com/v1/".into(),
+            model: "m".into(),
+            api_key: api_key.map(str::to_owned),
+            timeout: Duration::from_secs(1),
+            egress: None,
+            key_error: None,
+        }
+    }
+
+    #[test]
+    fn a_model_without_a_key_is_sent_no_credentials_from_the_environment() {
+        let built = openai_config(&config(None)).unwrap();
+
+        let headers = built.headers();
+
+        assert_eq!(headers["authorization"], "Bearer ");
+        assert!(headers.get("openai-organization").is_none());
+        assert!(headers.get("openai-project").is_none());
+        assert_eq!(built.api_base(), "https://models.example.com/v1");
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_a_header_is_refused_instead_of_panicking() {
+        assert!(matches!(
+            openai_config(&config(Some("sk-1\r\nX-Evil: 1"))),
+            Err(LlmError::Key(_))
+        ));
+        assert_eq!(
+            openai_config(&config(Some("sk-1"))).unwrap().headers()["authorization"],
+            "Bearer sk-1"
+        );
+    }
 }

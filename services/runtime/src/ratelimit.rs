@@ -71,9 +71,12 @@ impl TenantLimiter {
     }
 }
 
-/// A budget of failed authentications per source address: `per_minute` failures, refilled
-/// evenly. While a source has none left, its requests are refused with 429 before their
-/// credentials are looked at, so guessing tokens costs the guesser time, not the copilot work.
+/// A budget of failed authentications per source address (an IPv6 source counts by its /64, so
+/// rotating addresses inside one network does not reset it): `per_minute` failures, refilled
+/// evenly. While a source has none left, credentials it sends that are not already known good are
+/// refused with 429 before they are looked up, so guessing tokens costs the guesser time and the
+/// copilot no database work; credentials known good keep working, so senders sharing an address
+/// (behind a NAT or a proxy) with a guesser are not locked out.
 pub struct AuthFailureLimiter {
     per_minute: f64,
     scope: &'static str,
@@ -100,6 +103,7 @@ impl AuthFailureLimiter {
 
     /// 429 when `source` has spent its failures; otherwise nothing is taken.
     pub fn admit(&self, source: IpAddr) -> Result<(), ApiError> {
+        let source = network_of(source);
         let now = Instant::now();
         let buckets = self.buckets.lock().expect("auth failure buckets");
         let Some(&(tokens, since)) = buckets.get(&source) else {
@@ -122,6 +126,7 @@ impl AuthFailureLimiter {
 
     /// Records a failed authentication from `source`.
     pub fn failed(&self, source: IpAddr) {
+        let source = network_of(source);
         Metrics::global()
             .auth_failures_total
             .with_label_values(&[self.scope])
@@ -139,6 +144,18 @@ impl AuthFailureLimiter {
             .map(|&(tokens, since)| self.level(tokens, since, now))
             .unwrap_or(self.per_minute);
         buckets.insert(source, ((level - 1.0).max(0.0), now));
+    }
+}
+
+/// The key a source counts under: the address, or for IPv6 its /64.
+fn network_of(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("mapped")),
+        v4 => v4,
     }
 }
 
@@ -180,5 +197,19 @@ mod tests {
         ));
         assert!(limiter.admit(other).is_ok());
         assert!(AuthFailureLimiter::new("api", 0).is_none());
+    }
+
+    #[test]
+    fn an_ipv6_source_counts_by_its_network_so_rotating_addresses_does_not_help() {
+        let limiter = AuthFailureLimiter::new("api", 2).unwrap();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+
+        limiter.failed(a);
+        limiter.failed(b);
+
+        assert!(limiter.admit(a).is_err());
+        assert!(limiter.admit(elsewhere).is_ok());
     }
 }

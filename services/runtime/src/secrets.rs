@@ -46,6 +46,8 @@ pub struct Sealed {
 pub struct SecretKeys {
     primary: String,
     keys: HashMap<String, XChaCha20Poly1305>,
+    /// Derived from the sealing key: fingerprints cannot be computed, nor guessed at, without it.
+    fingerprint_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretKeys {
@@ -62,14 +64,20 @@ impl std::fmt::Debug for SecretKeys {
 impl SecretKeys {
     /// Parses `id:base64,id:base64` (or one per line); the first is the sealing key.
     pub fn parse(spec: &str) -> Result<Self, SecretsError> {
-        let mut primary = None;
+        let mut primary: Option<(String, [u8; 32])> = None;
         let mut keys = HashMap::new();
         for item in spec
             .split([',', '\n'])
             .map(str::trim)
             .filter(|i| !i.is_empty() && !i.starts_with('#'))
         {
-            let bad = || SecretsError::BadKey(item.split(':').next().unwrap_or("").to_owned());
+            // Name the key by its id only: what follows it, or a line without one, may be key
+            // material, and this error is logged.
+            let id_of = |item: &str| match item.split_once(':') {
+                Some((id, _)) => id.to_owned(),
+                None => "(a line without an id)".to_owned(),
+            };
+            let bad = || SecretsError::BadKey(id_of(item));
             let (id, b64) = item.split_once(':').ok_or_else(bad)?;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
@@ -79,11 +87,18 @@ impl SecretKeys {
                 return Err(bad());
             }
             let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| bad())?;
-            primary.get_or_insert_with(|| id.to_owned());
+            if primary.is_none() {
+                let material: [u8; 32] = bytes.as_slice().try_into().map_err(|_| bad())?;
+                primary = Some((id.to_owned(), material));
+            }
             keys.insert(id.to_owned(), cipher);
         }
-        let primary = primary.ok_or(SecretsError::NoKey)?;
-        Ok(Self { primary, keys })
+        let (primary, material) = primary.ok_or(SecretsError::NoKey)?;
+        Ok(Self {
+            primary,
+            keys,
+            fingerprint_key: blake3::derive_key("copilot tenant secret fingerprint v1", &material),
+        })
     }
 
     /// The keys the settings name, if any.
@@ -99,6 +114,19 @@ impl SecretKeys {
             return Self::parse(&text).map(Some);
         }
         Ok(None)
+    }
+
+    /// What tells two values of a secret apart in events, the audit log and `GET`: 12 hex digits
+    /// of a digest keyed by the platform over the tenant, name and value. Without the platform's
+    /// key nobody can test a guess of the value against it; it differs between tenants for the
+    /// same value, and after a key rotation for the same value too.
+    pub fn fingerprint(&self, tenant: &str, name: &str, value: &str) -> String {
+        let mut hasher = blake3::Hasher::new_keyed(&self.fingerprint_key);
+        for part in [tenant, name, value] {
+            hasher.update(part.as_bytes());
+            hasher.update(&[0]);
+        }
+        hasher.finalize().to_hex()[..12].to_owned()
     }
 
     /// The id of the key new values are sealed with.
@@ -168,18 +196,6 @@ pub fn generate_key(id: &str) -> String {
     )
 }
 
-/// What tells two values of a secret apart in events, the audit log and `GET`: 12 hex digits
-/// of a keyed digest over the tenant, name and value. It reveals nothing a guess of a random
-/// key could use, and differs between tenants for the same value.
-pub fn fingerprint(tenant: &str, name: &str, value: &str) -> String {
-    let key = blake3::derive_key("copilot tenant secret fingerprint v1", tenant.as_bytes());
-    let mut hasher = blake3::Hasher::new_keyed(&key);
-    hasher.update(name.as_bytes());
-    hasher.update(&[0]);
-    hasher.update(value.as_bytes());
-    hasher.finalize().to_hex()[..12].to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,15 +244,23 @@ mod tests {
     fn malformed_keys_are_refused_without_echoing_them() {
         let err = SecretKeys::parse("k1:c2hvcnQ=").unwrap_err().to_string();
         assert!(err.contains("k1") && !err.contains("c2hvcnQ"), "{err}");
+        let key_without_id = generate_key("x").split_once(':').unwrap().1.to_owned();
+        let err = SecretKeys::parse(&key_without_id).unwrap_err().to_string();
+        assert!(!err.contains(&key_without_id[..8]), "{err}");
         assert!(matches!(SecretKeys::parse(""), Err(SecretsError::NoKey)));
     }
 
     #[test]
-    fn fingerprints_tell_values_apart_and_differ_between_tenants() {
-        let a = fingerprint("acme", "openai", "sk-1");
+    fn fingerprints_tell_values_apart_and_need_the_platforms_key() {
+        let keys = SecretKeys::parse(&generate_key("k1")).unwrap();
+        let other = SecretKeys::parse(&generate_key("k1")).unwrap();
+
+        let a = keys.fingerprint("acme", "openai", "sk-1");
+
         assert_eq!(a.len(), 12);
-        assert_eq!(a, fingerprint("acme", "openai", "sk-1"));
-        assert_ne!(a, fingerprint("acme", "openai", "sk-2"));
-        assert_ne!(a, fingerprint("globex", "openai", "sk-1"));
+        assert_eq!(a, keys.fingerprint("acme", "openai", "sk-1"));
+        assert_ne!(a, keys.fingerprint("acme", "openai", "sk-2"));
+        assert_ne!(a, keys.fingerprint("globex", "openai", "sk-1"));
+        assert_ne!(a, other.fingerprint("acme", "openai", "sk-1"));
     }
 }

@@ -176,7 +176,7 @@ pub struct Settings {
     #[arg(long, env = "COPILOT_EGRESS_ALLOW", global = true)]
     pub egress_allow: Option<String>,
 
-    /// Environment variables tenants may still name in legacy settings (`llm.api_key_env`, `slack.signing_secret_env`), comma-separated [default: none; tenants store secrets instead]
+    /// Environment variables a tenant may still name in legacy settings (`llm.api_key_env`, `slack.signing_secret_env`), as `tenant=VARIABLE` pairs, comma-separated; the copilot's own variables are never allowed [default: none; tenants store secrets instead]
     #[arg(long, env = "COPILOT_TENANT_ENV_ALLOW", global = true)]
     pub tenant_env_allow: Option<String>,
 
@@ -362,11 +362,22 @@ impl Settings {
             .to_owned()
     }
 
-    /// Whether a tenant's settings may name environment variable `name` (legacy secret references).
-    pub fn tenant_env_allowed(&self, name: &str) -> bool {
-        self.tenant_env_allow
-            .as_deref()
-            .is_some_and(|list| list.split(',').any(|n| n.trim() == name))
+    /// Whether `tenant`'s settings may name environment variable `name` (legacy secret
+    /// references): only a pair the operator listed, and never one of the variables that hold
+    /// the platform's own secrets or a cloud's credentials, whatever the list says.
+    pub fn tenant_env_allowed(&self, tenant: &str, name: &str) -> bool {
+        const NEVER: &[&str] = &[
+            "COPILOT_", "OPENAI_", "AWS_", "GOOGLE_", "AZURE_", "PG", "NATS_",
+        ];
+        const NEVER_EXACT: &[&str] = &["DATABASE_URL", "HOME", "PATH", "USER"];
+        if NEVER.iter().any(|p| name.starts_with(p)) || NEVER_EXACT.contains(&name) {
+            return false;
+        }
+        self.tenant_env_allow.as_deref().is_some_and(|list| {
+            list.split(',')
+                .filter_map(|pair| pair.trim().split_once('='))
+                .any(|(t, n)| t.trim() == tenant && n.trim() == name)
+        })
     }
 
     /// Settings with every default, for tests and tools that fill in what they need.
@@ -399,6 +410,19 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_may_name_only_the_variables_listed_for_it_and_never_the_platforms() {
+        let mut settings = Settings::defaults();
+        settings.tenant_env_allow =
+            Some("acme=ACME_OPENAI_KEY, acme=COPILOT_JWT_SECRET,globex=DATABASE_URL".into());
+
+        assert!(settings.tenant_env_allowed("acme", "ACME_OPENAI_KEY"));
+        assert!(!settings.tenant_env_allowed("globex", "ACME_OPENAI_KEY"));
+        assert!(!settings.tenant_env_allowed("acme", "COPILOT_JWT_SECRET"));
+        assert!(!settings.tenant_env_allowed("globex", "DATABASE_URL"));
+        assert!(!Settings::defaults().tenant_env_allowed("acme", "ACME_OPENAI_KEY"));
+    }
 
     #[test]
     fn redact_hides_the_password_and_keeps_the_rest() {

@@ -28,16 +28,22 @@ pub struct SecretMeta {
 }
 
 impl Store {
-    /// The version the next value of a secret gets (1 for a new one). Locks the row, so two
-    /// writers of one secret take turns.
+    /// The version the next value of a secret gets (1 for a new one; deleted ones keep
+    /// counting). Takes a transaction lock on the secret's name first, so two writers of one
+    /// secret, even a new one, take turns.
     pub async fn next_secret_version(
         &self,
         tx: &mut Tx<'_>,
         tenant: &str,
         name: &str,
     ) -> Result<i32> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(0) || $2, 7))")
+            .bind(tenant)
+            .bind(name)
+            .execute(&mut **tx)
+            .await?;
         let current: Option<i32> = sqlx::query_scalar(
-            "SELECT version FROM tenant_secrets WHERE tenant = $1 AND name = $2 FOR UPDATE",
+            "SELECT version FROM tenant_secrets WHERE tenant = $1 AND name = $2",
         )
         .bind(tenant)
         .bind(name)
@@ -61,7 +67,8 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (tenant, name) DO UPDATE SET version = EXCLUDED.version,
                  key_id = EXCLUDED.key_id, nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext,
-                 fingerprint = EXCLUDED.fingerprint, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at",
+                 fingerprint = EXCLUDED.fingerprint, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at,
+                 deleted_at = NULL",
         )
         .bind(tenant)
         .bind(&row.name)
@@ -77,13 +84,17 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a secret; whether there was one.
+    /// Deletes a secret's value (its row stays, emptied, to keep its version count); whether
+    /// there was one.
     pub async fn delete_secret(&self, tx: &mut Tx<'_>, tenant: &str, name: &str) -> Result<bool> {
-        let deleted = sqlx::query("DELETE FROM tenant_secrets WHERE tenant = $1 AND name = $2")
-            .bind(tenant)
-            .bind(name)
-            .execute(&mut **tx)
-            .await?;
+        let deleted = sqlx::query(
+            "UPDATE tenant_secrets SET nonce = '', ciphertext = '', deleted_at = now()
+             WHERE tenant = $1 AND name = $2 AND deleted_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
         Ok(deleted.rows_affected() == 1)
     }
 
@@ -91,7 +102,7 @@ impl Store {
     pub async fn sealed_secret(&self, tenant: &str, name: &str) -> Result<Option<SecretRow>> {
         Ok(sqlx::query_as(
             "SELECT name, version, key_id, nonce, ciphertext, fingerprint
-             FROM tenant_secrets WHERE tenant = $1 AND name = $2",
+             FROM tenant_secrets WHERE tenant = $1 AND name = $2 AND deleted_at IS NULL",
         )
         .bind(tenant)
         .bind(name)
@@ -103,7 +114,7 @@ impl Store {
     pub async fn list_secrets(&self, tenant: &str) -> Result<Vec<SecretMeta>> {
         Ok(sqlx::query_as(
             "SELECT name, version, fingerprint, set_by, set_at
-             FROM tenant_secrets WHERE tenant = $1 ORDER BY name",
+             FROM tenant_secrets WHERE tenant = $1 AND deleted_at IS NULL ORDER BY name",
         )
         .bind(tenant)
         .fetch_all(&self.pool)
@@ -125,7 +136,8 @@ impl Store {
         }
         let rows: Vec<Tenanted> = sqlx::query_as(
             "SELECT tenant, name, version, key_id, nonce, ciphertext, fingerprint
-             FROM tenant_secrets WHERE key_id <> $1 ORDER BY tenant, name LIMIT $2",
+             FROM tenant_secrets WHERE key_id <> $1 AND deleted_at IS NULL
+             ORDER BY tenant, name LIMIT $2",
         )
         .bind(key_id)
         .bind(limit)
