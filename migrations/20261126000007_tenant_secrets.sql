@@ -14,7 +14,7 @@ UPDATE users SET added_seq = last_seq WHERE added_at = updated_at;
 -- written by the secrets command and is not rebuilt from the streams; back it up with the
 -- database. The tenant role gets no grant on it: no tenant-scoped query can reach it. A deleted
 -- secret keeps its row, emptied (deleted_at set), so its versions keep counting up and a version
--- names one value for good.
+-- names one value for good. `origin`, when set, is the only origin the value may be sent to.
 CREATE TABLE tenant_secrets (
     tenant      text        NOT NULL,
     name        text        NOT NULL,
@@ -23,6 +23,7 @@ CREATE TABLE tenant_secrets (
     nonce       bytea       NOT NULL,
     ciphertext  bytea       NOT NULL,
     fingerprint text        NOT NULL,
+    origin      text,
     set_by      text        NOT NULL,
     set_at      timestamptz NOT NULL,
     deleted_at  timestamptz,

@@ -132,6 +132,10 @@ pub struct TenantSecretSet {
     pub version: u32,
     /// A short keyed digest of the value, to tell values apart without revealing them.
     pub fingerprint: String,
+    /// The only origin (`https://host[:port]`) the copilot may send the value to, when the
+    /// writer bound it to one: settings that point elsewhere cannot use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     pub set_by: String,
 }
 

@@ -909,3 +909,58 @@ async fn proposals_verdicts_and_usage_rebuilt_from_the_streams_equal_the_live_on
     }
     assert_eq!(again, live);
 }
+
+#[tokio::test]
+async fn a_secret_bound_to_an_origin_is_never_sent_anywhere_else() {
+    let server = FakeLlm::start(Reply::Content(
+        json!({"inconclusive": true, "hypotheses": []}).to_string(),
+    ))
+    .await;
+    let t = TestApp::spawn_with(Services::All, fast_hypotheses(60)).await;
+    let admin = t.user_jwt("acme", "alice", Role::Admin).await;
+    let stored = t
+        .http
+        .put(format!("{}/v1/settings/secrets/openai", t.url))
+        .bearer_auth(&admin)
+        .json(&json!({"value": "sk-bound-to-openai", "origin": "https://api.openai.com/v1"}))
+        .send()
+        .await
+        .unwrap();
+    let stored: Value = stored.json().await.unwrap();
+    assert_eq!(stored["origin"], "https://api.openai.com");
+    let elsewhere =
+        json!({"llm": {"base_url": server.base_url(), "model": "m", "api_key_secret": "openai"}});
+
+    // Another admin of the tenant repoints the model at a server of their own.
+    let refused = t
+        .http
+        .put(format!("{}/v1/settings/integrations", t.url))
+        .bearer_auth(&admin)
+        .json(&elsewhere)
+        .send()
+        .await
+        .unwrap();
+    append_integrations(&t, "acme", elsewhere).await;
+    post(
+        &t,
+        &[("HighErrorRate", "api", "critical", "2026-11-22T08:00:00Z")],
+    )
+    .await;
+    let detail = incident_with_hypotheses(&t, "api").await;
+
+    assert_eq!(refused.status(), 422);
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("may only be sent to https://api.openai.com")
+    );
+    assert_eq!(detail["hypotheses_proposal"]["engine"], "builtin");
+    assert!(
+        fallback_reason(&t, &detail)
+            .await
+            .contains("may only be sent to https://api.openai.com")
+    );
+    assert!(server.requests().is_empty(), "the model was not called");
+}

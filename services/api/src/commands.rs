@@ -40,7 +40,14 @@ pub struct StoredSecret {
     pub name: String,
     pub version: u32,
     pub fingerprint: String,
+    pub origin: Option<String>,
     pub seq: u64,
+}
+
+/// A secret's value and, optionally, the only origin it may be sent to.
+pub struct SecretValue<'a> {
+    pub value: &'a str,
+    pub origin: Option<&'a str>,
 }
 
 /// Seals `value` with the platform's key and stores it as tenant secret `name` (replacing any
@@ -54,10 +61,19 @@ pub async fn set_secret(
     keys: &SecretKeys,
     tenant: &str,
     name: &str,
-    value: &str,
+    secret: SecretValue<'_>,
     actor: &str,
     headers: Headers,
 ) -> Result<StoredSecret, CommandError> {
+    let value = secret.value;
+    let origin = match secret.origin {
+        Some(given) => Some(copilot_runtime::egress::origin_of(given).ok_or_else(|| {
+            CommandError::InvalidSecret(format!(
+                "origin {given:?} is not an http(s) origin such as https://api.openai.com"
+            ))
+        })?),
+        None => None,
+    };
     if !is_valid_secret_name(name) {
         return Err(CommandError::InvalidSecret(format!(
             "{name:?} is not a valid secret name: use 1-64 of a-z, 0-9, - and _, starting with a letter"
@@ -83,6 +99,7 @@ pub async fn set_secret(
         nonce: sealed.nonce,
         ciphertext: sealed.ciphertext,
         fingerprint: keys.fingerprint(tenant, name, value),
+        origin,
     };
     store
         .put_secret(&mut tx, tenant, &row, actor, Utc::now())
@@ -91,6 +108,7 @@ pub async fn set_secret(
         name: name.to_owned(),
         version: version as u32,
         fingerprint: row.fingerprint.clone(),
+        origin: row.origin.clone(),
         set_by: actor.to_owned(),
     };
     let seq = append_on(
@@ -106,6 +124,7 @@ pub async fn set_secret(
         name: row.name,
         version: event.version,
         fingerprint: row.fingerprint,
+        origin: row.origin,
         seq,
     })
 }

@@ -753,6 +753,18 @@ async fn check_integrations(
                 "no secret named {missing:?}: store it first with PUT /v1/settings/secrets/{missing}"
             )));
         }
+        if let Some(llm) = &integrations.llm
+            && let Some(name) = &llm.api_key_secret
+            && let Some(bound) = stored
+                .iter()
+                .find(|s| s.name == *name)
+                .and_then(|s| s.origin.as_deref())
+            && copilot_runtime::egress::origin_of(&llm.base_url).as_deref() != Some(bound)
+        {
+            return Err(ApiError::Unprocessable(format!(
+                "secret {name:?} may only be sent to {bound}; llm.base_url points elsewhere"
+            )));
+        }
     }
     Ok(())
 }

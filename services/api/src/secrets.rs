@@ -22,8 +22,12 @@ use crate::{
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretBody {
-    /// The secret's value: 1-8192 bytes without control characters. Never shown again.
+    /// The secret's value: 1-8192 visible ASCII characters. Never shown again.
     pub value: String,
+    /// The only origin (`https://host[:port]`) the copilot may send it to; settings pointing
+    /// elsewhere cannot use it [default: wherever the tenant's settings point].
+    #[serde(default)]
+    pub origin: Option<String>,
 }
 
 /// What a write answers: never the value.
@@ -32,6 +36,8 @@ pub struct SecretStored {
     pub name: String,
     pub version: u32,
     pub fingerprint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// `GET /v1/settings/secrets`: the tenant's secrets, without their values.
@@ -51,7 +57,10 @@ pub async fn put(
     Path(name): Path<String>,
     payload: Result<Json<SecretBody>, JsonRejection>,
 ) -> Result<Json<SecretStored>, ApiError> {
-    let value = body(payload)?.value;
+    let SecretBody {
+        value,
+        origin: bound_to,
+    } = body(payload)?;
     let keys = api.secret_keys()?;
     let stored = commands::set_secret(
         &api.ctx.js,
@@ -59,7 +68,10 @@ pub async fn put(
         keys,
         &caller.0.tenant,
         &name,
-        &value,
+        commands::SecretValue {
+            value: &value,
+            origin: bound_to.as_deref(),
+        },
         &caller.0.sub,
         origin.0,
     )
@@ -69,6 +81,7 @@ pub async fn put(
         name: stored.name,
         version: stored.version,
         fingerprint: stored.fingerprint,
+        origin: stored.origin,
     }))
 }
 

@@ -229,6 +229,9 @@ pub enum SecretsCommand {
         /// Read the value from this environment variable instead of stdin
         #[arg(long)]
         from_env: Option<String>,
+        /// The only origin the value may be sent to (e.g. https://api.openai.com)
+        #[arg(long)]
+        origin: Option<String>,
     },
     /// List a tenant's secrets: names, versions and fingerprints, never values
     List {

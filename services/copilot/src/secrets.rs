@@ -39,6 +39,7 @@ pub async fn run(settings: Settings, command: SecretsCommand) -> anyhow::Result<
             tenant,
             name,
             from_env,
+            origin,
         } => {
             let value = match from_env {
                 Some(var) => {
@@ -65,7 +66,10 @@ pub async fn run(settings: Settings, command: SecretsCommand) -> anyhow::Result<
                 &keys,
                 &tenant,
                 &name,
-                &value,
+                commands::SecretValue {
+                    value: &value,
+                    origin: origin.as_deref(),
+                },
                 ACTOR,
                 headers(),
             )
@@ -184,7 +188,10 @@ async fn store_var(
         keys,
         tenant,
         name,
-        &value,
+        commands::SecretValue {
+            value: &value,
+            origin: None,
+        },
         ACTOR,
         headers(),
     )

@@ -119,6 +119,13 @@ async fn tenant_key(
             .await
             .map_err(|_| format!("secret {name:?} could not be read"))?
             .ok_or_else(|| format!("secret {name:?} is not stored"))?;
+        if let Some(bound) = &row.origin
+            && copilot_runtime::egress::origin_of(&llm.base_url).as_ref() != Some(bound)
+        {
+            return Err(format!(
+                "secret {name:?} may only be sent to {bound}, and llm.base_url points elsewhere"
+            ));
+        }
         let sealed = Sealed {
             key_id: row.key_id,
             nonce: row.nonce,

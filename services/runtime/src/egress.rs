@@ -200,6 +200,15 @@ impl reqwest::dns::Resolve for Resolver {
     }
 }
 
+/// The origin (`scheme://host[:port]`, default ports left out) of an http(s) URL.
+pub fn origin_of(url: &str) -> Option<String> {
+    let parsed = Url::parse(url).ok()?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return None;
+    }
+    Some(parsed.origin().ascii_serialization())
+}
+
 /// Whether an error (or any error it wraps) is the egress policy's refusal.
 pub fn is_refusal(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(err);
@@ -322,6 +331,19 @@ mod tests {
         for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
             assert!(strict.permits(ip(public)), "{public} must pass");
         }
+    }
+
+    #[test]
+    fn origins_are_compared_in_one_spelling() {
+        assert_eq!(
+            origin_of("https://API.openai.com:443/v1/").as_deref(),
+            Some("https://api.openai.com")
+        );
+        assert_eq!(
+            origin_of("http://h:8080/x").as_deref(),
+            Some("http://h:8080")
+        );
+        assert_eq!(origin_of("file:///etc/passwd"), None);
     }
 
     #[test]

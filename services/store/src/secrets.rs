@@ -15,6 +15,8 @@ pub struct SecretRow {
     pub nonce: Vec<u8>,
     pub ciphertext: Vec<u8>,
     pub fingerprint: String,
+    /// The only origin the value may be sent to, if it is bound to one.
+    pub origin: Option<String>,
 }
 
 /// What anyone may know of a secret: never its value.
@@ -23,6 +25,8 @@ pub struct SecretMeta {
     pub name: String,
     pub version: i32,
     pub fingerprint: String,
+    /// The only origin the value may be sent to, if it is bound to one.
+    pub origin: Option<String>,
     pub set_by: String,
     pub set_at: DateTime<Utc>,
 }
@@ -63,12 +67,12 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO tenant_secrets (tenant, name, version, key_id, nonce, ciphertext, fingerprint,
-                                         set_by, set_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                         origin, set_by, set_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $10, $8, $9)
              ON CONFLICT (tenant, name) DO UPDATE SET version = EXCLUDED.version,
                  key_id = EXCLUDED.key_id, nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext,
-                 fingerprint = EXCLUDED.fingerprint, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at,
-                 deleted_at = NULL",
+                 fingerprint = EXCLUDED.fingerprint, origin = EXCLUDED.origin,
+                 set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at, deleted_at = NULL",
         )
         .bind(tenant)
         .bind(&row.name)
@@ -79,6 +83,7 @@ impl Store {
         .bind(&row.fingerprint)
         .bind(set_by)
         .bind(at)
+        .bind(&row.origin)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -101,7 +106,7 @@ impl Store {
     /// A sealed secret of a tenant, to be opened by a service that sends it.
     pub async fn sealed_secret(&self, tenant: &str, name: &str) -> Result<Option<SecretRow>> {
         Ok(sqlx::query_as(
-            "SELECT name, version, key_id, nonce, ciphertext, fingerprint
+            "SELECT name, version, key_id, nonce, ciphertext, fingerprint, origin
              FROM tenant_secrets WHERE tenant = $1 AND name = $2 AND deleted_at IS NULL",
         )
         .bind(tenant)
@@ -113,7 +118,7 @@ impl Store {
     /// A tenant's secrets, without their values.
     pub async fn list_secrets(&self, tenant: &str) -> Result<Vec<SecretMeta>> {
         Ok(sqlx::query_as(
-            "SELECT name, version, fingerprint, set_by, set_at
+            "SELECT name, version, fingerprint, origin, set_by, set_at
              FROM tenant_secrets WHERE tenant = $1 AND deleted_at IS NULL ORDER BY name",
         )
         .bind(tenant)
@@ -135,7 +140,7 @@ impl Store {
             row: SecretRow,
         }
         let rows: Vec<Tenanted> = sqlx::query_as(
-            "SELECT tenant, name, version, key_id, nonce, ciphertext, fingerprint
+            "SELECT tenant, name, version, key_id, nonce, ciphertext, fingerprint, origin
              FROM tenant_secrets WHERE key_id <> $1 AND deleted_at IS NULL
              ORDER BY tenant, name LIMIT $2",
         )
