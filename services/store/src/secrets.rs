@@ -41,7 +41,7 @@ impl Store {
         tenant: &str,
         name: &str,
     ) -> Result<i32> {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(0) || $2, 7))")
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 7))")
             .bind(tenant)
             .bind(name)
             .execute(&mut **tx)
