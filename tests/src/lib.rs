@@ -167,6 +167,28 @@ impl TestApp {
         .await
     }
 
+    /// A platform operator's JWT (valid 10 minutes).
+    pub fn platform_jwt(&self) -> String {
+        self.app
+            .as_ref()
+            .expect("app running")
+            .jwt
+            .issue_platform("ops", Duration::from_secs(600))
+            .expect("issuing a platform JWT")
+    }
+
+    /// `GET /metrics`: the process's metrics as text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Messages in a stream now.
     pub async fn stream_messages(&self, stream: &str) -> u64 {
         self.stream_state(stream).await.messages
@@ -253,6 +275,16 @@ pub async fn user_jwt(app: &App, tenant: &str, user_id: &str, role: Role) -> Str
             Duration::from_secs(600),
         )
         .expect("issuing a JWT")
+}
+
+/// The value of one series (`name{labels}`, as exposed) in a metrics text; 0 when absent. The
+/// registry is the test process's, shared by the tests running beside each other.
+pub fn metric(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{series} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Polls `check` until it holds, failing the test after `timeout`.

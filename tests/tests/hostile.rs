@@ -121,13 +121,7 @@ async fn hostile_input_gets_a_clear_4xx_appends_nothing_and_the_service_keeps_se
     })
     .await;
     let admin = t.user_jwt("acme", "alice", Role::Admin).await;
-    let ops = t
-        .app
-        .as_ref()
-        .unwrap()
-        .jwt
-        .issue_platform("ops", Duration::from_secs(600))
-        .unwrap();
+    let ops = t.platform_jwt();
     let before: Vec<u64> = {
         let mut counts = Vec::new();
         for stream in [subjects::SIGNALS, subjects::TENANTS, subjects::INCIDENTS] {
@@ -464,13 +458,7 @@ async fn a_nul_or_control_character_in_any_settings_command_is_a_422_and_never_a
     // the same in every string of every command that appends to TENANTS.
     let t = TestApp::spawn().await;
     let admin = t.user_jwt("acme", "alice", Role::Admin).await;
-    let ops = t
-        .app
-        .as_ref()
-        .unwrap()
-        .jwt
-        .issue_platform("ops", Duration::from_secs(600))
-        .unwrap();
+    let ops = t.platform_jwt();
     let before = t.stream_messages(subjects::TENANTS).await;
     let llm =
         |model: &str| json!({"llm": {"base_url": "https://api.example.com/v1", "model": model}});

@@ -551,14 +551,13 @@ async fn tenant_integrations_pick_the_tenants_model_and_send_it_the_tenants_own_
                 .unwrap()
         }
     };
-    let stored = t
-        .http
-        .put(format!("{}/v1/settings/secrets/acme-model-key", t.url))
-        .bearer_auth(&admin)
-        .json(&json!({"value": "sk-acme-only"}))
-        .send()
-        .await
-        .unwrap();
+    let stored = put_json(
+        &t,
+        "/v1/settings/secrets/acme-model-key",
+        &admin,
+        &json!({"value": "sk-acme-only"}),
+    )
+    .await;
     assert_eq!(stored.status(), 200);
     let settings = json!({"llm": {"base_url": server.base_url(), "model": "acme-model", "api_key_secret": "acme-model-key"}});
     assert_eq!(
@@ -614,6 +613,17 @@ async fn tenant_integrations_pick_the_tenants_model_and_send_it_the_tenants_own_
     );
 }
 
+/// `PUT path` with a JSON body, as a tenant's admin would.
+async fn put_json(t: &TestApp, path: &str, jwt: &str, body: &Value) -> reqwest::Response {
+    t.http
+        .put(format!("{}{path}", t.url))
+        .bearer_auth(jwt)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Why the current proposal of an incident came from the built-in engine, as any viewer of the
 /// tenant reads it.
 async fn fallback_reason(t: &TestApp, detail: &Value) -> String {
@@ -634,6 +644,17 @@ async fn fallback_reason(t: &TestApp, detail: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// The incident of an `api` alert of acme, with the proposal made under `integrations`.
+async fn proposal_under(t: &TestApp, integrations: Value) -> Value {
+    append_integrations(t, "acme", integrations).await;
+    post(
+        t,
+        &[("HighErrorRate", "api", "critical", "2026-11-22T08:00:00Z")],
+    )
+    .await;
+    incident_with_hypotheses(t, "api").await
 }
 
 /// Settings of `tenant` appended as they were before tenant secrets, or as if the write-time
@@ -668,14 +689,13 @@ async fn a_setting_naming_the_platforms_secret_variable_is_refused_and_never_sen
 
     // The attack: name the platform's JWT secret (or the database URL) as the model's key.
     for variable in ["COPILOT_JWT_SECRET", "DATABASE_URL", "HOME"] {
-        let r = t
-            .http
-            .put(format!("{}/v1/settings/integrations", t.url))
-            .bearer_auth(&admin)
-            .json(&json!({"llm": {"base_url": server.base_url(), "model": "m", "api_key_env": variable}}))
-            .send()
-            .await
-            .unwrap();
+        let r = put_json(
+            &t,
+            "/v1/settings/integrations",
+            &admin,
+            &json!({"llm": {"base_url": server.base_url(), "model": "m", "api_key_env": variable}}),
+        )
+        .await;
         assert_eq!(r.status(), 422, "{variable}");
         assert!(r.text().await.unwrap().contains("secret"));
     }
@@ -687,18 +707,11 @@ async fn a_setting_naming_the_platforms_secret_variable_is_refused_and_never_sen
 
     // A setting from before tenant secrets that names a variable of the copilot's process
     // (HOME is set in every test process) is not honoured either: no key is sent anywhere.
-    append_integrations(
+    let detail = proposal_under(
         &t,
-        "acme",
         json!({"llm": {"base_url": server.base_url(), "model": "m", "api_key_env": "HOME"}}),
     )
     .await;
-    post(
-        &t,
-        &[("HighErrorRate", "api", "critical", "2026-11-22T08:00:00Z")],
-    )
-    .await;
-    let detail = incident_with_hypotheses(&t, "api").await;
 
     assert_eq!(detail["hypotheses_proposal"]["engine"], "builtin");
     let reason = fallback_reason(&t, &detail).await;
@@ -730,14 +743,7 @@ async fn tenant_urls_that_reach_the_platforms_network_are_refused_when_written_a
         json!({"llm": {"base_url": format!("http://localhost:{}/v1", server.addr.port()), "model": "m"}}),
         json!({"llm": {"base_url": "http://10.0.0.7/v1", "model": "m"}}),
     ] {
-        let r = t
-            .http
-            .put(format!("{}/v1/settings/integrations", t.url))
-            .bearer_auth(&admin)
-            .json(&settings)
-            .send()
-            .await
-            .unwrap();
+        let r = put_json(&t, "/v1/settings/integrations", &admin, &settings).await;
         assert_eq!(r.status(), 422, "{settings}");
         assert!(r.text().await.unwrap().contains("internal address"));
     }
@@ -749,18 +755,7 @@ async fn tenant_urls_that_reach_the_platforms_network_are_refused_when_written_a
 
     // At call time too: a name (here `localhost`) that resolves to loopback is not called,
     // whatever it resolved to when the settings were written.
-    append_integrations(
-        &t,
-        "acme",
-        json!({"llm": {"base_url": format!("http://localhost:{}/v1", server.addr.port()), "model": "m"}}),
-    )
-    .await;
-    post(
-        &t,
-        &[("HighErrorRate", "api", "critical", "2026-11-22T08:00:00Z")],
-    )
-    .await;
-    let detail = incident_with_hypotheses(&t, "api").await;
+    let detail = proposal_under(&t, json!({"llm": {"base_url": format!("http://localhost:{}/v1", server.addr.port()), "model": "m"}})).await;
 
     assert_eq!(detail["hypotheses_proposal"]["engine"], "builtin");
     assert_eq!(
@@ -768,22 +763,11 @@ async fn tenant_urls_that_reach_the_platforms_network_are_refused_when_written_a
         "the model endpoint is an internal address this tenant's settings may not reach (egress policy)"
     );
     assert!(server.requests().is_empty(), "the model was not called");
-    let metrics = t
-        .http
-        .get(format!("{}/metrics", t.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    // The registry is the process's, shared by the tests running beside this one.
-    let refused: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("egress_refused_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert!(refused >= 1, "{metrics}");
+    let metrics = t.metrics().await;
+    assert!(
+        copilot_e2e::metric(&metrics, "egress_refused_total") >= 1,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -792,19 +776,11 @@ async fn what_a_tenants_model_answers_on_failure_never_reaches_the_tenant() {
     // would put that service's answer here.
     let server = FakeLlm::start(Reply::Status(500)).await;
     let t = TestApp::spawn_with(Services::All, fast_hypotheses(60)).await;
-    append_integrations(
+    let detail = proposal_under(
         &t,
-        "acme",
         json!({"llm": {"base_url": server.base_url(), "model": "m", "timeout_ms": 1000}}),
     )
     .await;
-
-    post(
-        &t,
-        &[("HighErrorRate", "api", "critical", "2026-11-22T08:00:00Z")],
-    )
-    .await;
-    let detail = incident_with_hypotheses(&t, "api").await;
 
     let reason = fallback_reason(&t, &detail).await;
     assert!(!server.requests().is_empty(), "the model was called");
@@ -918,35 +894,21 @@ async fn a_secret_bound_to_an_origin_is_never_sent_anywhere_else() {
     .await;
     let t = TestApp::spawn_with(Services::All, fast_hypotheses(60)).await;
     let admin = t.user_jwt("acme", "alice", Role::Admin).await;
-    let stored = t
-        .http
-        .put(format!("{}/v1/settings/secrets/openai", t.url))
-        .bearer_auth(&admin)
-        .json(&json!({"value": "sk-bound-to-openai", "origin": "https://api.openai.com/v1"}))
-        .send()
-        .await
-        .unwrap();
+    let stored = put_json(
+        &t,
+        "/v1/settings/secrets/openai",
+        &admin,
+        &json!({"value": "sk-bound-to-openai", "origin": "https://api.openai.com/v1"}),
+    )
+    .await;
     let stored: Value = stored.json().await.unwrap();
     assert_eq!(stored["origin"], "https://api.openai.com");
     let elsewhere =
         json!({"llm": {"base_url": server.base_url(), "model": "m", "api_key_secret": "openai"}});
 
     // Another admin of the tenant repoints the model at a server of their own.
-    let refused = t
-        .http
-        .put(format!("{}/v1/settings/integrations", t.url))
-        .bearer_auth(&admin)
-        .json(&elsewhere)
-        .send()
-        .await
-        .unwrap();
-    append_integrations(&t, "acme", elsewhere).await;
-    post(
-        &t,
-        &[("HighErrorRate", "api", "critical", "2026-11-22T08:00:00Z")],
-    )
-    .await;
-    let detail = incident_with_hypotheses(&t, "api").await;
+    let refused = put_json(&t, "/v1/settings/integrations", &admin, &elsewhere).await;
+    let detail = proposal_under(&t, elsewhere).await;
 
     assert_eq!(refused.status(), 422);
     assert!(

@@ -959,13 +959,7 @@ async fn a_source_guessing_credentials_is_slowed_down_and_counted() {
         "a token that verifies is never held back"
     );
     // The registry is the process's: other tests here fail authentication too, none is held back.
-    let counted = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let counted = |series: &str| copilot_e2e::metric(&metrics, series);
     assert!(
         counted("auth_failures_total{scope=\"webhooks\"}") >= 3,
         "{metrics}"

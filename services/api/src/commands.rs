@@ -111,15 +111,7 @@ pub async fn set_secret(
         origin: row.origin.clone(),
         set_by: actor.to_owned(),
     };
-    let seq = append_on(
-        js,
-        subjects::tenant_secrets(tenant),
-        tenant,
-        &event,
-        headers,
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let seq = append_then_commit(js, tx, tenant, &event, headers).await?;
     Ok(StoredSecret {
         name: row.name,
         version: event.version,
@@ -146,16 +138,23 @@ pub async fn remove_secret(
         name: name.to_owned(),
         removed_by: actor.to_owned(),
     };
-    let seq = append_on(
-        js,
-        subjects::tenant_secrets(tenant),
-        tenant,
-        &event,
-        headers,
-    )
-    .await?;
+    append_then_commit(js, tx, tenant, &event, headers)
+        .await
+        .map(Some)
+}
+
+/// Appends a secret's event on the tenant's secrets subject, then commits the row written in
+/// `tx`: the row is in force only once its event is recorded.
+async fn append_then_commit<P: EventPayload>(
+    js: &jetstream::Context,
+    tx: copilot_store::Tx<'_>,
+    tenant: &str,
+    event: &P,
+    headers: Headers,
+) -> Result<u64, CommandError> {
+    let seq = append_on(js, subjects::tenant_secrets(tenant), tenant, event, headers).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(Some(seq))
+    Ok(seq)
 }
 
 /// The first user of a new tenant: an admin whose id its first JWT carries.
