@@ -143,7 +143,7 @@ impl TestApp {
 
     /// Revokes a webhook token and waits until the projector has recorded it.
     pub async fn revoke_webhook_token(&self, tenant: &str, token_id: uuid::Uuid) {
-        copilot_api::commands::revoke_webhook_token(
+        copilot_commands::revoke_webhook_token(
             &self.ctx().js,
             tenant,
             token_id,
@@ -254,7 +254,7 @@ pub async fn user_jwt(app: &App, tenant: &str, user_id: &str, role: Role) -> Str
             slack_user_id: None,
             added_by: "test".to_owned(),
         };
-        copilot_api::commands::add_user(&ctx.js, tenant, &user, Default::default())
+        copilot_commands::add_user(&ctx.js, tenant, &user, Default::default())
             .await
             .expect("adding a user");
         copilot_projector::catch_up(

@@ -789,13 +789,13 @@ async fn creating_a_tenant_twice_is_refused_and_streams_apply_is_idempotent() {
     let t = TestApp::spawn().await;
 
     let again =
-        copilot_api::commands::create_tenant(&t.ctx().js, "acme", "Acme", None, Default::default())
+        copilot_commands::create_tenant(&t.ctx().js, "acme", "Acme", None, Default::default())
             .await;
     let report = copilot_runtime::nats::provision(&t.ctx().js).await.unwrap();
 
     assert!(matches!(
         again,
-        Err(copilot_api::commands::CommandError::TenantExists(_))
+        Err(copilot_commands::CommandError::TenantExists(_))
     ));
     assert!(
         report

@@ -665,7 +665,7 @@ async fn append_integrations(t: &TestApp, tenant: &str, integrations: Value) {
         integrations: serde_json::from_value(integrations).unwrap(),
         set_by: "alice".into(),
     };
-    copilot_api::commands::append_on(
+    copilot_commands::append_on(
         &t.ctx().js,
         copilot_events::subjects::tenant(tenant),
         tenant,

@@ -22,9 +22,10 @@ use copilot_store::{AuditCursor, AuditEntry, AuditFilter, TenantView, TokenView,
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use copilot_commands::{self as commands, CommandError};
+
 use crate::{
     Api, Caller,
-    commands::{self, CommandError},
     incidents::{bad, body},
 };
 

@@ -29,10 +29,9 @@ use copilot_store::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{
-    Api, Caller,
-    commands::{AppendError, CommandEvent, append, command_event, event_message},
-};
+use copilot_commands::{AppendError, CommandEvent, append, command_event, event_message};
+
+use crate::{Api, Caller};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;

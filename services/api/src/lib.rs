@@ -9,7 +9,6 @@
 //! that does not exist).
 
 pub mod admin;
-pub mod commands;
 pub mod incidents;
 pub mod secrets;
 pub mod signals;

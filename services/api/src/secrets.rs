@@ -8,6 +8,7 @@ use axum::{
     extract::{Path, State, rejection::JsonRejection},
     http::StatusCode,
 };
+use copilot_commands as commands;
 use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::SecretMeta;
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Api, Caller,
     admin::{Items, command_error},
-    commands,
     incidents::body,
 };
 

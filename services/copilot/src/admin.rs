@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use copilot_api::commands::{self, FIRST_ADMIN};
+use copilot_commands::{self as commands, FIRST_ADMIN};
 use copilot_events::{
     Headers, Role, UserAdded, UserRemoved, UserUpdated, is_plausible_email, is_valid_name,
     is_valid_user_id,

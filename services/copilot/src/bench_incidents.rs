@@ -138,7 +138,7 @@ async fn run(settings: Settings, args: &IncidentsArgs) -> anyhow::Result<Inciden
         &app.ctx,
         &app.jwt,
         "bench",
-        copilot_api::commands::FIRST_ADMIN,
+        copilot_commands::FIRST_ADMIN,
         Role::Viewer,
         Duration::from_secs(3600),
     )

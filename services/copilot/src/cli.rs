@@ -131,7 +131,7 @@ pub enum TokenCommand {
         #[arg(long, required_unless_present = "platform")]
         tenant: Option<String>,
         /// The user the token speaks for (its `sub`)
-        #[arg(long, default_value = copilot_api::commands::FIRST_ADMIN)]
+        #[arg(long, default_value = copilot_commands::FIRST_ADMIN)]
         user: String,
         /// The most the token may do [default: the user's role]; the user's role caps it
         #[arg(long)]
@@ -363,12 +363,12 @@ pub async fn create_tenant(
     slug: &str,
     name: &str,
     actor: &str,
-) -> anyhow::Result<copilot_api::commands::CreatedTenant> {
+) -> anyhow::Result<copilot_commands::CreatedTenant> {
     let headers = copilot_events::Headers {
         actor: Some(actor.to_owned()),
         ..Default::default()
     };
-    let created = copilot_api::commands::create_tenant(&ctx.js, slug, name, None, headers).await?;
+    let created = copilot_commands::create_tenant(&ctx.js, slug, name, None, headers).await?;
     copilot_projector::catch_up(
         ctx,
         copilot_projector::Projection::Tenants,
@@ -402,7 +402,7 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
             return Ok(kept);
         }
     }
-    let token = copilot_api::commands::issue_webhook_token(
+    let token = copilot_commands::issue_webhook_token(
         &ctx.js,
         DEFAULT_TENANT,
         UP_ACTOR,
@@ -421,7 +421,7 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
 /// Gives a `default` tenant created before users existed its admin user, so the JWT `up` prints
 /// (for user `admin`) works.
 async fn ensure_first_admin(ctx: &Context) -> anyhow::Result<()> {
-    use copilot_api::commands::FIRST_ADMIN;
+    use copilot_commands::FIRST_ADMIN;
     let mut tx = ctx.store.begin().await?;
     if ctx
         .store
@@ -432,12 +432,12 @@ async fn ensure_first_admin(ctx: &Context) -> anyhow::Result<()> {
         return Ok(());
     }
     drop(tx);
-    let admin = copilot_api::commands::first_admin(DEFAULT_TENANT, None, UP_ACTOR);
+    let admin = copilot_commands::first_admin(DEFAULT_TENANT, None, UP_ACTOR);
     let headers = copilot_events::Headers {
         actor: Some(UP_ACTOR.to_owned()),
         ..Default::default()
     };
-    copilot_api::commands::add_user(&ctx.js, DEFAULT_TENANT, &admin, headers).await?;
+    copilot_commands::add_user(&ctx.js, DEFAULT_TENANT, &admin, headers).await?;
     copilot_projector::catch_up(
         ctx,
         copilot_projector::Projection::Tenants,
@@ -552,7 +552,7 @@ async fn up(mut settings: Settings, stop: CancellationToken) -> anyhow::Result<(
             &app.ctx,
             &app.jwt,
             DEFAULT_TENANT,
-            copilot_api::commands::FIRST_ADMIN,
+            copilot_commands::FIRST_ADMIN,
             Role::Admin,
             Duration::from_secs(30 * 24 * 3600),
         )

@@ -5,7 +5,7 @@
 use std::io::Read as _;
 
 use anyhow::Context as _;
-use copilot_api::commands;
+use copilot_commands as commands;
 use copilot_events::{TenantIntegrationsSet, subjects};
 use copilot_runtime::{
     Context, Settings,

@@ -1,6 +1,7 @@
-//! Commands that append events. A command decides from what it can read, appends, and leaves
-//! the read models to the projector; optimistic concurrency on the aggregate's subject makes a
-//! race lose cleanly.
+//! The write side: commands that append events. A command validates its input, decides from
+//! what it can read, appends, and leaves the read models to the projector; optimistic
+//! concurrency on the aggregate's subject makes a race lose cleanly. The API, the CLI and every
+//! surface to come (Slack, tasks) call these and only translate their own input and output.
 
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use chrono::Utc;
@@ -259,7 +260,7 @@ pub async fn issue_webhook_token(
 
 /// A command's event, ready to append: a new envelope, its id as `Nats-Msg-Id` (a retried
 /// publish of the same message is dropped), and the event headers.
-pub(crate) fn event_message<P: EventPayload>(
+pub fn event_message<P: EventPayload>(
     tenant: &str,
     payload: &P,
     headers: Headers,
@@ -268,17 +269,13 @@ pub(crate) fn event_message<P: EventPayload>(
 }
 
 /// A command's event with its id and type, for answers that name what was appended.
-pub(crate) struct CommandEvent {
+pub struct CommandEvent {
     pub message: PublishMessage,
     pub id: Uuid,
     pub event_type: &'static str,
 }
 
-pub(crate) fn command_event<P: EventPayload>(
-    tenant: &str,
-    payload: &P,
-    headers: Headers,
-) -> CommandEvent {
+pub fn command_event<P: EventPayload>(tenant: &str, payload: &P, headers: Headers) -> CommandEvent {
     let envelope = Envelope::new(tenant, payload, Utc::now(), headers);
     CommandEvent {
         message: PublishMessage::build()
@@ -290,7 +287,7 @@ pub(crate) fn command_event<P: EventPayload>(
     }
 }
 
-pub(crate) enum AppendError {
+pub enum AppendError {
     Conflict,
     Other(String),
 }
@@ -305,7 +302,7 @@ impl AppendError {
     }
 }
 
-pub(crate) async fn append(
+pub async fn append(
     js: &jetstream::Context,
     subject: String,
     message: PublishMessage,
