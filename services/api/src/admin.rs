@@ -40,13 +40,7 @@ pub(crate) fn command_error(err: CommandError) -> ApiError {
         CommandError::Store(e) => ApiError::from(e),
         CommandError::Secrets(e) => ApiError::Internal(anyhow::anyhow!(e)),
         CommandError::TenantExists(_) => ApiError::Conflict(err.to_string()),
-        CommandError::Append(e) => {
-            tracing::warn!(error = %e, "an administration command's append failed");
-            ApiError::Unavailable {
-                detail: "the event store did not take the command; retry".into(),
-                retry_after_secs: 1,
-            }
-        }
+        CommandError::Append(e) => ApiError::from(e),
     }
 }
 

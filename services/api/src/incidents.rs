@@ -29,7 +29,8 @@ use copilot_store::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use copilot_commands::{AppendError, CommandEvent, append, command_event, event_message};
+use copilot_commands::{CommandEvent, append, command_event, event_message};
+use copilot_runtime::append::AppendError;
 
 use crate::{Api, Caller};
 
@@ -483,13 +484,7 @@ where
                         .into(),
                 ));
             }
-            Err(AppendError::Other(e)) => {
-                tracing::warn!(error = %e, "a command's append failed");
-                return Err(ApiError::Unavailable {
-                    detail: "the event store did not take the command; retry".into(),
-                    retry_after_secs: 1,
-                });
-            }
+            Err(e) => return Err(e.into()),
         }
     }
     unreachable!("the loop returns on its second attempt")
@@ -800,13 +795,8 @@ async fn append_tenant_setting<P: copilot_events::EventPayload>(
 ) -> Result<(), ApiError> {
     let tenant = caller.0.tenant.as_str();
     let message = event_message(tenant, event, headers_of(origin));
-    append(&api.ctx.js, subjects::tenant(tenant), message)
-        .await
-        .map(|_| ())
-        .map_err(|_| ApiError::Unavailable {
-            detail: "the event store did not take the setting; retry".into(),
-            retry_after_secs: 1,
-        })
+    append(&api.ctx.js, subjects::tenant(tenant), message).await?;
+    Ok(())
 }
 
 fn encode_cursor(c: IncidentCursor) -> String {

@@ -3,7 +3,7 @@
 //! concurrency on the aggregate's subject makes a race lose cleanly. The API, the CLI and every
 //! surface to come (Slack, tasks) call these and only translate their own input and output.
 
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::Utc;
 use copilot_events::{
     Envelope, EventPayload, Headers, Role, TenantCreated, TenantResumed, TenantSecretRemoved,
@@ -11,6 +11,7 @@ use copilot_events::{
     WebhookTokenRevoked, is_valid_secret_name, is_valid_slug, subjects,
 };
 use copilot_runtime::{
+    append::{self, AppendError},
     auth::NewWebhookToken,
     secrets::{SecretKeys, SecretsError},
 };
@@ -23,8 +24,8 @@ pub enum CommandError {
     InvalidSlug(String),
     #[error("tenant {0:?} already exists")]
     TenantExists(String),
-    #[error("the event store did not take the event: {0}")]
-    Append(String),
+    #[error(transparent)]
+    Append(#[from] AppendError),
     #[error("{0}")]
     InvalidSecret(String),
     #[error(transparent)]
@@ -216,7 +217,7 @@ pub async fn create_tenant(
     let message = event_message(slug, &created, headers.clone()).expected_last_subject_sequence(0);
     match append(js, subjects::tenant(slug), message).await {
         Err(AppendError::Conflict) => return Err(CommandError::TenantExists(slug.to_owned())),
-        Err(AppendError::Other(e)) => return Err(CommandError::Append(e)),
+        Err(e) => return Err(CommandError::Append(e)),
         Ok(_) => {}
     }
     let token = issue_webhook_token(js, slug, actor, headers.clone()).await?;
@@ -278,46 +279,21 @@ pub struct CommandEvent {
 pub fn command_event<P: EventPayload>(tenant: &str, payload: &P, headers: Headers) -> CommandEvent {
     let envelope = Envelope::new(tenant, payload, Utc::now(), headers);
     CommandEvent {
-        message: PublishMessage::build()
-            .headers(copilot_runtime::nats::event_headers(&envelope))
-            .payload(envelope.to_bytes().into())
-            .message_id(envelope.id.to_string()),
+        message: append::message(&envelope),
         id: envelope.id,
         event_type: P::TYPE,
     }
 }
 
-pub enum AppendError {
-    Conflict,
-    Other(String),
-}
-
-impl AppendError {
-    /// For appends without an expected sequence, where a conflict cannot happen.
-    fn unexpected(self) -> CommandError {
-        match self {
-            Self::Conflict => CommandError::Append("unexpected sequence conflict".into()),
-            Self::Other(e) => CommandError::Append(e),
-        }
-    }
-}
-
+/// Appends a command's message; returns its stream sequence.
 pub async fn append(
     js: &jetstream::Context,
     subject: String,
     message: PublishMessage,
 ) -> Result<u64, AppendError> {
-    let ack = js
-        .send_publish(subject.clone(), message)
+    append::append(js, subject, message)
         .await
-        .map_err(|e| AppendError::Other(e.to_string()))?
-        .await;
-    copilot_runtime::metrics::Metrics::global().appended(&subject, &ack);
-    match ack {
-        Ok(ack) => Ok(ack.sequence),
-        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(AppendError::Conflict),
-        Err(e) => Err(AppendError::Other(e.to_string())),
-    }
+        .map(|ack| ack.sequence)
 }
 
 /// Revokes a webhook token, at once or at `effective_at`; gateways refuse it from then, once
@@ -355,9 +331,7 @@ pub async fn append_on<P: EventPayload>(
     headers: Headers,
 ) -> Result<u64, CommandError> {
     let message = event_message(tenant, payload, headers);
-    append(js, subject, message)
-        .await
-        .map_err(AppendError::unexpected)
+    Ok(append(js, subject, message).await?)
 }
 
 pub async fn suspend_tenant(

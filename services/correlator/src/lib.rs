@@ -13,7 +13,7 @@ mod decide;
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use chrono::Utc;
 use copilot_events::{CorrelationRules, Envelope, Event, IncidentState, is_system_actor, subjects};
 use copilot_runtime::{
@@ -225,25 +225,18 @@ fn count(decisions: &[Decision]) {
 /// Appends decisions in order and waits until JetStream has every one. Ids are deterministic,
 /// so a decision appended before a crash is dropped as a duplicate when re-decided.
 async fn append(ctx: &Context, decisions: &[Decision]) -> anyhow::Result<()> {
-    let mut acks = Vec::with_capacity(decisions.len());
-    for d in decisions {
-        let message = PublishMessage::build()
-            .headers(nats::event_headers(&d.envelope))
-            .payload(d.envelope.to_bytes().into())
-            .message_id(d.envelope.id.to_string());
-        acks.push((
-            d.subject.as_str(),
-            ctx.js
-                .send_publish(d.subject.clone(), message)
-                .await
-                .context("appending a decision")?,
-        ));
-    }
-    for (subject, ack) in acks {
-        let ack = ack.await;
-        Metrics::global().appended(subject, &ack);
-        ack.context("appending a decision")?;
-    }
+    let messages = decisions
+        .iter()
+        .map(|d| {
+            (
+                d.subject.clone(),
+                copilot_runtime::append::message(&d.envelope),
+            )
+        })
+        .collect();
+    copilot_runtime::append::append_all(&ctx.js, messages)
+        .await
+        .context("appending decisions")?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use chrono::Utc;
 use copilot_events::{Envelope, Headers, SignalReceived, SignalSource, subjects};
 use copilot_runtime::{
     Context, Settings,
+    append::AppendError,
     http::ApiError,
     metrics::Metrics,
     ratelimit::{AuthFailureLimiter, TenantLimiter},
@@ -202,7 +203,7 @@ impl Gateway {
             match appended {
                 Ok(Ok(window_duplicates)) => duplicates += window_duplicates,
                 Ok(Err(error)) => {
-                    tracing::warn!(tenant, error, "webhook not appended");
+                    tracing::warn!(tenant, %error, "webhook not appended");
                     return Err(unavailable(
                         "the event store did not acknowledge the alerts; retry later".into(),
                     ));
@@ -216,13 +217,6 @@ impl Gateway {
                 }
             }
         }
-        let appended = &metrics.events_appended_total;
-        appended
-            .with_label_values(&[subjects::SIGNALS, "ok"])
-            .inc_by((signals.len() - duplicates) as u64);
-        appended
-            .with_label_values(&[subjects::SIGNALS, "duplicate"])
-            .inc_by(duplicates as u64);
         Ok(duplicates)
     }
 
@@ -231,30 +225,19 @@ impl Gateway {
         &self,
         subject: &str,
         window: Vec<(bytes::Bytes, NatsHeaders, String)>,
-    ) -> Result<usize, String> {
-        let mut acks = Vec::with_capacity(window.len());
-        for (payload, headers, id) in window {
-            let message = PublishMessage::build()
-                .payload(payload)
-                .headers(headers)
-                .message_id(id);
-            let ack = self
-                .ctx
-                .js
-                .send_publish(subject.to_owned(), message)
-                .await
-                .map_err(|e| format!("publish failed: {e}"))?;
-            acks.push(ack.into_future());
-        }
-        let mut duplicates = 0;
-        for result in futures::future::join_all(acks).await {
-            match result {
-                Ok(ack) if ack.duplicate => duplicates += 1,
-                Ok(_) => {}
-                Err(e) => return Err(format!("append not acknowledged: {e}")),
-            }
-        }
-        Ok(duplicates)
+    ) -> Result<usize, AppendError> {
+        let messages = window
+            .into_iter()
+            .map(|(payload, headers, id)| {
+                let message = PublishMessage::build()
+                    .payload(payload)
+                    .headers(headers)
+                    .message_id(id);
+                (subject.to_owned(), message)
+            })
+            .collect();
+        let acks = copilot_runtime::append::append_all(&self.ctx.js, messages).await?;
+        Ok(acks.iter().filter(|ack| ack.duplicate).count())
     }
 }
 

@@ -18,7 +18,7 @@ pub mod trust;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{consumer::pull, message::PublishMessage};
+use async_nats::jetstream::consumer::pull;
 use chrono::Utc;
 use copilot_events::{
     Envelope, Event, EventPayload, Headers, HypothesesProposed, Hypothesis, ModelCallRecorded,
@@ -725,12 +725,8 @@ async fn publish<P: EventPayload>(
         ..Headers::default()
     };
     let envelope = Envelope::with_id(id, tenant, payload, at, headers);
-    let message = PublishMessage::build()
-        .headers(nats::event_headers(&envelope))
-        .payload(envelope.to_bytes().into())
-        .message_id(envelope.id.to_string());
-    let ack = ctx.js.send_publish(subject.clone(), message).await?.await;
-    Metrics::global().appended(&subject, &ack);
-    ack.context("appending to JetStream")?;
+    copilot_runtime::append::append_event(&ctx.js, subject, &envelope, None)
+        .await
+        .context("appending to JetStream")?;
     Ok(())
 }

@@ -674,13 +674,12 @@ async fn park(ctx: &Context, projection: Projection, parked: &Parked) -> anyhow:
             projection.stream(),
             parked.seq
         ));
-    ctx.js
-        .send_publish(
-            subjects::dead_letter(tenant, projection.consumer()),
-            message,
-        )
-        .await?
-        .await
-        .context("publishing a dead letter")?;
+    copilot_runtime::append::append(
+        &ctx.js,
+        subjects::dead_letter(tenant, projection.consumer()),
+        message,
+    )
+    .await
+    .context("publishing a dead letter")?;
     Ok(())
 }

@@ -115,6 +115,30 @@ impl From<copilot_store::StoreError> for ApiError {
     }
 }
 
+/// An append JetStream did not take: 409 for a lost race, 413 for an event too large, 503 with
+/// `Retry-After` when the event store is unavailable, 500 for a stream that is missing.
+impl From<crate::append::AppendError> for ApiError {
+    fn from(err: crate::append::AppendError) -> Self {
+        use crate::append::AppendError;
+        match err {
+            AppendError::Conflict => Self::Conflict(
+                "it changed while this command was decided: reload it and decide again".into(),
+            ),
+            AppendError::TooLarge(_) => {
+                Self::PayloadTooLarge("the event is larger than the event store accepts".into())
+            }
+            AppendError::NoStream(e) => Self::Internal(anyhow::anyhow!(e)),
+            AppendError::Unavailable(e) => {
+                tracing::warn!(error = %e, "event store unavailable");
+                Self::Unavailable {
+                    detail: "the event store did not take the command; retry".into(),
+                    retry_after_secs: 1,
+                }
+            }
+        }
+    }
+}
+
 /// An RFC 9457 problem body, the shape of every error answer.
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct Problem {

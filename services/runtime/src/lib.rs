@@ -2,6 +2,7 @@
 //! logging, shutdown, the NATS connection and stream provisioning, authentication (webhook
 //! tokens and JWTs), the one HTTP error type, request ids and Prometheus metrics.
 
+pub mod append;
 pub mod auth;
 pub mod consume;
 pub mod egress;
