@@ -145,6 +145,7 @@ impl TestApp {
     pub async fn revoke_webhook_token(&self, tenant: &str, token_id: uuid::Uuid) {
         copilot_commands::revoke_webhook_token(
             &self.ctx().js,
+            &self.ctx().store,
             tenant,
             token_id,
             None,
@@ -246,17 +247,23 @@ pub async fn user_jwt(app: &App, tenant: &str, user_id: &str, role: Role) -> Str
             .expect("reading users")
     };
     if find().await.is_none() {
-        let user = copilot_events::UserAdded {
+        let user = copilot_commands::NewUser {
             user_id: user_id.to_owned(),
             email: format!("{user_id}@{tenant}.test"),
             display_name: user_id.to_owned(),
             role,
             slack_user_id: None,
-            added_by: "test".to_owned(),
         };
-        copilot_commands::add_user(&ctx.js, tenant, &user, Default::default())
-            .await
-            .expect("adding a user");
+        copilot_commands::add_user(
+            &ctx.js,
+            &ctx.store,
+            tenant,
+            user,
+            "test",
+            Default::default(),
+        )
+        .await
+        .expect("adding a user");
         copilot_projector::catch_up(
             ctx,
             copilot_projector::Projection::Tenants,

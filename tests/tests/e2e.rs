@@ -788,9 +788,13 @@ async fn metrics_count_requests_appends_and_projections_by_route_and_stream() {
 async fn creating_a_tenant_twice_is_refused_and_streams_apply_is_idempotent() {
     let t = TestApp::spawn().await;
 
+    let tenant = copilot_commands::NewTenant {
+        slug: "acme",
+        name: Some("Acme"),
+        admin_email: None,
+    };
     let again =
-        copilot_commands::create_tenant(&t.ctx().js, "acme", "Acme", None, Default::default())
-            .await;
+        copilot_commands::create_tenant(&t.ctx().js, tenant, "test", Default::default()).await;
     let report = copilot_runtime::nats::provision(&t.ctx().js).await.unwrap();
 
     assert!(matches!(

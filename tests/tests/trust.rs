@@ -1001,3 +1001,79 @@ async fn basic_auth_with_another_tenant_s_name_gets_401_naming_no_tenant() {
     assert_eq!(status, 401);
     assert!(!body.contains("globex"), "{body}");
 }
+
+#[tokio::test]
+async fn the_cli_and_the_api_give_the_same_answer_to_the_same_bad_input() {
+    // Arrange: one admin (the tenant's only one, `admin`, plus alice) and a table of bad inputs.
+    let t = TestApp::spawn().await;
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+    let settings = (*t.ctx().settings).clone();
+    let add = |user_id: &str, email: &str, name: &str, slack: Option<&str>| {
+        (
+            json!({"user_id": user_id, "email": email, "display_name": name, "role": "viewer", "slack_user_id": slack}),
+            copilot::cli::UsersCommand::Add {
+                tenant: "acme".into(),
+                user_id: user_id.into(),
+                email: email.into(),
+                name: name.into(),
+                role: Role::Viewer,
+                slack_user_id: slack.map(str::to_owned),
+            },
+        )
+    };
+    let table = [
+        add("a b", "ab@acme.test", "A B", None),
+        add("correlator", "c@acme.test", "C", None),
+        add("zoe", "not-an-email", "Zoe", None),
+        add("zoe", "zoe@acme.test", " ", None),
+        add("zoe", "zoe@acme.test", "Zoe", Some("lowercase")),
+        add("alice", "alice2@acme.test", "Alice", None),
+        add("zoe", "alice@acme.test", "Zoe", None),
+    ];
+
+    for (body, command) in table {
+        // Act
+        let api = send(
+            &t,
+            Method::POST,
+            "/v1/admin/tenants/acme/users",
+            &alice,
+            Some(body.clone()),
+        )
+        .await;
+        let status = api.status().as_u16();
+        let detail = api.json::<Value>().await.unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let cli = copilot::admin::users(settings.clone(), command)
+            .await
+            .unwrap_err();
+
+        // Assert
+        assert!([409, 422].contains(&status), "{body}: {status}");
+        assert_eq!(cli.to_string(), detail, "{body}");
+    }
+    let demote_api = send(
+        &t,
+        Method::PATCH,
+        "/v1/admin/tenants/acme/users/alice",
+        &alice,
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
+    assert_eq!(demote_api.status(), 200, "another admin (`admin`) remains");
+    let last = copilot::admin::users(
+        settings.clone(),
+        copilot::cli::UsersCommand::Remove {
+            tenant: "acme".into(),
+            user_id: "admin".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        last.to_string(),
+        "this is the tenant's last admin: make another user admin first"
+    );
+}

@@ -12,17 +12,14 @@ use axum::{
 };
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use copilot_events::{
-    Role, UserAdded, UserRemoved, UserUpdated, is_plausible_email, is_valid_name, is_valid_slug,
-    is_valid_user_id,
-};
+use copilot_events::{Role, is_valid_slug};
 use copilot_projector::Projection;
 use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::{AuditCursor, AuditEntry, AuditFilter, TenantView, TokenView, UserView};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use copilot_commands::{self as commands, CommandError};
+use copilot_commands as commands;
 
 use crate::{
     Api, Caller,
@@ -31,18 +28,6 @@ use crate::{
 
 /// How long a command waits for the projector to apply its event before answering anyway.
 const PROJECTION_WAIT: Duration = Duration::from_secs(5);
-
-pub(crate) fn command_error(err: CommandError) -> ApiError {
-    match err {
-        CommandError::InvalidSlug(_) | CommandError::InvalidSecret(_) => {
-            ApiError::Unprocessable(err.to_string())
-        }
-        CommandError::Store(e) => ApiError::from(e),
-        CommandError::Secrets(e) => ApiError::Internal(anyhow::anyhow!(e)),
-        CommandError::TenantExists(_) => ApiError::Conflict(err.to_string()),
-        CommandError::Append(e) => ApiError::from(e),
-    }
-}
 
 /// Waits until the tenants projection has applied the event appended at `seq`, so what the
 /// command changed is in force when it answers. After [`PROJECTION_WAIT`], or at once if Postgres
@@ -178,28 +163,18 @@ pub async fn create_tenant(
     payload: Result<Json<NewTenant>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
     let b = body(payload)?;
-    let name = b.name.unwrap_or_else(|| b.slug.clone());
-    if !is_valid_name(&name) {
-        return Err(ApiError::Unprocessable(
-            "name must be 1-200 characters without control characters".into(),
-        ));
-    }
-    if let Some(email) = &b.admin_email
-        && !is_plausible_email(email)
-    {
-        return Err(ApiError::Unprocessable(
-            "admin_email is not an email address".into(),
-        ));
-    }
+    let actor = origin.0.actor.clone().unwrap_or_default();
     let created = commands::create_tenant(
         &api.ctx.js,
-        &b.slug,
-        &name,
-        b.admin_email.as_deref(),
+        commands::NewTenant {
+            slug: &b.slug,
+            name: b.name.as_deref(),
+            admin_email: b.admin_email.as_deref(),
+        },
+        &actor,
         origin.0,
     )
-    .await
-    .map_err(command_error)?;
+    .await?;
     let ready = applied(&api, created.seq).await;
     Ok((
         if ready {
@@ -230,15 +205,16 @@ pub async fn suspend(
     payload: Result<Json<SuspendBody>, JsonRejection>,
 ) -> Result<Json<TenantView>, ApiError> {
     let b = body(payload)?;
-    if !is_valid_name(&b.reason) {
-        return Err(ApiError::Unprocessable(
-            "reason must be 1-200 characters without control characters".into(),
-        ));
-    }
     tenant_of(&api, &slug).await?;
-    let seq = commands::suspend_tenant(&api.ctx.js, &slug, &b.reason, &caller.0.sub, origin.0)
-        .await
-        .map_err(command_error)?;
+    let seq = commands::suspend_tenant(
+        &api.ctx.js,
+        &api.ctx.store,
+        &slug,
+        &b.reason,
+        &caller.0.sub,
+        origin.0,
+    )
+    .await?;
     applied(&api, seq).await;
     Ok(Json(tenant_of(&api, &slug).await.map_err(after_append)?))
 }
@@ -250,9 +226,8 @@ pub async fn resume(
     Path(slug): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     tenant_of(&api, &slug).await?;
-    let seq = commands::resume_tenant(&api.ctx.js, &slug, &caller.0.sub, origin.0)
-        .await
-        .map_err(command_error)?;
+    let seq = commands::resume_tenant(&api.ctx.js, &api.ctx.store, &slug, &caller.0.sub, origin.0)
+        .await?;
     applied(&api, seq).await;
     Ok(Json(tenant_of(&api, &slug).await.map_err(after_append)?))
 }
@@ -294,9 +269,7 @@ async fn issue(
     caller: &Caller,
     origin: EventOrigin,
 ) -> Result<(Uuid, String), ApiError> {
-    let issued = commands::issue_webhook_token(&api.ctx.js, slug, &caller.0.sub, origin.0)
-        .await
-        .map_err(command_error)?;
+    let issued = commands::issue_webhook_token(&api.ctx.js, slug, &caller.0.sub, origin.0).await?;
     if !applied(api, issued.seq).await {
         let token_id = issued.token_id;
         tracing::warn!(tenant = slug, %token_id, "a new token was not projected in time");
@@ -329,22 +302,27 @@ pub async fn revoke_token(
     Path((slug, token_id)): Path<(String, String)>,
 ) -> Result<Json<TokenView>, ApiError> {
     let token = token_of(&api, &slug, &token_id).await?;
-    revoke_at(&api, &slug, &caller, origin, token.token_id, None).await
+    revoke_now(&api, &slug, &caller, origin, token.token_id).await
 }
 
-/// Revokes a token (at once, or at `at`) and answers with it once the projector has recorded it.
-async fn revoke_at(
+/// Revokes a token at once and answers with it once the projector has recorded it.
+async fn revoke_now(
     api: &Api,
     slug: &str,
     caller: &Caller,
     origin: EventOrigin,
     token_id: Uuid,
-    at: Option<DateTime<Utc>>,
 ) -> Result<Json<TokenView>, ApiError> {
-    let seq =
-        commands::revoke_webhook_token(&api.ctx.js, slug, token_id, at, &caller.0.sub, origin.0)
-            .await
-            .map_err(command_error)?;
+    let seq = commands::revoke_webhook_token(
+        &api.ctx.js,
+        &api.ctx.store,
+        slug,
+        token_id,
+        None,
+        &caller.0.sub,
+        origin.0,
+    )
+    .await?;
     applied(api, seq).await;
     Ok(Json(
         token_of(api, slug, &token_id.to_string())
@@ -360,8 +338,6 @@ pub struct RotateBody {
     grace_seconds: Option<u64>,
 }
 
-const MAX_GRACE_SECS: u64 = 30 * 24 * 3600;
-
 /// Issues a new token and revokes the old one after a grace period: both work meanwhile.
 pub async fn rotate_token(
     State(api): State<Api>,
@@ -375,26 +351,26 @@ pub async fn rotate_token(
         .unwrap_or_default()
         .grace_seconds
         .unwrap_or(86_400);
-    if grace > MAX_GRACE_SECS {
-        return Err(ApiError::Unprocessable(format!(
-            "grace_seconds must be at most {MAX_GRACE_SECS} (30 days)"
-        )));
-    }
     let old = token_of(&api, &slug, &token_id).await?;
-    if !old.active {
-        return Err(ApiError::Conflict(
-            "the token is already revoked; issue a new one instead".into(),
-        ));
-    }
-    let (new_id, webhook_token) =
-        issue(&api, &slug, &caller, EventOrigin(origin.0.clone())).await?;
-    let until = Utc::now() + chrono::Duration::seconds(grace as i64);
-    let Json(replaced) = revoke_at(&api, &slug, &caller, origin, old.token_id, Some(until)).await?;
+    let rotated = commands::rotate_webhook_token(
+        &api.ctx.js,
+        &api.ctx.store,
+        &slug,
+        old.token_id,
+        grace,
+        &caller.0.sub,
+        origin.0,
+    )
+    .await?;
+    applied(&api, rotated.seq).await;
+    let replaced = token_of(&api, &slug, &old.token_id.to_string())
+        .await
+        .map_err(after_append)?;
     Ok((
         StatusCode::CREATED,
         Json(IssuedToken {
-            token_id: new_id,
-            webhook_token,
+            token_id: rotated.issued.token_id,
+            webhook_token: rotated.issued.webhook_token,
             replaces: Some(replaced),
         }),
     ))
@@ -421,21 +397,6 @@ pub struct NewUser {
     slack_user_id: Option<String>,
 }
 
-fn check_slack_id(id: &Option<String>) -> Result<(), ApiError> {
-    if let Some(id) = id
-        && !(id.len() <= 32
-            && id.len() > 1
-            && id
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
-    {
-        return Err(ApiError::Unprocessable(
-            "slack_user_id must be a Slack user id such as U0123ABCD".into(),
-        ));
-    }
-    Ok(())
-}
-
 async fn user_of(api: &Api, slug: &str, user_id: &str) -> Result<Option<UserView>, ApiError> {
     let mut tx = api.tenant_tx(slug).await?;
     api.ctx
@@ -453,54 +414,25 @@ pub async fn add_user(
     payload: Result<Json<NewUser>, JsonRejection>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let b = body(payload)?;
-    if !is_valid_user_id(&b.user_id) {
-        return Err(ApiError::Unprocessable(
-            "user_id must be 1-128 of letters, digits and . _ @ + -".into(),
-        ));
-    }
-    if !is_plausible_email(&b.email) {
-        return Err(ApiError::Unprocessable(
-            "email is not an email address".into(),
-        ));
-    }
-    if !is_valid_name(&b.display_name) {
-        return Err(ApiError::Unprocessable(
-            "display_name must be 1-200 characters without control characters".into(),
-        ));
-    }
-    check_slack_id(&b.slack_user_id)?;
     tenant_of(&api, &slug).await?;
-    if user_of(&api, &slug, &b.user_id).await?.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "user {:?} already exists",
-            b.user_id
-        )));
-    }
-    let mut tx = api.tenant_tx(&slug).await?;
-    if api
-        .ctx
-        .store
-        .user_email_taken(&mut tx, &slug, &b.email)
-        .await?
-    {
-        return Err(ApiError::Conflict(format!(
-            "{:?} is another user's email",
-            b.email
-        )));
-    }
-    drop(tx);
-    let event = UserAdded {
-        user_id: b.user_id.clone(),
+    let user_id = b.user_id.clone();
+    let user = commands::NewUser {
+        user_id: b.user_id,
         email: b.email,
         display_name: b.display_name,
         role: b.role,
         slack_user_id: b.slack_user_id,
-        added_by: caller.0.sub.clone(),
     };
-    let seq = commands::add_user(&api.ctx.js, &slug, &event, origin.0)
-        .await
-        .map_err(command_error)?;
-    settled_user(&api, &slug, &b.user_id, seq).await
+    let seq = commands::add_user(
+        &api.ctx.js,
+        &api.ctx.store,
+        &slug,
+        user,
+        &caller.0.sub,
+        origin.0,
+    )
+    .await?;
+    settled_user(&api, &slug, &user_id, seq).await
 }
 
 /// The user once the projector has applied the event at `seq`.
@@ -525,17 +457,6 @@ pub struct UserPatch {
     slack_user_id: Option<String>,
 }
 
-/// Refuses a change that would leave the tenant without an admin.
-async fn keep_an_admin(api: &Api, slug: &str, user_id: &str) -> Result<(), ApiError> {
-    let mut tx = api.tenant_tx(slug).await?;
-    if api.ctx.store.is_last_admin(&mut tx, slug, user_id).await? {
-        return Err(ApiError::Conflict(
-            "this is the tenant's last admin: make another user admin first".into(),
-        ));
-    }
-    Ok(())
-}
-
 pub async fn update_user(
     State(api): State<Api>,
     caller: Caller,
@@ -544,35 +465,22 @@ pub async fn update_user(
     payload: Result<Json<UserPatch>, JsonRejection>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let b = body(payload)?;
-    if b.role.is_none() && b.display_name.is_none() && b.slack_user_id.is_none() {
-        return Err(ApiError::Unprocessable(
-            "name at least one of role, display_name, slack_user_id".into(),
-        ));
-    }
-    if let Some(name) = &b.display_name
-        && !is_valid_name(name)
-    {
-        return Err(ApiError::Unprocessable(
-            "display_name must be 1-200 characters without control characters".into(),
-        ));
-    }
-    check_slack_id(&b.slack_user_id)?;
-    user_of(&api, &slug, &user_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    if b.role.is_some_and(|r| r != Role::Admin) {
-        keep_an_admin(&api, &slug, &user_id).await?;
-    }
-    let change = UserUpdated {
-        user_id: user_id.clone(),
+    tenant_of(&api, &slug).await?;
+    let change = commands::UserChange {
         role: b.role,
         display_name: b.display_name,
         slack_user_id: b.slack_user_id,
-        updated_by: caller.0.sub.clone(),
     };
-    let seq = commands::update_user(&api.ctx.js, &slug, &change, origin.0)
-        .await
-        .map_err(command_error)?;
+    let seq = commands::update_user(
+        &api.ctx.js,
+        &api.ctx.store,
+        &slug,
+        &user_id,
+        change,
+        &caller.0.sub,
+        origin.0,
+    )
+    .await?;
     settled_user(&api, &slug, &user_id, seq).await
 }
 
@@ -582,17 +490,16 @@ pub async fn remove_user(
     origin: EventOrigin,
     Path((slug, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    user_of(&api, &slug, &user_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    keep_an_admin(&api, &slug, &user_id).await?;
-    let removal = UserRemoved {
-        user_id: user_id.clone(),
-        removed_by: caller.0.sub.clone(),
-    };
-    let seq = commands::remove_user(&api.ctx.js, &slug, &removal, origin.0)
-        .await
-        .map_err(command_error)?;
+    tenant_of(&api, &slug).await?;
+    let seq = commands::remove_user(
+        &api.ctx.js,
+        &api.ctx.store,
+        &slug,
+        &user_id,
+        &caller.0.sub,
+        origin.0,
+    )
+    .await?;
     applied(&api, seq).await;
     Ok(StatusCode::NO_CONTENT)
 }

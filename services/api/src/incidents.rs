@@ -16,10 +16,9 @@ use axum::{
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use copilot_events::{
-    CorrelationRules, CorrelationRulesSet, Headers, HypothesisVerdictGiven, IncidentAssigned,
-    IncidentNoteAdded, IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned,
-    Severity, TenantIntegrations, TenantIntegrationsSet, TenantRetention, TenantRetentionSet,
-    Verdict, is_system_actor, subjects,
+    CorrelationRules, Headers, HypothesisVerdictGiven, IncidentAssigned, IncidentNoteAdded,
+    IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned, Severity,
+    TenantIntegrations, TenantRetention, Verdict, is_system_actor, subjects,
 };
 use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::{
@@ -29,7 +28,7 @@ use copilot_store::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use copilot_commands::{CommandEvent, append, command_event, event_message};
+use copilot_commands::{CommandEvent, append, command_event};
 use copilot_runtime::append::AppendError;
 
 use crate::{Api, Caller};
@@ -683,12 +682,8 @@ pub async fn set_rules(
     payload: Result<Json<CorrelationRules>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CorrelationRules>), ApiError> {
     let rules = body(payload)?;
-    rules.validate().map_err(ApiError::Unprocessable)?;
-    let event = CorrelationRulesSet {
-        rules: rules.clone(),
-        set_by: caller.0.sub.clone(),
-    };
-    append_tenant_setting(&api, &caller, &origin, &event).await?;
+    let (tenant, actor) = (&caller.0.tenant, &caller.0.sub);
+    copilot_commands::set_rules(&api.ctx.js, tenant, rules.clone(), actor, origin.0).await?;
     Ok((StatusCode::ACCEPTED, Json(rules)))
 }
 
@@ -706,61 +701,18 @@ pub async fn set_integrations(
     payload: Result<Json<TenantIntegrations>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TenantIntegrations>), ApiError> {
     let integrations = body(payload)?;
-    integrations.validate().map_err(ApiError::Unprocessable)?;
-    check_integrations(&api, &caller.0.tenant, &integrations).await?;
-    let event = TenantIntegrationsSet {
-        integrations: integrations.clone(),
-        set_by: caller.0.sub.clone(),
-    };
-    append_tenant_setting(&api, &caller, &origin, &event).await?;
+    copilot_commands::set_integrations(
+        &api.ctx.js,
+        &api.ctx.store,
+        &api.ctx.settings,
+        &api.egress,
+        &caller.0.tenant,
+        integrations.clone(),
+        &caller.0.sub,
+        origin.0,
+    )
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(integrations)))
-}
-
-/// What the settings make the copilot do on the tenant's behalf, checked before anything is
-/// appended: every URL must pass the egress policy (a literal internal address, or a name that
-/// resolves to one now, is a 422; names are checked again at every call), every secret named must
-/// be one the tenant stored, and an environment variable may be named only where the operator
-/// allows it, so a tenant can never make the copilot send a secret the tenant did not provide.
-async fn check_integrations(
-    api: &Api,
-    tenant: &str,
-    integrations: &TenantIntegrations,
-) -> Result<(), ApiError> {
-    for (field, url) in integrations.urls() {
-        api.egress
-            .check_url_resolved(url)
-            .await
-            .map_err(|e| ApiError::Unprocessable(format!("{field}: {e}")))?;
-    }
-    for name in integrations.env_names() {
-        if !api.ctx.settings.tenant_env_allowed(tenant, name) {
-            return Err(ApiError::Unprocessable(format!(
-                "settings may not name the copilot's environment variable {name:?}: store the value with PUT /v1/settings/secrets/{{name}} and name that secret instead"
-            )));
-        }
-    }
-    let names = integrations.secret_names();
-    if !names.is_empty() {
-        let stored = api.ctx.store.list_secrets(tenant).await?;
-        if let Some(missing) = names.iter().find(|n| !stored.iter().any(|s| s.name == **n)) {
-            return Err(ApiError::Unprocessable(format!(
-                "no secret named {missing:?}: store it first with PUT /v1/settings/secrets/{missing}"
-            )));
-        }
-        if let Some(llm) = &integrations.llm
-            && let Some(name) = &llm.api_key_secret
-            && let Some(bound) = stored
-                .iter()
-                .find(|s| s.name == *name)
-                .and_then(|s| s.origin.as_deref())
-            && copilot_runtime::egress::origin_of(&llm.base_url).as_deref() != Some(bound)
-        {
-            return Err(ApiError::Unprocessable(format!(
-                "secret {name:?} may only be sent to {bound}; llm.base_url points elsewhere"
-            )));
-        }
-    }
-    Ok(())
 }
 
 pub async fn get_retention(
@@ -777,26 +729,10 @@ pub async fn set_retention(
     payload: Result<Json<TenantRetention>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TenantRetention>), ApiError> {
     let retention = body(payload)?;
-    retention.validate().map_err(ApiError::Unprocessable)?;
-    let event = TenantRetentionSet {
-        retention: retention.clone(),
-        set_by: caller.0.sub.clone(),
-    };
-    append_tenant_setting(&api, &caller, &origin, &event).await?;
+    let (tenant, actor) = (&caller.0.tenant, &caller.0.sub);
+    copilot_commands::set_retention(&api.ctx.js, tenant, retention.clone(), actor, origin.0)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(retention)))
-}
-
-/// Appends a tenant setting's event on the tenant's subject.
-async fn append_tenant_setting<P: copilot_events::EventPayload>(
-    api: &Api,
-    caller: &Caller,
-    origin: &EventOrigin,
-    event: &P,
-) -> Result<(), ApiError> {
-    let tenant = caller.0.tenant.as_str();
-    let message = event_message(tenant, event, headers_of(origin));
-    append(&api.ctx.js, subjects::tenant(tenant), message).await?;
-    Ok(())
 }
 
 fn encode_cursor(c: IncidentCursor) -> String {

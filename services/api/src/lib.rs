@@ -220,18 +220,10 @@ pub struct Api {
     /// Where tenant-given URLs may point.
     pub egress: Arc<EgressPolicy>,
     /// The platform's keys for tenant secrets, when the operator configured them.
-    secrets: Option<Arc<SecretKeys>>,
+    pub secrets: Option<Arc<SecretKeys>>,
 }
 
 impl Api {
-    /// The keys tenant secrets are sealed with, or 503 naming what the operator must set.
-    pub fn secret_keys(&self) -> Result<&SecretKeys, ApiError> {
-        self.secrets.as_deref().ok_or_else(|| ApiError::Unavailable {
-            detail: "tenant secrets are not enabled on this copilot: its operator must set COPILOT_SECRETS_KEY or COPILOT_SECRETS_KEY_FILE".into(),
-            retry_after_secs: 60,
-        })
-    }
-
     /// A read transaction that row-level security confines to `tenant`.
     pub async fn tenant_tx(&self, tenant: &str) -> Result<Tx<'static>, ApiError> {
         self.ctx

@@ -13,11 +13,7 @@ use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::SecretMeta;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    Api, Caller,
-    admin::{Items, command_error},
-    incidents::body,
-};
+use crate::{Api, Caller, admin::Items, incidents::body};
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -61,11 +57,10 @@ pub async fn put(
         value,
         origin: bound_to,
     } = body(payload)?;
-    let keys = api.secret_keys()?;
     let stored = commands::set_secret(
         &api.ctx.js,
         &api.ctx.store,
-        keys,
+        api.secrets.as_deref(),
         &caller.0.tenant,
         &name,
         commands::SecretValue {
@@ -75,8 +70,7 @@ pub async fn put(
         &caller.0.sub,
         origin.0,
     )
-    .await
-    .map_err(command_error)?;
+    .await?;
     Ok(Json(SecretStored {
         name: stored.name,
         version: stored.version,
@@ -92,7 +86,7 @@ pub async fn delete(
     origin: EventOrigin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match commands::remove_secret(
+    commands::remove_secret(
         &api.ctx.js,
         &api.ctx.store,
         &caller.0.tenant,
@@ -100,10 +94,6 @@ pub async fn delete(
         &caller.0.sub,
         origin.0,
     )
-    .await
-    .map_err(command_error)?
-    {
-        Some(_) => Ok(StatusCode::NO_CONTENT),
-        None => Err(ApiError::NotFound),
-    }
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

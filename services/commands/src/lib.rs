@@ -1,262 +1,93 @@
-//! The write side: commands that append events. A command validates its input, decides from
-//! what it can read, appends, and leaves the read models to the projector; optimistic
-//! concurrency on the aggregate's subject makes a race lose cleanly. The API, the CLI and every
-//! surface to come (Slack, tasks) call these and only translate their own input and output.
+//! The write side: every command the product has, once. A command takes typed input and an
+//! actor, validates it, decides from what it can read, appends its event through the one append
+//! path, and leaves the read models to the projector; optimistic concurrency on the aggregate's
+//! subject makes a race lose cleanly. The API, the CLI and every surface to come (Slack, tasks)
+//! call these and only translate their own input and output, so the same bad input gets the
+//! same answer everywhere: [`CommandError`]'s message, which the API sends as its problem detail.
+
+mod secrets;
+mod settings;
+mod tenants;
+mod tokens;
+mod users;
+
+pub use secrets::{MAX_SECRET_BYTES, SecretValue, StoredSecret, remove_secret, set_secret};
+pub use settings::{set_integrations, set_retention, set_rules};
+pub use tenants::{
+    CreatedTenant, FIRST_ADMIN, NewTenant, create_tenant, first_admin, resume_tenant,
+    suspend_tenant,
+};
+pub use tokens::{
+    IssuedWebhookToken, MAX_GRACE_SECS, RotatedToken, issue_webhook_token, revoke_webhook_token,
+    rotate_webhook_token,
+};
+pub use users::{NewUser, UserChange, add_user, remove_user, update_user};
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::Utc;
-use copilot_events::{
-    Envelope, EventPayload, Headers, Role, TenantCreated, TenantResumed, TenantSecretRemoved,
-    TenantSecretSet, TenantSuspended, UserAdded, UserRemoved, UserUpdated, WebhookTokenIssued,
-    WebhookTokenRevoked, is_valid_secret_name, is_valid_slug, subjects,
-};
+use copilot_events::{Envelope, EventPayload, Headers};
 use copilot_runtime::{
     append::{self, AppendError},
-    auth::NewWebhookToken,
-    secrets::{SecretKeys, SecretsError},
+    http::ApiError,
+    secrets::SecretsError,
 };
-use copilot_store::{SecretRow, Store, StoreError};
+use copilot_store::StoreError;
 use uuid::Uuid;
 
+/// Why a command was not carried out. Its message is what a person reads, from the API (as the
+/// problem's detail) and from the CLI alike.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
+    /// The input breaks a rule of its field; nothing was appended (422).
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0:?} is not a valid tenant slug: use 1-63 of a-z, 0-9 and -, not starting with -")]
     InvalidSlug(String),
+    /// What the command names does not exist (404): `tenant`, `user`, `token`, `secret`.
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// The command does not fit what is there now (409).
+    #[error("{0}")]
+    Conflict(String),
     #[error("tenant {0:?} already exists")]
     TenantExists(String),
+    /// Tenant secrets need a key the operator has not configured (503).
+    #[error(
+        "tenant secrets are not enabled on this copilot: its operator must set COPILOT_SECRETS_KEY or COPILOT_SECRETS_KEY_FILE"
+    )]
+    SecretsDisabled,
     #[error(transparent)]
     Append(#[from] AppendError),
-    #[error("{0}")]
-    InvalidSecret(String),
     #[error(transparent)]
     Secrets(#[from] SecretsError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Largest secret value, in bytes.
-pub const MAX_SECRET_BYTES: usize = 8192;
-
-/// A stored secret as its event tells it: never the value.
-pub struct StoredSecret {
-    pub name: String,
-    pub version: u32,
-    pub fingerprint: String,
-    pub origin: Option<String>,
-    pub seq: u64,
-}
-
-/// A secret's value and, optionally, the only origin it may be sent to.
-pub struct SecretValue<'a> {
-    pub value: &'a str,
-    pub origin: Option<&'a str>,
-}
-
-/// Seals `value` with the platform's key and stores it as tenant secret `name` (replacing any
-/// value it had, with the next version), then appends `TenantSecretSet` with the version and
-/// fingerprint only. The row commits only once the event is appended, so the audit log never
-/// misses a value that is in force.
-#[allow(clippy::too_many_arguments)]
-pub async fn set_secret(
-    js: &jetstream::Context,
-    store: &Store,
-    keys: &SecretKeys,
-    tenant: &str,
-    name: &str,
-    secret: SecretValue<'_>,
-    actor: &str,
-    headers: Headers,
-) -> Result<StoredSecret, CommandError> {
-    let value = secret.value;
-    let origin = match secret.origin {
-        Some(given) => Some(copilot_runtime::egress::origin_of(given).ok_or_else(|| {
-            CommandError::InvalidSecret(format!(
-                "origin {given:?} is not an http(s) origin such as https://api.openai.com"
-            ))
-        })?),
-        None => None,
-    };
-    if !is_valid_secret_name(name) {
-        return Err(CommandError::InvalidSecret(format!(
-            "{name:?} is not a valid secret name: use 1-64 of a-z, 0-9, - and _, starting with a letter"
-        )));
-    }
-    // What an HTTP header can carry as a bearer token or a signing key: visible ASCII. A line
-    // break would make the request that sends it impossible to build.
-    if value.is_empty()
-        || value.len() > MAX_SECRET_BYTES
-        || !value.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(CommandError::InvalidSecret(format!(
-            "a secret's value is 1-{MAX_SECRET_BYTES} visible ASCII characters (no spaces, line breaks or control characters)"
-        )));
-    }
-    let mut tx = store.begin().await?;
-    let version = store.next_secret_version(&mut tx, tenant, name).await?;
-    let sealed = keys.seal(tenant, name, version as u32, value);
-    let row = SecretRow {
-        name: name.to_owned(),
-        version,
-        key_id: sealed.key_id,
-        nonce: sealed.nonce,
-        ciphertext: sealed.ciphertext,
-        fingerprint: keys.fingerprint(tenant, name, value),
-        origin,
-    };
-    store
-        .put_secret(&mut tx, tenant, &row, actor, Utc::now())
-        .await?;
-    let event = TenantSecretSet {
-        name: name.to_owned(),
-        version: version as u32,
-        fingerprint: row.fingerprint.clone(),
-        origin: row.origin.clone(),
-        set_by: actor.to_owned(),
-    };
-    let seq = append_then_commit(js, tx, tenant, &event, headers).await?;
-    Ok(StoredSecret {
-        name: row.name,
-        version: event.version,
-        fingerprint: row.fingerprint,
-        origin: row.origin,
-        seq,
-    })
-}
-
-/// Deletes tenant secret `name` and appends `TenantSecretRemoved`; `None` when there was none.
-pub async fn remove_secret(
-    js: &jetstream::Context,
-    store: &Store,
-    tenant: &str,
-    name: &str,
-    actor: &str,
-    headers: Headers,
-) -> Result<Option<u64>, CommandError> {
-    let mut tx = store.begin().await?;
-    if !store.delete_secret(&mut tx, tenant, name).await? {
-        return Ok(None);
-    }
-    let event = TenantSecretRemoved {
-        name: name.to_owned(),
-        removed_by: actor.to_owned(),
-    };
-    append_then_commit(js, tx, tenant, &event, headers)
-        .await
-        .map(Some)
-}
-
-/// Appends a secret's event on the tenant's secrets subject, then commits the row written in
-/// `tx`: the row is in force only once its event is recorded.
-async fn append_then_commit<P: EventPayload>(
-    js: &jetstream::Context,
-    tx: copilot_store::Tx<'_>,
-    tenant: &str,
-    event: &P,
-    headers: Headers,
-) -> Result<u64, CommandError> {
-    let seq = append_on(js, subjects::tenant_secrets(tenant), tenant, event, headers).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(seq)
-}
-
-/// The first user of a new tenant: an admin whose id its first JWT carries.
-pub const FIRST_ADMIN: &str = "admin";
-
-/// A created tenant's first webhook token (the secret is shown once), and the stream sequence of
-/// the creation's last event, which a caller can wait for the projector to reach.
-pub struct CreatedTenant {
-    pub token_id: Uuid,
-    pub webhook_token: String,
-    pub seq: u64,
-}
-
-/// A new webhook token: its id, the secret (shown once) and the sequence of its event.
-pub struct IssuedWebhookToken {
-    pub token_id: Uuid,
-    pub webhook_token: String,
-    pub seq: u64,
-}
-
-/// The `UserAdded` of a tenant's first admin ([`FIRST_ADMIN`]), with `email` or a placeholder.
-pub fn first_admin(tenant: &str, email: Option<&str>, actor: &str) -> UserAdded {
-    UserAdded {
-        user_id: FIRST_ADMIN.to_owned(),
-        email: email
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{FIRST_ADMIN}@{tenant}.invalid")),
-        display_name: "Administrator".to_owned(),
-        role: Role::Admin,
-        slack_user_id: None,
-        added_by: actor.to_owned(),
+/// The one mapping of a command's failure to an HTTP answer.
+impl From<CommandError> for ApiError {
+    fn from(err: CommandError) -> Self {
+        match err {
+            CommandError::Invalid(_) | CommandError::InvalidSlug(_) => {
+                ApiError::Unprocessable(err.to_string())
+            }
+            CommandError::NotFound(_) => ApiError::NotFound,
+            CommandError::Conflict(_) | CommandError::TenantExists(_) => {
+                ApiError::Conflict(err.to_string())
+            }
+            CommandError::SecretsDisabled => ApiError::Unavailable {
+                detail: err.to_string(),
+                retry_after_secs: 60,
+            },
+            CommandError::Append(e) => ApiError::from(e),
+            CommandError::Store(e) => ApiError::from(e),
+            CommandError::Secrets(e) => ApiError::Internal(anyhow::anyhow!(e)),
+        }
     }
 }
 
-/// Appends `TenantCreated` (only if the tenant's subject is empty, so two concurrent creations
-/// of one slug cannot both win), `WebhookTokenIssued`, and `UserAdded` for its first admin
-/// ([`FIRST_ADMIN`], with `admin_email` or a placeholder address).
-pub async fn create_tenant(
-    js: &jetstream::Context,
-    slug: &str,
-    name: &str,
-    admin_email: Option<&str>,
-    headers: Headers,
-) -> Result<CreatedTenant, CommandError> {
-    if !is_valid_slug(slug) {
-        return Err(CommandError::InvalidSlug(slug.to_owned()));
-    }
-    let actor = headers
-        .actor
-        .clone()
-        .unwrap_or_else(|| copilot_events::system_actor("cli"));
-    let actor = actor.as_str();
-    let created = TenantCreated {
-        slug: slug.to_owned(),
-        name: name.to_owned(),
-        created_by: actor.to_owned(),
-    };
-    let message = event_message(slug, &created, headers.clone()).expected_last_subject_sequence(0);
-    match append(js, subjects::tenant(slug), message).await {
-        Err(AppendError::Conflict) => return Err(CommandError::TenantExists(slug.to_owned())),
-        Err(e) => return Err(CommandError::Append(e)),
-        Ok(_) => {}
-    }
-    let token = issue_webhook_token(js, slug, actor, headers.clone()).await?;
-    let admin = first_admin(slug, admin_email, actor);
-    let seq = add_user(js, slug, &admin, headers).await?;
-    Ok(CreatedTenant {
-        token_id: token.token_id,
-        webhook_token: token.webhook_token,
-        seq,
-    })
-}
-
-/// Issues a new webhook token for a tenant.
-pub async fn issue_webhook_token(
-    js: &jetstream::Context,
-    tenant: &str,
-    actor: &str,
-    headers: Headers,
-) -> Result<IssuedWebhookToken, CommandError> {
-    let token = NewWebhookToken::generate();
-    let issued = WebhookTokenIssued {
-        token_id: Uuid::now_v7(),
-        token_hash: token.hash,
-        prefix: token.prefix,
-        issued_by: actor.to_owned(),
-    };
-    let seq = append_on(
-        js,
-        subjects::tenant_tokens(tenant),
-        tenant,
-        &issued,
-        headers,
-    )
-    .await?;
-    Ok(IssuedWebhookToken {
-        token_id: issued.token_id,
-        webhook_token: token.secret,
-        seq,
-    })
+fn invalid(message: impl Into<String>) -> CommandError {
+    CommandError::Invalid(message.into())
 }
 
 /// A command's event, ready to append: a new envelope, its id as `Nats-Msg-Id` (a retried
@@ -296,31 +127,6 @@ pub async fn append(
         .map(|ack| ack.sequence)
 }
 
-/// Revokes a webhook token, at once or at `effective_at`; gateways refuse it from then, once
-/// the projector has applied the event (their token cache lives one second).
-pub async fn revoke_webhook_token(
-    js: &jetstream::Context,
-    tenant: &str,
-    token_id: Uuid,
-    effective_at: Option<chrono::DateTime<Utc>>,
-    actor: &str,
-    headers: Headers,
-) -> Result<u64, CommandError> {
-    let revoked = WebhookTokenRevoked {
-        token_id,
-        revoked_by: actor.to_owned(),
-        effective_at,
-    };
-    append_on(
-        js,
-        subjects::tenant_tokens(tenant),
-        tenant,
-        &revoked,
-        headers,
-    )
-    .await
-}
-
 /// Appends one event on `subject` without an expected sequence; returns its stream sequence,
 /// which a caller can wait for the projector to reach.
 pub async fn append_on<P: EventPayload>(
@@ -334,55 +140,11 @@ pub async fn append_on<P: EventPayload>(
     Ok(append(js, subject, message).await?)
 }
 
-pub async fn suspend_tenant(
-    js: &jetstream::Context,
-    tenant: &str,
-    reason: &str,
-    actor: &str,
-    headers: Headers,
-) -> Result<u64, CommandError> {
-    let event = TenantSuspended {
-        reason: reason.to_owned(),
-        suspended_by: actor.to_owned(),
-    };
-    append_on(js, subjects::tenant(tenant), tenant, &event, headers).await
-}
-
-pub async fn resume_tenant(
-    js: &jetstream::Context,
-    tenant: &str,
-    actor: &str,
-    headers: Headers,
-) -> Result<u64, CommandError> {
-    let event = TenantResumed {
-        resumed_by: actor.to_owned(),
-    };
-    append_on(js, subjects::tenant(tenant), tenant, &event, headers).await
-}
-
-pub async fn add_user(
-    js: &jetstream::Context,
-    tenant: &str,
-    user: &UserAdded,
-    headers: Headers,
-) -> Result<u64, CommandError> {
-    append_on(js, subjects::tenant_users(tenant), tenant, user, headers).await
-}
-
-pub async fn update_user(
-    js: &jetstream::Context,
-    tenant: &str,
-    change: &UserUpdated,
-    headers: Headers,
-) -> Result<u64, CommandError> {
-    append_on(js, subjects::tenant_users(tenant), tenant, change, headers).await
-}
-
-pub async fn remove_user(
-    js: &jetstream::Context,
-    tenant: &str,
-    removal: &UserRemoved,
-    headers: Headers,
-) -> Result<u64, CommandError> {
-    append_on(js, subjects::tenant_users(tenant), tenant, removal, headers).await
+/// 404 unless tenant `slug` exists.
+async fn existing_tenant(store: &copilot_store::Store, slug: &str) -> Result<(), CommandError> {
+    if copilot_events::is_valid_slug(slug) && store.tenant_exists(slug).await? {
+        Ok(())
+    } else {
+        Err(CommandError::NotFound("tenant"))
+    }
 }

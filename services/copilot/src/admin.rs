@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use copilot_commands::{self as commands, FIRST_ADMIN};
-use copilot_events::{
-    Headers, Role, UserAdded, UserRemoved, UserUpdated, is_plausible_email, is_valid_name,
-    is_valid_user_id,
-};
+use copilot_events::{Headers, Role};
 use copilot_projector::{Projection, catch_up};
 use copilot_runtime::{Context, Settings, auth::Jwt};
 
@@ -65,16 +62,6 @@ pub async fn user_token(
     Ok(jwt.issue(user_id, tenant, user.incarnation(), role.min(current), ttl)?)
 }
 
-/// Refuses to demote or remove a tenant's last admin, as the API does.
-async fn keep_an_admin(ctx: &Context, tenant: &str, user_id: &str) -> anyhow::Result<()> {
-    let mut tx = ctx.store.begin_tenant(tenant).await?;
-    anyhow::ensure!(
-        !ctx.store.is_last_admin(&mut tx, tenant, user_id).await?,
-        "{user_id} is the last admin of {tenant}: make another user admin first"
-    );
-    Ok(())
-}
-
 pub async fn tenants(settings: Settings, command: TenantsCommand) -> anyhow::Result<()> {
     match command {
         TenantsCommand::Create {
@@ -85,20 +72,12 @@ pub async fn tenants(settings: Settings, command: TenantsCommand) -> anyhow::Res
         } => {
             let jwt = Jwt::from_settings(&settings)?;
             let ctx = connect(settings).await?;
-            let name = name.unwrap_or_else(|| slug.clone());
-            anyhow::ensure!(
-                is_valid_name(&name),
-                "the name must be 1-200 printable characters"
-            );
-            if let Some(email) = &admin_email {
-                anyhow::ensure!(
-                    is_plausible_email(email),
-                    "{email:?} is not an email address"
-                );
-            }
-            let created =
-                commands::create_tenant(&ctx.js, &slug, &name, admin_email.as_deref(), headers())
-                    .await?;
+            let tenant = commands::NewTenant {
+                slug: &slug,
+                name: name.as_deref(),
+                admin_email: admin_email.as_deref(),
+            };
+            let created = commands::create_tenant(&ctx.js, tenant, ACTOR, headers()).await?;
             settle(&ctx).await?;
             let admin = user_token(
                 &ctx,
@@ -161,13 +140,8 @@ pub async fn tenants(settings: Settings, command: TenantsCommand) -> anyhow::Res
             println!("{}", serde_json::to_string_pretty(&tenant)?);
         }
         TenantsCommand::Suspend { slug, reason } => {
-            anyhow::ensure!(
-                is_valid_name(&reason),
-                "the reason must be 1-200 printable characters"
-            );
             let ctx = connect(settings).await?;
-            ensure_tenant(&ctx, &slug).await?;
-            commands::suspend_tenant(&ctx.js, &slug, &reason, ACTOR, headers()).await?;
+            commands::suspend_tenant(&ctx.js, &ctx.store, &slug, &reason, ACTOR, headers()).await?;
             settle(&ctx).await?;
             println!(
                 "tenant {slug} suspended: its webhooks are refused until `copilot tenants resume {slug}`"
@@ -175,8 +149,7 @@ pub async fn tenants(settings: Settings, command: TenantsCommand) -> anyhow::Res
         }
         TenantsCommand::Resume { slug } => {
             let ctx = connect(settings).await?;
-            ensure_tenant(&ctx, &slug).await?;
-            commands::resume_tenant(&ctx.js, &slug, ACTOR, headers()).await?;
+            commands::resume_tenant(&ctx.js, &ctx.store, &slug, ACTOR, headers()).await?;
             settle(&ctx).await?;
             println!("tenant {slug} resumed");
         }
@@ -255,9 +228,16 @@ pub async fn webhook_tokens(
             println!("token {id} (shown once): {secret}");
         }
         WebhookTokenCommand::Revoke { tenant, token_id } => {
-            ensure_tenant(&ctx, &tenant).await?;
-            commands::revoke_webhook_token(&ctx.js, &tenant, token_id, None, ACTOR, headers())
-                .await?;
+            commands::revoke_webhook_token(
+                &ctx.js,
+                &ctx.store,
+                &tenant,
+                token_id,
+                None,
+                ACTOR,
+                headers(),
+            )
+            .await?;
             settle(&ctx).await?;
             println!("token {token_id} revoked: gateways refuse it within a second");
         }
@@ -266,19 +246,18 @@ pub async fn webhook_tokens(
             token_id,
             grace_hours,
         } => {
-            ensure_tenant(&ctx, &tenant).await?;
-            let issued = commands::issue_webhook_token(&ctx.js, &tenant, ACTOR, headers()).await?;
-            let (id, secret) = (issued.token_id, issued.webhook_token);
-            let until = chrono::Utc::now() + chrono::Duration::hours(grace_hours as i64);
-            commands::revoke_webhook_token(
+            let rotated = commands::rotate_webhook_token(
                 &ctx.js,
+                &ctx.store,
                 &tenant,
                 token_id,
-                Some(until),
+                grace_hours * 3600,
                 ACTOR,
                 headers(),
             )
             .await?;
+            let (id, secret) = (rotated.issued.token_id, rotated.issued.webhook_token);
+            let until = rotated.until;
             settle(&ctx).await?;
             println!("new token {id} (shown once): {secret}");
             println!(
@@ -311,28 +290,14 @@ pub async fn users(settings: Settings, command: UsersCommand) -> anyhow::Result<
             role,
             slack_user_id,
         } => {
-            ensure_tenant(&ctx, &tenant).await?;
-            anyhow::ensure!(
-                is_valid_user_id(&user_id),
-                "user ids are 1-128 of letters, digits and . _ @ + -"
-            );
-            anyhow::ensure!(
-                is_plausible_email(&email),
-                "{email:?} is not an email address"
-            );
-            anyhow::ensure!(
-                is_valid_name(&name),
-                "the name must be 1-200 printable characters"
-            );
-            let user = UserAdded {
+            let user = commands::NewUser {
                 user_id: user_id.clone(),
                 email,
                 display_name: name,
                 role,
                 slack_user_id,
-                added_by: ACTOR.to_owned(),
             };
-            commands::add_user(&ctx.js, &tenant, &user, headers()).await?;
+            commands::add_user(&ctx.js, &ctx.store, &tenant, user, ACTOR, headers()).await?;
             settle(&ctx).await?;
             println!(
                 "user {user_id} added to {tenant}; issue a token with `copilot token issue --tenant {tenant} --user {user_id}`"
@@ -343,29 +308,25 @@ pub async fn users(settings: Settings, command: UsersCommand) -> anyhow::Result<
             user_id,
             role,
         } => {
-            ensure_tenant(&ctx, &tenant).await?;
-            if role != Role::Admin {
-                keep_an_admin(&ctx, &tenant, &user_id).await?;
-            }
-            let change = UserUpdated {
-                user_id: user_id.clone(),
+            let change = commands::UserChange {
                 role: Some(role),
-                display_name: None,
-                slack_user_id: None,
-                updated_by: ACTOR.to_owned(),
+                ..Default::default()
             };
-            commands::update_user(&ctx.js, &tenant, &change, headers()).await?;
+            commands::update_user(
+                &ctx.js,
+                &ctx.store,
+                &tenant,
+                &user_id,
+                change,
+                ACTOR,
+                headers(),
+            )
+            .await?;
             settle(&ctx).await?;
             println!("user {user_id} of {tenant} is now {role:?}");
         }
         UsersCommand::Remove { tenant, user_id } => {
-            ensure_tenant(&ctx, &tenant).await?;
-            keep_an_admin(&ctx, &tenant, &user_id).await?;
-            let removal = UserRemoved {
-                user_id: user_id.clone(),
-                removed_by: ACTOR.to_owned(),
-            };
-            commands::remove_user(&ctx.js, &tenant, &removal, headers()).await?;
+            commands::remove_user(&ctx.js, &ctx.store, &tenant, &user_id, ACTOR, headers()).await?;
             settle(&ctx).await?;
             println!("user {user_id} removed from {tenant}: their tokens no longer work");
         }

@@ -368,7 +368,12 @@ pub async fn create_tenant(
         actor: Some(actor.to_owned()),
         ..Default::default()
     };
-    let created = copilot_commands::create_tenant(&ctx.js, slug, name, None, headers).await?;
+    let tenant = copilot_commands::NewTenant {
+        slug,
+        name: Some(name),
+        admin_email: None,
+    };
+    let created = copilot_commands::create_tenant(&ctx.js, tenant, actor, headers).await?;
     copilot_projector::catch_up(
         ctx,
         copilot_projector::Projection::Tenants,
@@ -437,7 +442,22 @@ async fn ensure_first_admin(ctx: &Context) -> anyhow::Result<()> {
         actor: Some(UP_ACTOR.to_owned()),
         ..Default::default()
     };
-    copilot_commands::add_user(&ctx.js, DEFAULT_TENANT, &admin, headers).await?;
+    let admin = copilot_commands::NewUser {
+        user_id: admin.user_id,
+        email: admin.email,
+        display_name: admin.display_name,
+        role: admin.role,
+        slack_user_id: None,
+    };
+    copilot_commands::add_user(
+        &ctx.js,
+        &ctx.store,
+        DEFAULT_TENANT,
+        admin,
+        UP_ACTOR,
+        headers,
+    )
+    .await?;
     copilot_projector::catch_up(
         ctx,
         copilot_projector::Projection::Tenants,

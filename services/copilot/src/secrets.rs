@@ -63,7 +63,7 @@ pub async fn run(settings: Settings, command: SecretsCommand) -> anyhow::Result<
             let stored = commands::set_secret(
                 &ctx.js,
                 &ctx.store,
-                &keys,
+                Some(&keys),
                 &tenant,
                 &name,
                 commands::SecretValue {
@@ -101,12 +101,8 @@ pub async fn run(settings: Settings, command: SecretsCommand) -> anyhow::Result<
         }
         SecretsCommand::Remove { tenant, name } => {
             let ctx = Context::connect(settings, "cli").await?;
-            match commands::remove_secret(&ctx.js, &ctx.store, &tenant, &name, ACTOR, headers())
-                .await?
-            {
-                Some(_) => println!("secret {name} of {tenant} removed"),
-                None => anyhow::bail!("{tenant} has no secret named {name:?}"),
-            }
+            commands::remove_secret(&ctx.js, &ctx.store, &tenant, &name, ACTOR, headers()).await?;
+            println!("secret {name} of {tenant} removed");
             Ok(())
         }
         SecretsCommand::ImportEnv => import_env(settings).await,
@@ -185,7 +181,7 @@ async fn store_var(
     let stored = commands::set_secret(
         &ctx.js,
         &ctx.store,
-        keys,
+        Some(keys),
         tenant,
         name,
         commands::SecretValue {
