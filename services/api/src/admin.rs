@@ -13,9 +13,10 @@ use axum::{
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use copilot_events::{Role, is_valid_slug};
-use copilot_projector::Projection;
 use copilot_runtime::http::{ApiError, EventOrigin};
-use copilot_store::{AuditCursor, AuditEntry, AuditFilter, TenantView, TokenView, UserView};
+use copilot_store::{
+    AuditCursor, AuditEntry, AuditFilter, TenantView, TokenView, UserView, checkpoints,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -34,27 +35,16 @@ const PROJECTION_WAIT: Duration = Duration::from_secs(5);
 /// cannot be read, it answers anyway: `false` says the effect may not be visible yet. Never an
 /// error: the command is recorded, and an answer telling the client to retry would record it twice.
 async fn applied(api: &Api, seq: u64) -> bool {
-    let deadline = tokio::time::Instant::now() + PROJECTION_WAIT;
-    loop {
-        let checkpoint = match api
-            .ctx
-            .store
-            .read_checkpoint(Projection::Tenants.name())
-            .await
-        {
-            Ok(checkpoint) => checkpoint,
-            Err(err) => {
-                tracing::warn!(seq, error = %err, "cannot see whether a command was applied");
-                return false;
-            }
-        };
-        if checkpoint >= seq {
-            return true;
+    let store = &api.ctx.store;
+    match store
+        .wait_for_checkpoint(checkpoints::TENANTS, seq, PROJECTION_WAIT, |_| {})
+        .await
+    {
+        Ok(reached) => reached,
+        Err(err) => {
+            tracing::warn!(seq, error = %err, "cannot see whether a command was applied");
+            false
         }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -490,21 +490,24 @@ where
 }
 
 /// The incident once the projector has applied its version `version` (waiting up to 2 s; then
-/// whatever it has).
+/// whatever it has). An incident's version is its subject's last stream sequence, so the
+/// incidents checkpoint reaching it means the read model holds it.
 async fn wait_for(
     api: &Api,
     tenant: &str,
     seen: &IncidentSummary,
     version: u64,
 ) -> Result<IncidentSummary, ApiError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let now = find(api, tenant, &seen.id.to_string()).await?;
-        if now.version as u64 >= version || tokio::time::Instant::now() > deadline {
-            return Ok(now);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    api.ctx
+        .store
+        .wait_for_checkpoint(
+            copilot_store::checkpoints::INCIDENTS,
+            version,
+            Duration::from_secs(2),
+            |_| {},
+        )
+        .await?;
+    find(api, tenant, &seen.id.to_string()).await
 }
 
 fn headers_of(origin: &EventOrigin) -> Headers {

@@ -188,19 +188,14 @@ async fn wait_for(
     target: u64,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let at = ctx.store.read_checkpoint(checkpoint).await?;
-        bar.set_position(at);
-        if at >= target {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{checkpoint} did not reach {target} in 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let reached = ctx
+        .store
+        .wait_for_checkpoint(checkpoint, target, Duration::from_secs(600), |at| {
+            bar.set_position(at)
+        })
+        .await?;
+    anyhow::ensure!(reached, "{checkpoint} did not reach {target} in 10 minutes");
+    Ok(())
 }
 
 /// `storm` firing alerts of tenant `storm`, round-robin across `services` services, in

@@ -23,6 +23,7 @@ use copilot_runtime::{
     metrics::Metrics,
     nats,
 };
+use copilot_store::checkpoints;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -48,10 +49,10 @@ impl Projection {
     /// Name of the projection, its checkpoint key and its lease.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Tenants => "tenants",
-            Self::Signals => "signals",
-            Self::Incidents => "incidents",
-            Self::Telemetry => "telemetry",
+            Self::Tenants => checkpoints::TENANTS,
+            Self::Signals => checkpoints::SIGNALS,
+            Self::Incidents => checkpoints::INCIDENTS,
+            Self::Telemetry => checkpoints::TELEMETRY,
         }
     }
 

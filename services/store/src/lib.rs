@@ -209,6 +209,30 @@ impl Store {
         Ok(seq.unwrap_or(0) as u64)
     }
 
+    /// Waits until projection `name` has applied stream sequence `seq` (polling its checkpoint),
+    /// for at most `timeout`; whether it did. What a command waits on to answer with its effect
+    /// in force, and what a benchmark or tool waits on to see a projection caught up.
+    pub async fn wait_for_checkpoint(
+        &self,
+        name: &str,
+        seq: u64,
+        timeout: std::time::Duration,
+        mut progress: impl FnMut(u64),
+    ) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let at = self.read_checkpoint(name).await?;
+            progress(at);
+            if at >= seq {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// The checkpoint outside a transaction, for readers that wait on a projection.
     pub async fn read_checkpoint(&self, projection: &str) -> Result<u64> {
         let seq: Option<i64> =
@@ -319,6 +343,16 @@ impl Store {
         }
         Ok(hasher.finalize().to_hex().to_string())
     }
+}
+
+/// The checkpoint names of the projections: what a writer waits on to see its event applied.
+/// The projector owns the projections; their names live here, with the checkpoints, so a
+/// reader need not depend on the projector to wait for one.
+pub mod checkpoints {
+    pub const TENANTS: &str = "tenants";
+    pub const SIGNALS: &str = "signals";
+    pub const INCIDENTS: &str = "incidents";
+    pub const TELEMETRY: &str = "telemetry";
 }
 
 /// The read-model tables, for checksums.
