@@ -63,7 +63,7 @@ pub fn settings(nats: &NatsServer, db: &TestDb) -> Settings {
     settings.nats_url = Some(nats.url());
     settings.database_url = Some(db.url.clone());
     settings.listen = "127.0.0.1:0".parse().unwrap();
-    settings.jwt_secret = Some(JWT_SECRET.to_owned());
+    settings.jwt_secret = Some(JWT_SECRET.to_owned().into());
     settings.publish_timeout_ms = 1000;
     settings.db_max_connections = 8;
     settings.log_format = copilot_runtime::telemetry::LogFormat::Text;
@@ -77,7 +77,7 @@ pub fn settings(nats: &NatsServer, db: &TestDb) -> Settings {
     // Test servers (models, Prometheus) listen on loopback, as on the laptop `copilot up` is
     // made for; the egress tests take this allowance away.
     settings.egress_allow = Some("127.0.0.0/8,::1".to_owned());
-    settings.secrets_key = Some(copilot_runtime::secrets::generate_key("test"));
+    settings.secrets_key = Some(copilot_runtime::secrets::generate_key("test").into());
     settings
 }
 

@@ -762,10 +762,13 @@ async fn after_a_key_rotation_rekey_reseals_every_secret_with_the_new_key() {
         .await;
         assert_eq!(r.status(), 200);
     }
-    let old = t.ctx().settings.secrets_key.clone().unwrap();
+    let old = copilot_runtime::settings::ExposeSecret::expose_secret(
+        t.ctx().settings.secrets_key.as_ref().unwrap(),
+    )
+    .to_owned();
     let new = copilot_runtime::secrets::generate_key("next");
     let mut settings = (*t.ctx().settings).clone();
-    settings.secrets_key = Some(format!("{new},{old}"));
+    settings.secrets_key = Some(format!("{new},{old}").into());
 
     copilot::secrets::run(settings, copilot::cli::SecretsCommand::Rekey)
         .await

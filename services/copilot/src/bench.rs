@@ -107,7 +107,7 @@ pub(crate) async fn scratch(
     settings.api_rate_per_sec = 0;
     settings
         .jwt_secret
-        .get_or_insert_with(copilot_runtime::auth::generate_secret);
+        .get_or_insert_with(|| copilot_runtime::auth::generate_secret().into());
     Ok((nats, db, settings))
 }
 

@@ -486,11 +486,11 @@ pub(crate) fn load_secret(settings: &mut Settings, create: bool) -> anyhow::Resu
     }
     let path = settings.data_dir.join(SECRET_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(secret) => settings.jwt_secret = Some(secret.trim().to_owned()),
+        Ok(secret) => settings.jwt_secret = Some(secret.trim().to_owned().into()),
         Err(_) if create => {
             let secret = copilot_runtime::auth::generate_secret();
             write_private(&path, &secret)?;
-            settings.jwt_secret = Some(secret);
+            settings.jwt_secret = Some(secret.into());
         }
         Err(_) => anyhow::bail!(
             "no JWT secret: set COPILOT_JWT_SECRET, or run `copilot up` once so it generates {}",

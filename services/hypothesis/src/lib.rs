@@ -85,7 +85,10 @@ impl Engine {
             (Some(base_url), Some(model)) => Self::Llm(LlmConfig {
                 base_url: base_url.clone(),
                 model: model.clone(),
-                api_key: settings.llm_api_key.clone(),
+                api_key: settings
+                    .llm_api_key
+                    .as_ref()
+                    .map(|k| copilot_runtime::settings::ExposeSecret::expose_secret(k).to_owned()),
                 timeout: Duration::from_millis(settings.llm_timeout_ms),
                 egress: None,
                 key_error: None,

@@ -148,7 +148,10 @@ impl JwtConfig {
     pub fn from_settings(settings: &Settings) -> Self {
         Self {
             algorithm: settings.jwt_algorithm,
-            secret: settings.jwt_secret.clone(),
+            secret: settings
+                .jwt_secret
+                .as_ref()
+                .map(|s| secrecy::ExposeSecret::expose_secret(s).to_owned()),
             public_key: settings.jwt_public_key.clone(),
             jwks: settings.jwt_jwks.clone(),
             private_key: settings.jwt_private_key.clone(),

@@ -104,7 +104,7 @@ impl SecretKeys {
     /// The keys the settings name, if any.
     pub fn from_settings(settings: &crate::Settings) -> Result<Option<Self>, SecretsError> {
         if let Some(spec) = &settings.secrets_key {
-            return Self::parse(spec).map(Some);
+            return Self::parse(secrecy::ExposeSecret::expose_secret(spec)).map(Some);
         }
         if let Some(path) = &settings.secrets_key_file {
             let text = std::fs::read_to_string(path).map_err(|source| SecretsError::Read {

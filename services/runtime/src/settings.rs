@@ -3,6 +3,13 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+pub use secrecy::{ExposeSecret, SecretString};
+
+/// A secret setting: held so that printing the settings (`{:?}`) shows `[REDACTED]`.
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value.to_owned()))
+}
+
 /// Default NATS URL when `NATS_URL` is not set.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// Default Postgres URL when `DATABASE_URL` is not set.
@@ -35,10 +42,11 @@ pub struct Settings {
     #[arg(
         long,
         env = "COPILOT_JWT_SECRET",
+        value_parser = secret,
         hide_env_values = true,
         global = true
     )]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<SecretString>,
 
     /// JWT algorithm, pinned: tokens naming another are refused
     #[arg(
@@ -184,10 +192,11 @@ pub struct Settings {
     #[arg(
         long,
         env = "COPILOT_SECRETS_KEY",
+        value_parser = secret,
         hide_env_values = true,
         global = true
     )]
-    pub secrets_key: Option<String>,
+    pub secrets_key: Option<SecretString>,
 
     /// File holding the secrets keys, one `id:base64` per line, the first sealing (instead of COPILOT_SECRETS_KEY)
     #[arg(long, env = "COPILOT_SECRETS_KEY_FILE", global = true)]
@@ -260,10 +269,11 @@ pub struct Settings {
     #[arg(
         long,
         env = "COPILOT_LLM_API_KEY",
+        value_parser = secret,
         global = true,
         hide_env_values = true
     )]
-    pub llm_api_key: Option<String>,
+    pub llm_api_key: Option<SecretString>,
 
     /// Time the model gets before the built-in engine answers instead, in milliseconds
     #[arg(
@@ -410,6 +420,20 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printing_the_settings_never_shows_a_secret() {
+        let mut settings = Settings::defaults();
+        settings.jwt_secret = Some("jwt-secret-value-0123456789abcdef".to_owned().into());
+        settings.llm_api_key = Some("sk-llm-key-value".to_owned().into());
+        settings.secrets_key = Some("k1:c2VhbGluZy1rZXk=".to_owned().into());
+
+        let printed = format!("{settings:?}");
+
+        for secret in ["jwt-secret-value", "sk-llm-key-value", "c2VhbGluZy1rZXk"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+    }
 
     #[test]
     fn a_tenant_may_name_only_the_variables_listed_for_it_and_never_the_platforms() {
