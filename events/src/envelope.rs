@@ -103,6 +103,26 @@ pub enum Event {
 }
 
 impl Event {
+    /// The incident an incident event is about, and who acted: the person or the copilot's
+    /// component (`system:correlator`, `system:hypothesis`). `None` for other events.
+    pub fn incident(&self) -> Option<(Uuid, &str)> {
+        use crate::incidents::CORRELATOR;
+        const HYPOTHESIS: &str = "system:hypothesis";
+        Some(match self {
+            Self::IncidentOpened(e) => (e.incident_id, CORRELATOR),
+            Self::SignalAttached(e) => (e.incident_id, CORRELATOR),
+            Self::SignalResolved(e) => (e.incident_id, CORRELATOR),
+            Self::IncidentResolved(e) => (e.incident_id, e.actor.as_str()),
+            Self::IncidentReopened(e) => (e.incident_id, e.actor.as_str()),
+            Self::IncidentTransitioned(e) => (e.incident_id, e.actor.as_str()),
+            Self::IncidentAssigned(e) => (e.incident_id, e.actor.as_str()),
+            Self::IncidentNoteAdded(e) => (e.incident_id, e.actor.as_str()),
+            Self::HypothesesProposed(e) => (e.incident_id, HYPOTHESIS),
+            Self::HypothesisVerdictGiven(e) => (e.incident_id, e.actor.as_str()),
+            _ => return None,
+        })
+    }
+
     /// The event's type name.
     pub fn name(&self) -> &'static str {
         match self {

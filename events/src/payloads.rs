@@ -56,6 +56,25 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// Every severity, least first: its index is its rank.
+    pub const ALL: [Self; 5] = [
+        Self::Unknown,
+        Self::Info,
+        Self::Warning,
+        Self::Error,
+        Self::Critical,
+    ];
+
+    /// The rank stored and sorted on (0 unknown … 4 critical).
+    pub fn rank(self) -> i16 {
+        self as i16
+    }
+
+    /// The severity of a stored rank; ranks out of range are clamped.
+    pub fn from_rank(rank: i16) -> Self {
+        Self::ALL[rank.clamp(0, 4) as usize]
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unknown => "unknown",

@@ -10,7 +10,6 @@ use axum::{
     extract::{Path, Query, State, rejection::JsonRejection, rejection::QueryRejection},
     http::StatusCode,
 };
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use copilot_events::{Role, is_valid_slug};
 use copilot_runtime::http::{ApiError, EventOrigin};
@@ -509,7 +508,8 @@ pub struct AuditQuery {
     limit: Option<u32>,
 }
 
-const MAX_AUDIT_LIMIT: u32 = 500;
+/// Audit entries a page holds when the caller does not say.
+const DEFAULT_AUDIT_LIMIT: u32 = 100;
 
 /// `GET /v1/audit`: the tenant's commands, newest first.
 pub async fn audit(
@@ -518,12 +518,7 @@ pub async fn audit(
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Items<AuditEntry>>, ApiError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_AUDIT_LIMIT).contains(&limit) {
-        return Err(bad(format!(
-            "limit must be between 1 and {MAX_AUDIT_LIMIT}"
-        )));
-    }
+    let limit = crate::page::limit(q.limit, DEFAULT_AUDIT_LIMIT)?;
     for (name, value) in [
         ("actor", &q.actor),
         ("action", &q.action),
@@ -566,29 +561,26 @@ pub async fn audit(
 }
 
 fn encode_cursor(c: AuditCursor) -> String {
-    let mut bytes = Vec::with_capacity(24);
-    bytes.extend_from_slice(&c.at.timestamp_micros().to_be_bytes());
-    bytes.extend_from_slice(c.event_id.as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    crate::page::CursorWriter::default()
+        .time(c.at)
+        .id(c.event_id)
+        .finish()
 }
 
 fn decode_cursor(text: &str) -> Result<AuditCursor, ApiError> {
-    let invalid = || bad("cursor is not one this API returned");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|_| invalid())?;
-    if bytes.len() != 24 {
-        return Err(invalid());
-    }
-    let micros = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
-    Ok(AuditCursor {
-        at: DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?,
-        event_id: Uuid::from_slice(&bytes[8..]).map_err(|_| invalid())?,
-    })
+    let mut reader = crate::page::CursorReader::new(text)?;
+    let cursor = AuditCursor {
+        at: reader.time()?,
+        event_id: reader.id()?,
+    };
+    reader.done()?;
+    Ok(cursor)
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+
     use super::*;
 
     #[test]

@@ -13,7 +13,6 @@ use axum::{
     extract::{Path, Query, State, rejection::JsonRejection, rejection::QueryRejection},
     http::{HeaderMap, StatusCode, header},
 };
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use copilot_events::{
     CorrelationRules, Headers, HypothesisVerdictGiven, IncidentAssigned, IncidentNoteAdded,
@@ -31,10 +30,7 @@ use uuid::Uuid;
 use copilot_commands::{CommandEvent, append, command_event};
 use copilot_runtime::append::AppendError;
 
-use crate::{Api, Caller};
-
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
+use crate::{Api, Caller, page};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,10 +134,7 @@ pub async fn list(
         Some("updated") => IncidentSort::Updated,
         Some(_) => return Err(bad("sort must be one of newest, oldest, severity, updated")),
     };
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(bad(format!("limit must be between 1 and {MAX_LIMIT}")));
-    }
+    let limit = page::limit(q.limit, page::DEFAULT_LIMIT)?;
     let filter = IncidentFilter {
         state: q.state,
         open: q.open,
@@ -739,30 +732,28 @@ pub async fn set_retention(
 }
 
 fn encode_cursor(c: IncidentCursor) -> String {
-    let mut bytes = Vec::with_capacity(26);
-    bytes.extend_from_slice(&c.rank.to_be_bytes());
-    bytes.extend_from_slice(&c.at.timestamp_micros().to_be_bytes());
-    bytes.extend_from_slice(c.id.as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    page::CursorWriter::default()
+        .rank(c.rank)
+        .time(c.at)
+        .id(c.id)
+        .finish()
 }
 
 fn decode_cursor(text: &str) -> Result<IncidentCursor, ApiError> {
-    let invalid = || bad("cursor is not one this API returned");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|_| invalid())?;
-    if bytes.len() != 26 {
-        return Err(invalid());
-    }
-    let rank = i16::from_be_bytes([bytes[0], bytes[1]]);
-    let micros = i64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
-    let at = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
-    let id = Uuid::from_slice(&bytes[10..]).map_err(|_| invalid())?;
-    Ok(IncidentCursor { rank, at, id })
+    let mut reader = page::CursorReader::new(text)?;
+    let cursor = IncidentCursor {
+        rank: reader.rank()?,
+        at: reader.time()?,
+        id: reader.id()?,
+    };
+    reader.done()?;
+    Ok(cursor)
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+
     use super::*;
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod incidents;
+pub mod page;
 pub mod secrets;
 pub mod signals;
 

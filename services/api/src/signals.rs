@@ -4,7 +4,6 @@ use axum::{
     Json,
     extract::{Path, Query, State, rejection::QueryRejection},
 };
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use copilot_events::Severity;
 use copilot_runtime::http::ApiError;
@@ -12,10 +11,7 @@ use copilot_store::{SignalCursor, SignalFilter, SignalView};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Api, Caller};
-
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
+use crate::{Api, Caller, page};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,12 +65,7 @@ pub async fn list(
         since: q.since,
         until: q.until,
     };
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
+    let limit = page::limit(q.limit, page::DEFAULT_LIMIT)?;
     let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
     let mut items = api
         .ctx
@@ -117,20 +108,20 @@ pub async fn get(
 }
 
 fn encode_cursor(cursor: SignalCursor) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cursor.id.as_bytes())
+    page::CursorWriter::default().id(cursor.id).finish()
 }
 
 fn decode_cursor(text: &str) -> Result<SignalCursor, ApiError> {
-    let invalid = || ApiError::BadRequest("cursor is not one this API returned".into());
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|_| invalid())?;
-    let id = Uuid::from_slice(&bytes).map_err(|_| invalid())?;
+    let mut reader = page::CursorReader::new(text)?;
+    let id = reader.id()?;
+    reader.done()?;
     Ok(SignalCursor { id })
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+
     use super::*;
 
     #[test]

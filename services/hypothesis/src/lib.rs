@@ -365,14 +365,19 @@ async fn follow_once(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Res
             Some(Err(err)) => return Err(err.into()),
             None => anyhow::bail!("the hypothesis consumer's stream ended"),
         };
-        let due = Envelope::from_slice(&message.payload)
-            .ok()
-            .and_then(|env| match env.decode() {
-                Ok(Event::IncidentOpened(e)) => Some((e.incident_id, env)),
-                Ok(Event::SignalAttached(e)) => Some((e.incident_id, env)),
-                Ok(Event::IncidentReopened(e)) => Some((e.incident_id, env)),
-                _ => None,
-            });
+        let due = Envelope::from_slice(&message.payload).ok().and_then(|env| {
+            // What changes an incident's evidence: its opening, a new signal, a reopening.
+            let event = env.decode().ok().filter(|e| {
+                matches!(
+                    e,
+                    Event::IncidentOpened(_)
+                        | Event::SignalAttached(_)
+                        | Event::IncidentReopened(_)
+                )
+            })?;
+            let (incident, _) = event.incident()?;
+            Some((incident, env))
+        });
         if let Some((incident, env)) = due {
             ctx.store
                 .schedule_hypotheses(

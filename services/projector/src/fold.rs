@@ -4,8 +4,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use copilot_events::{
-    CORRELATOR, Envelope, Event, IncidentState, ModelCallRecorded, Role, Severity, SignalReceived,
-    is_system_actor,
+    Envelope, Event, IncidentState, ModelCallRecorded, Role, SignalReceived, is_system_actor,
 };
 use copilot_runtime::consume::subject_tenant;
 use copilot_store::{
@@ -477,23 +476,7 @@ impl Fold {
 
 /// The incident an incident event is about, and who acted.
 fn incident_of(event: &Event) -> Option<(Uuid, &str)> {
-    Some(match event {
-        Event::IncidentOpened(e) => (e.incident_id, CORRELATOR),
-        Event::SignalAttached(e) => (e.incident_id, CORRELATOR),
-        Event::SignalResolved(e) => (e.incident_id, CORRELATOR),
-        Event::IncidentResolved(e) => (e.incident_id, e.actor.as_str()),
-        Event::IncidentReopened(e) => (e.incident_id, e.actor.as_str()),
-        Event::IncidentTransitioned(e) => (e.incident_id, e.actor.as_str()),
-        Event::IncidentAssigned(e) => (e.incident_id, e.actor.as_str()),
-        Event::IncidentNoteAdded(e) => (e.incident_id, e.actor.as_str()),
-        Event::HypothesesProposed(e) => (e.incident_id, "hypothesis"),
-        Event::HypothesisVerdictGiven(e) => (e.incident_id, e.actor.as_str()),
-        _ => return None,
-    })
-}
-
-fn rank(severity: Severity) -> i16 {
-    severity as i16
+    event.incident()
 }
 
 /// Applies one incident event: recorded in the timeline first, and skipped if its id was
@@ -550,7 +533,7 @@ async fn apply_incident(
                         title: &e.title,
                         service: e.service.as_deref(),
                         severity: e.severity.as_str(),
-                        severity_rank: rank(e.severity),
+                        severity_rank: e.severity.rank(),
                         labels: &json(&e.labels),
                         rule: &e.rule,
                         opened_at: c.at,
@@ -573,7 +556,7 @@ async fn apply_incident(
                         starts_at: e.starts_at,
                         explanation: &e.explanation,
                         incident_severity: e.incident_severity.as_str(),
-                        incident_severity_rank: rank(e.incident_severity),
+                        incident_severity_rank: e.incident_severity.rank(),
                         at: c.at,
                         seq: c.seq,
                     },
@@ -588,7 +571,7 @@ async fn apply_incident(
                     e.incident_id,
                     e.signal_id,
                     e.ends_at,
-                    (e.incident_severity.as_str(), rank(e.incident_severity)),
+                    (e.incident_severity.as_str(), e.incident_severity.rank()),
                     c.at,
                     c.seq,
                 )
