@@ -518,7 +518,7 @@ pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
         egress: Arc::new(egress),
         secrets: secrets.map(Arc::new),
     };
-    Router::new()
+    let routes = Router::new()
         .route("/v1/me", get(admin::me))
         .route("/v1/signals", get(signals::list))
         .route("/v1/signals/{id}", get(signals::get))
@@ -583,7 +583,8 @@ pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
             axum::routing::patch(admin::update_user).delete(admin::remove_user),
         )
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
-        .with_state(api)
+        .with_state(api);
+    copilot_runtime::http::service_routes("api", routes)
 }
 
 /// Runs the API alone: its routes, health and metrics on `settings.listen`.

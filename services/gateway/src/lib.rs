@@ -70,10 +70,11 @@ pub fn router(ctx: Context) -> Router {
         limiter,
         auth_failures,
     };
-    Router::new()
+    let routes = Router::new()
         .route("/v1/webhooks/alertmanager", post(alertmanager))
         .route("/v1/webhooks/grafana", post(grafana))
-        .with_state(gateway)
+        .with_state(gateway);
+    copilot_runtime::http::service_routes("gateway", routes)
 }
 
 /// Runs the gateway alone: webhooks, health and metrics on `settings.listen`.

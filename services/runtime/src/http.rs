@@ -280,7 +280,10 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     let mut response = next.run(req).instrument(span).await;
     drop(in_flight);
     let status = response.status();
-    let service = service_of(&route);
+    let service = response
+        .extensions()
+        .get::<ServiceName>()
+        .map_or("runtime", |s| s.0);
     metrics
         .http_request_duration_seconds
         .with_label_values(&[service, &route, method, status.as_str()])
@@ -332,16 +335,20 @@ fn bounded_method(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// The service a route template belongs to (a bounded label: the same in `copilot up` as when the
-/// services run apart).
-fn service_of(route: &str) -> &'static str {
-    if route.starts_with("/v1/webhooks") {
-        "gateway"
-    } else if route.starts_with("/v1/") {
-        "api"
-    } else {
-        "runtime"
-    }
+/// The service that answered, the metrics' `service` label: set by [`service_routes`], so the
+/// label is the same in `copilot up` as when the services run apart; `runtime` for the shared
+/// routes and fallbacks.
+#[derive(Clone, Copy)]
+struct ServiceName(&'static str);
+
+/// Marks `router`'s routes as `service`'s, for the metrics.
+pub fn service_routes(service: &'static str, router: Router) -> Router {
+    router.route_layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| async move {
+            response.extensions_mut().insert(ServiceName(service));
+            response
+        },
+    ))
 }
 
 /// Adds the shared layers and fallbacks to a service's routes: request ids and metrics on every
