@@ -3,6 +3,7 @@
 //! concurrency on the aggregate's subject makes a race lose cleanly. The API, the CLI and every
 //! surface to come (Slack, tasks) call these and only translate their own input and output.
 
+pub mod correlation;
 pub mod incident;
 
 use async_nats::jetstream::{self, message::PublishMessage};
