@@ -4,7 +4,9 @@
 //! A command decides on the incident's read model and appends with JetStream's
 //! expected-last-subject-sequence set to the version it decided on: if anything was appended to
 //! the incident since, the append fails and the command answers 409 (or, when the caller did not
-//! pin a version with `If-Match`, waits for the projector once and decides again).
+//! pin a version with `If-Match`, waits for the projector once and decides again). Which
+//! transitions are allowed, and which event each one is, the incident aggregate decides
+//! (`copilot_commands::incident::decide`), on the read model's state.
 
 use std::time::Duration;
 
@@ -15,9 +17,9 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use copilot_events::{
-    CorrelationRules, Headers, HypothesisVerdictGiven, IncidentAssigned, IncidentNoteAdded,
-    IncidentReopened, IncidentResolved, IncidentState, IncidentTransitioned, Severity,
-    TenantIntegrations, TenantRetention, Verdict, is_system_actor, subjects,
+    CorrelationRules, Event, Headers, HypothesisVerdictGiven, IncidentAssigned, IncidentNoteAdded,
+    IncidentState, Severity, TenantIntegrations, TenantRetention, Verdict, is_system_actor,
+    subjects,
 };
 use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::{
@@ -525,67 +527,46 @@ pub async fn transition(
     if let Some(note) = &b.note {
         text_field("note", note, 10_000)?;
     }
-    let actor = caller.0.sub.clone();
+    let lifecycle = copilot_commands::incident::Command::Transition {
+        to,
+        actor: caller.0.sub.clone(),
+        note: b.note.clone(),
+    };
     let event_headers = headers_of(&origin);
     command(&api, &caller, &id, &headers, |incident| {
         let from = IncidentState::parse(&incident.state)
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("unknown stored state")))?;
-        if !from.allowed_next().contains(&to) {
-            let allowed = from
-                .allowed_next()
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>();
-            return Err(ApiError::Conflict(format!(
-                "an incident in state {} can move to {}; not to {}",
-                from.as_str(),
-                if allowed.is_empty() {
-                    "nothing (its review is closed)".to_owned()
-                } else {
-                    allowed.join(", ")
-                },
-                to.as_str()
-            )));
-        }
-        let tenant = caller.0.tenant.as_str();
-        let h = event_headers.clone();
-        Ok(match (from, to) {
-            (_, IncidentState::Resolved) => command_event(
-                tenant,
-                &IncidentResolved {
-                    incident_id: incident.id,
-                    actor: actor.clone(),
-                    reason: "resolved by hand".into(),
-                    note: b.note.clone(),
-                },
-                h,
-            ),
-            (IncidentState::Resolved, IncidentState::Investigating) => command_event(
-                tenant,
-                &IncidentReopened {
-                    incident_id: incident.id,
-                    actor: actor.clone(),
-                    reason: "reopened by hand".into(),
-                    to,
-                    signal_id: None,
-                    note: b.note.clone(),
-                },
-                h,
-            ),
-            _ => command_event(
-                tenant,
-                &IncidentTransitioned {
-                    incident_id: incident.id,
-                    from,
-                    to,
-                    actor: actor.clone(),
-                    note: b.note.clone(),
-                },
-                h,
-            ),
-        })
+        let decided = copilot_commands::incident::decide(incident.id, from, &lifecycle)
+            .map_err(|refused| ApiError::Conflict(refused.to_string()))?;
+        // A transition is one event; the command appends exactly one.
+        let [event] = <[Event; 1]>::try_from(decided).map_err(|events| {
+            ApiError::Internal(anyhow::anyhow!(
+                "a transition decided {} events, not one",
+                events.len()
+            ))
+        })?;
+        lifecycle_event(&caller.0.tenant, &event, event_headers.clone())
     })
     .await
+}
+
+/// A lifecycle event the aggregate decided, as a command's event to append.
+fn lifecycle_event(
+    tenant: &str,
+    event: &Event,
+    headers: Headers,
+) -> Result<CommandEvent, ApiError> {
+    Ok(match event {
+        Event::IncidentResolved(e) => command_event(tenant, e, headers),
+        Event::IncidentReopened(e) => command_event(tenant, e, headers),
+        Event::IncidentTransitioned(e) => command_event(tenant, e, headers),
+        other => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the lifecycle decider decided {}",
+                other.name()
+            )));
+        }
+    })
 }
 
 pub async fn assign(

@@ -23,6 +23,9 @@ pub use tokens::{
 };
 pub use users::{NewUser, UserChange, add_user, remove_user, update_user};
 
+pub mod correlation;
+pub mod incident;
+
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::Utc;
 use copilot_events::{Envelope, EventPayload, Headers};

@@ -2,20 +2,30 @@
 //!
 //! It reads SIGNALS in order and, for each new alert instance, decides: open an incident, attach
 //! to its key's incident, reopen a resolved one, or wait for the key's threshold. It follows the
-//! lifecycle events people append (a hand resolve, a review), so its next decision for that key
-//! is a reopen or a new incident. Its state lives in `correlator_*` tables written in the
-//! transaction that moves its checkpoint; every event it appends has a deterministic id (also
-//! its `Nats-Msg-Id`), so a crash between append and commit re-decides the same events and
-//! JetStream drops the copies, and the projector skips a copy that outlived the window.
+//! lifecycle events people append (a hand resolve, a reopen, a review), so its next decision for
+//! that key is a reopen or a new incident.
+//!
+//! The deciding itself is pure and lives in `copilot-commands` (`correlation` for signals,
+//! `incident` for the aggregate and its lifecycle); this crate is the I/O around it. For a batch
+//! of signals it loads the states the batch touches from its `correlator_*` tables, decides every
+//! signal in memory (each on the state the earlier ones left), appends the decisions, then saves
+//! what changed together with its checkpoint in one transaction. Every event it appends has a
+//! deterministic id (also its `Nats-Msg-Id`), so a crash between append and commit re-decides
+//! the same events and JetStream drops the copies, and the projector skips a copy that outlived
+//! the duplicate window.
 
-mod decide;
+mod state;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
 use chrono::Utc;
-use copilot_events::{CorrelationRules, Envelope, Event, IncidentState, is_system_actor, subjects};
+use copilot_commands::{correlation, incident::IncidentEvent};
+use copilot_events::{CorrelationRules, Envelope, Event, SignalReceived, subjects};
 use copilot_runtime::{
     Context, Settings,
     consume::{self, Batches},
@@ -23,9 +33,9 @@ use copilot_runtime::{
     nats,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
+use uuid::Uuid;
 
-pub use decide::{Decision, correlation_key};
+pub use copilot_commands::correlation::{Decision, correlation_key};
 
 const SIGNALS_CHECKPOINT: &str = "correlator-signals";
 const LIFECYCLE_CHECKPOINT: &str = "correlator-incidents";
@@ -107,8 +117,10 @@ async fn follow_signals(ctx: &Context, shutdown: &CancellationToken) -> anyhow::
     Ok(())
 }
 
-/// Decides one batch of signals: state changes in one transaction, decisions appended (and
-/// acknowledged by JetStream) before that transaction commits with the checkpoint.
+/// Decides one batch of signals: the states it touches loaded (incidents locked) in the
+/// batch's transaction, every signal decided in memory, the decisions appended (and
+/// acknowledged by JetStream), then the changed states saved and the transaction committed with
+/// the checkpoint.
 async fn decide_batch(
     ctx: &Context,
     rules: &mut RulesCache,
@@ -123,7 +135,7 @@ async fn decide_batch(
         "the correlator checkpoint is at {checkpoint}, expected {from}: another writer?"
     );
     let mut last = from;
-    let mut decisions = Vec::new();
+    let mut signals: Vec<(u64, Envelope, SignalReceived)> = Vec::with_capacity(batch.len());
     for message in &batch {
         let Some(seq) = consume::next_sequence(message, &mut last)? else {
             continue;
@@ -154,35 +166,49 @@ async fn decide_batch(
             );
             continue;
         }
-        let tenant_rules = rules.get(ctx, &envelope.tenant).await?;
+        signals.push((seq, envelope, signal));
+    }
+    // One reading of each tenant's rules for the whole batch: the keys loaded are the keys
+    // decided on.
+    let mut tenant_rules: HashMap<String, CorrelationRules> = HashMap::new();
+    for (_, envelope, _) in &signals {
+        if !tenant_rules.contains_key(&envelope.tenant) {
+            let found = rules.get(ctx, &envelope.tenant).await?;
+            tenant_rules.insert(envelope.tenant.clone(), found);
+        }
+    }
+    let wanted: Vec<state::Wanted> = signals
+        .iter()
+        .map(|(_, envelope, signal)| state::Wanted {
+            tenant: envelope.tenant.clone(),
+            signal_id: signal.instance_id(&envelope.tenant),
+            key: correlation_key(&tenant_rules[&envelope.tenant], signal).0,
+        })
+        .collect();
+    let mut decided = state::load(store, &mut tx, &wanted).await?;
+    let mut decisions = Vec::new();
+    for (seq, envelope, signal) in &signals {
         let span = tracing::info_span!("correlate", seq, tenant = %envelope.tenant);
         let cause = envelope
             .traceparent
             .as_deref()
             .and_then(copilot_events::TraceParent::parse);
         copilot_runtime::telemetry::set_parent(&span, cause.as_ref());
-        let before = decisions.len();
-        decide::decide(
-            store,
-            &mut tx,
-            &tenant_rules,
-            &envelope,
-            &signal,
-            &mut decisions,
-        )
-        .instrument(span.clone())
-        .await?;
+        let rules = &tenant_rules[&envelope.tenant];
+        let mut these = span.in_scope(|| decided.decide(rules, envelope, signal));
         // With spans exported, the decisions continue the correlation span itself.
         if let Some(exported) = copilot_runtime::telemetry::exported_traceparent(&span) {
-            for d in &mut decisions[before..] {
+            for d in &mut these {
                 d.envelope.traceparent = Some(exported.to_string());
             }
         }
+        decisions.append(&mut these);
     }
     append(ctx, &decisions).await?;
     if ctx.settings.fault_correlator_crash_after_append && !decisions.is_empty() {
         anyhow::bail!("fault injected: crashing after the append, before the commit");
     }
+    state::save(store, &mut tx, &decided.changes()).await?;
     store
         .set_checkpoint(&mut tx, SIGNALS_CHECKPOINT, subjects::SIGNALS, last)
         .await?;
@@ -194,7 +220,7 @@ async fn decide_batch(
     }
     count(&decisions);
     if !decisions.is_empty() {
-        let trace_ids: std::collections::BTreeSet<String> = decisions
+        let trace_ids: BTreeSet<String> = decisions
             .iter()
             .filter_map(|d| d.envelope.traceparent.as_deref())
             .filter_map(copilot_events::TraceParent::parse)
@@ -240,8 +266,9 @@ async fn append(ctx: &Context, decisions: &[Decision]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Follows lifecycle events people append, so the correlator knows which incidents a person
-/// resolved, reopened or closed with a review.
+/// Follows the lifecycle events people append (resolves, reopens, transitions, reviews) and
+/// folds them into the incidents it keeps, so its next decision for their keys starts from
+/// where people left them. Its own decisions it folded as it made them.
 async fn follow_lifecycle(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let (consumer, mut last) = consume::position(
         ctx,
@@ -259,6 +286,7 @@ async fn follow_lifecycle(ctx: &Context, shutdown: &CancellationToken) -> anyhow
             checkpoint == last,
             "the lifecycle checkpoint moved: another writer?"
         );
+        let mut changes: Vec<((String, Uuid), IncidentEvent)> = Vec::new();
         for message in &batch {
             if consume::next_sequence(message, &mut last)?.is_none() {
                 continue;
@@ -266,22 +294,29 @@ async fn follow_lifecycle(ctx: &Context, shutdown: &CancellationToken) -> anyhow
             let Ok(envelope) = Envelope::from_slice(&message.payload) else {
                 continue;
             };
-            let (incident_id, state, at) = match envelope.decode() {
-                Ok(Event::IncidentResolved(e)) if !is_system_actor(&e.actor) => {
-                    (e.incident_id, "resolved", Some(envelope.occurred_at))
-                }
-                Ok(Event::IncidentReopened(e)) if !is_system_actor(&e.actor) => {
-                    (e.incident_id, "open", Some(envelope.occurred_at))
-                }
-                Ok(Event::IncidentTransitioned(e))
-                    if matches!(e.to, IncidentState::Learned | IncidentState::Inconclusive) =>
-                {
-                    (e.incident_id, "closed", None)
-                }
+            let Ok(event) = envelope.decode() else {
+                continue;
+            };
+            let incident_id = match &event {
+                Event::IncidentResolved(e) => e.incident_id,
+                Event::IncidentReopened(e) => e.incident_id,
+                Event::IncidentTransitioned(e) => e.incident_id,
                 _ => continue,
             };
-            decide::follow(store, &mut tx, &envelope.tenant, incident_id, state, at).await?;
+            if let Some(change) = IncidentEvent::of(&event, envelope.occurred_at)
+                && change.by_person()
+            {
+                changes.push(((envelope.tenant, incident_id), change));
+            }
         }
+        let ids: BTreeSet<(String, Uuid)> = changes.iter().map(|(id, _)| id.clone()).collect();
+        let incidents = state::lock(store, &mut tx, ids.into_iter().collect()).await?;
+        let mut followed = correlation::Batch::new([], incidents);
+        for ((tenant, incident_id), change) in &changes {
+            // An incident the correlator never opened is not its to follow.
+            followed.follow(tenant, *incident_id, change);
+        }
+        state::save(store, &mut tx, &followed.changes()).await?;
         store
             .set_checkpoint(&mut tx, LIFECYCLE_CHECKPOINT, subjects::INCIDENTS, last)
             .await?;
@@ -320,9 +355,12 @@ async fn resolve_due(ctx: &Context) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut decisions = Vec::new();
-    for mut incident in due {
-        decisions.push(decide::resolve_after_grace(&mut incident));
-        store.save_correlator_incident(&mut tx, &incident).await?;
+    for row in due {
+        let mut incident = state::incident_of(row)?;
+        decisions.extend(correlation::resolve_after_grace(&mut incident));
+        store
+            .save_correlator_incident(&mut tx, &state::incident_row(&incident))
+            .await?;
     }
     append(ctx, &decisions).await?;
     tx.commit().await?;

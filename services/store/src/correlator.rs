@@ -1,6 +1,7 @@
 //! The correlator's own state: the incidents it opened per correlation key and every alert
 //! instance it has seen. Only the correlator writes these tables, in the transaction that moves
-//! its checkpoint, so a crash re-decides exactly what it had not committed.
+//! its checkpoint, so a crash re-decides exactly what it had not committed. It loads what a batch
+//! of signals touches in a few statements, decides in memory, and saves what changed.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -13,7 +14,7 @@ pub struct CorrelatorIncident {
     pub tenant: String,
     pub id: Uuid,
     pub key: String,
-    /// `open`, `resolved` or `closed`.
+    /// Its lifecycle state, as the read model spells it (`detected` … `inconclusive`).
     pub state: String,
     pub opened_at: DateTime<Utc>,
     /// Where its window starts: the opening, or the last reopen.
@@ -44,107 +45,130 @@ pub struct CorrelatorSignal {
 }
 
 impl Store {
-    pub async fn correlator_signal(
+    /// The correlator's records of these alert instances, those it has seen (`ids` distinct).
+    pub async fn correlator_signals(
         &self,
         tx: &mut Tx<'_>,
-        tenant: &str,
-        signal_id: Uuid,
-    ) -> Result<Option<CorrelatorSignal>> {
+        ids: &[(String, Uuid)],
+    ) -> Result<Vec<CorrelatorSignal>> {
+        let (tenants, signal_ids): (Vec<&str>, Vec<Uuid>) =
+            ids.iter().map(|(t, id)| (t.as_str(), *id)).unzip();
         Ok(sqlx::query_as(
-            "SELECT tenant, signal_id, incident_id, key, status, severity_rank, at, pending
-             FROM correlator_signals WHERE tenant = $1 AND signal_id = $2",
+            "SELECT s.tenant, s.signal_id, s.incident_id, s.key, s.status, s.severity_rank, s.at, s.pending
+             FROM correlator_signals s
+             JOIN UNNEST($1::text[], $2::uuid[]) AS w(tenant, signal_id)
+               ON s.tenant = w.tenant AND s.signal_id = w.signal_id",
         )
-        .bind(tenant)
-        .bind(signal_id)
-        .fetch_optional(&mut **tx)
+        .bind(tenants)
+        .bind(signal_ids)
+        .fetch_all(&mut **tx)
         .await?)
     }
 
-    pub async fn save_correlator_signal(
+    /// Signals of these keys (tenant, key; distinct) waiting for their key's threshold, oldest
+    /// first.
+    pub async fn pending_correlator_signals(
         &self,
         tx: &mut Tx<'_>,
-        s: &CorrelatorSignal,
+        keys: &[(String, String)],
+    ) -> Result<Vec<CorrelatorSignal>> {
+        let (tenants, keys): (Vec<&str>, Vec<&str>) =
+            keys.iter().map(|(t, k)| (t.as_str(), k.as_str())).unzip();
+        Ok(sqlx::query_as(
+            "SELECT s.tenant, s.signal_id, s.incident_id, s.key, s.status, s.severity_rank, s.at, s.pending
+             FROM correlator_signals s
+             JOIN UNNEST($1::text[], $2::text[]) AS k(tenant, key)
+               ON s.tenant = k.tenant AND s.key = k.key
+             WHERE s.pending IS NOT NULL
+             ORDER BY s.tenant, s.key, s.at, s.signal_id",
+        )
+        .bind(tenants)
+        .bind(keys)
+        .fetch_all(&mut **tx)
+        .await?)
+    }
+
+    /// Inserts or updates the correlator's records of alert instances, in one statement
+    /// (`signals` distinct by tenant and id).
+    pub async fn save_correlator_signals(
+        &self,
+        tx: &mut Tx<'_>,
+        signals: &[CorrelatorSignal],
     ) -> Result<()> {
+        if signals.is_empty() {
+            return Ok(());
+        }
+        let pending: Vec<Option<String>> = signals
+            .iter()
+            .map(|s| s.pending.as_ref().map(|p| p.to_string()))
+            .collect();
         sqlx::query(
             "INSERT INTO correlator_signals (tenant, signal_id, incident_id, key, status, severity_rank, at, pending)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             SELECT tenant, signal_id, incident_id, key, status, severity_rank, at, pending::jsonb
+             FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int2[],
+                 $7::timestamptz[], $8::text[])
+               AS u(tenant, signal_id, incident_id, key, status, severity_rank, at, pending)
              ON CONFLICT (tenant, signal_id) DO UPDATE SET incident_id = excluded.incident_id,
                  status = excluded.status, severity_rank = excluded.severity_rank, at = excluded.at,
                  pending = excluded.pending",
         )
-        .bind(&s.tenant)
-        .bind(s.signal_id)
-        .bind(s.incident_id)
-        .bind(&s.key)
-        .bind(&s.status)
-        .bind(s.severity_rank)
-        .bind(s.at)
-        .bind(&s.pending)
+        .bind(signals.iter().map(|s| s.tenant.as_str()).collect::<Vec<_>>())
+        .bind(signals.iter().map(|s| s.signal_id).collect::<Vec<_>>())
+        .bind(signals.iter().map(|s| s.incident_id).collect::<Vec<_>>())
+        .bind(signals.iter().map(|s| s.key.as_str()).collect::<Vec<_>>())
+        .bind(signals.iter().map(|s| s.status.as_str()).collect::<Vec<_>>())
+        .bind(signals.iter().map(|s| s.severity_rank).collect::<Vec<_>>())
+        .bind(signals.iter().map(|s| s.at).collect::<Vec<_>>())
+        .bind(pending)
         .execute(&mut **tx)
         .await?;
         Ok(())
     }
 
-    /// Signals of a key waiting for its threshold, oldest first; those before `since` are
-    /// forgotten first (they fell out of the window).
-    pub async fn take_fresh_pending(
+    /// The newest incident of each of these keys (tenant, key; by opening, then id), as
+    /// (tenant, id). Only the correlator's signal loop creates incidents, so what this finds
+    /// stays the newest until that loop commits.
+    pub async fn latest_correlator_incident_ids(
         &self,
         tx: &mut Tx<'_>,
-        tenant: &str,
-        key: &str,
-        since: DateTime<Utc>,
-    ) -> Result<Vec<CorrelatorSignal>> {
-        sqlx::query(
-            "UPDATE correlator_signals SET pending = NULL
-             WHERE tenant = $1 AND key = $2 AND pending IS NOT NULL AND at < $3",
-        )
-        .bind(tenant)
-        .bind(key)
-        .bind(since)
-        .execute(&mut **tx)
-        .await?;
+        keys: &[(String, String)],
+    ) -> Result<Vec<(String, Uuid)>> {
+        let (tenants, keys): (Vec<&str>, Vec<&str>) =
+            keys.iter().map(|(t, k)| (t.as_str(), k.as_str())).unzip();
         Ok(sqlx::query_as(
-            "SELECT tenant, signal_id, incident_id, key, status, severity_rank, at, pending
-             FROM correlator_signals WHERE tenant = $1 AND key = $2 AND pending IS NOT NULL
-             ORDER BY at, signal_id",
+            "SELECT i.tenant, i.id
+             FROM UNNEST($1::text[], $2::text[]) AS k(tenant, key)
+             CROSS JOIN LATERAL (
+                 SELECT tenant, id FROM correlator_incidents c
+                 WHERE c.tenant = k.tenant AND c.key = k.key
+                 ORDER BY opened_at DESC, id DESC LIMIT 1
+             ) i",
         )
-        .bind(tenant)
-        .bind(key)
+        .bind(tenants)
+        .bind(keys)
         .fetch_all(&mut **tx)
         .await?)
     }
 
-    /// The newest incident the correlator opened for a key.
-    pub async fn latest_correlator_incident(
+    /// These incidents (tenant, id), locked until the transaction ends (in key order, so writers
+    /// lock alike): the resolve timer and the lifecycle follower wait for the signal loop's
+    /// commit, and it for theirs.
+    pub async fn lock_correlator_incidents(
         &self,
         tx: &mut Tx<'_>,
-        tenant: &str,
-        key: &str,
-    ) -> Result<Option<CorrelatorIncident>> {
+        ids: &[(String, Uuid)],
+    ) -> Result<Vec<CorrelatorIncident>> {
+        let (tenants, incident_ids): (Vec<&str>, Vec<Uuid>) =
+            ids.iter().map(|(t, id)| (t.as_str(), *id)).unzip();
         Ok(sqlx::query_as(
             "SELECT tenant, id, key, state, opened_at, window_from, last_signal_at, resolved_at, resolve_due, generation, firing, top_rank
-             FROM correlator_incidents WHERE tenant = $1 AND key = $2
-             ORDER BY opened_at DESC, id DESC LIMIT 1 FOR UPDATE",
+             FROM correlator_incidents
+             WHERE (tenant, id) IN (SELECT * FROM UNNEST($1::text[], $2::uuid[]))
+             ORDER BY tenant, id FOR UPDATE",
         )
-        .bind(tenant)
-        .bind(key)
-        .fetch_optional(&mut **tx)
-        .await?)
-    }
-
-    pub async fn correlator_incident(
-        &self,
-        tx: &mut Tx<'_>,
-        tenant: &str,
-        id: Uuid,
-    ) -> Result<Option<CorrelatorIncident>> {
-        Ok(sqlx::query_as(
-            "SELECT tenant, id, key, state, opened_at, window_from, last_signal_at, resolved_at, resolve_due, generation, firing, top_rank
-             FROM correlator_incidents WHERE tenant = $1 AND id = $2 FOR UPDATE",
-        )
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&mut **tx)
+        .bind(tenants)
+        .bind(incident_ids)
+        .fetch_all(&mut **tx)
         .await?)
     }
 

@@ -359,7 +359,9 @@ impl Store {
     /// Moves an incident to a state, keeping when it was first acknowledged and mitigated and
     /// when it last resolved. A decision of the correlator never overrides a person's review
     /// (`learned`, `inconclusive`), and its reopen applies only to a resolved incident; either way
-    /// the incident's version moves to the event.
+    /// the incident's version moves to the event. These are the lifecycle rules of the incident
+    /// aggregate (`copilot_commands::incident::Incident::evolve`), applied here in SQL so the
+    /// projector writes without reading; a test there checks the two agree.
     pub async fn change_incident_state(&self, tx: &mut Tx<'_>, c: &StateChange<'_>) -> Result<()> {
         sqlx::query(
             "UPDATE incidents SET state = $3,
