@@ -83,8 +83,10 @@ impl EventPayload for UserRemoved {
 #[serde(deny_unknown_fields)]
 pub struct TenantRetention {
     /// Days resolved signals are kept.
+    #[schemars(range(min = 1, max = 3650))]
     pub signals_days: u32,
     /// Days resolved incidents are kept.
+    #[schemars(range(min = 1, max = 3650))]
     pub incidents_days: u32,
 }
 

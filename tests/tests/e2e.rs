@@ -752,6 +752,32 @@ async fn the_request_id_travels_from_the_webhook_into_the_event_and_the_row() {
 }
 
 #[tokio::test]
+async fn the_openapi_document_is_served_without_credentials_as_committed() {
+    let t = TestApp::spawn().await;
+
+    let response = t
+        .http
+        .get(format!("{}/v1/openapi.json", t.url))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let served: Value = response.json().await.unwrap();
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(copilot_e2e::workspace_root().join("schemas/openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        served, committed,
+        "the document served is the one in schemas/"
+    );
+    assert_eq!(served["openapi"], "3.1.0");
+}
+
+#[tokio::test]
 async fn metrics_count_requests_appends_and_projections_by_route_and_stream() {
     let t = TestApp::spawn().await;
     t.post_webhook(

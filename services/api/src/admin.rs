@@ -71,7 +71,7 @@ async fn tenant_of(api: &Api, slug: &str) -> Result<TenantView, ApiError> {
         .ok_or(ApiError::NotFound)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Me {
     sub: String,
     tenant: String,
@@ -98,7 +98,8 @@ pub async fn me(State(api): State<Api>, caller: Caller) -> Result<Json<Me>, ApiE
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "{T}List")]
 pub struct Items<T> {
     items: Vec<T>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,7 +128,7 @@ pub async fn show_tenant(
     Ok(Json(tenant_of(&api, &slug).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     slug: String,
@@ -136,7 +137,7 @@ pub struct NewTenant {
     admin_email: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct CreatedTenant {
     tenant: String,
     /// Shown once; only its hash is kept.
@@ -180,7 +181,7 @@ pub async fn create_tenant(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SuspendBody {
     reason: String,
@@ -231,7 +232,7 @@ pub async fn list_tokens(
     Ok(Items::all(tokens))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct IssuedToken {
     token_id: Uuid,
     /// Shown once; only its hash is kept.
@@ -320,7 +321,7 @@ async fn revoke_now(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
     /// Seconds the old token keeps working, so senders can switch without a gap [default: 86400].
@@ -333,11 +334,10 @@ pub async fn rotate_token(
     caller: Caller,
     origin: EventOrigin,
     Path((slug, token_id)): Path<(String, String)>,
-    payload: Option<Json<RotateBody>>,
+    payload: Result<Option<Json<RotateBody>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
-    let grace = payload
-        .map(|Json(b)| b)
-        .unwrap_or_default()
+    // No body is the defaults; a body that is not a `RotateBody` is a problem like any other.
+    let grace = body(payload.map(Option::unwrap_or_default))?
         .grace_seconds
         .unwrap_or(86_400);
     let old = token_of(&api, &slug, &token_id).await?;
@@ -375,7 +375,7 @@ pub async fn list_users(
     Ok(Items::all(users))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// What the user's JWTs carry as `sub`.
@@ -438,7 +438,7 @@ async fn settled_user(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
     role: Option<Role>,
@@ -493,7 +493,7 @@ pub async fn remove_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     actor: Option<String>,

@@ -34,12 +34,15 @@ use copilot_runtime::append::AppendError;
 
 use crate::{Api, Caller, page};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "IncidentQuery")]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    #[schemars(with = "Option<IncidentState>")]
     state: Option<String>,
     /// `true`: only incidents not yet resolved; `false`: only resolved or reviewed ones.
     open: Option<bool>,
+    #[schemars(with = "Option<Severity>")]
     severity: Option<String>,
     service: Option<String>,
     /// `name=value`: incidents whose labels include it.
@@ -49,8 +52,11 @@ pub struct ListQuery {
     /// Words of the title, service or correlation key.
     q: Option<String>,
     /// `newest` (default), `oldest`, `severity` or `updated`.
+    #[schemars(extend("enum" = ["newest", "oldest", "severity", "updated"]))]
     sort: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// 1 to 500 [default: 50].
     limit: Option<u32>,
 }
 
@@ -233,7 +239,7 @@ pub async fn timeline(
     Ok(Json(Timeline { items }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HypothesesQuery {
     /// Every earlier proposal too, newest first.
@@ -263,7 +269,7 @@ pub async fn hypotheses(
     Ok(Json(Proposals { items }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerdictBody {
     /// `confirmed` or `refuted`.
@@ -315,7 +321,7 @@ pub async fn verdict(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatsQuery {
     /// Start of the range (incidents opened at or after) [default: 7 days ago].
@@ -348,21 +354,23 @@ pub async fn stats(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransitionBody {
+    /// The state to move to; which are allowed depends on the current one.
+    #[schemars(with = "IncidentState")]
     to: String,
     note: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssignBody {
     /// Who takes it; `null` to unassign.
     assignee: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoteBody {
     text: String,
@@ -370,6 +378,7 @@ pub struct NoteBody {
 
 /// What a command answers: the event it appended and the incident's new version.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "CommandAccepted")]
 pub struct Accepted {
     event_id: Uuid,
     #[serde(rename = "type")]

@@ -16,15 +16,16 @@ pub mod signals;
 
 use std::sync::Arc;
 
+use aide::axum::ApiRouter;
 use axum::{
     Router,
     extract::{FromRef, FromRequestParts, MatchedPath, RawPathParams, Request, State},
     http::{Method, header, request::Parts},
     middleware::Next,
     response::Response,
-    routing::{get, post, put},
 };
 use copilot_events::Role;
+use copilot_runtime::openapi::OperationExt as _;
 use copilot_runtime::{
     Context, Settings,
     auth::{Claims, Jwt},
@@ -35,6 +36,7 @@ use copilot_runtime::{
 };
 use copilot_store::Tx;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// What a route needs of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +254,9 @@ impl Caller {
         self.0.platform || (self.0.tenant == slug && self.0.role == Role::Admin)
     }
 }
+
+/// The caller is the authorization layer's; the document's security requirement says what it needs.
+impl aide::OperationInput for Caller {}
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
@@ -518,73 +523,471 @@ pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
         egress: Arc::new(egress),
         secrets: secrets.map(Arc::new),
     };
-    let routes = Router::new()
-        .route("/v1/me", get(admin::me))
-        .route("/v1/signals", get(signals::list))
-        .route("/v1/signals/{id}", get(signals::get))
-        .route("/v1/incidents", get(incidents::list))
-        .route("/v1/incidents/{id}", get(incidents::get))
-        .route("/v1/incidents/{id}/timeline", get(incidents::timeline))
-        .route(
-            "/v1/incidents/{id}/transitions",
-            post(incidents::transition),
-        )
-        .route("/v1/incidents/{id}/assign", post(incidents::assign))
-        .route("/v1/incidents/{id}/notes", post(incidents::note))
-        .route("/v1/incidents/{id}/hypotheses", get(incidents::hypotheses))
-        .route(
-            "/v1/incidents/{id}/hypotheses/{hid}/verdict",
-            post(incidents::verdict),
-        )
-        .route("/v1/stats", get(incidents::stats))
-        .route(
-            "/v1/settings/correlation",
-            get(incidents::get_rules).put(incidents::set_rules),
-        )
-        .route(
-            "/v1/settings/integrations",
-            get(incidents::get_integrations).put(incidents::set_integrations),
-        )
-        .route(
-            "/v1/settings/retention",
-            get(incidents::get_retention).put(incidents::set_retention),
-        )
-        .route("/v1/settings/secrets", get(secrets::list))
-        .route(
-            "/v1/settings/secrets/{name}",
-            put(secrets::put).delete(secrets::delete),
-        )
-        .route("/v1/audit", get(admin::audit))
-        .route(
-            "/v1/admin/tenants",
-            get(admin::list_tenants).post(admin::create_tenant),
-        )
-        .route("/v1/admin/tenants/{slug}", get(admin::show_tenant))
-        .route("/v1/admin/tenants/{slug}/suspend", post(admin::suspend))
-        .route("/v1/admin/tenants/{slug}/resume", post(admin::resume))
-        .route(
-            "/v1/admin/tenants/{slug}/tokens",
-            get(admin::list_tokens).post(admin::issue_token),
-        )
-        .route(
-            "/v1/admin/tenants/{slug}/tokens/{token_id}/revoke",
-            post(admin::revoke_token),
-        )
-        .route(
-            "/v1/admin/tenants/{slug}/tokens/{token_id}/rotate",
-            post(admin::rotate_token),
-        )
-        .route(
-            "/v1/admin/tenants/{slug}/users",
-            get(admin::list_users).post(admin::add_user),
-        )
-        .route(
-            "/v1/admin/tenants/{slug}/users/{user_id}",
-            axum::routing::patch(admin::update_user).delete(admin::remove_user),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
-        .with_state(api);
+    let routes = Router::from(
+        routes()
+            .route_layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
+            .with_state(api),
+    );
     copilot_runtime::http::service_routes("api", routes)
+}
+
+/// The API's routes with their documentation. Who may call each is [`POLICY`]'s, which
+/// [`describe`] writes into the document with the errors every route answers.
+fn routes() -> ApiRouter<Api> {
+    use aide::axum::routing::{get_with, patch_with, post_with, put_with};
+    use axum::Json;
+    use copilot_events::{CorrelationRules, TenantIntegrations, TenantRetention};
+    use docs::*;
+
+    ApiRouter::new()
+        .api_route(
+            "/v1/me",
+            get_with(admin::me, |op| {
+                op.id("me")
+                    .summary("Who the token speaks for, with the role in force now")
+                    .tag("administration")
+            }),
+        )
+        .api_route(
+            "/v1/signals",
+            get_with(signals::list, |op| {
+                op.id("listSignals")
+                    .summary("The tenant's alert instances, newest `startsAt` first")
+                    .tag("signals")
+                    .problem(400, QUERY_400)
+            }),
+        )
+        .api_route(
+            "/v1/signals/{id}",
+            get_with(signals::get, |op| {
+                op.id("getSignal")
+                    .summary("One alert instance, with the alert as last received (`raw`)")
+                    .tag("signals")
+                    .path_param::<Uuid>("id", "The signal's id")
+                    .problem(404, "No such signal of the tenant")
+            }),
+        )
+        .api_route(
+            "/v1/incidents",
+            get_with(incidents::list, |op| {
+                op.id("listIncidents")
+                    .summary("The tenant's incidents")
+                    .tag("incidents")
+                    .problem(400, QUERY_400)
+            }),
+        )
+        .api_route(
+            "/v1/incidents/{id}",
+            get_with(incidents::get, |op| {
+                op.id("getIncident")
+                    .summary("One incident with its signals, notes and current hypotheses")
+                    .tag("incidents")
+                    .path_param::<Uuid>("id", INCIDENT_ID)
+                    .problem(404, NO_INCIDENT)
+            }),
+        )
+        .api_route(
+            "/v1/incidents/{id}/timeline",
+            get_with(incidents::timeline, |op| {
+                op.id("incidentTimeline")
+                    .summary("Every event of the incident in stream order")
+                    .tag("incidents")
+                    .path_param::<Uuid>("id", INCIDENT_ID)
+                    .problem(404, NO_INCIDENT)
+            }),
+        )
+        .api_route(
+            "/v1/incidents/{id}/transitions",
+            post_with(incidents::transition, |op| {
+                command(op)
+                    .id("transitionIncident")
+                    .summary("Moves the incident to another state")
+                    .problem(
+                        409,
+                        "The move is not allowed from the current state (the detail names the allowed ones), `If-Match` is stale, or the incident changed while the command was decided",
+                    )
+            }),
+        )
+        .api_route(
+            "/v1/incidents/{id}/assign",
+            post_with(incidents::assign, |op| {
+                command(op)
+                    .id("assignIncident")
+                    .summary("Assigns the incident (`null` unassigns)")
+            }),
+        )
+        .api_route(
+            "/v1/incidents/{id}/notes",
+            post_with(incidents::note, |op| {
+                command(op)
+                    .id("addIncidentNote")
+                    .summary("Adds a note to the incident")
+            }),
+        )
+        .api_route(
+            "/v1/incidents/{id}/hypotheses",
+            get_with(incidents::hypotheses, |op| {
+                op.id("incidentHypotheses")
+                    .summary("The current proposal in full; with `history=true`, every earlier one too")
+                    .tag("incidents")
+                    .path_param::<Uuid>("id", INCIDENT_ID)
+                    .problem(400, QUERY_400)
+                    .problem(404, NO_INCIDENT)
+            }),
+        )
+        .api_route(
+            "/v1/incidents/{id}/hypotheses/{hid}/verdict",
+            post_with(incidents::verdict, |op| {
+                command(op)
+                    .id("giveVerdict")
+                    .summary("Confirms or refutes a hypothesis any proposal of the incident named")
+                    .path_param::<String>("hid", "The hypothesis' id")
+                    .problem(404, "No such incident, or no proposal of it named this hypothesis")
+            }),
+        )
+        .api_route(
+            "/v1/stats",
+            get_with(incidents::stats, |op| {
+                op.id("stats")
+                    .summary("Open incidents by severity; counts, noise reduction, MTTA and MTTR of the incidents opened in `since`..`until`")
+                    .tag("incidents")
+                    .problem(400, "A query parameter does not parse, or `since` is not before `until`")
+            }),
+        )
+        .api_route(
+            "/v1/settings/correlation",
+            get_with(incidents::get_rules, |op| {
+                op.id("getCorrelationRules")
+                    .summary("The tenant's correlation rules (the defaults if none were set)")
+                    .tag("settings")
+            })
+            .put_with(incidents::set_rules, |op| {
+                op.id("setCorrelationRules")
+                    .summary("Sets the tenant's correlation rules")
+                    .tag("settings")
+                    .response_with::<202, Json<CorrelationRules>, _>(|r| r.description("Recorded; the correlator applies them from its next decision"))
+                    .problem(422, "Unknown fields, or values out of range")
+            }),
+        )
+        .api_route(
+            "/v1/settings/integrations",
+            get_with(incidents::get_integrations, |op| {
+                op.id("getIntegrations")
+                    .summary("The tenant's Prometheus URL, model and Slack workspace")
+                    .tag("settings")
+            })
+            .put_with(incidents::set_integrations, |op| {
+                op.id("setIntegrations")
+                    .summary("Sets the tenant's integrations")
+                    .tag("settings")
+                    .response_with::<202, Json<TenantIntegrations>, _>(|r| r.description("Recorded"))
+                    .problem(
+                        422,
+                        "A URL the egress policy refuses, a secret not stored, an environment variable the operator does not allow, or a key in the body",
+                    )
+            }),
+        )
+        .api_route(
+            "/v1/settings/retention",
+            get_with(incidents::get_retention, |op| {
+                op.id("getRetention")
+                    .summary("How long the tenant's data is kept")
+                    .tag("settings")
+            })
+            .put_with(incidents::set_retention, |op| {
+                op.id("setRetention")
+                    .summary("Sets the retention (recorded, not yet enforced)")
+                    .tag("settings")
+                    .response_with::<202, Json<TenantRetention>, _>(|r| r.description("Recorded"))
+                    .problem(422, "A value out of 1-3650 days")
+            }),
+        )
+        .api_route(
+            "/v1/settings/secrets",
+            get_with(secrets::list, |op| {
+                op.id("listSecrets")
+                    .summary("The tenant's secrets: names, versions, fingerprints; never a value")
+                    .tag("settings")
+            }),
+        )
+        .api_route(
+            "/v1/settings/secrets/{name}",
+            put_with(secrets::put, |op| {
+                op.id("putSecret")
+                    .summary("Seals and stores a value as the secret's next version")
+                    .description("Nobody can read a value back.")
+                    .tag("settings")
+                    .path_param_with("name", SECRET_NAME, secret_name())
+                    .problem(422, "An invalid name, value or origin")
+                    .problem(503, "The operator has set no secrets key, or NATS or Postgres cannot take the write")
+            })
+            .delete_with(secrets::delete, |op| {
+                op.id("deleteSecret")
+                    .summary("Deletes the secret; settings naming it stop sending it")
+                    .tag("settings")
+                    .path_param_with("name", SECRET_NAME, secret_name())
+                    .response_with::<204, (), _>(|r| r.description("Deleted"))
+                    .problem(404, "There was no such secret")
+            }),
+        )
+        .api_route(
+            "/v1/audit",
+            get_with(admin::audit, |op| {
+                op.id("audit")
+                    .summary("The tenant's audit log, newest first")
+                    .tag("administration")
+                    .problem(400, QUERY_400)
+            }),
+        )
+        .api_route(
+            "/v1/admin/tenants",
+            get_with(admin::list_tenants, |op| {
+                op.id("listTenants")
+                    .summary("Every tenant with its state, active token and user counts")
+                    .tag("administration")
+            })
+            .post_with(admin::create_tenant, |op| {
+                op.id("createTenant")
+                    .summary("Creates a tenant, its first webhook token (shown once) and its first admin, user `admin`")
+                    .tag("administration")
+                    .response_with::<201, Json<admin::CreatedTenant>, _>(|r| r.description("Created and in force"))
+                    .response_with::<202, Json<admin::CreatedTenant>, _>(|r| {
+                        r.description("Recorded, but not yet applied when the answer was due")
+                    })
+                    .problem(409, "The tenant exists")
+                    .problem(422, "An invalid slug, name or email")
+            }),
+        )
+        .api_route(
+            "/v1/admin/tenants/{slug}",
+            get_with(admin::show_tenant, |op| {
+                tenant(op).id("getTenant").summary("One tenant")
+            }),
+        )
+        .api_route(
+            "/v1/admin/tenants/{slug}/suspend",
+            post_with(admin::suspend, |op| {
+                tenant(op)
+                    .id("suspendTenant")
+                    .summary("Suspends the tenant's intake: its webhooks get 403 until resumed")
+                    .problem(422, "An invalid reason")
+            }),
+        )
+        .api_route(
+            "/v1/admin/tenants/{slug}/resume",
+            post_with(admin::resume, |op| {
+                tenant(op).id("resumeTenant").summary("Lifts a suspension")
+            }),
+        )
+        .api_route(
+            "/v1/admin/tenants/{slug}/tokens",
+            get_with(admin::list_tokens, |op| {
+                tenant(op)
+                    .id("listWebhookTokens")
+                    .summary("The tenant's webhook tokens: id, prefix, issued, revoked; never the hash")
+            })
+            .post_with(admin::issue_token, |op| {
+                tenant(op)
+                    .id("issueWebhookToken")
+                    .summary("Issues another webhook token (shown once); the others keep working")
+                    .response_with::<201, Json<admin::IssuedToken>, _>(|r| r.description("Issued"))
+            }),
+        )
+        .api_route(
+            "/v1/admin/tenants/{slug}/tokens/{token_id}/revoke",
+            post_with(admin::revoke_token, |op| {
+                tenant(op)
+                    .id("revokeWebhookToken")
+                    .summary("Revokes the token; every gateway refuses it within a second")
+                    .path_param::<Uuid>("token_id", TOKEN_ID)
+                    .problem(404, "No such tenant or token")
+            }),
+        )
+        .api_route(
+            "/v1/admin/tenants/{slug}/tokens/{token_id}/rotate",
+            post_with(admin::rotate_token, |op| {
+                tenant(op)
+                    .id("rotateWebhookToken")
+                    .summary("Issues a new token and revokes this one when the grace ends")
+                    .path_param::<Uuid>("token_id", TOKEN_ID)
+                    .with(optional_body)
+                    .response_with::<201, Json<admin::IssuedToken>, _>(|r| r.description("Issued; the old token works until `replaces.revoked_at`"))
+                    .problem(404, "No such tenant or token")
+                    .problem(409, "The token is already revoked")
+                    .problem(422, "`grace_seconds` over 30 days")
+            }),
+        )
+        .api_route(
+            "/v1/admin/tenants/{slug}/users",
+            get_with(admin::list_users, |op| {
+                tenant(op).id("listUsers").summary("The tenant's users")
+            })
+            .post_with(admin::add_user, |op| {
+                tenant(op)
+                    .id("addUser")
+                    .summary("Adds a user; `user_id` is what the user's JWTs carry as `sub`")
+                    .response_with::<200, Json<copilot_store::UserView>, _>(|r| r.description("Added"))
+                    .problem(409, "The user id or the email is taken")
+                    .problem(422, "An invalid user id, email, name, role or Slack id")
+            }),
+        )
+        .api_route(
+            "/v1/admin/tenants/{slug}/users/{user_id}",
+            patch_with(admin::update_user, |op| {
+                tenant(op)
+                    .id("updateUser")
+                    .summary("Changes a user's role, name or Slack id; a demotion applies to tokens already issued")
+                    .path_param::<String>("user_id", USER_ID)
+                    .response_with::<200, Json<copilot_store::UserView>, _>(|r| r.description("Changed"))
+                    .problem(404, "No such tenant or user")
+                    .problem(409, "The change would demote the tenant's last admin")
+                    .problem(422, "Nothing to change, or an invalid name, role or Slack id")
+            })
+            .delete_with(admin::remove_user, |op| {
+                tenant(op)
+                    .id("removeUser")
+                    .summary("Removes the user: their tokens stop working at once")
+                    .path_param::<String>("user_id", USER_ID)
+                    .response_with::<204, (), _>(|r| r.description("Removed"))
+                    .problem(404, "No such tenant or user")
+                    .problem(409, "The user is the tenant's last admin")
+            }),
+        )
+}
+
+/// Adds the API's routes to an OpenAPI document: each operation with the JWT it needs, who may
+/// call it (from [`POLICY`]) and the errors every route of its kind answers.
+///
+/// # Panics
+/// When a documented route is missing from [`POLICY`] (the authorization layer would refuse it).
+pub fn describe(doc: &mut aide::openapi::OpenApi) {
+    use copilot_runtime::openapi::{JWT, add_problem, operations_mut};
+
+    let _ = routes().finish_api(doc);
+    for (path, method, op) in operations_mut(doc) {
+        let access = access_of(&method.parse().expect("a method"), &path)
+            .unwrap_or_else(|| panic!("{method} {path} is documented but not in POLICY"));
+        let (who, forbidden) = match access {
+            Access::Tenant(role) => (
+                format!(
+                    "a user of the tenant whose role is {} or higher",
+                    role.as_str()
+                ),
+                format!(
+                    "The caller's role is below {}, or the token is a platform operator's",
+                    role.as_str()
+                ),
+            ),
+            Access::Platform => (
+                "a platform operator".to_owned(),
+                "The token is not a platform operator's".to_owned(),
+            ),
+            Access::PlatformOrTenantAdmin => (
+                "a platform operator, or an admin of the tenant `{slug}` names".to_owned(),
+                "The caller is neither a platform operator nor an admin".to_owned(),
+            ),
+        };
+        let access_line = format!("Who may call it: {who}.");
+        op.description = Some(match op.description.take() {
+            Some(d) => format!("{d}\n\n{access_line}"),
+            None => access_line,
+        });
+        op.security = vec![[(JWT.to_owned(), Vec::new())].into_iter().collect()];
+        let takes_body = matches!(method, "POST" | "PUT" | "PATCH");
+        add_problem(
+            op,
+            400,
+            Some(if takes_body {
+                "A NUL character in the path or query, or a body that is not JSON"
+            } else {
+                "A NUL character in the path or query"
+            }),
+            false,
+        );
+        add_problem(op, 401, None, false);
+        add_problem(op, 403, Some(&forbidden), false);
+        if access == Access::PlatformOrTenantAdmin {
+            add_problem(op, 404, Some("No such tenant, or another tenant's"), false);
+        }
+        if takes_body {
+            add_problem(
+                op,
+                413,
+                Some(
+                    "The body is over 1 MiB, or the event it makes is larger than JetStream takes",
+                ),
+                false,
+            );
+            if op.request_body.is_some() {
+                add_problem(op, 415, None, false);
+            }
+            add_problem(
+                op,
+                422,
+                Some(
+                    "The body is JSON but not an object of this route's fields, or a string in it holds a NUL or control character",
+                ),
+                false,
+            );
+        }
+        add_problem(op, 429, None, false);
+        add_problem(op, 503, None, false);
+    }
+}
+
+/// What the route definitions share.
+mod docs {
+    use aide::transform::TransformOperation;
+    use copilot_runtime::openapi::OperationExt as _;
+    use schemars::json_schema;
+    use uuid::Uuid;
+
+    pub const QUERY_400: &str = "A query parameter does not parse or is out of range";
+    pub const INCIDENT_ID: &str = "The incident's id";
+    pub const NO_INCIDENT: &str = "No such incident of the tenant";
+    pub const TOKEN_ID: &str = "The webhook token's id";
+    pub const USER_ID: &str = "The user's id (their JWTs' `sub`)";
+    pub const SECRET_NAME: &str = "The secret's name, as settings name it (`llm.api_key_secret`)";
+
+    /// What a secret's name may be (`copilot_events::is_valid_secret_name`).
+    pub fn secret_name() -> schemars::Schema {
+        json_schema!({"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,63}$"})
+    }
+
+    /// A lifecycle command on an incident.
+    pub fn command(op: TransformOperation<'_>) -> TransformOperation<'_> {
+        op.tag("incidents")
+            .path_param::<Uuid>("id", INCIDENT_ID)
+            .header_param(
+                "If-Match",
+                "The incident version the command was decided on (`\"42\"`): a stale one is a 409 instead of a decision on the newer state",
+                json_schema!({"type": "string", "pattern": "^\"?[0-9]{1,19}\"?$"}),
+            )
+            .response_with::<202, axum::Json<crate::incidents::Accepted>, _>(|r| {
+                r.description("Appended: the event and the incident's new version")
+            })
+            .problem(404, NO_INCIDENT)
+            .problem(
+                409,
+                "`If-Match` is stale, or the incident changed while the command was decided",
+            )
+            .problem(400, "A NUL character in the path or query, a body that is not JSON, or an `If-Match` that is not a version")
+    }
+
+    /// A route of a tenant's administration.
+    pub fn tenant(op: TransformOperation<'_>) -> TransformOperation<'_> {
+        op.tag("administration")
+            .path_param::<String>("slug", "The tenant's slug")
+            .problem(404, "No such tenant, or another tenant's")
+    }
+
+    /// The request body may be left out.
+    pub fn optional_body(mut op: TransformOperation<'_>) -> TransformOperation<'_> {
+        if let Some(aide::openapi::ReferenceOr::Item(body)) = &mut op.inner_mut().request_body {
+            body.required = false;
+        }
+        op
+    }
 }
 
 /// Runs the API alone: its routes, health and metrics on `settings.listen`.
@@ -592,8 +995,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let jwt = Arc::new(Jwt::from_settings(&settings)?);
     let ctx = Context::connect(settings, "api").await?;
     let timeouts = copilot_runtime::http::ServerTimeouts::from_settings(&ctx.settings);
+    let doc = copilot_runtime::openapi::document(&[&describe]);
     let app = copilot_runtime::http::finish(
-        router(ctx.clone(), jwt).merge(copilot_runtime::http::health_routes(ctx.clone())),
+        router(ctx.clone(), jwt)
+            .merge(copilot_runtime::http::health_routes(ctx.clone()))
+            .merge(copilot_runtime::openapi::serve(&doc)),
     );
     copilot_runtime::http::serve(ctx.settings.listen, app, timeouts, shutdown).await
 }
@@ -632,6 +1038,39 @@ mod tests {
             platform: false,
             useq,
         }
+    }
+
+    #[test]
+    fn every_route_of_the_policy_is_documented_with_its_errors_and_nothing_else_is() {
+        let mut doc = copilot_runtime::openapi::document(&[&describe]);
+
+        let documented: Vec<(String, String)> = copilot_runtime::openapi::operations_mut(&mut doc)
+            .into_iter()
+            .filter(|(path, _, _)| {
+                path.starts_with("/v1/") && path != copilot_runtime::openapi::PATH
+            })
+            .map(|(path, method, op)| {
+                let statuses = op
+                    .responses
+                    .as_ref()
+                    .map(|r| r.responses.len())
+                    .unwrap_or(0);
+                assert!(
+                    statuses >= 6,
+                    "{method} {path} documents {statuses} answers"
+                );
+                (method.to_owned(), path)
+            })
+            .collect();
+
+        let mut policy: Vec<(String, String)> = POLICY
+            .iter()
+            .map(|(method, route, _)| (method.to_string(), (*route).to_owned()))
+            .collect();
+        let mut documented = documented;
+        policy.sort();
+        documented.sort();
+        assert_eq!(documented, policy);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::{Api, Caller, admin::Items, incidents::body};
 #[serde(deny_unknown_fields)]
 pub struct SecretBody {
     /// The secret's value: 1-8192 visible ASCII characters. Never shown again.
+    #[schemars(length(min = 1, max = 8192), regex(pattern = r"^[!-~]+$"))]
     pub value: String,
     /// The only origin (`https://host[:port]`) the copilot may send it to; settings pointing
     /// elsewhere cannot use it [default: wherever the tenant's settings point].

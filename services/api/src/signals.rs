@@ -13,23 +13,31 @@ use uuid::Uuid;
 
 use crate::{Api, Caller, page};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "SignalQuery")]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    #[schemars(with = "Option<copilot_events::SignalStatus>")]
     status: Option<String>,
+    #[schemars(with = "Option<copilot_events::SignalSource>")]
     source: Option<String>,
+    /// The service the alert names.
     service: Option<String>,
+    #[schemars(with = "Option<Severity>")]
     severity: Option<String>,
     /// RFC 3339; signals that started at or after.
     since: Option<DateTime<Utc>>,
     /// RFC 3339; signals that started before.
     until: Option<DateTime<Utc>>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// 1 to 500 [default: 50].
     limit: Option<u32>,
 }
 
 /// A page of `GET /v1/signals`.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "SignalPage")]
 pub struct Page {
     items: Vec<SignalView>,
     /// Pass as `cursor` to get the next page; absent on the last page.

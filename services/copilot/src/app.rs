@@ -46,7 +46,8 @@ impl App {
         let addr = listener.local_addr()?;
         let routes = copilot_gateway::router(ctx.clone())
             .merge(copilot_api::router(ctx.clone(), jwt.clone()))
-            .merge(http::health_routes(ctx.clone()));
+            .merge(http::health_routes(ctx.clone()))
+            .merge(copilot_runtime::openapi::serve(&crate::schemas::openapi()));
         let http = tokio::spawn(http::serve_on(
             listener,
             http::finish_with(routes, ctx.settings.http_instrumentation),

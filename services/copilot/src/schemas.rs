@@ -1,5 +1,6 @@
 //! JSON Schemas of the HTTP bodies, generated from the types the handlers serialize into
-//! `schemas/http/` (the event schemas are the events crate's). A test fails when they drift;
+//! `schemas/http/` (the event schemas are the events crate's), and the OpenAPI document of the
+//! whole HTTP API in `schemas/openapi.json`. A test fails when they drift;
 //! `UPDATE_SCHEMAS=1 cargo test -p copilot` rewrites them.
 
 use copilot_events::schema::named;
@@ -24,9 +25,29 @@ pub fn http() -> Vec<(String, String)> {
     ]
 }
 
+/// The OpenAPI 3.1 document of every route `copilot up` serves (webhooks, API, health), as it
+/// serves it at `GET /v1/openapi.json`.
+pub fn openapi() -> aide::openapi::OpenApi {
+    copilot_runtime::openapi::document(&[&copilot_gateway::describe, &copilot_api::describe])
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    #[test]
+    fn the_openapi_document_on_disk_matches_the_routes() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+        let document = copilot_runtime::openapi::render(&super::openapi());
+
+        let stale =
+            copilot_events::schema::check_dir(&dir, vec![("openapi.json".into(), document)]);
+
+        assert!(
+            stale.is_empty(),
+            "schemas/openapi.json is stale; run `UPDATE_SCHEMAS=1 cargo test -p copilot` and commit the result"
+        );
+    }
 
     #[test]
     fn http_schemas_on_disk_match_the_rust_types() {

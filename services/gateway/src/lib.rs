@@ -9,14 +9,17 @@ pub mod parse;
 
 use std::sync::Arc;
 
+use aide::{
+    axum::{ApiRouter, routing::post_with},
+    openapi::OpenApi,
+    transform::TransformOperation,
+};
 use async_nats::{HeaderMap as NatsHeaders, jetstream::message::PublishMessage};
 use axum::{
     Json, Router,
     body::Body,
     extract::{Request, State},
     http::{HeaderMap, StatusCode, header},
-    response::IntoResponse,
-    routing::post,
 };
 use chrono::Utc;
 use copilot_events::{Envelope, Headers, SignalReceived, SignalSource, subjects};
@@ -25,6 +28,7 @@ use copilot_runtime::{
     append::AppendError,
     http::ApiError,
     metrics::Metrics,
+    openapi::{OperationExt as _, WEBHOOK_BASIC, WEBHOOK_TOKEN},
     ratelimit::{AuthFailureLimiter, TenantLimiter},
 };
 use serde::Serialize;
@@ -47,6 +51,7 @@ pub struct Gateway {
 
 /// The answer to an accepted webhook.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "WebhookAccepted")]
 pub struct Accepted {
     /// Alerts in the webhook, all durably appended.
     pub accepted: usize,
@@ -70,19 +75,86 @@ pub fn router(ctx: Context) -> Router {
         limiter,
         auth_failures,
     };
-    let routes = Router::new()
-        .route("/v1/webhooks/alertmanager", post(alertmanager))
-        .route("/v1/webhooks/grafana", post(grafana))
-        .with_state(gateway);
-    copilot_runtime::http::service_routes("gateway", routes)
+    copilot_runtime::http::service_routes("gateway", Router::from(routes().with_state(gateway)))
+}
+
+/// The webhook routes, documented (see `copilot_runtime::openapi`).
+fn routes() -> ApiRouter<Gateway> {
+    ApiRouter::new()
+        .api_route(
+            "/v1/webhooks/alertmanager",
+            post_with(alertmanager, |op| {
+                webhook(op)
+                    .id("alertmanagerWebhook")
+                    .summary("Alertmanager's webhook_config")
+                    .description(
+                        "Payload versions 4 and 3. Appends one `SignalReceived` per alert and \
+                         answers once JetStream acknowledged every one; a repeated notification's \
+                         alerts are counted as duplicates. A 4xx appends nothing.",
+                    )
+            }),
+        )
+        .api_route(
+            "/v1/webhooks/grafana",
+            post_with(grafana, |op| {
+                webhook(op)
+                    .id("grafanaWebhook")
+                    .summary("Grafana's webhook contact point")
+                    .description(
+                        "Payload version 1 (`values` an object or null; a relative `generatorURL` \
+                         is joined with `externalURL`). Otherwise as the Alertmanager route.",
+                    )
+            }),
+        )
+}
+
+/// What both webhook routes take and answer.
+fn webhook(op: TransformOperation<'_>) -> TransformOperation<'_> {
+    op.tag("webhooks")
+        .secured(&[WEBHOOK_TOKEN, WEBHOOK_BASIC])
+        .input::<Json<parse::Notification<'static>>>()
+        .response_with::<202, Json<Accepted>, _>(|r| {
+            r.description("Every alert is appended (or was already)")
+        })
+        .problem(400, "The body is not JSON")
+        .problem(
+            401,
+            "No token, or a wrong or revoked one (also when Basic auth names another tenant than the token's)",
+        )
+        .problem(403, "The tenant is suspended")
+        .problem(
+            413,
+            "The body is over the limit, or one alert makes an event larger than the NATS server takes",
+        )
+        .problem(415, "The body is not sent as JSON")
+        .problem(
+            422,
+            "JSON that is not a notification of this route's versions; the detail says which alert and why",
+        )
+        .problem(
+            429,
+            "Over the tenant's webhook rate, or the sender's address has spent its failed authentications",
+        )
+        .problem(
+            503,
+            "JetStream did not take the alerts in time (`Retry-After: 5`), or Postgres cannot check the token (`Retry-After: 1`)",
+        )
+}
+
+/// Adds the webhook routes to an OpenAPI document.
+pub fn describe(doc: &mut OpenApi) {
+    let _ = routes().finish_api(doc);
 }
 
 /// Runs the gateway alone: webhooks, health and metrics on `settings.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "gateway").await?;
     let timeouts = copilot_runtime::http::ServerTimeouts::from_settings(&ctx.settings);
+    let doc = copilot_runtime::openapi::document(&[&describe]);
     let app = copilot_runtime::http::finish(
-        router(ctx.clone()).merge(copilot_runtime::http::health_routes(ctx.clone())),
+        router(ctx.clone())
+            .merge(copilot_runtime::http::health_routes(ctx.clone()))
+            .merge(copilot_runtime::openapi::serve(&doc)),
     );
     copilot_runtime::http::serve(ctx.settings.listen, app, timeouts, shutdown).await
 }
@@ -90,11 +162,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 async fn alertmanager(
     State(gw): State<Gateway>,
     req: Request,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     gw.intake(SignalSource::Alertmanager, req).await
 }
 
-async fn grafana(State(gw): State<Gateway>, req: Request) -> Result<impl IntoResponse, ApiError> {
+async fn grafana(
+    State(gw): State<Gateway>,
+    req: Request,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     gw.intake(SignalSource::Grafana, req).await
 }
 

@@ -32,34 +32,72 @@ pub enum ParseError {
     Alert { index: usize, reason: String },
 }
 
-#[derive(Deserialize)]
-struct Notification<'a> {
+/// An Alertmanager or Grafana notification: at least one alert, each with an RFC 3339
+/// `startsAt`, and no NUL character in any string. Unknown keys are ignored.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "WebhookNotification")]
+pub(crate) struct Notification<'a> {
+    /// `4` or `3` (Alertmanager), `1` (Grafana); absent is taken as the route's.
     version: Option<String>,
+    /// A string, or (from old senders) a number.
     #[serde(rename = "groupKey")]
+    #[schemars(with = "Option<GroupKey>")]
     group_key: Option<serde_json::Value>,
     receiver: Option<String>,
+    /// The alerts' status when they carry none.
+    #[schemars(with = "Option<Status>")]
     status: Option<String>,
+    /// The sender's URL; a relative `generatorURL` is joined with it.
     #[serde(rename = "externalURL")]
     external_url: Option<String>,
     #[serde(borrow)]
+    #[schemars(with = "Vec<Alert>", length(min = 1))]
     alerts: Vec<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "WebhookAlert")]
 struct Alert {
+    /// Absent: the notification's.
+    #[schemars(with = "Option<Status>")]
     status: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    /// When the alert started (RFC 3339); with the fingerprint, what makes it one alert instance.
     #[serde(rename = "startsAt")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     starts_at: Option<String>,
+    /// RFC 3339; empty, or Go's zero time, while it fires.
     #[serde(rename = "endsAt")]
     ends_at: Option<String>,
     #[serde(rename = "generatorURL")]
     generator_url: Option<String>,
+    /// Absent or empty: a hash of the labels.
     fingerprint: Option<String>,
+    /// Grafana's evaluated values.
     values: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// An alert's status (documentation only: parsed as a string, to name a wrong one in a 422).
+#[derive(schemars::JsonSchema)]
+#[schemars(rename = "WebhookAlertStatus")]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum Status {
+    Firing,
+    Resolved,
+}
+
+/// A group key (documentation only).
+#[derive(schemars::JsonSchema)]
+#[schemars(rename = "WebhookGroupKey")]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum GroupKey {
+    Text(String),
+    Number(serde_json::Number),
 }
 
 /// Parses one notification body into one payload per alert, in the order received.

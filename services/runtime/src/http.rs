@@ -9,7 +9,6 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use serde::Serialize;
 use tracing::Instrument as _;
@@ -372,43 +371,138 @@ pub fn finish_with(router: Router, instrumented: bool) -> Router {
 
 /// `/healthz` (the process is up), `/readyz` (NATS and Postgres answer), `/metrics`.
 pub fn health_routes(ctx: Context) -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|| async {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    Metrics::global().render(),
-                )
-            }),
-        )
-        .with_state(ctx)
+    Router::from(health_api().with_state(ctx))
 }
 
-async fn readyz(State(ctx): State<Context>) -> Response {
+/// The health routes, documented (see [`crate::openapi`]).
+pub fn health_api() -> aide::axum::ApiRouter<Context> {
+    use aide::axum::routing::get_with;
+    aide::axum::ApiRouter::new()
+        .api_route(
+            "/healthz",
+            get_with(healthz, |op| {
+                op.id("healthz")
+                    .summary("The process is up")
+                    .description("Needs no credentials.")
+                    .tag("health")
+            }),
+        )
+        .api_route(
+            "/readyz",
+            get_with(readyz, |op| {
+                op.id("readyz")
+                    .summary("NATS and Postgres answer")
+                    .description("Needs no credentials.")
+                    .tag("health")
+                    .response_with::<200, Json<Readiness>, _>(|r| {
+                        r.description("NATS and Postgres answer")
+                    })
+                    .response_with::<503, Json<Readiness>, _>(|r| {
+                        r.description("NATS or Postgres does not answer; `checks` says which")
+                    })
+            }),
+        )
+        .api_route(
+            "/metrics",
+            get_with(metrics, |op| {
+                op.id("metrics")
+                    .summary("Prometheus metrics")
+                    .description("Needs no credentials.")
+                    .tag("health")
+                    .response_with::<200, String, _>(|r| {
+                        r.description("Prometheus text exposition format 0.0.4")
+                    })
+                    .with(|mut op| {
+                        // The exposition format's own media type, as served.
+                        if let Some(aide::openapi::ReferenceOr::Item(ok)) =
+                            op.inner_mut().responses.as_mut().and_then(|r| {
+                                r.responses.get_mut(&aide::openapi::StatusCode::Code(200))
+                            })
+                        {
+                            let media = ok.content.drain(..).map(|(_, m)| m).next();
+                            ok.content
+                                .insert(METRICS_CONTENT_TYPE.into(), media.unwrap_or_default());
+                        }
+                        op
+                    })
+            }),
+        )
+}
+
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /healthz`.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+async fn metrics() -> ([(header::HeaderName, &'static str); 1], String) {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        Metrics::global().render(),
+    )
+}
+
+/// `GET /readyz`: whether the process can serve, and which dependency it cannot reach.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Readiness {
+    pub status: ReadyStatus,
+    pub checks: ReadinessChecks,
+}
+
+#[derive(Serialize, schemars::JsonSchema, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyStatus {
+    Ready,
+    Unavailable,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct ReadinessChecks {
+    pub nats: Reachability,
+    pub postgres: Reachability,
+}
+
+#[derive(Serialize, schemars::JsonSchema, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachability {
+    Ok,
+    Unreachable,
+}
+
+impl From<bool> for Reachability {
+    fn from(ok: bool) -> Self {
+        if ok { Self::Ok } else { Self::Unreachable }
+    }
+}
+
+async fn readyz(State(ctx): State<Context>) -> (StatusCode, Json<Readiness>) {
     let nats_ok = ctx.nats.connection_state() == async_nats::connection::State::Connected;
     let pg_ok = ctx.store.ping().await.is_ok();
-    let body = Json(serde_json::json!({
-        "status": if nats_ok && pg_ok { "ready" } else { "unavailable" },
-        "checks": {
-            "nats": if nats_ok { "ok" } else { "unreachable" },
-            "postgres": if pg_ok { "ok" } else { "unreachable" },
-        }
-    }));
-    let status = if nats_ok && pg_ok {
+    let ready = nats_ok && pg_ok;
+    let body = Readiness {
+        status: if ready {
+            ReadyStatus::Ready
+        } else {
+            ReadyStatus::Unavailable
+        },
+        checks: ReadinessChecks {
+            nats: nats_ok.into(),
+            postgres: pg_ok.into(),
+        },
+    };
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, body).into_response()
+    (status, Json(body))
 }
 
 /// Runs a worker (a service without routes of its own) beside `/healthz`, `/readyz` and

@@ -9,6 +9,7 @@ pub mod egress;
 pub mod http;
 pub mod metrics;
 pub mod nats;
+pub mod openapi;
 pub mod ratelimit;
 pub mod secrets;
 pub mod settings;

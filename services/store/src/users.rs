@@ -25,7 +25,7 @@ pub struct UserChange<'a> {
     pub seq: u64,
 }
 
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct UserView {
     pub user_id: String,
     pub email: String,
