@@ -79,11 +79,9 @@ where
     Some(tracing_opentelemetry::layer().with_tracer(tracer))
 }
 
-/// Installs the global subscriber. Calling it twice is harmless (the second call does nothing),
-/// which tests rely on. `level` is the default when `RUST_LOG` is unset.
+/// Installs the global subscriber, writing to standard error. Calling it twice is harmless (the
+/// second call does nothing). `level` is the default when `RUST_LOG` is unset.
 pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},sqlx=warn,async_nats=warn")));
     let logs = match format.resolve(std::io::stderr().is_terminal()) {
         LogFormat::Json => fmt::layer()
             .json()
@@ -95,6 +93,22 @@ pub fn init(format: LogFormat, level: &str) {
         // `Auto` was resolved above.
         LogFormat::Text | LogFormat::Auto => fmt::layer().with_writer(std::io::stderr).boxed(),
     };
+    install(logs, level);
+}
+
+/// Installs the global subscriber for tests: text through the test harness's output capture, so
+/// a passing test's logs are kept out of the way and a failing test's are shown with it. Every
+/// test of a process calls it; the first call wins. `level` as for [`init`].
+pub fn init_for_tests(level: &str) {
+    install(fmt::layer().with_test_writer().boxed(), level);
+}
+
+fn install(
+    logs: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>,
+    level: &str,
+) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},sqlx=warn,async_nats=warn")));
     let registry = tracing_subscriber::registry().with(logs).with(filter);
     let _ = match otlp_layer() {
         Some(otlp) => registry.with(otlp).try_init(),
