@@ -88,7 +88,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(services: Services, tweak: impl FnOnce(&mut Settings)) -> Self {
-        copilot_runtime::telemetry::init(copilot_runtime::telemetry::LogFormat::Text, "info");
+        copilot_runtime::telemetry::init_for_tests("info");
         let nats = NatsServer::start().await.expect("starting nats-server");
         let db = test_db().await;
         let mut settings = settings(&nats, &db);

@@ -185,6 +185,38 @@ async fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>)
 }
 
 #[tokio::test]
+async fn logs_into_a_pipe_are_json_lines_when_no_format_is_asked_for() {
+    let nats = EphemeralNats::start().await.unwrap();
+    let db = ScratchDatabase::create(&local_admin_url(), "copilot_bin")
+        .await
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut up = copilot(&nats, &db, data_dir.path(), free_port())
+        .arg("up")
+        .env_remove("COPILOT_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let first = BufReader::new(up.stderr.take().unwrap())
+        .lines()
+        .next()
+        .expect("copilot up logged nothing")
+        .unwrap();
+    Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status()
+        .unwrap();
+    up.wait().unwrap();
+
+    let line: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("not a JSON line ({e}): {first}"));
+    assert!(line["level"].is_string(), "{first}");
+    assert!(line["message"].is_string(), "{first}");
+}
+
+#[tokio::test]
 async fn with_an_otlp_endpoint_set_spans_of_a_webhooks_trace_are_exported() {
     let (endpoint, bodies) = collector().await;
     let nats = EphemeralNats::start().await.unwrap();

@@ -337,11 +337,11 @@ pub struct Settings {
     )]
     pub data_dir: PathBuf,
 
-    /// Log format: json or text
+    /// Log format: auto (text when standard error is a terminal, JSON lines otherwise), json or text
     #[arg(
         long,
         env = "COPILOT_LOG_FORMAT",
-        default_value = "json",
+        default_value = "auto",
         global = true
     )]
     pub log_format: crate::telemetry::LogFormat,
