@@ -8,8 +8,6 @@
 //! transitions are allowed, and which event each one is, the incident aggregate decides
 //! (`copilot_commands::incident::decide`), on the read model's state.
 
-use std::time::Duration;
-
 use axum::{
     Json,
     extract::{Path, Query, State, rejection::JsonRejection, rejection::QueryRejection},
@@ -17,9 +15,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use copilot_events::{
-    CorrelationRules, Event, Headers, HypothesisVerdictGiven, IncidentAssigned, IncidentNoteAdded,
-    IncidentState, Severity, TenantIntegrations, TenantRetention, Verdict, is_system_actor,
-    subjects,
+    CorrelationRules, IncidentState, Severity, TenantIntegrations, TenantRetention, Verdict,
 };
 use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::{
@@ -29,8 +25,7 @@ use copilot_store::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use copilot_commands::{CommandEvent, append, command_event};
-use copilot_runtime::append::AppendError;
+use copilot_commands::{IncidentAction, IncidentCommand};
 
 use crate::{Api, Caller, page};
 
@@ -286,39 +281,12 @@ pub async fn verdict(
     payload: Result<Json<VerdictBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let b = body(payload)?;
-    if let Some(note) = &b.note {
-        text_field("note", note, 10_000)?;
-    }
-    let tenant = caller.0.tenant.as_str();
-    let incident = find(&api, tenant, &id).await?;
-    if !api
-        .ctx
-        .store
-        .hypothesis_exists(
-            &mut api.tenant_tx(tenant).await?,
-            tenant,
-            incident.id,
-            &hypothesis_id,
-        )
-        .await?
-    {
-        return Err(ApiError::NotFound);
-    }
-    let event_headers = headers_of(&origin);
-    command(&api, &caller, &id, &headers, |incident| {
-        Ok(command_event(
-            &caller.0.tenant,
-            &HypothesisVerdictGiven {
-                incident_id: incident.id,
-                hypothesis_id: hypothesis_id.clone(),
-                verdict: b.verdict,
-                note: b.note.clone(),
-                actor: caller.0.sub.clone(),
-            },
-            event_headers.clone(),
-        ))
-    })
-    .await
+    let action = IncidentAction::Verdict {
+        hypothesis_id,
+        verdict: b.verdict,
+        note: b.note,
+    };
+    command(&api, &caller, &id, origin, &headers, action).await
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -396,15 +364,6 @@ pub(crate) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiErro
     })
 }
 
-fn text_field(name: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.trim().is_empty() || value.len() > max || value.contains('\0') {
-        return Err(ApiError::Unprocessable(format!(
-            "{name} must be 1 to {max} bytes of text"
-        )));
-    }
-    Ok(())
-}
-
 /// The version the caller pinned with `If-Match`, if any.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     headers
@@ -419,105 +378,6 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .transpose()
 }
 
-/// Decides a command on the incident's current read model and appends its event at the
-/// version decided on. Without a pinned version, a lost race waits for the projector once and
-/// decides again.
-async fn command<F>(
-    api: &Api,
-    caller: &Caller,
-    id: &str,
-    headers: &HeaderMap,
-    decide: F,
-) -> Result<(StatusCode, Json<Accepted>), ApiError>
-where
-    F: Fn(&IncidentSummary) -> Result<CommandEvent, ApiError>,
-{
-    if is_system_actor(&caller.0.sub) {
-        return Err(ApiError::Forbidden(format!(
-            "the subject {:?} is reserved for the copilot's own decisions",
-            caller.0.sub
-        )));
-    }
-    let tenant = caller.0.tenant.as_str();
-    let pinned = if_match(headers)?;
-    let mut incident = find(api, tenant, id).await?;
-    if let Some(version) = pinned
-        && version > incident.version as u64
-    {
-        // A version from a command's answer the projector has not applied yet.
-        incident = wait_for(api, tenant, &incident, version).await?;
-    }
-    for attempt in 0..2 {
-        if let Some(version) = pinned
-            && version != incident.version as u64
-        {
-            return Err(ApiError::Conflict(format!(
-                "the incident is at version {}, not {version}: reload it and decide again",
-                incident.version
-            )));
-        }
-        let event = decide(&incident)?;
-        let message = event
-            .message
-            .expected_last_subject_sequence(incident.version as u64);
-        match append(
-            &api.ctx.js,
-            subjects::incident(tenant, incident.id),
-            message,
-        )
-        .await
-        {
-            Ok(seq) => {
-                return Ok((
-                    StatusCode::ACCEPTED,
-                    Json(Accepted {
-                        event_id: event.id,
-                        event_type: event.event_type.to_owned(),
-                        version: seq,
-                    }),
-                ));
-            }
-            Err(AppendError::Conflict) if pinned.is_none() && attempt == 0 => {
-                let newer = incident.version as u64 + 1;
-                incident = wait_for(api, tenant, &incident, newer).await?;
-            }
-            Err(AppendError::Conflict) => {
-                return Err(ApiError::Conflict(
-                    "the incident changed while this command was decided: reload it and decide again"
-                        .into(),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    unreachable!("the loop returns on its second attempt")
-}
-
-/// The incident once the projector has applied its version `version` (waiting up to 2 s; then
-/// whatever it has). An incident's version is its subject's last stream sequence, so the
-/// incidents checkpoint reaching it means the read model holds it.
-async fn wait_for(
-    api: &Api,
-    tenant: &str,
-    seen: &IncidentSummary,
-    version: u64,
-) -> Result<IncidentSummary, ApiError> {
-    api.ctx
-        .store
-        .wait_for_checkpoint(
-            copilot_store::checkpoints::INCIDENTS,
-            version,
-            Duration::from_secs(2),
-            |_| {},
-        )
-        .await?;
-    find(api, tenant, &seen.id.to_string()).await
-}
-
-fn headers_of(origin: &EventOrigin) -> Headers {
-    origin.0.clone()
-}
-
 pub async fn transition(
     State(api): State<Api>,
     caller: Caller,
@@ -527,55 +387,11 @@ pub async fn transition(
     payload: Result<Json<TransitionBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let b = body(payload)?;
-    let to = IncidentState::parse(&b.to).ok_or_else(|| {
-        ApiError::Unprocessable(format!(
-            "to must be one of {}",
-            IncidentState::ALL.map(|s| s.as_str()).join(", ")
-        ))
-    })?;
-    if let Some(note) = &b.note {
-        text_field("note", note, 10_000)?;
-    }
-    let lifecycle = copilot_commands::incident::Command::Transition {
-        to,
-        actor: caller.0.sub.clone(),
-        note: b.note.clone(),
+    let action = IncidentAction::Transition {
+        to: b.to,
+        note: b.note,
     };
-    let event_headers = headers_of(&origin);
-    command(&api, &caller, &id, &headers, |incident| {
-        let from = IncidentState::parse(&incident.state)
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("unknown stored state")))?;
-        let decided = copilot_commands::incident::decide(incident.id, from, &lifecycle)
-            .map_err(|refused| ApiError::Conflict(refused.to_string()))?;
-        // A transition is one event; the command appends exactly one.
-        let [event] = <[Event; 1]>::try_from(decided).map_err(|events| {
-            ApiError::Internal(anyhow::anyhow!(
-                "a transition decided {} events, not one",
-                events.len()
-            ))
-        })?;
-        lifecycle_event(&caller.0.tenant, &event, event_headers.clone())
-    })
-    .await
-}
-
-/// A lifecycle event the aggregate decided, as a command's event to append.
-fn lifecycle_event(
-    tenant: &str,
-    event: &Event,
-    headers: Headers,
-) -> Result<CommandEvent, ApiError> {
-    Ok(match event {
-        Event::IncidentResolved(e) => command_event(tenant, e, headers),
-        Event::IncidentReopened(e) => command_event(tenant, e, headers),
-        Event::IncidentTransitioned(e) => command_event(tenant, e, headers),
-        other => {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "the lifecycle decider decided {}",
-                other.name()
-            )));
-        }
-    })
+    command(&api, &caller, &id, origin, &headers, action).await
 }
 
 pub async fn assign(
@@ -587,22 +403,10 @@ pub async fn assign(
     payload: Result<Json<AssignBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let b = body(payload)?;
-    if let Some(assignee) = &b.assignee {
-        text_field("assignee", assignee, 256)?;
-    }
-    let event_headers = headers_of(&origin);
-    command(&api, &caller, &id, &headers, |incident| {
-        Ok(command_event(
-            &caller.0.tenant,
-            &IncidentAssigned {
-                incident_id: incident.id,
-                assignee: b.assignee.clone(),
-                actor: caller.0.sub.clone(),
-            },
-            event_headers.clone(),
-        ))
-    })
-    .await
+    let action = IncidentAction::Assign {
+        assignee: b.assignee,
+    };
+    command(&api, &caller, &id, origin, &headers, action).await
 }
 
 pub async fn note(
@@ -614,22 +418,39 @@ pub async fn note(
     payload: Result<Json<NoteBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let b = body(payload)?;
-    text_field("text", &b.text, 10_000)?;
-    let event_headers = headers_of(&origin);
-    let note_id = Uuid::now_v7();
-    command(&api, &caller, &id, &headers, |incident| {
-        Ok(command_event(
-            &caller.0.tenant,
-            &IncidentNoteAdded {
-                incident_id: incident.id,
-                note_id,
-                text: b.text.clone(),
-                actor: caller.0.sub.clone(),
-            },
-            event_headers.clone(),
-        ))
-    })
-    .await
+    let action = IncidentAction::Note { text: b.text };
+    command(&api, &caller, &id, origin, &headers, action).await
+}
+
+/// Runs a person's command on incident `id` (a 404 for an id that cannot be one), pinned to the
+/// version in `If-Match` when there is one, and answers 202 with what was appended.
+async fn command(
+    api: &Api,
+    caller: &Caller,
+    id: &str,
+    origin: EventOrigin,
+    headers: &HeaderMap,
+    action: IncidentAction,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let incident_id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
+    let command = IncidentCommand {
+        tenant: &caller.0.tenant,
+        incident_id,
+        actor: &caller.0.sub,
+        headers: origin.0,
+        pinned: if_match(headers)?,
+    };
+    let appended =
+        copilot_commands::run_incident_command(&api.ctx.js, &api.ctx.store, command, action)
+            .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            event_id: appended.event_id,
+            event_type: appended.event_type.to_owned(),
+            version: appended.version,
+        }),
+    ))
 }
 
 /// A tenant setting as stored, or its defaults when the tenant set none.

@@ -5,12 +5,14 @@
 //! call these and only translate their own input and output, so the same bad input gets the
 //! same answer everywhere: [`CommandError`]'s message, which the API sends as its problem detail.
 
+mod incidents;
 mod secrets;
 mod settings;
 mod tenants;
 mod tokens;
 mod users;
 
+pub use incidents::{Appended, IncidentAction, IncidentCommand, run as run_incident_command};
 pub use secrets::{MAX_SECRET_BYTES, SecretValue, StoredSecret, remove_secret, set_secret};
 pub use settings::{set_integrations, set_retention, set_rules};
 pub use tenants::{
@@ -54,6 +56,9 @@ pub enum CommandError {
     Conflict(String),
     #[error("tenant {0:?} already exists")]
     TenantExists(String),
+    /// The actor may not give this command (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// Tenant secrets need a key the operator has not configured (503).
     #[error(
         "tenant secrets are not enabled on this copilot: its operator must set COPILOT_SECRETS_KEY or COPILOT_SECRETS_KEY_FILE"
@@ -75,6 +80,7 @@ impl From<CommandError> for ApiError {
                 ApiError::Unprocessable(err.to_string())
             }
             CommandError::NotFound(_) => ApiError::NotFound,
+            CommandError::Forbidden(_) => ApiError::Forbidden(err.to_string()),
             CommandError::Conflict(_) | CommandError::TenantExists(_) => {
                 ApiError::Conflict(err.to_string())
             }

@@ -1,0 +1,249 @@
+//! Commands on an incident by a person: a lifecycle move, assignment, a note, a verdict on a
+//! hypothesis. Each is decided on the incident as the read model holds it and appended on the
+//! incident's subject at the version decided on, so a command that lost a race to another
+//! decides again (once) or, when the caller pinned a version (`If-Match`), is refused.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use copilot_events::{
+    Event, Headers, HypothesisVerdictGiven, IncidentAssigned, IncidentNoteAdded, IncidentState,
+    Verdict, is_system_actor, subjects,
+};
+use copilot_runtime::append::AppendError;
+use copilot_store::{IncidentSummary, Store, checkpoints};
+use uuid::Uuid;
+
+use crate::{CommandError, CommandEvent, append, command_event, incident, invalid};
+
+/// How long a command waits for the projector to show a newer version of the incident.
+const NEWER_VERSION_WAIT: Duration = Duration::from_secs(2);
+
+/// What a person asks of an incident.
+#[derive(Debug, Clone)]
+pub enum IncidentAction {
+    /// Move along the lifecycle (`to` as the person wrote it), with an optional note.
+    Transition {
+        to: String,
+        note: Option<String>,
+    },
+    /// Assign it (`None` unassigns).
+    Assign {
+        assignee: Option<String>,
+    },
+    Note {
+        text: String,
+    },
+    /// A verdict on a hypothesis any proposal of the incident named.
+    Verdict {
+        hypothesis_id: String,
+        verdict: Verdict,
+        note: Option<String>,
+    },
+}
+
+/// Who asks, of which incident, and at which version if they pinned one.
+pub struct IncidentCommand<'a> {
+    pub tenant: &'a str,
+    pub incident_id: Uuid,
+    pub actor: &'a str,
+    pub headers: Headers,
+    /// The version the caller decided on (`If-Match`); a different current version is a 409.
+    pub pinned: Option<u64>,
+}
+
+/// What was appended: the event, its type, and the incident's new version.
+pub struct Appended {
+    pub event_id: Uuid,
+    pub event_type: &'static str,
+    pub version: u64,
+}
+
+fn text(name: &str, value: &str, max: usize) -> Result<(), CommandError> {
+    if value.trim().is_empty() || value.len() > max || value.contains('\0') {
+        return Err(invalid(format!("{name} must be 1 to {max} bytes of text")));
+    }
+    Ok(())
+}
+
+/// Checks what can be checked without the incident.
+fn validate(action: &IncidentAction) -> Result<(), CommandError> {
+    match action {
+        IncidentAction::Transition { to, note } => {
+            if IncidentState::parse(to).is_none() {
+                return Err(invalid(format!(
+                    "to must be one of {}",
+                    IncidentState::ALL.map(|s| s.as_str()).join(", ")
+                )));
+            }
+            note.as_deref().map_or(Ok(()), |n| text("note", n, 10_000))
+        }
+        IncidentAction::Assign { assignee } => assignee
+            .as_deref()
+            .map_or(Ok(()), |a| text("assignee", a, 256)),
+        IncidentAction::Note { text: body } => text("text", body, 10_000),
+        IncidentAction::Verdict { note, .. } => {
+            note.as_deref().map_or(Ok(()), |n| text("note", n, 10_000))
+        }
+    }
+}
+
+async fn find(
+    store: &Store,
+    tenant: &str,
+    incident_id: Uuid,
+) -> Result<IncidentSummary, CommandError> {
+    let mut tx = store.begin_tenant(tenant).await?;
+    store
+        .get_incident(&mut tx, tenant, incident_id)
+        .await?
+        .ok_or(CommandError::NotFound("incident"))
+}
+
+/// The incident once the projector has applied its version `version` (waiting up to
+/// [`NEWER_VERSION_WAIT`]; then whatever it has). An incident's version is its subject's last
+/// stream sequence, so the incidents checkpoint reaching it means the read model holds it.
+async fn at_least(
+    store: &Store,
+    tenant: &str,
+    incident_id: Uuid,
+    version: u64,
+) -> Result<IncidentSummary, CommandError> {
+    store
+        .wait_for_checkpoint(checkpoints::INCIDENTS, version, NEWER_VERSION_WAIT, |_| {})
+        .await?;
+    find(store, tenant, incident_id).await
+}
+
+/// The event `action` decides on `incident`.
+fn decide(
+    command: &IncidentCommand<'_>,
+    action: &IncidentAction,
+    incident: &IncidentSummary,
+) -> Result<CommandEvent, CommandError> {
+    let (tenant, actor, headers) = (command.tenant, command.actor, command.headers.clone());
+    Ok(match action {
+        IncidentAction::Transition { to, note } => {
+            let to = IncidentState::parse(to).expect("validated");
+            let from = IncidentState::parse(&incident.state).ok_or_else(|| {
+                CommandError::Conflict(format!(
+                    "the incident's stored state {:?} is unknown",
+                    incident.state
+                ))
+            })?;
+            let lifecycle = incident::Command::Transition {
+                to,
+                actor: actor.to_owned(),
+                note: note.clone(),
+            };
+            let decided = incident::decide(incident.id, from, &lifecycle)
+                .map_err(|refused| CommandError::Conflict(refused.to_string()))?;
+            match decided.as_slice() {
+                [Event::IncidentResolved(e)] => command_event(tenant, e, headers),
+                [Event::IncidentReopened(e)] => command_event(tenant, e, headers),
+                [Event::IncidentTransitioned(e)] => command_event(tenant, e, headers),
+                other => unreachable!("a transition decides one lifecycle event, not {other:?}"),
+            }
+        }
+        IncidentAction::Assign { assignee } => {
+            let payload = IncidentAssigned {
+                incident_id: incident.id,
+                assignee: assignee.clone(),
+                actor: actor.to_owned(),
+            };
+            command_event(tenant, &payload, headers)
+        }
+        IncidentAction::Note { text } => {
+            let payload = IncidentNoteAdded {
+                incident_id: incident.id,
+                note_id: Uuid::now_v7(),
+                text: text.clone(),
+                actor: actor.to_owned(),
+            };
+            command_event(tenant, &payload, headers)
+        }
+        IncidentAction::Verdict {
+            hypothesis_id,
+            verdict,
+            note,
+        } => {
+            let payload = HypothesisVerdictGiven {
+                incident_id: incident.id,
+                hypothesis_id: hypothesis_id.clone(),
+                verdict: *verdict,
+                note: note.clone(),
+                actor: actor.to_owned(),
+            };
+            command_event(tenant, &payload, headers)
+        }
+    })
+}
+
+/// Decides `action` on the incident and appends its event at the version decided on. Without
+/// a pinned version, a lost race waits for the projector once and decides again.
+pub async fn run(
+    js: &jetstream::Context,
+    store: &Store,
+    command: IncidentCommand<'_>,
+    action: IncidentAction,
+) -> Result<Appended, CommandError> {
+    if is_system_actor(command.actor) {
+        return Err(CommandError::Forbidden(format!(
+            "the subject {:?} is reserved for the copilot's own decisions",
+            command.actor
+        )));
+    }
+    validate(&action)?;
+    let tenant = command.tenant;
+    let mut incident = find(store, tenant, command.incident_id).await?;
+    if let IncidentAction::Verdict { hypothesis_id, .. } = &action {
+        let mut tx = store.begin_tenant(tenant).await?;
+        if !store
+            .hypothesis_exists(&mut tx, tenant, incident.id, hypothesis_id)
+            .await?
+        {
+            return Err(CommandError::NotFound("hypothesis"));
+        }
+    }
+    if let Some(version) = command.pinned
+        && version > incident.version as u64
+    {
+        // A version from a command's answer the projector has not applied yet.
+        incident = at_least(store, tenant, incident.id, version).await?;
+    }
+    for attempt in 0..2 {
+        if let Some(version) = command.pinned
+            && version != incident.version as u64
+        {
+            return Err(CommandError::Conflict(format!(
+                "the incident is at version {}, not {version}: reload it and decide again",
+                incident.version
+            )));
+        }
+        let event = decide(&command, &action, &incident)?;
+        let message = event
+            .message
+            .expected_last_subject_sequence(incident.version as u64);
+        match append(js, subjects::incident(tenant, incident.id), message).await {
+            Ok(version) => {
+                return Ok(Appended {
+                    event_id: event.id,
+                    event_type: event.event_type,
+                    version,
+                });
+            }
+            Err(AppendError::Conflict) if command.pinned.is_none() && attempt == 0 => {
+                let newer = incident.version as u64 + 1;
+                incident = at_least(store, tenant, incident.id, newer).await?;
+            }
+            Err(AppendError::Conflict) => {
+                return Err(CommandError::Conflict(
+                    "the incident changed while this command was decided: reload it and decide again"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the loop returns on its second attempt")
+}
