@@ -546,17 +546,12 @@ pub async fn audit(
         .store
         .list_audit(&mut tx, &caller.0.tenant, &filter)
         .await?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|e| {
-            encode_cursor(AuditCursor {
-                at: e.at,
-                event_id: e.event_id,
-            })
+    let next_cursor = crate::page::next(&mut items, limit, |e| {
+        encode_cursor(AuditCursor {
+            at: e.at,
+            event_id: e.event_id,
         })
-    } else {
-        None
-    };
+    });
     Ok(Json(Items { items, next_cursor }))
 }
 

@@ -161,14 +161,9 @@ pub async fn list(
             limit + 1,
         )
         .await?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items
-            .last()
-            .map(|last| encode_cursor(IncidentCursor::after(sort, last)))
-    } else {
-        None
-    };
+    let next_cursor = page::next(&mut items, limit, |last| {
+        encode_cursor(IncidentCursor::after(sort, last))
+    });
     Ok(Json(IncidentPage { items, next_cursor }))
 }
 

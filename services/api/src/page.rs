@@ -24,6 +24,20 @@ pub fn limit(asked: Option<u32>, default: u32) -> Result<u32, ApiError> {
     }
 }
 
+/// Cuts `items` (read with one more than `limit`) to the page, and the cursor of the next page
+/// when there is one: `cursor` of the page's last item.
+pub fn next<T>(
+    items: &mut Vec<T>,
+    limit: u32,
+    cursor: impl FnOnce(&T) -> String,
+) -> Option<String> {
+    if items.len() <= limit as usize {
+        return None;
+    }
+    items.truncate(limit as usize);
+    items.last().map(cursor)
+}
+
 /// Writes a cursor's fields in order.
 #[derive(Default)]
 pub struct CursorWriter(Vec<u8>);

@@ -86,14 +86,9 @@ pub async fn list(
             limit + 1,
         )
         .await?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items
-            .last()
-            .map(|s| encode_cursor(SignalCursor { id: s.id }))
-    } else {
-        None
-    };
+    let next_cursor = page::next(&mut items, limit, |s| {
+        encode_cursor(SignalCursor { id: s.id })
+    });
     Ok(Json(Page { items, next_cursor }))
 }
 
