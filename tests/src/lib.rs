@@ -60,24 +60,24 @@ pub struct TestApp {
 /// Settings pointing at a test's NATS and database, on a free port.
 pub fn settings(nats: &NatsServer, db: &TestDb) -> Settings {
     let mut settings = Settings::defaults();
-    settings.nats_url = Some(nats.url());
-    settings.database_url = Some(db.url.clone());
-    settings.listen = "127.0.0.1:0".parse().unwrap();
-    settings.jwt_secret = Some(JWT_SECRET.to_owned().into());
-    settings.publish_timeout_ms = 1000;
-    settings.db_max_connections = 8;
+    settings.nats.url = Some(nats.url());
+    settings.database.url = Some(db.url.clone());
+    settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    settings.jwt.secret = Some(JWT_SECRET.to_owned().into());
+    settings.nats.publish_timeout_ms = 1000;
+    settings.database.max_connections = 8;
     settings.log_format = copilot_runtime::telemetry::LogFormat::Text;
     // Hypotheses only where a test asks for them: a proposal moves an incident's version.
-    settings.hypothesis_settle_ms = 3_600_000;
+    settings.hypothesis.settle_ms = 3_600_000;
     // Rate limits only where a test asks for them: tests poll fast.
-    settings.webhook_rate_per_sec = 0;
-    settings.api_rate_per_sec = 0;
-    settings.api_user_rate_per_sec = 0;
-    settings.auth_failures_per_min = 0;
+    settings.limits.webhook_rate_per_sec = 0;
+    settings.limits.api_rate_per_sec = 0;
+    settings.limits.api_user_rate_per_sec = 0;
+    settings.limits.auth_failures_per_min = 0;
     // Test servers (models, Prometheus) listen on loopback, as on the laptop `copilot up` is
     // made for; the egress tests take this allowance away.
-    settings.egress_allow = Some("127.0.0.0/8,::1".to_owned());
-    settings.secrets_key = Some(copilot_runtime::secrets::generate_key("test").into());
+    settings.tenancy.egress_allow = Some("127.0.0.0/8,::1".to_owned());
+    settings.tenancy.secrets_key = Some(copilot_runtime::secrets::generate_key("test").into());
     settings
 }
 

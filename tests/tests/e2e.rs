@@ -147,7 +147,7 @@ async fn a_resolved_notification_updates_the_row_it_resolves() {
 
 #[tokio::test]
 async fn bad_input_is_refused_with_a_problem_body_and_appends_nothing() {
-    let t = TestApp::spawn_with(Services::All, |s| s.max_body_bytes = 64 * 1024).await;
+    let t = TestApp::spawn_with(Services::All, |s| s.http.max_body_bytes = 64 * 1024).await;
     let good = fixture("alertmanager-v4-firing-1alert-alerta.json");
     let revoked = copilot::cli::create_tenant(t.ctx(), "initech", "Initech", "test")
         .await
@@ -341,7 +341,7 @@ async fn a_stopped_nats_server_yields_503_with_retry_after_and_service_resumes_a
 
 #[tokio::test]
 async fn a_projector_killed_mid_batch_and_restarted_leaves_the_rows_of_a_clean_rebuild() {
-    let t = TestApp::spawn_with(Services::HttpOnly, |s| s.projector_batch = 7).await;
+    let t = TestApp::spawn_with(Services::HttpOnly, |s| s.projector.batch = 7).await;
     copilot_projector::catch_up(t.ctx(), Projection::Tenants, Duration::from_secs(10))
         .await
         .unwrap();
@@ -838,8 +838,8 @@ async fn creating_a_tenant_twice_is_refused_and_streams_apply_is_idempotent() {
 #[tokio::test]
 async fn a_webhook_with_more_alerts_than_acks_in_flight_is_accepted_whole() {
     let t = TestApp::spawn_with(Services::All, |s| {
-        s.max_body_bytes = 32 * 1024 * 1024;
-        s.publish_timeout_ms = 20_000;
+        s.http.max_body_bytes = 32 * 1024 * 1024;
+        s.nats.publish_timeout_ms = 20_000;
     })
     .await;
     let names: Vec<String> = (0..20_000).map(|i| format!("Storm{i}")).collect();

@@ -115,9 +115,9 @@ fn hostile_bodies(valid: &[u8]) -> Vec<(String, Vec<u8>, &'static [u16])> {
 async fn hostile_input_gets_a_clear_4xx_appends_nothing_and_the_service_keeps_serving() {
     // Arrange
     let t = TestApp::spawn_with(copilot::app::Services::All, |s| {
-        s.http_header_timeout_ms = 1000;
-        s.http_body_timeout_ms = 1000;
-        s.max_body_bytes = 1024 * 1024;
+        s.http.header_timeout_ms = 1000;
+        s.http.body_timeout_ms = 1000;
+        s.http.max_body_bytes = 1024 * 1024;
     })
     .await;
     let admin = t.user_jwt("acme", "alice", Role::Admin).await;

@@ -183,8 +183,8 @@ async fn incident_with_hypotheses(t: &TestApp, service: &str) -> Value {
 
 fn fast_hypotheses(min_interval_secs: u64) -> impl FnOnce(&mut copilot_runtime::Settings) {
     move |s| {
-        s.hypothesis_settle_ms = 300;
-        s.hypothesis_min_interval_secs = min_interval_secs;
+        s.hypothesis.settle_ms = 300;
+        s.hypothesis.min_interval_secs = min_interval_secs;
     }
 }
 
@@ -389,12 +389,12 @@ async fn model_calls_are_recorded_as_usage_with_tokens_outcome_and_cost() {
     let server = FakeLlm::start(Reply::Status(404)).await;
     let base_url = server.base_url();
     let t = TestApp::spawn_with(Services::All, move |s| {
-        s.hypothesis_settle_ms = 300;
-        s.llm_base_url = Some(base_url);
-        s.llm_model = Some("test-model".into());
-        s.llm_timeout_ms = 2000;
-        s.llm_price_prompt_per_1k = 0.01;
-        s.llm_price_completion_per_1k = 0.03;
+        s.hypothesis.settle_ms = 300;
+        s.hypothesis.llm.base_url = Some(base_url);
+        s.hypothesis.llm.model = Some("test-model".into());
+        s.hypothesis.llm.timeout_ms = 2000;
+        s.hypothesis.llm.price_prompt_per_1k = 0.01;
+        s.hypothesis.llm.price_completion_per_1k = 0.03;
     })
     .await;
     // The model fails: the built-in engine answers and the failed call is recorded.
@@ -728,7 +728,7 @@ async fn tenant_urls_that_reach_the_platforms_network_are_refused_when_written_a
     let t = TestApp::spawn_with(Services::All, |s| {
         fast_hypotheses(60)(s);
         // A shared deployment: tenants' URLs reach public addresses only.
-        s.egress_allow = None;
+        s.tenancy.egress_allow = None;
     })
     .await;
     let admin = t.user_jwt("acme", "alice", Role::Admin).await;
@@ -800,8 +800,8 @@ async fn proposals_verdicts_and_usage_rebuilt_from_the_streams_equal_the_live_on
     let base_url = server.base_url();
     let mut t = TestApp::spawn_with(Services::All, move |s| {
         fast_hypotheses(1)(s);
-        s.llm_base_url = Some(base_url);
-        s.llm_model = Some("m".into());
+        s.hypothesis.llm.base_url = Some(base_url);
+        s.hypothesis.llm.model = Some("m".into());
     })
     .await;
     post(

@@ -629,7 +629,7 @@ async fn the_incident_list_filters_searches_sorts_and_pages() {
 async fn a_correlator_crash_between_append_and_commit_redecides_the_same_events_once() {
     // A first system whose correlator crashes after every append, before its commit.
     let t = TestApp::spawn_with(Services::All, |s| {
-        s.fault_correlator_crash_after_append = true
+        s.faults.correlator_crash_after_append = true
     })
     .await;
     post_alerts(
@@ -755,7 +755,7 @@ async fn a_correlator_crash_between_append_and_commit_redecides_the_same_events_
 
 #[tokio::test]
 async fn the_grace_timer_resolves_an_incident_whose_alerts_all_resolved() {
-    let t = TestApp::spawn_with(Services::All, |s| s.correlator_tick_ms = 100).await;
+    let t = TestApp::spawn_with(Services::All, |s| s.correlator.tick_ms = 100).await;
     set_rules(&t, "acme", json!({"resolve_grace_secs": 300})).await;
     let alert = ("Down", "cart", "critical", "2026-11-22T08:00:00Z");
     post_alerts(&t, "firing", &[alert]).await;
@@ -773,7 +773,7 @@ async fn the_grace_timer_resolves_an_incident_whose_alerts_all_resolved() {
 #[tokio::test]
 async fn an_alert_after_the_grace_reopens_whether_or_not_the_timer_ran_first() {
     // The timer never runs here: the alert itself must find the grace over.
-    let t = TestApp::spawn_with(Services::All, |s| s.correlator_tick_ms = 3_600_000).await;
+    let t = TestApp::spawn_with(Services::All, |s| s.correlator.tick_ms = 3_600_000).await;
     set_rules(
         &t,
         "acme",

@@ -65,7 +65,7 @@ fn expand_sql(sql: &str) -> String {
 #[tokio::test]
 async fn every_sql_panel_of_the_incident_dashboard_runs_against_real_read_models() {
     let t = TestApp::spawn_with(Services::All, |s| {
-        s.hypothesis_settle_ms = 200;
+        s.hypothesis.settle_ms = 200;
     })
     .await;
     for (service, severity) in [("checkout", "critical"), ("search", "warning")] {
@@ -328,7 +328,7 @@ fn the_compose_file_follows_the_compose_specification_and_binds_only_loopback() 
 #[tokio::test]
 async fn metrics_move_with_traffic_through_every_stage() {
     let t = TestApp::spawn_with(Services::All, |s| {
-        s.hypothesis_settle_ms = 200;
+        s.hypothesis.settle_ms = 200;
     })
     .await;
     let body = alertmanager_payload(
@@ -400,7 +400,7 @@ async fn metrics_move_with_traffic_through_every_stage() {
 #[tokio::test]
 async fn a_webhooks_trace_context_travels_into_every_event_derived_from_it() {
     let t = TestApp::spawn_with(Services::All, |s| {
-        s.hypothesis_settle_ms = 200;
+        s.hypothesis.settle_ms = 200;
     })
     .await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";

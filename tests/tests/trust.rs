@@ -526,10 +526,10 @@ async fn row_level_security_hides_other_tenants_rows_from_a_query_that_forgets_i
 #[tokio::test]
 async fn a_tenant_over_its_rate_limit_gets_429_with_retry_after_and_others_do_not() {
     let t = TestApp::spawn_with(Services::HttpOnly, |s| {
-        s.webhook_rate_per_sec = 1;
-        s.webhook_burst = 3;
-        s.api_rate_per_sec = 1;
-        s.api_burst = 3;
+        s.limits.webhook_rate_per_sec = 1;
+        s.limits.webhook_burst = 3;
+        s.limits.api_rate_per_sec = 1;
+        s.limits.api_burst = 3;
     })
     .await;
 
@@ -584,7 +584,7 @@ async fn a_tenant_over_its_rate_limit_gets_429_with_retry_after_and_others_do_no
 #[tokio::test]
 async fn settings_are_validated_on_write_and_secrets_are_named_never_stored() {
     let t = TestApp::spawn_with(Services::All, |s| {
-        s.tenant_env_allow = Some("acme=ACME_SLACK_SIGNING_SECRET".into());
+        s.tenancy.tenant_env_allow = Some("acme=ACME_SLACK_SIGNING_SECRET".into());
     })
     .await;
     let alice = t.user_jwt("acme", "alice", Role::Admin).await;
@@ -763,12 +763,12 @@ async fn after_a_key_rotation_rekey_reseals_every_secret_with_the_new_key() {
         assert_eq!(r.status(), 200);
     }
     let old = copilot_runtime::settings::ExposeSecret::expose_secret(
-        t.ctx().settings.secrets_key.as_ref().unwrap(),
+        t.ctx().settings.tenancy.secrets_key.as_ref().unwrap(),
     )
     .to_owned();
     let new = copilot_runtime::secrets::generate_key("next");
     let mut settings = (*t.ctx().settings).clone();
-    settings.secrets_key = Some(format!("{new},{old}").into());
+    settings.tenancy.secrets_key = Some(format!("{new},{old}").into());
 
     copilot::secrets::run(settings, copilot::cli::SecretsCommand::Rekey)
         .await
@@ -890,10 +890,10 @@ async fn system_actors_cannot_be_impersonated_by_users() {
 #[tokio::test]
 async fn one_user_s_burst_leaves_the_rest_of_the_tenant_its_share() {
     let t = TestApp::spawn_with(Services::HttpOnly, |s| {
-        s.api_rate_per_sec = 2;
-        s.api_burst = 20;
-        s.api_user_rate_per_sec = 1;
-        s.api_user_burst = 5;
+        s.limits.api_rate_per_sec = 2;
+        s.limits.api_burst = 20;
+        s.limits.api_user_rate_per_sec = 1;
+        s.limits.api_user_burst = 5;
     })
     .await;
     let alice = t.user_jwt("acme", "alice", Role::Admin).await;
@@ -911,7 +911,7 @@ async fn one_user_s_burst_leaves_the_rest_of_the_tenant_its_share() {
 
 #[tokio::test]
 async fn a_source_guessing_credentials_is_slowed_down_and_counted() {
-    let t = TestApp::spawn_with(Services::HttpOnly, |s| s.auth_failures_per_min = 3).await;
+    let t = TestApp::spawn_with(Services::HttpOnly, |s| s.limits.auth_failures_per_min = 3).await;
     let known_before = t
         .post_webhook("alertmanager", &t.acme.webhook_token, firing("x"))
         .await;

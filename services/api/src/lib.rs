@@ -494,16 +494,16 @@ fn control_character_at(value: &serde_json::Value, path: String) -> Option<Strin
 /// The API routes, to be served alone or beside the other services.
 pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
     let settings = &ctx.settings;
+    let limits = &settings.limits;
     let limiter =
-        TenantLimiter::new("api", settings.api_rate_per_sec, settings.api_burst).map(Arc::new);
+        TenantLimiter::new("api", limits.api_rate_per_sec, limits.api_burst).map(Arc::new);
     let user_limiter = TenantLimiter::per_user(
         "api_user",
-        settings.api_user_rate_per_sec,
-        settings.api_user_burst,
+        limits.api_user_rate_per_sec,
+        limits.api_user_burst,
     )
     .map(Arc::new);
-    let auth_failures =
-        AuthFailureLimiter::new("api", settings.auth_failures_per_min).map(Arc::new);
+    let auth_failures = AuthFailureLimiter::new("api", limits.auth_failures_per_min).map(Arc::new);
     // Settings are checked when the process starts (`copilot_runtime::check_settings`); should
     // they still not parse here, the safe reading is the strictest.
     let egress = EgressPolicy::from_settings(settings).unwrap_or_else(|err| {
@@ -990,7 +990,7 @@ mod docs {
     }
 }
 
-/// Runs the API alone: its routes, health and metrics on `settings.listen`.
+/// Runs the API alone: its routes, health and metrics on `settings.http.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let jwt = Arc::new(Jwt::from_settings(&settings)?);
     let ctx = Context::connect(settings, "api").await?;
@@ -1001,7 +1001,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .merge(copilot_runtime::http::health_routes(ctx.clone()))
             .merge(copilot_runtime::openapi::serve(&doc)),
     );
-    copilot_runtime::http::serve(ctx.settings.listen, app, timeouts, shutdown).await
+    copilot_runtime::http::serve(ctx.settings.http.listen, app, timeouts, shutdown).await
 }
 
 #[cfg(test)]

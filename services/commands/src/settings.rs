@@ -77,7 +77,7 @@ pub async fn set_integrations(
             .map_err(|e| invalid(format!("{field}: {e}")))?;
     }
     for name in integrations.env_names() {
-        if !settings.tenant_env_allowed(tenant, name) {
+        if !settings.tenancy.tenant_env_allowed(tenant, name) {
             return Err(invalid(format!(
                 "settings may not name the copilot's environment variable {name:?}: store the value with PUT /v1/settings/secrets/{{name}} and name that secret instead"
             )));

@@ -29,18 +29,18 @@ pub enum Services {
 
 impl App {
     /// Connects, migrates, provisions the streams and starts the services. The HTTP server
-    /// binds `settings.listen` (port 0 picks a free one; `addr` tells which).
+    /// binds `settings.http.listen` (port 0 picks a free one; `addr` tells which).
     pub async fn start(settings: Settings, services: Services) -> anyhow::Result<Self> {
         let jwt = Arc::new(Jwt::from_settings(&settings)?);
         let ctx = Context::connect(settings, "up").await?;
         prepare(&ctx).await?;
         let shutdown = CancellationToken::new();
-        let listener = tokio::net::TcpListener::bind(ctx.settings.listen)
+        let listener = tokio::net::TcpListener::bind(ctx.settings.http.listen)
             .await
             .with_context(|| {
                 format!(
                     "binding {} (is another copilot running? set COPILOT_LISTEN)",
-                    ctx.settings.listen
+                    ctx.settings.http.listen
                 )
             })?;
         let addr = listener.local_addr()?;
@@ -50,7 +50,7 @@ impl App {
             .merge(copilot_runtime::openapi::serve(&crate::schemas::openapi()));
         let http = tokio::spawn(http::serve_on(
             listener,
-            http::finish_with(routes, ctx.settings.http_instrumentation),
+            http::finish_with(routes, ctx.settings.http.instrumentation),
             http::ServerTimeouts::from_settings(&ctx.settings),
             shutdown.clone(),
         ));

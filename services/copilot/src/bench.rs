@@ -87,7 +87,7 @@ pub(crate) async fn scratch(
     settings: Settings,
     admin_url: Option<String>,
 ) -> anyhow::Result<(EphemeralNats, ScratchDatabase, Settings)> {
-    let admin_url = admin_url.unwrap_or_else(|| match &settings.database_url {
+    let admin_url = admin_url.unwrap_or_else(|| match &settings.database.url {
         Some(url) => crate::local::with_database(url, "postgres"),
         None => crate::local::local_admin_url(),
     });
@@ -99,14 +99,15 @@ pub(crate) async fn scratch(
         db.name
     );
     let mut settings = settings;
-    settings.nats_url = Some(nats.url());
-    settings.database_url = Some(db.url.clone());
-    settings.listen = "127.0.0.1:0".parse()?;
+    settings.nats.url = Some(nats.url());
+    settings.database.url = Some(db.url.clone());
+    settings.http.listen = "127.0.0.1:0".parse()?;
     // A benchmark is one tenant sending as fast as it can: per-tenant limits would measure themselves.
-    settings.webhook_rate_per_sec = 0;
-    settings.api_rate_per_sec = 0;
+    settings.limits.webhook_rate_per_sec = 0;
+    settings.limits.api_rate_per_sec = 0;
     settings
-        .jwt_secret
+        .jwt
+        .secret
         .get_or_insert_with(|| copilot_runtime::auth::generate_secret().into());
     Ok((nats, db, settings))
 }
@@ -277,7 +278,7 @@ async fn steady(
     // The watcher runs on a thread and connection of its own, polling the checkpoint every
     // 500 µs: fine enough to measure milliseconds, light enough not to take the system's CPU.
     let watcher = {
-        let url = ctx.settings.database_url();
+        let url = ctx.settings.database.url();
         std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -468,7 +469,7 @@ async fn jetstream_steady(
         .chunks(per_webhook)
         .map(<[_]>::to_vec)
         .collect();
-    let nats_url = ctx.settings.nats_url();
+    let nats_url = ctx.settings.nats.url();
     let bar = progress(count, &format!("jetstream @ {rate}/s"));
     let progress_bar = bar.clone();
     let mut webhooks = webhooks.into_iter();
@@ -692,7 +693,7 @@ pub struct InstrumentationReport {
 pub async fn instrumentation(settings: Settings, args: InstrumentationArgs) -> anyhow::Result<()> {
     let (_nats, _db, settings) = scratch(settings, args.admin_url.clone()).await?;
     let mut bare_settings = settings.clone();
-    bare_settings.http_instrumentation = false;
+    bare_settings.http.instrumentation = false;
     let instrumented = App::start(settings, Services::HttpOnly).await?;
     let bare = App::start(bare_settings, Services::HttpOnly).await?;
     let tenant = crate::cli::create_tenant(&instrumented.ctx, "bench", "Bench", "bench").await?;

@@ -479,18 +479,18 @@ pub(crate) const DEFAULT_TENANT: &str = "default";
 /// Uses `COPILOT_JWT_SECRET` when set; otherwise the secret kept in the data directory,
 /// generated there (mode 0600) when `create` is set.
 pub(crate) fn load_secret(settings: &mut Settings, create: bool) -> anyhow::Result<()> {
-    let keyed_otherwise = settings.jwt_algorithm != copilot_runtime::auth::JwtAlgorithm::Hs256
-        || settings.jwt_jwks.is_some();
-    if settings.jwt_secret.is_some() || keyed_otherwise {
+    let keyed_otherwise = settings.jwt.algorithm != copilot_runtime::auth::JwtAlgorithm::Hs256
+        || settings.jwt.jwks.is_some();
+    if settings.jwt.secret.is_some() || keyed_otherwise {
         return Ok(());
     }
     let path = settings.data_dir.join(SECRET_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(secret) => settings.jwt_secret = Some(secret.trim().to_owned().into()),
+        Ok(secret) => settings.jwt.secret = Some(secret.trim().to_owned().into()),
         Err(_) if create => {
             let secret = copilot_runtime::auth::generate_secret();
             write_private(&path, &secret)?;
-            settings.jwt_secret = Some(secret.into());
+            settings.jwt.secret = Some(secret.into());
         }
         Err(_) => anyhow::bail!(
             "no JWT secret: set COPILOT_JWT_SECRET, or run `copilot up` once so it generates {}",
@@ -506,7 +506,7 @@ pub(crate) fn load_secrets_key(
     settings: &mut Settings,
     create: bool,
 ) -> anyhow::Result<Option<String>> {
-    if settings.secrets_key.is_some() || settings.secrets_key_file.is_some() {
+    if settings.tenancy.secrets_key.is_some() || settings.tenancy.secrets_key_file.is_some() {
         return Ok(None);
     }
     let path = settings.data_dir.join(SECRETS_KEY_FILE);
@@ -524,7 +524,7 @@ pub(crate) fn load_secrets_key(
             path.display()
         ));
     }
-    settings.secrets_key_file = Some(path);
+    settings.tenancy.secrets_key_file = Some(path);
     Ok(note)
 }
 
@@ -556,14 +556,14 @@ async fn up(mut settings: Settings, stop: CancellationToken) -> anyhow::Result<(
     let mut local = Local::resolve(&mut settings).await?;
     load_secret(&mut settings, true)?;
     local.notes.extend(load_secrets_key(&mut settings, true)?);
-    if settings.egress_allow.is_none() {
-        settings.egress_allow = Some(LAPTOP_EGRESS.to_owned());
+    if settings.tenancy.egress_allow.is_none() {
+        settings.tenancy.egress_allow = Some(LAPTOP_EGRESS.to_owned());
         local.notes.push(format!(
             "tenant-given URLs (Prometheus, models) may reach this machine's loopback addresses ({LAPTOP_EGRESS}), as on a laptop; set COPILOT_EGRESS_ALLOW (empty: public addresses only) on a shared deployment"
         ));
     }
     let data_dir = settings.data_dir.clone();
-    let public_url = settings.public_url.clone();
+    let public_url = settings.http.public_url.clone();
     let result = async {
         let app = App::start(settings, Services::All).await?;
         let base = public_url.unwrap_or_else(|| app.url());

@@ -294,7 +294,7 @@ pub async fn hypotheses(settings: &Settings, args: EvalArgs) -> anyhow::Result<(
         other => anyhow::bail!("unknown engine {other:?}: use builtin or llm"),
     };
     let cases = load_cases(&args.dir)?;
-    let report = evaluate(&engine, &cases, settings.hypothesis_budget_tokens).await;
+    let report = evaluate(&engine, &cases, settings.hypothesis.budget_tokens).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

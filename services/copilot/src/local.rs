@@ -38,7 +38,7 @@ impl Local {
             )
         })?;
         let data_dir = std::fs::canonicalize(&settings.data_dir)?;
-        if settings.nats_url.is_none() {
+        if settings.nats.url.is_none() {
             if listening(NATS_ADDR).await {
                 local
                     .notes
@@ -50,9 +50,9 @@ impl Local {
                     data_dir.display()
                 ));
             }
-            settings.nats_url = Some(format!("nats://{NATS_ADDR}"));
+            settings.nats.url = Some(format!("nats://{NATS_ADDR}"));
         }
-        if settings.database_url.is_none() {
+        if settings.database.url.is_none() {
             let socket_dir = if listening(PG_ADDR).await {
                 local.notes.push(format!(
                     "Postgres: reusing the server on {PG_ADDR}, database {DATABASE}"
@@ -73,7 +73,7 @@ impl Local {
                 .with_context(|| {
                     format!("creating database {DATABASE} on {PG_ADDR} as user postgres; set DATABASE_URL to use another server or user")
                 })?;
-            settings.database_url = Some(url(DATABASE));
+            settings.database.url = Some(url(DATABASE));
         }
         Ok(local)
     }

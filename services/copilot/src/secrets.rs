@@ -128,7 +128,7 @@ async fn import_env(settings: Settings) -> anyhow::Result<()> {
         let mut integrations = copilot_hypothesis::integrations(&ctx, tenant).await?;
         let mut changed = false;
         let allowed = |var: &str| {
-            let ok = ctx.settings.tenant_env_allowed(tenant, var);
+            let ok = ctx.settings.tenancy.tenant_env_allowed(tenant, var);
             if !ok {
                 println!(
                     "{tenant}: skipped {var}: not allowed for {tenant} in COPILOT_TENANT_ENV_ALLOW"

@@ -40,7 +40,7 @@ pub use copilot_commands::correlation::{Decision, correlation_key};
 const SIGNALS_CHECKPOINT: &str = "correlator-signals";
 const LIFECYCLE_CHECKPOINT: &str = "correlator-incidents";
 
-/// Runs the correlator alone until `shutdown`, with health and metrics on `settings.listen`.
+/// Runs the correlator alone until `shutdown`, with health and metrics on `settings.http.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "correlator").await?;
     copilot_runtime::http::with_health(ctx.clone(), shutdown.clone(), serve(ctx, shutdown)).await
@@ -109,7 +109,7 @@ async fn follow_signals(ctx: &Context, shutdown: &CancellationToken) -> anyhow::
         SIGNALS_CHECKPOINT,
     )
     .await?;
-    let mut batches = Batches::new(&consumer, ctx.settings.projector_batch).await?;
+    let mut batches = Batches::new(&consumer, ctx.settings.projector.batch).await?;
     let mut rules = RulesCache::new();
     while let Some(batch) = batches.next(shutdown).await? {
         checkpoint = decide_batch(ctx, &mut rules, batch, checkpoint).await?;
@@ -205,7 +205,9 @@ async fn decide_batch(
         decisions.append(&mut these);
     }
     append(ctx, &decisions).await?;
-    if ctx.settings.fault_correlator_crash_after_append && !decisions.is_empty() {
+    // Test-only (the `faults` feature): a crash between the append and the commit.
+    #[cfg(feature = "faults")]
+    if ctx.settings.faults.correlator_crash_after_append && !decisions.is_empty() {
         anyhow::bail!("fault injected: crashing after the append, before the commit");
     }
     state::save(store, &mut tx, &decided.changes()).await?;
@@ -277,7 +279,7 @@ async fn follow_lifecycle(ctx: &Context, shutdown: &CancellationToken) -> anyhow
         LIFECYCLE_CHECKPOINT,
     )
     .await?;
-    let mut batches = Batches::new(&consumer, ctx.settings.projector_batch).await?;
+    let mut batches = Batches::new(&consumer, ctx.settings.projector.batch).await?;
     while let Some(batch) = batches.next(shutdown).await? {
         let store = &ctx.store;
         let mut tx = store.begin_batch().await?;
@@ -331,7 +333,7 @@ async fn follow_lifecycle(ctx: &Context, shutdown: &CancellationToken) -> anyhow
 /// Resolves incidents whose alerts have all resolved and stayed so for the tenant's grace.
 async fn resolve_timer(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(
-        ctx.settings.correlator_tick_ms.max(1),
+        ctx.settings.correlator.tick_ms.max(1),
     ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

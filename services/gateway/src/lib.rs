@@ -63,12 +63,13 @@ pub struct Accepted {
 pub fn router(ctx: Context) -> Router {
     let limiter = TenantLimiter::new(
         "webhooks",
-        ctx.settings.webhook_rate_per_sec,
-        ctx.settings.webhook_burst,
+        ctx.settings.limits.webhook_rate_per_sec,
+        ctx.settings.limits.webhook_burst,
     )
     .map(Arc::new);
     let auth_failures =
-        AuthFailureLimiter::new("webhooks", ctx.settings.auth_failures_per_min).map(Arc::new);
+        AuthFailureLimiter::new("webhooks", ctx.settings.limits.auth_failures_per_min)
+            .map(Arc::new);
     let gateway = Gateway {
         ctx,
         tokens: Arc::new(auth::TokenCache::default()),
@@ -146,7 +147,7 @@ pub fn describe(doc: &mut OpenApi) {
     let _ = routes().finish_api(doc);
 }
 
-/// Runs the gateway alone: webhooks, health and metrics on `settings.listen`.
+/// Runs the gateway alone: webhooks, health and metrics on `settings.http.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "gateway").await?;
     let timeouts = copilot_runtime::http::ServerTimeouts::from_settings(&ctx.settings);
@@ -156,7 +157,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .merge(copilot_runtime::http::health_routes(ctx.clone()))
             .merge(copilot_runtime::openapi::serve(&doc)),
     );
-    copilot_runtime::http::serve(ctx.settings.listen, app, timeouts, shutdown).await
+    copilot_runtime::http::serve(ctx.settings.http.listen, app, timeouts, shutdown).await
 }
 
 async fn alertmanager(
@@ -269,7 +270,7 @@ impl Gateway {
         }
         // Acks are awaited a window at a time, so one huge webhook cannot hold every in-flight
         // permit of the connection; the whole append gives up with 503 at the publish timeout.
-        let deadline = tokio::time::Instant::now() + self.ctx.settings.publish_timeout();
+        let deadline = tokio::time::Instant::now() + self.ctx.settings.nats.publish_timeout();
         let mut duplicates = 0;
         let mut pending = messages.into_iter().peekable();
         while pending.peek().is_some() {
@@ -343,7 +344,7 @@ async fn read_body(
     body: Body,
     settings: &Settings,
 ) -> Result<bytes::Bytes, ApiError> {
-    let limit = settings.max_body_bytes;
+    let limit = settings.http.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

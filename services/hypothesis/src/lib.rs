@@ -74,25 +74,31 @@ impl Engine {
             base_url: llm.base_url.clone(),
             model: llm.model.clone(),
             api_key,
-            timeout: Duration::from_millis(llm.timeout_ms.unwrap_or(settings.llm_timeout_ms)),
+            timeout: Duration::from_millis(
+                llm.timeout_ms.unwrap_or(settings.hypothesis.llm.timeout_ms),
+            ),
             egress: Some(egress),
             key_error,
         })
     }
 
     pub fn from_settings(settings: &Settings) -> Self {
-        match (&settings.llm_base_url, &settings.llm_model) {
-            (Some(base_url), Some(model)) => Self::Llm(LlmConfig {
-                base_url: base_url.clone(),
-                model: model.clone(),
-                api_key: settings
-                    .llm_api_key
-                    .as_ref()
-                    .map(|k| copilot_runtime::settings::ExposeSecret::expose_secret(k).to_owned()),
-                timeout: Duration::from_millis(settings.llm_timeout_ms),
-                egress: None,
-                key_error: None,
-            }),
+        match (
+            &settings.hypothesis.llm.base_url,
+            &settings.hypothesis.llm.model,
+        ) {
+            (Some(base_url), Some(model)) => {
+                Self::Llm(LlmConfig {
+                    base_url: base_url.clone(),
+                    model: model.clone(),
+                    api_key: settings.hypothesis.llm.api_key.as_ref().map(|k| {
+                        copilot_runtime::settings::ExposeSecret::expose_secret(k).to_owned()
+                    }),
+                    timeout: Duration::from_millis(settings.hypothesis.llm.timeout_ms),
+                    egress: None,
+                    key_error: None,
+                })
+            }
             _ => Self::Builtin,
         }
     }
@@ -140,7 +146,7 @@ async fn tenant_key(
             .map_err(|e| unopenable(&e));
     }
     if let Some(name) = &llm.api_key_env {
-        if !ctx.settings.tenant_env_allowed(tenant, name) {
+        if !ctx.settings.tenancy.tenant_env_allowed(tenant, name) {
             return Err(format!(
                 "llm.api_key_env names {name:?}, which the operator does not allow tenants to use; store the key as a tenant secret"
             ));
@@ -305,7 +311,7 @@ pub async fn conclude(engine: &Engine, input: &EvidenceInput, budget_tokens: usi
     }
 }
 
-/// Runs the service alone until `shutdown`, with health and metrics on `settings.listen`.
+/// Runs the service alone until `shutdown`, with health and metrics on `settings.http.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "hypothesis").await?;
     copilot_runtime::http::with_health(ctx.clone(), shutdown.clone(), serve(ctx, shutdown)).await
@@ -352,8 +358,8 @@ async fn follow_once(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Res
         .expires(Duration::from_secs(30))
         .messages()
         .await?;
-    let settle = chrono::Duration::milliseconds(ctx.settings.hypothesis_settle_ms as i64);
-    let min_interval = interval(ctx.settings.hypothesis_min_interval_secs);
+    let settle = chrono::Duration::milliseconds(ctx.settings.hypothesis.settle_ms as i64);
+    let min_interval = interval(ctx.settings.hypothesis.min_interval_secs);
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -398,9 +404,10 @@ async fn follow_once(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Res
 /// Claims due incidents and proposes hypotheses for them. A failed run is retried later; no
 /// failure here stops the process.
 async fn work(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let min_interval = interval(ctx.settings.hypothesis_min_interval_secs);
+    let min_interval = interval(ctx.settings.hypothesis.min_interval_secs);
     // Long enough for the slowest model call; another instance takes over after it.
-    let hold = chrono::Duration::milliseconds(ctx.settings.llm_timeout_ms as i64 * 2 + 10_000);
+    let hold =
+        chrono::Duration::milliseconds(ctx.settings.hypothesis.llm.timeout_ms as i64 * 2 + 10_000);
     let retry = chrono::Duration::seconds(10);
     loop {
         let claimed = match ctx.store.claim_due_hypotheses(Utc::now(), hold).await {
@@ -511,7 +518,7 @@ pub async fn gather(
         .collect();
     let metrics = match prometheus {
         Some(MetricsSource { url, egress }) => {
-            let templates = match &ctx.settings.prometheus_queries {
+            let templates = match &ctx.settings.hypothesis.prometheus_queries {
                 Some(path) => metrics::templates_from_file(path).with_context(|| {
                     format!("reading the Prometheus query templates {}", path.display())
                 })?,
@@ -591,7 +598,10 @@ async fn propose(ctx: &Context, claim: &copilot_store::HypothesisClaim) -> anyho
     let integrations = integrations(ctx, tenant).await?;
     let engine = Engine::for_tenant(ctx, tenant, &integrations).await;
     // A tenant's Prometheus is reached under the egress policy; the operator's is not.
-    let prometheus = match (&integrations.prometheus_url, &ctx.settings.prometheus_url) {
+    let prometheus = match (
+        &integrations.prometheus_url,
+        &ctx.settings.hypothesis.prometheus_url,
+    ) {
         (Some(url), _) => Some(MetricsSource {
             url,
             egress: Some(
@@ -611,7 +621,7 @@ async fn propose(ctx: &Context, claim: &copilot_store::HypothesisClaim) -> anyho
         .await?
         .into_iter()
         .next();
-    let conclusion = conclude(&engine, &input, ctx.settings.hypothesis_budget_tokens).await;
+    let conclusion = conclude(&engine, &input, ctx.settings.hypothesis.budget_tokens).await;
     let before: Vec<Hypothesis> = previous
         .as_ref()
         .and_then(|p| serde_json::from_value::<HypothesesProposed>(p.event.clone()).ok())
@@ -653,8 +663,10 @@ async fn propose(ctx: &Context, claim: &copilot_store::HypothesisClaim) -> anyho
     };
     let metrics = Metrics::global();
     if let Some(call) = &conclusion.call {
-        let cost = (f64::from(call.usage.prompt_tokens) * ctx.settings.llm_price_prompt_per_1k
-            + f64::from(call.usage.completion_tokens) * ctx.settings.llm_price_completion_per_1k)
+        let cost = (f64::from(call.usage.prompt_tokens)
+            * ctx.settings.hypothesis.llm.price_prompt_per_1k
+            + f64::from(call.usage.completion_tokens)
+                * ctx.settings.hypothesis.llm.price_completion_per_1k)
             / 1000.0;
         let call_id = derived_id(
             input.incident.opened_at,

@@ -75,7 +75,7 @@ impl Projection {
     }
 }
 
-/// Runs the projector alone until `shutdown`, with health and metrics on `settings.listen`.
+/// Runs the projector alone until `shutdown`, with health and metrics on `settings.http.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "projector").await?;
     copilot_runtime::http::with_health(ctx.clone(), shutdown.clone(), serve(ctx, shutdown)).await
@@ -263,7 +263,7 @@ async fn pipeline(
     mut folded_to: u64,
     committing: &mut Option<Commit>,
 ) -> anyhow::Result<()> {
-    let mut batches = consume::Batches::new(&consumer, ctx.settings.projector_batch).await?;
+    let mut batches = consume::Batches::new(&consumer, ctx.settings.projector.batch).await?;
     loop {
         let Some(batch) = batches.next(shutdown).await? else {
             return Ok(());

@@ -147,18 +147,19 @@ pub struct JwtConfig {
 impl JwtConfig {
     pub fn from_settings(settings: &Settings) -> Self {
         Self {
-            algorithm: settings.jwt_algorithm,
+            algorithm: settings.jwt.algorithm,
             secret: settings
-                .jwt_secret
+                .jwt
+                .secret
                 .as_ref()
                 .map(|s| secrecy::ExposeSecret::expose_secret(s).to_owned()),
-            public_key: settings.jwt_public_key.clone(),
-            jwks: settings.jwt_jwks.clone(),
-            private_key: settings.jwt_private_key.clone(),
-            kid: settings.jwt_kid.clone(),
-            issuer: settings.jwt_issuer.clone(),
-            audience: settings.jwt_audience.clone(),
-            leeway_secs: settings.jwt_leeway_secs,
+            public_key: settings.jwt.public_key.clone(),
+            jwks: settings.jwt.jwks.clone(),
+            private_key: settings.jwt.private_key.clone(),
+            kid: settings.jwt.kid.clone(),
+            issuer: settings.jwt.issuer.clone(),
+            audience: settings.jwt.audience.clone(),
+            leeway_secs: settings.jwt.leeway_secs,
         }
     }
 }

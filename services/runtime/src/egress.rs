@@ -73,6 +73,7 @@ impl EgressPolicy {
     /// The operator's policy from the settings (public addresses only when unset).
     pub fn from_settings(settings: &crate::Settings) -> Result<Self, String> {
         settings
+            .tenancy
             .egress_allow
             .as_deref()
             .map(Self::parse)

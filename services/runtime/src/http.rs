@@ -506,7 +506,7 @@ async fn readyz(State(ctx): State<Context>) -> (StatusCode, Json<Readiness>) {
 }
 
 /// Runs a worker (a service without routes of its own) beside `/healthz`, `/readyz` and
-/// `/metrics` on `settings.listen`, so that every process can be scraped and probed.
+/// `/metrics` on `settings.http.listen`, so that every process can be scraped and probed.
 pub async fn with_health<F>(
     ctx: Context,
     shutdown: tokio_util::sync::CancellationToken,
@@ -515,7 +515,7 @@ pub async fn with_health<F>(
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let addr = ctx.settings.listen;
+    let addr = ctx.settings.http.listen;
     let timeouts = ServerTimeouts::from_settings(&ctx.settings);
     let health = serve(addr, finish(health_routes(ctx)), timeouts, shutdown);
     tokio::try_join!(work, health)?;
@@ -533,8 +533,8 @@ pub struct ServerTimeouts {
 impl ServerTimeouts {
     pub fn from_settings(settings: &crate::Settings) -> Self {
         Self {
-            header_read: std::time::Duration::from_millis(settings.http_header_timeout_ms),
-            body: std::time::Duration::from_millis(settings.http_body_timeout_ms),
+            header_read: std::time::Duration::from_millis(settings.http.header_timeout_ms),
+            body: std::time::Duration::from_millis(settings.http.body_timeout_ms),
         }
     }
 }

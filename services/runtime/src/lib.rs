@@ -43,17 +43,19 @@ impl Context {
     pub async fn connect(settings: Settings, service: &str) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         check_settings(&settings)?;
-        let nats = nats::connect(&settings.nats_url(), service).await?;
-        let js = nats::jetstream(nats.clone(), settings.publish_timeout());
-        let store =
-            copilot_store::Store::connect(&settings.database_url(), settings.db_max_connections)
-                .await
-                .with_context(|| {
-                    format!(
-                        "connecting to Postgres at {}",
-                        settings::redact(&settings.database_url())
-                    )
-                })?;
+        let nats = nats::connect(&settings.nats.url(), service).await?;
+        let js = nats::jetstream(nats.clone(), settings.nats.publish_timeout());
+        let store = copilot_store::Store::connect(
+            &settings.database.url(),
+            settings.database.max_connections,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to Postgres at {}",
+                settings::redact(&settings.database.url())
+            )
+        })?;
         Ok(Self {
             settings: Arc::new(settings),
             nats,

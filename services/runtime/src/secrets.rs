@@ -103,10 +103,10 @@ impl SecretKeys {
 
     /// The keys the settings name, if any.
     pub fn from_settings(settings: &crate::Settings) -> Result<Option<Self>, SecretsError> {
-        if let Some(spec) = &settings.secrets_key {
+        if let Some(spec) = &settings.tenancy.secrets_key {
             return Self::parse(secrecy::ExposeSecret::expose_secret(spec)).map(Some);
         }
-        if let Some(path) = &settings.secrets_key_file {
+        if let Some(path) = &settings.tenancy.secrets_key_file {
             let text = std::fs::read_to_string(path).map_err(|source| SecretsError::Read {
                 path: path.display().to_string(),
                 source,
