@@ -13,9 +13,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use copilot_events::{Role, is_valid_slug};
 use copilot_runtime::http::{ApiError, EventOrigin};
-use copilot_store::{
-    AuditCursor, AuditEntry, AuditFilter, TenantView, TokenView, UserView, checkpoints,
-};
+use copilot_store::{self as store, AuditCursor, AuditFilter, checkpoints};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -24,6 +22,7 @@ use copilot_commands as commands;
 use crate::{
     Api, Caller,
     incidents::{bad, body},
+    views::{self, AuditEntry, TenantView, TokenView, UserView},
 };
 
 /// How long a command waits for the projector to apply its event before answering anyway.
@@ -59,7 +58,7 @@ fn after_append(err: ApiError) -> ApiError {
 }
 
 /// The tenant a path names, if it exists; 404 otherwise (also for slugs that cannot exist).
-async fn tenant_of(api: &Api, slug: &str) -> Result<TenantView, ApiError> {
+async fn tenant_of(api: &Api, slug: &str) -> Result<store::TenantView, ApiError> {
     if !is_valid_slug(slug) {
         return Err(ApiError::NotFound);
     }
@@ -94,7 +93,7 @@ pub async fn me(State(api): State<Api>, caller: Caller) -> Result<Json<Me>, ApiE
         tenant: caller.0.tenant,
         role: caller.0.role,
         platform: caller.0.platform,
-        user,
+        user: user.map(UserView::from),
     }))
 }
 
@@ -107,9 +106,13 @@ pub struct Items<T> {
 }
 
 impl<T> Items<T> {
-    pub(crate) fn all(items: Vec<T>) -> Json<Self> {
+    /// Every row, as its view, in one page.
+    pub(crate) fn all<R>(rows: Vec<R>) -> Json<Self>
+    where
+        T: From<R>,
+    {
         Json(Self {
-            items,
+            items: views::all(rows),
             next_cursor: None,
         })
     }
@@ -125,7 +128,7 @@ pub async fn show_tenant(
     State(api): State<Api>,
     Path(slug): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    Ok(Json(tenant_of(&api, &slug).await?))
+    Ok(Json(tenant_of(&api, &slug).await?.into()))
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -206,7 +209,9 @@ pub async fn suspend(
     )
     .await?;
     applied(&api, seq).await;
-    Ok(Json(tenant_of(&api, &slug).await.map_err(after_append)?))
+    Ok(Json(
+        tenant_of(&api, &slug).await.map_err(after_append)?.into(),
+    ))
 }
 
 pub async fn resume(
@@ -219,7 +224,9 @@ pub async fn resume(
     let seq = commands::resume_tenant(&api.ctx.js, &api.ctx.store, &slug, &caller.0.sub, origin.0)
         .await?;
     applied(&api, seq).await;
-    Ok(Json(tenant_of(&api, &slug).await.map_err(after_append)?))
+    Ok(Json(
+        tenant_of(&api, &slug).await.map_err(after_append)?.into(),
+    ))
 }
 
 pub async fn list_tokens(
@@ -241,7 +248,7 @@ pub struct IssuedToken {
     replaces: Option<TokenView>,
 }
 
-async fn token_of(api: &Api, slug: &str, token_id: &str) -> Result<TokenView, ApiError> {
+async fn token_of(api: &Api, slug: &str, token_id: &str) -> Result<store::TokenView, ApiError> {
     let id = Uuid::parse_str(token_id).map_err(|_| ApiError::NotFound)?;
     let mut tx = api.tenant_tx(slug).await?;
     api.ctx
@@ -317,7 +324,8 @@ async fn revoke_now(
     Ok(Json(
         token_of(api, slug, &token_id.to_string())
             .await
-            .map_err(after_append)?,
+            .map_err(after_append)?
+            .into(),
     ))
 }
 
@@ -360,7 +368,7 @@ pub async fn rotate_token(
         Json(IssuedToken {
             token_id: rotated.issued.token_id,
             webhook_token: rotated.issued.webhook_token,
-            replaces: Some(replaced),
+            replaces: Some(replaced.into()),
         }),
     ))
 }
@@ -386,7 +394,11 @@ pub struct NewUser {
     slack_user_id: Option<String>,
 }
 
-async fn user_of(api: &Api, slug: &str, user_id: &str) -> Result<Option<UserView>, ApiError> {
+async fn user_of(
+    api: &Api,
+    slug: &str,
+    user_id: &str,
+) -> Result<Option<store::UserView>, ApiError> {
     let mut tx = api.tenant_tx(slug).await?;
     api.ctx
         .store
@@ -433,7 +445,7 @@ async fn settled_user(
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     applied(api, seq).await;
     match user_of(api, slug, user_id).await.map_err(after_append)? {
-        Some(user) => Ok((StatusCode::OK, Json(user))),
+        Some(user) => Ok((StatusCode::OK, Json(user.into()))),
         None => Err(ApiError::NotFound),
     }
 }
@@ -552,7 +564,10 @@ pub async fn audit(
             event_id: e.event_id,
         })
     });
-    Ok(Json(Items { items, next_cursor }))
+    Ok(Json(Items {
+        items: views::all(items),
+        next_cursor,
+    }))
 }
 
 fn encode_cursor(c: AuditCursor) -> String {

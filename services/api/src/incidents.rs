@@ -18,16 +18,19 @@ use copilot_events::{
     CorrelationRules, IncidentState, Severity, TenantIntegrations, TenantRetention, Verdict,
 };
 use copilot_runtime::http::{ApiError, EventOrigin};
-use copilot_store::{
-    HypothesisView, IncidentCursor, IncidentFilter, IncidentNoteView, IncidentSignalView,
-    IncidentSort, IncidentStats, IncidentSummary, ProposalView, TenantSetting, TimelineEntry,
-};
+use copilot_store::{self as store, IncidentCursor, IncidentFilter, IncidentSort, TenantSetting};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use copilot_commands::{IncidentAction, IncidentCommand};
 
-use crate::{Api, Caller, page};
+use crate::{
+    Api, Caller, page,
+    views::{
+        self, HypothesisView, IncidentNoteView, IncidentSignalView, IncidentStats, IncidentSummary,
+        ProposalView, TimelineEntry,
+    },
+};
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[schemars(rename = "IncidentQuery")]
@@ -164,10 +167,13 @@ pub async fn list(
     let next_cursor = page::next(&mut items, limit, |last| {
         encode_cursor(IncidentCursor::after(sort, last))
     });
-    Ok(Json(IncidentPage { items, next_cursor }))
+    Ok(Json(IncidentPage {
+        items: views::all(items),
+        next_cursor,
+    }))
 }
 
-async fn find(api: &Api, tenant: &str, id: &str) -> Result<IncidentSummary, ApiError> {
+async fn find(api: &Api, tenant: &str, id: &str) -> Result<store::IncidentSummary, ApiError> {
     let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
     api.ctx
         .store
@@ -194,7 +200,7 @@ pub async fn get(
         .next();
     let (hypotheses, hypotheses_proposal) = match current {
         Some(p) => (
-            p.hypotheses,
+            views::all(p.hypotheses),
             Some(ProposalMeta {
                 proposal_id: p.proposal_id,
                 engine: p.engine,
@@ -206,9 +212,9 @@ pub async fn get(
         None => (Vec::new(), None),
     };
     Ok(Json(IncidentDetail {
-        incident,
-        signals,
-        notes,
+        incident: incident.into(),
+        signals: views::all(signals),
+        notes: views::all(notes),
         hypotheses,
         hypotheses_proposal,
     }))
@@ -226,7 +232,9 @@ pub async fn timeline(
         .store
         .incident_timeline(&mut api.tenant_tx(tenant).await?, tenant, incident.id)
         .await?;
-    Ok(Json(Timeline { items }))
+    Ok(Json(Timeline {
+        items: views::all(items),
+    }))
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -256,7 +264,9 @@ pub async fn hypotheses(
             q.history,
         )
         .await?;
-    Ok(Json(Proposals { items }))
+    Ok(Json(Proposals {
+        items: views::all(items),
+    }))
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -313,7 +323,8 @@ pub async fn stats(
                 since,
                 until,
             )
-            .await?,
+            .await?
+            .into(),
     ))
 }
 

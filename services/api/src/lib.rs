@@ -13,6 +13,7 @@ pub mod incidents;
 pub mod page;
 pub mod secrets;
 pub mod signals;
+pub mod views;
 
 use std::sync::Arc;
 
@@ -826,7 +827,7 @@ fn routes() -> ApiRouter<Api> {
                 tenant(op)
                     .id("addUser")
                     .summary("Adds a user; `user_id` is what the user's JWTs carry as `sub`")
-                    .response_with::<200, Json<copilot_store::UserView>, _>(|r| r.description("Added"))
+                    .response_with::<200, Json<views::UserView>, _>(|r| r.description("Added"))
                     .problem(409, "The user id or the email is taken")
                     .problem(422, "An invalid user id, email, name, role or Slack id")
             }),
@@ -838,7 +839,7 @@ fn routes() -> ApiRouter<Api> {
                     .id("updateUser")
                     .summary("Changes a user's role, name or Slack id; a demotion applies to tokens already issued")
                     .path_param::<String>("user_id", USER_ID)
-                    .response_with::<200, Json<copilot_store::UserView>, _>(|r| r.description("Changed"))
+                    .response_with::<200, Json<views::UserView>, _>(|r| r.description("Changed"))
                     .problem(404, "No such tenant or user")
                     .problem(409, "The change would demote the tenant's last admin")
                     .problem(422, "Nothing to change, or an invalid name, role or Slack id")

@@ -10,10 +10,9 @@ use axum::{
 };
 use copilot_commands as commands;
 use copilot_runtime::http::{ApiError, EventOrigin};
-use copilot_store::SecretMeta;
 use serde::{Deserialize, Serialize};
 
-use crate::{Api, Caller, admin::Items, incidents::body};
+use crate::{Api, Caller, admin::Items, incidents::body, views::SecretMeta};
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -7,11 +7,11 @@ use axum::{
 use chrono::{DateTime, Utc};
 use copilot_events::Severity;
 use copilot_runtime::http::ApiError;
-use copilot_store::{SignalCursor, SignalFilter, SignalView};
+use copilot_store::{SignalCursor, SignalFilter};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Api, Caller, page};
+use crate::{Api, Caller, page, views, views::SignalView};
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[schemars(rename = "SignalQuery")]
@@ -89,7 +89,10 @@ pub async fn list(
     let next_cursor = page::next(&mut items, limit, |s| {
         encode_cursor(SignalCursor { id: s.id })
     });
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(Page {
+        items: views::all(items),
+        next_cursor,
+    }))
 }
 
 pub async fn get(
@@ -106,7 +109,7 @@ pub async fn get(
             id,
         )
         .await?
-        .map(Json)
+        .map(|signal| Json(signal.into()))
         .ok_or(ApiError::NotFound)
 }
 

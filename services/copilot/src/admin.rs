@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use copilot_api::views::TenantView;
 use copilot_commands::{self as commands, FIRST_ADMIN};
 use copilot_events::{Headers, Role};
 use copilot_projector::{Projection, catch_up};
@@ -106,6 +107,8 @@ pub async fn tenants(settings: Settings, command: TenantsCommand) -> anyhow::Res
             let mut tx = ctx.store.begin().await?;
             let tenants = ctx.store.list_tenants(&mut tx).await?;
             if json {
+                // The same JSON as `GET /v1/admin/tenants` answers in `items`.
+                let tenants: Vec<TenantView> = tenants.into_iter().map(Into::into).collect();
                 println!("{}", serde_json::to_string_pretty(&tenants)?);
             } else {
                 println!(
@@ -137,7 +140,10 @@ pub async fn tenants(settings: Settings, command: TenantsCommand) -> anyhow::Res
                 .get_tenant(&mut tx, &slug)
                 .await?
                 .with_context(|| format!("tenant {slug:?} does not exist"))?;
-            println!("{}", serde_json::to_string_pretty(&tenant)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&TenantView::from(tenant))?
+            );
         }
         TenantsCommand::Suspend { slug, reason } => {
             let ctx = connect(settings).await?;

@@ -17,7 +17,7 @@ pub struct AuditRow<'a> {
     pub details: &'a str,
 }
 
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, schemars::JsonSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AuditEntry {
     pub event_id: Uuid,
     pub at: DateTime<Utc>,

@@ -2,7 +2,6 @@
 //! proposals, verdicts and model-call usage, and the API's reads of them.
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{Result, Store, Tx};
@@ -74,10 +73,9 @@ pub struct HypothesisRow<'a> {
     pub change: Option<&'a str>,
 }
 
-/// A hypothesis as the API shows it, with the latest verdict on it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+/// A hypothesis as the API reads it, with the latest verdict on it.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct HypothesisView {
-    #[serde(rename = "id")]
     pub hypothesis_id: String,
     pub rank: i32,
     pub cause: String,
@@ -94,7 +92,7 @@ pub struct HypothesisView {
 }
 
 /// One proposal with its hypotheses, for `GET /v1/incidents/{id}/hypotheses`.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone)]
 pub struct ProposalView {
     pub proposal_id: Uuid,
     pub engine: String,

@@ -3,7 +3,6 @@
 //! API's reads.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -90,8 +89,8 @@ pub struct StateChange<'a> {
     pub seq: u64,
 }
 
-/// An incident as the API lists it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+/// An incident as the API reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct IncidentSummary {
     pub id: Uuid,
     pub title: String,
@@ -114,13 +113,12 @@ pub struct IncidentSummary {
     pub version: i64,
     /// The correlation rule that opened it, in words.
     pub rule: String,
-    #[serde(skip)]
-    #[schemars(skip)]
+    /// Orders the severity sort and its cursor; never shown.
     pub severity_rank: i16,
 }
 
 /// A signal of an incident, with why it joined.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct IncidentSignalView {
     pub signal_id: Uuid,
     pub fingerprint: String,
@@ -133,7 +131,7 @@ pub struct IncidentSignalView {
     pub explanation: String,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct IncidentNoteView {
     pub note_id: Uuid,
     pub author: String,
@@ -142,11 +140,10 @@ pub struct IncidentNoteView {
 }
 
 /// One entry of an incident's timeline.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TimelineEntry {
     pub event_id: Uuid,
     pub seq: i64,
-    #[serde(rename = "type")]
     #[sqlx(rename = "type")]
     pub event_type: String,
     pub actor: String,
@@ -205,8 +202,8 @@ impl IncidentCursor {
     }
 }
 
-/// `GET /v1/stats`.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+/// The figures of `GET /v1/stats`.
+#[derive(Debug, Clone)]
 pub struct IncidentStats {
     /// Incidents not yet resolved, by severity (now, whatever the range).
     pub open_by_severity: std::collections::BTreeMap<String, i64>,

@@ -20,7 +20,7 @@ pub struct SecretRow {
 }
 
 /// What anyone may know of a secret: never its value.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, schemars::JsonSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SecretMeta {
     pub name: String,
     pub version: i32,

@@ -1,7 +1,6 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder, Row as _, postgres::PgRow};
 use uuid::Uuid;
 
@@ -96,8 +95,8 @@ impl From<Vec<SignalRow>> for SignalColumns {
     }
 }
 
-/// A signal as the API shows it.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+/// A signal as the API reads it (and answers it, as its own `views::SignalView`).
+#[derive(Debug, Clone)]
 pub struct SignalView {
     pub id: Uuid,
     pub fingerprint: String,
@@ -108,7 +107,6 @@ pub struct SignalView {
     pub title: String,
     pub labels: serde_json::Value,
     pub annotations: serde_json::Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub values: Option<serde_json::Value>,
     pub generator_url: Option<String>,
     pub group_key: Option<String>,
@@ -119,8 +117,6 @@ pub struct SignalView {
     pub last_received_at: DateTime<Utc>,
     pub notification_count: i32,
     /// The alert exactly as the source last sent it, byte for byte; only on single-signal reads.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<serde_json::Value>")]
     pub raw: Option<Box<serde_json::value::RawValue>>,
 }
 

@@ -41,7 +41,7 @@ pub struct TokenOwner {
 }
 
 /// A tenant as administrators see it.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, schemars::JsonSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TenantView {
     pub slug: String,
     pub name: String,
@@ -56,7 +56,7 @@ pub struct TenantView {
 }
 
 /// A webhook token as listed: never its hash.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, schemars::JsonSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TokenView {
     pub token_id: Uuid,
     pub prefix: String,

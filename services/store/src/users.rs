@@ -25,7 +25,7 @@ pub struct UserChange<'a> {
     pub seq: u64,
 }
 
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, schemars::JsonSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserView {
     pub user_id: String,
     pub email: String,
@@ -37,7 +37,6 @@ pub struct UserView {
     pub updated_at: DateTime<Utc>,
     /// Stream sequence of the `UserAdded` of this incarnation of the user, which their tokens
     /// carry; `None` for rows projected before it was recorded.
-    #[serde(skip)]
     pub added_seq: Option<i64>,
 }
 
