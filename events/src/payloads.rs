@@ -65,6 +65,16 @@ impl Severity {
         Self::Critical,
     ];
 
+    /// Every severity's name, most severe first, for messages that list them.
+    pub fn names() -> String {
+        Self::ALL
+            .iter()
+            .rev()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The rank stored and sorted on (0 unknown … 4 critical).
     pub fn rank(self) -> i16 {
         self as i16

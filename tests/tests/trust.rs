@@ -1057,6 +1057,69 @@ async fn the_cli_and_the_api_give_the_same_answer_to_the_same_bad_input() {
         assert!([409, 422].contains(&status), "{body}: {status}");
         assert_eq!(cli.to_string(), detail, "{body}");
     }
+    // Tenants (the platform's), and secrets.
+    let ops = platform(&t);
+    for (body, slug, email) in [
+        (json!({"slug": "Bad Slug"}), "Bad Slug", None),
+        (
+            json!({"slug": "newco", "admin_email": "nope"}),
+            "newco",
+            Some("nope"),
+        ),
+    ] {
+        let api = send(
+            &t,
+            Method::POST,
+            "/v1/admin/tenants",
+            &ops,
+            Some(body.clone()),
+        )
+        .await;
+        let status = api.status().as_u16();
+        let detail = api.json::<Value>().await.unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let cli = copilot::admin::tenants(
+            settings.clone(),
+            copilot::cli::TenantsCommand::Create {
+                slug: slug.into(),
+                name: None,
+                admin_email: email.map(str::to_owned),
+                json: false,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(cli.to_string(), detail, "{body}");
+    }
+    let api = send(
+        &t,
+        Method::PUT,
+        "/v1/settings/secrets/Bad%20Name",
+        &alice,
+        Some(json!({"value": "v"})),
+    )
+    .await;
+    let detail = api.json::<Value>().await.unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cli = copilot::secrets::run(
+        settings.clone(),
+        copilot::cli::SecretsCommand::Set {
+            tenant: "acme".into(),
+            name: "Bad Name".into(),
+            // A variable every process has, as the value; the name is what is wrong.
+            from_env: Some("PATH".into()),
+            origin: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(cli.to_string(), detail);
+
     let demote_api = send(
         &t,
         Method::PATCH,
@@ -1079,4 +1142,49 @@ async fn the_cli_and_the_api_give_the_same_answer_to_the_same_bad_input() {
         last.to_string(),
         "this is the tenant's last admin: make another user admin first"
     );
+}
+
+#[tokio::test]
+async fn two_admins_demoting_each_other_at_once_leave_the_tenant_an_admin() {
+    // Arrange: exactly two admins, `admin` (the first) and alice.
+    let t = TestApp::spawn().await;
+    let alice = t.user_jwt("acme", "alice", Role::Admin).await;
+    let body = Some(json!({"role": "viewer"}));
+    let (admin_path, alice_path) = (
+        "/v1/admin/tenants/acme/users/admin",
+        "/v1/admin/tenants/acme/users/alice",
+    );
+
+    // Act: both demotions decided on the same people, at once.
+    let (first, second) = tokio::join!(
+        send(&t, Method::PATCH, admin_path, &alice, body.clone()),
+        send(&t, Method::PATCH, alice_path, &alice, body.clone())
+    );
+    t.settle(copilot_projector::Projection::Tenants).await;
+    let people = copilot::admin::users(
+        (*t.ctx().settings).clone(),
+        copilot::cli::UsersCommand::List {
+            tenant: "acme".into(),
+        },
+    )
+    .await;
+
+    // Assert: one won; the other lost the race (409) or saw the last admin (409).
+    let statuses = [first.status().as_u16(), second.status().as_u16()];
+    assert!(
+        statuses.contains(&200) && statuses.contains(&409),
+        "{statuses:?}"
+    );
+    assert!(people.is_ok());
+    let mut tx = t.ctx().store.begin().await.unwrap();
+    let admins = t
+        .ctx()
+        .store
+        .list_users(&mut tx, "acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.role == "admin")
+        .count();
+    assert_eq!(admins, 1);
 }

@@ -152,11 +152,12 @@ pub struct CreatedTenant {
 
 pub async fn create_tenant(
     State(api): State<Api>,
+    caller: Caller,
     origin: EventOrigin,
     payload: Result<Json<NewTenant>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
     let b = body(payload)?;
-    let actor = origin.0.actor.clone().unwrap_or_default();
+    let actor = caller.0.sub.clone();
     let created = commands::create_tenant(
         &api.ctx.js,
         commands::NewTenant {
@@ -198,7 +199,6 @@ pub async fn suspend(
     payload: Result<Json<SuspendBody>, JsonRejection>,
 ) -> Result<Json<TenantView>, ApiError> {
     let b = body(payload)?;
-    tenant_of(&api, &slug).await?;
     let seq = commands::suspend_tenant(
         &api.ctx.js,
         &api.ctx.store,
@@ -220,7 +220,6 @@ pub async fn resume(
     origin: EventOrigin,
     Path(slug): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    tenant_of(&api, &slug).await?;
     let seq = commands::resume_tenant(&api.ctx.js, &api.ctx.store, &slug, &caller.0.sub, origin.0)
         .await?;
     applied(&api, seq).await;
@@ -266,7 +265,9 @@ async fn issue(
     caller: &Caller,
     origin: EventOrigin,
 ) -> Result<(Uuid, String), ApiError> {
-    let issued = commands::issue_webhook_token(&api.ctx.js, slug, &caller.0.sub, origin.0).await?;
+    let issued =
+        commands::issue_webhook_token(&api.ctx.js, &api.ctx.store, slug, &caller.0.sub, origin.0)
+            .await?;
     if !applied(api, issued.seq).await {
         let token_id = issued.token_id;
         tracing::warn!(tenant = slug, %token_id, "a new token was not projected in time");
@@ -280,7 +281,6 @@ pub async fn issue_token(
     origin: EventOrigin,
     Path(slug): Path<String>,
 ) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
-    tenant_of(&api, &slug).await?;
     let (token_id, webhook_token) = issue(&api, &slug, &caller, origin).await?;
     Ok((
         StatusCode::CREATED,
@@ -348,19 +348,19 @@ pub async fn rotate_token(
     let grace = body(payload.map(Option::unwrap_or_default))?
         .grace_seconds
         .unwrap_or(86_400);
-    let old = token_of(&api, &slug, &token_id).await?;
+    let old = Uuid::parse_str(&token_id).map_err(|_| ApiError::NotFound)?;
     let rotated = commands::rotate_webhook_token(
         &api.ctx.js,
         &api.ctx.store,
         &slug,
-        old.token_id,
+        old,
         grace,
         &caller.0.sub,
         origin.0,
     )
     .await?;
     applied(&api, rotated.seq).await;
-    let replaced = token_of(&api, &slug, &old.token_id.to_string())
+    let replaced = token_of(&api, &slug, &old.to_string())
         .await
         .map_err(after_append)?;
     Ok((
@@ -415,7 +415,6 @@ pub async fn add_user(
     payload: Result<Json<NewUser>, JsonRejection>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let b = body(payload)?;
-    tenant_of(&api, &slug).await?;
     let user_id = b.user_id.clone();
     let user = commands::NewUser {
         user_id: b.user_id,
@@ -466,7 +465,6 @@ pub async fn update_user(
     payload: Result<Json<UserPatch>, JsonRejection>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let b = body(payload)?;
-    tenant_of(&api, &slug).await?;
     let change = commands::UserChange {
         role: b.role,
         display_name: b.display_name,
@@ -491,7 +489,6 @@ pub async fn remove_user(
     origin: EventOrigin,
     Path((slug, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    tenant_of(&api, &slug).await?;
     let seq = commands::remove_user(
         &api.ctx.js,
         &api.ctx.store,

@@ -1,12 +1,9 @@
-//! Incidents: the read routes (`/v1/incidents…`, `/v1/stats`), the lifecycle commands
-//! (transitions, assign, notes) and the tenant's correlation rules (`/v1/settings/correlation`).
+//! Incidents: the read routes (`/v1/incidents…`, `/v1/stats`), the handlers of a person's
+//! commands on an incident (transitions, assignment, notes, verdicts) and of the tenant's
+//! settings (correlation rules, integrations, retention).
 //!
-//! A command decides on the incident's read model and appends with JetStream's
-//! expected-last-subject-sequence set to the version it decided on: if anything was appended to
-//! the incident since, the append fails and the command answers 409 (or, when the caller did not
-//! pin a version with `If-Match`, waits for the projector once and decides again). Which
-//! transitions are allowed, and which event each one is, the incident aggregate decides
-//! (`copilot_commands::incident::decide`), on the read model's state.
+//! The handlers translate: what a command decides, and how it races (the version it decided on,
+//! `If-Match`, one retry after a lost race), is `copilot_commands`'.
 
 use axum::{
     Json,
@@ -113,16 +110,18 @@ pub async fn list(
     if let Some(state) = &q.state
         && IncidentState::parse(state).is_none()
     {
-        return Err(bad(
-            "state must be one of detected, acknowledged, investigating, mitigated, resolved, learned, inconclusive",
-        ));
+        return Err(bad(format!(
+            "state must be one of {}",
+            IncidentState::ALL.map(|s| s.as_str()).join(", ")
+        )));
     }
     if let Some(severity) = &q.severity
         && Severity::parse(severity).is_none()
     {
-        return Err(bad(
-            "severity must be one of critical, error, warning, info, unknown",
-        ));
+        return Err(bad(format!(
+            "severity must be one of {}",
+            Severity::names()
+        )));
     }
     let label = match q.label {
         Some(l) => Some(

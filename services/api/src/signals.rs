@@ -63,9 +63,10 @@ pub async fn list(
         source: one_of("source", q.source, &["alertmanager", "grafana"])?,
         severity: match q.severity {
             Some(s) if Severity::parse(&s).is_none() => {
-                return Err(ApiError::BadRequest(
-                    "severity must be one of critical, error, warning, info, unknown".into(),
-                ));
+                return Err(ApiError::BadRequest(format!(
+                    "severity must be one of {}",
+                    Severity::names()
+                )));
             }
             other => other,
         },

@@ -47,14 +47,6 @@ pub struct Incident {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Firing(pub [u32; 5]);
 
-const SEVERITIES: [Severity; 5] = [
-    Severity::Unknown,
-    Severity::Info,
-    Severity::Warning,
-    Severity::Error,
-    Severity::Critical,
-];
-
 impl Firing {
     pub fn add(&mut self, severity: Severity) {
         self.0[severity as usize] += 1;
@@ -75,7 +67,7 @@ impl Firing {
         self.0
             .iter()
             .rposition(|count| *count > 0)
-            .map(|index| SEVERITIES[index])
+            .map(|index| Severity::ALL[index])
     }
 }
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 use copilot_events::{
     Event, Headers, HypothesisVerdictGiven, IncidentAssigned, IncidentNoteAdded, IncidentState,
-    Verdict, is_system_actor, subjects,
+    Verdict, has_forbidden_control, is_system_actor, subjects,
 };
 use copilot_runtime::append::AppendError;
-use copilot_store::{IncidentSummary, Store, checkpoints};
+use copilot_store::{IncidentSummary, Store};
 use uuid::Uuid;
 
 use crate::{CommandError, CommandEvent, append, command_event, incident, invalid};
@@ -60,8 +60,10 @@ pub struct Appended {
 }
 
 fn text(name: &str, value: &str, max: usize) -> Result<(), CommandError> {
-    if value.trim().is_empty() || value.len() > max || value.contains('\0') {
-        return Err(invalid(format!("{name} must be 1 to {max} bytes of text")));
+    if value.trim().is_empty() || value.len() > max || has_forbidden_control(value) {
+        return Err(invalid(format!(
+            "{name} must be 1 to {max} bytes of text without control characters (but tabs and line breaks)"
+        )));
     }
     Ok(())
 }
@@ -100,19 +102,23 @@ async fn find(
         .ok_or(CommandError::NotFound("incident"))
 }
 
-/// The incident once the projector has applied its version `version` (waiting up to
-/// [`NEWER_VERSION_WAIT`]; then whatever it has). An incident's version is its subject's last
-/// stream sequence, so the incidents checkpoint reaching it means the read model holds it.
+/// The incident once the read model holds its version `version` or a later one (waiting up to
+/// [`NEWER_VERSION_WAIT`]; then whatever it has). Its own version is watched, not the stream's
+/// checkpoint: any other incident's event moves that.
 async fn at_least(
     store: &Store,
     tenant: &str,
     incident_id: Uuid,
     version: u64,
 ) -> Result<IncidentSummary, CommandError> {
-    store
-        .wait_for_checkpoint(checkpoints::INCIDENTS, version, NEWER_VERSION_WAIT, |_| {})
-        .await?;
-    find(store, tenant, incident_id).await
+    let deadline = tokio::time::Instant::now() + NEWER_VERSION_WAIT;
+    loop {
+        let incident = find(store, tenant, incident_id).await?;
+        if incident.version as u64 >= version || tokio::time::Instant::now() >= deadline {
+            return Ok(incident);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The event `action` decides on `incident`.
@@ -126,9 +132,9 @@ fn decide(
         IncidentAction::Transition { to, note } => {
             let to = IncidentState::parse(to).expect("validated");
             let from = IncidentState::parse(&incident.state).ok_or_else(|| {
-                CommandError::Conflict(format!(
-                    "the incident's stored state {:?} is unknown",
-                    incident.state
+                CommandError::Internal(format!(
+                    "incident {} has an unknown stored state {:?}",
+                    incident.id, incident.state
                 ))
             })?;
             let lifecycle = incident::Command::Transition {
@@ -187,13 +193,13 @@ pub async fn run(
     command: IncidentCommand<'_>,
     action: IncidentAction,
 ) -> Result<Appended, CommandError> {
+    validate(&action)?;
     if is_system_actor(command.actor) {
         return Err(CommandError::Forbidden(format!(
             "the subject {:?} is reserved for the copilot's own decisions",
             command.actor
         )));
     }
-    validate(&action)?;
     let tenant = command.tenant;
     let mut incident = find(store, tenant, command.incident_id).await?;
     if let IncidentAction::Verdict { hypothesis_id, .. } = &action {

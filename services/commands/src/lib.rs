@@ -59,6 +59,9 @@ pub enum CommandError {
     /// The actor may not give this command (403).
     #[error("{0}")]
     Forbidden(String),
+    /// Something that should not be (a stored value this build cannot read): a bug (500).
+    #[error("{0}")]
+    Internal(String),
     /// Tenant secrets need a key the operator has not configured (503).
     #[error(
         "tenant secrets are not enabled on this copilot: its operator must set COPILOT_SECRETS_KEY or COPILOT_SECRETS_KEY_FILE"
@@ -81,6 +84,7 @@ impl From<CommandError> for ApiError {
             }
             CommandError::NotFound(_) => ApiError::NotFound,
             CommandError::Forbidden(_) => ApiError::Forbidden(err.to_string()),
+            CommandError::Internal(e) => ApiError::Internal(anyhow::anyhow!(e)),
             CommandError::Conflict(_) | CommandError::TenantExists(_) => {
                 ApiError::Conflict(err.to_string())
             }

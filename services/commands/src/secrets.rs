@@ -68,6 +68,7 @@ pub async fn set_secret(
             "a secret's value is 1-{MAX_SECRET_BYTES} visible ASCII characters (no spaces, line breaks or control characters)"
         )));
     }
+    crate::existing_tenant(store, tenant).await?;
     let mut tx = store.begin().await?;
     let version = store.next_secret_version(&mut tx, tenant, name).await?;
     let sealed = keys.seal(tenant, name, version as u32, value);

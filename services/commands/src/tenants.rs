@@ -10,8 +10,7 @@ use copilot_store::Store;
 use uuid::Uuid;
 
 use crate::{
-    CommandError, append, append_on, event_message, existing_tenant, invalid,
-    tokens::issue_webhook_token,
+    CommandError, append, append_on, event_message, existing_tenant, invalid, tokens::issue_token,
 };
 
 /// The first user of a new tenant: an admin whose id its first JWT carries.
@@ -83,7 +82,7 @@ pub async fn create_tenant(
         Err(e) => return Err(CommandError::Append(e)),
         Ok(_) => {}
     }
-    let token = issue_webhook_token(js, slug, actor, headers.clone()).await?;
+    let token = issue_token(js, slug, actor, headers.clone()).await?;
     let admin = first_admin(slug, tenant.admin_email, actor);
     let seq = append_on(js, subjects::tenant_users(slug), slug, &admin, headers).await?;
     Ok(CreatedTenant {

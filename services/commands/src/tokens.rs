@@ -27,8 +27,20 @@ pub struct RotatedToken {
     pub seq: u64,
 }
 
-/// Issues a new webhook token for a tenant (which the caller knows exists).
+/// Issues another webhook token for a tenant (the secret is shown once); its others keep working.
 pub async fn issue_webhook_token(
+    js: &jetstream::Context,
+    store: &Store,
+    tenant: &str,
+    actor: &str,
+    headers: Headers,
+) -> Result<IssuedWebhookToken, CommandError> {
+    existing_tenant(store, tenant).await?;
+    issue_token(js, tenant, actor, headers).await
+}
+
+/// Issues a token for a tenant known to exist (one being created, not yet projected).
+pub(crate) async fn issue_token(
     js: &jetstream::Context,
     tenant: &str,
     actor: &str,
@@ -59,7 +71,7 @@ pub async fn issue_webhook_token(
 /// The tenant's token `token_id`, or 404.
 async fn token_of(store: &Store, tenant: &str, token_id: Uuid) -> Result<TokenView, CommandError> {
     existing_tenant(store, tenant).await?;
-    let mut tx = store.begin().await?;
+    let mut tx = store.begin_tenant(tenant).await?;
     store
         .list_tokens(&mut tx, tenant)
         .await?
@@ -118,7 +130,7 @@ pub async fn rotate_webhook_token(
             "the token is already revoked; issue a new one instead".into(),
         ));
     }
-    let issued = issue_webhook_token(js, tenant, actor, headers.clone()).await?;
+    let issued = issue_token(js, tenant, actor, headers.clone()).await?;
     let until = Utc::now() + chrono::Duration::seconds(grace_secs as i64);
     let seq =
         revoke_webhook_token(js, store, tenant, token_id, Some(until), actor, headers).await?;

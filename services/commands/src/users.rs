@@ -5,9 +5,60 @@ use copilot_events::{
     Headers, Role, UserAdded, UserRemoved, UserUpdated, is_plausible_email, is_valid_name,
     is_valid_user_id, subjects,
 };
-use copilot_store::Store;
+use std::time::Duration;
 
-use crate::{CommandError, append_on, existing_tenant, invalid};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use copilot_runtime::append::AppendError;
+use copilot_store::{Store, checkpoints};
+
+use crate::{CommandError, append, event_message, existing_tenant, invalid};
+
+/// How long a command waits for the tenants projection to hold the people it decides on.
+const PEOPLE_WAIT: Duration = Duration::from_secs(5);
+
+/// The sequence of the last event on the tenant's users subject, once the read model holds it:
+/// the version a command on people decides on and appends at, so two commands deciding on the
+/// same people (two demotions of the last two admins) cannot both win.
+async fn people_version(
+    js: &jetstream::Context,
+    store: &Store,
+    tenant: &str,
+) -> Result<u64, CommandError> {
+    let unavailable = |e: String| CommandError::Append(AppendError::Unavailable(e));
+    let stream = js
+        .get_stream(subjects::TENANTS)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let seq = match stream
+        .get_last_raw_message_by_subject(&subjects::tenant_users(tenant))
+        .await
+    {
+        Ok(message) => message.sequence,
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
+        Err(e) => return Err(unavailable(e.to_string())),
+    };
+    store
+        .wait_for_checkpoint(checkpoints::TENANTS, seq, PEOPLE_WAIT, |_| {})
+        .await?;
+    Ok(seq)
+}
+
+/// Appends a change to the tenant's people at the version it was decided on.
+async fn append_at<P: copilot_events::EventPayload>(
+    js: &jetstream::Context,
+    tenant: &str,
+    version: u64,
+    event: &P,
+    headers: Headers,
+) -> Result<u64, CommandError> {
+    let message = event_message(tenant, event, headers).expected_last_subject_sequence(version);
+    match append(js, subjects::tenant_users(tenant), message).await {
+        Err(AppendError::Conflict) => Err(CommandError::Conflict(
+            "the tenant's people changed while this command was decided: retry it".into(),
+        )),
+        other => Ok(other?),
+    }
+}
 
 /// A person to add.
 pub struct NewUser {
@@ -57,7 +108,7 @@ fn check_slack_id(id: Option<&str>) -> Result<(), CommandError> {
 /// 404 unless `user_id` is a user of the tenant.
 async fn existing_user(store: &Store, tenant: &str, user_id: &str) -> Result<(), CommandError> {
     existing_tenant(store, tenant).await?;
-    let mut tx = store.begin().await?;
+    let mut tx = store.begin_tenant(tenant).await?;
     match store.find_user(&mut tx, tenant, user_id).await? {
         Some(_) => Ok(()),
         None => Err(CommandError::NotFound("user")),
@@ -66,7 +117,7 @@ async fn existing_user(store: &Store, tenant: &str, user_id: &str) -> Result<(),
 
 /// 409 when the change would leave the tenant without an admin.
 async fn keep_an_admin(store: &Store, tenant: &str, user_id: &str) -> Result<(), CommandError> {
-    let mut tx = store.begin().await?;
+    let mut tx = store.begin_tenant(tenant).await?;
     if store.is_last_admin(&mut tx, tenant, user_id).await? {
         return Err(CommandError::Conflict(
             "this is the tenant's last admin: make another user admin first".into(),
@@ -95,7 +146,8 @@ pub async fn add_user(
     check_display_name(&user.display_name)?;
     check_slack_id(user.slack_user_id.as_deref())?;
     existing_tenant(store, tenant).await?;
-    let mut tx = store.begin().await?;
+    let version = people_version(js, store, tenant).await?;
+    let mut tx = store.begin_tenant(tenant).await?;
     if store
         .find_user(&mut tx, tenant, &user.user_id)
         .await?
@@ -121,7 +173,7 @@ pub async fn add_user(
         slack_user_id: user.slack_user_id,
         added_by: actor.to_owned(),
     };
-    append_on(js, subjects::tenant_users(tenant), tenant, &event, headers).await
+    append_at(js, tenant, version, &event, headers).await
 }
 
 /// Changes a user's role, name or Slack id; a demotion may not leave the tenant without an
@@ -144,6 +196,8 @@ pub async fn update_user(
         check_display_name(name)?;
     }
     check_slack_id(change.slack_user_id.as_deref())?;
+    existing_tenant(store, tenant).await?;
+    let version = people_version(js, store, tenant).await?;
     existing_user(store, tenant, user_id).await?;
     if change.role.is_some_and(|r| r != Role::Admin) {
         keep_an_admin(store, tenant, user_id).await?;
@@ -155,7 +209,7 @@ pub async fn update_user(
         slack_user_id: change.slack_user_id,
         updated_by: actor.to_owned(),
     };
-    append_on(js, subjects::tenant_users(tenant), tenant, &event, headers).await
+    append_at(js, tenant, version, &event, headers).await
 }
 
 /// Removes a user: their tokens stop working at once. The last admin stays.
@@ -167,11 +221,13 @@ pub async fn remove_user(
     actor: &str,
     headers: Headers,
 ) -> Result<u64, CommandError> {
+    existing_tenant(store, tenant).await?;
+    let version = people_version(js, store, tenant).await?;
     existing_user(store, tenant, user_id).await?;
     keep_an_admin(store, tenant, user_id).await?;
     let event = UserRemoved {
         user_id: user_id.to_owned(),
         removed_by: actor.to_owned(),
     };
-    append_on(js, subjects::tenant_users(tenant), tenant, &event, headers).await
+    append_at(js, tenant, version, &event, headers).await
 }

@@ -1,6 +1,7 @@
 //! `copilot tenants|token|webhook-token|users`: tenant administration from the command line.
-//! Each command appends the same events as the admin API (with `cli` as the actor) and returns
-//! once the projector has applied them, so its effect is in force when it exits.
+//! Each command runs the same command of `copilot-commands` as the admin API (with `system:cli` as
+//! the actor) and returns once the projector has applied it, so its effect is in force when it
+//! exits.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use copilot_runtime::{Context, Settings, auth::Jwt};
 use crate::cli::{TenantsCommand, TokenCommand, UsersCommand, WebhookTokenCommand};
 
 /// The actor of the CLI's commands, namespaced so no user can be mistaken for it.
-const ACTOR: &str = "system:cli";
+pub(crate) const ACTOR: &str = "system:cli";
 
 fn headers() -> Headers {
     Headers {
@@ -227,8 +228,9 @@ pub async fn webhook_tokens(
             }
         }
         WebhookTokenCommand::Issue { tenant } => {
-            ensure_tenant(&ctx, &tenant).await?;
-            let issued = commands::issue_webhook_token(&ctx.js, &tenant, ACTOR, headers()).await?;
+            let issued =
+                commands::issue_webhook_token(&ctx.js, &ctx.store, &tenant, ACTOR, headers())
+                    .await?;
             let (id, secret) = (issued.token_id, issued.webhook_token);
             settle(&ctx).await?;
             println!("token {id} (shown once): {secret}");

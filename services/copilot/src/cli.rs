@@ -409,6 +409,7 @@ pub async fn default_tenant_token(ctx: &Context, data_dir: &Path) -> anyhow::Res
     }
     let token = copilot_commands::issue_webhook_token(
         &ctx.js,
+        &ctx.store,
         DEFAULT_TENANT,
         UP_ACTOR,
         copilot_events::Headers {

@@ -6,7 +6,6 @@ use std::io::Read as _;
 
 use anyhow::Context as _;
 use copilot_commands as commands;
-use copilot_events::{TenantIntegrationsSet, subjects};
 use copilot_runtime::{
     Context, Settings,
     secrets::{Sealed, SecretKeys, generate_key},
@@ -14,7 +13,7 @@ use copilot_runtime::{
 
 use crate::cli::SecretsCommand;
 
-const ACTOR: &str = "system:cli";
+use crate::admin::ACTOR;
 
 fn headers() -> copilot_events::Headers {
     copilot_events::Headers {
@@ -56,10 +55,6 @@ pub async fn run(settings: Settings, command: SecretsCommand) -> anyhow::Result<
             let keys = keys(&settings)?;
             let ctx = Context::connect(settings, "cli").await?;
             crate::app::prepare(&ctx).await?;
-            anyhow::ensure!(
-                ctx.store.tenant_exists(&tenant).await?,
-                "tenant {tenant:?} does not exist (see `copilot tenants list`)"
-            );
             let stored = commands::set_secret(
                 &ctx.js,
                 &ctx.store,
@@ -123,6 +118,8 @@ async fn import_env(settings: Settings) -> anyhow::Result<()> {
         .store
         .list_tenants(&mut ctx.store.begin().await?)
         .await?;
+    let egress = copilot_runtime::egress::EgressPolicy::from_settings(&ctx.settings)
+        .map_err(anyhow::Error::msg)?;
     let mut moved = 0;
     for tenant in tenants.iter().map(|t| t.slug.as_str()) {
         let mut integrations = copilot_hypothesis::integrations(&ctx, tenant).await?;
@@ -155,12 +152,20 @@ async fn import_env(settings: Settings) -> anyhow::Result<()> {
             changed = true;
         }
         if changed {
-            let event = TenantIntegrationsSet {
+            // The settings as any other writer sets them, every check included (a URL the
+            // egress policy refuses stays refused).
+            commands::set_integrations(
+                &ctx.js,
+                &ctx.store,
+                &ctx.settings,
+                &egress,
+                tenant,
                 integrations,
-                set_by: ACTOR.to_owned(),
-            };
-            commands::append_on(&ctx.js, subjects::tenant(tenant), tenant, &event, headers())
-                .await?;
+                ACTOR,
+                headers(),
+            )
+            .await
+            .with_context(|| format!("setting {tenant}'s integrations"))?;
             moved += 1;
         }
     }

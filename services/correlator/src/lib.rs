@@ -37,8 +37,9 @@ use uuid::Uuid;
 
 pub use copilot_commands::correlation::{Decision, correlation_key};
 
-const SIGNALS_CHECKPOINT: &str = "correlator-signals";
-const LIFECYCLE_CHECKPOINT: &str = "correlator-incidents";
+use copilot_store::checkpoints::{
+    CORRELATOR_LIFECYCLE as LIFECYCLE_CHECKPOINT, CORRELATOR_SIGNALS as SIGNALS_CHECKPOINT,
+};
 
 /// Runs the correlator alone until `shutdown`, with health and metrics on `settings.http.listen`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -299,11 +300,17 @@ async fn follow_lifecycle(ctx: &Context, shutdown: &CancellationToken) -> anyhow
             let Ok(event) = envelope.decode() else {
                 continue;
             };
-            let incident_id = match &event {
-                Event::IncidentResolved(e) => e.incident_id,
-                Event::IncidentReopened(e) => e.incident_id,
-                Event::IncidentTransitioned(e) => e.incident_id,
-                _ => continue,
+            // A person's lifecycle moves only (the correlator's own decisions it already holds).
+            if !matches!(
+                event,
+                Event::IncidentResolved(_)
+                    | Event::IncidentReopened(_)
+                    | Event::IncidentTransitioned(_)
+            ) {
+                continue;
+            }
+            let Some((incident_id, _)) = event.incident() else {
+                continue;
             };
             if let Some(change) = IncidentEvent::of(&event, envelope.occurred_at)
                 && change.by_person()

@@ -131,13 +131,11 @@ pub fn runbook_id(url: &str) -> String {
 }
 
 fn severity_rank(severity: &str) -> f64 {
-    match severity {
-        "critical" => 4.0,
-        "error" => 3.0,
-        "warning" => 2.0,
-        "info" => 1.0,
-        _ => 0.0,
-    }
+    f64::from(
+        copilot_events::Severity::parse(severity)
+            .unwrap_or(copilot_events::Severity::Unknown)
+            .rank(),
+    )
 }
 
 /// Rough tokens of a text (4 bytes a token, as the usual tokenizers average on English and JSON).

@@ -353,6 +353,10 @@ pub mod checkpoints {
     pub const SIGNALS: &str = "signals";
     pub const INCIDENTS: &str = "incidents";
     pub const TELEMETRY: &str = "telemetry";
+    /// The correlator's position in SIGNALS.
+    pub const CORRELATOR_SIGNALS: &str = "correlator-signals";
+    /// The correlator's position in INCIDENTS (people's lifecycle moves it follows).
+    pub const CORRELATOR_LIFECYCLE: &str = "correlator-incidents";
 }
 
 /// The read-model tables, for checksums.
