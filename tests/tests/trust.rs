@@ -1005,6 +1005,16 @@ async fn basic_auth_with_another_tenant_s_name_gets_401_naming_no_tenant() {
     assert!(!body.contains("globex"), "{body}");
 }
 
+/// An error answer's status and problem detail.
+async fn problem(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("a problem body");
+    (
+        status,
+        body["detail"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
 #[tokio::test]
 async fn the_cli_and_the_api_give_the_same_answer_to_the_same_bad_input() {
     // Arrange: one admin (the tenant's only one, `admin`, plus alice) and a table of bad inputs.
@@ -1044,11 +1054,7 @@ async fn the_cli_and_the_api_give_the_same_answer_to_the_same_bad_input() {
             Some(body.clone()),
         )
         .await;
-        let status = api.status().as_u16();
-        let detail = api.json::<Value>().await.unwrap()["detail"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let (status, detail) = problem(api).await;
         let cli = copilot::admin::users(settings.clone(), command)
             .await
             .unwrap_err();
@@ -1075,11 +1081,7 @@ async fn the_cli_and_the_api_give_the_same_answer_to_the_same_bad_input() {
             Some(body.clone()),
         )
         .await;
-        let status = api.status().as_u16();
-        let detail = api.json::<Value>().await.unwrap()["detail"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let (status, detail) = problem(api).await;
         let cli = copilot::admin::tenants(
             settings.clone(),
             copilot::cli::TenantsCommand::Create {
@@ -1102,10 +1104,7 @@ async fn the_cli_and_the_api_give_the_same_answer_to_the_same_bad_input() {
         Some(json!({"value": "v"})),
     )
     .await;
-    let detail = api.json::<Value>().await.unwrap()["detail"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, detail) = problem(api).await;
     let cli = copilot::secrets::run(
         settings.clone(),
         copilot::cli::SecretsCommand::Set {
