@@ -81,6 +81,30 @@ pub fn dead_letter(tenant: &str, consumer: &str) -> String {
     format!("deadletters.{tenant}.{consumer}")
 }
 
+/// The JetStream key-value bucket the gateway authenticates webhooks from: webhook token hashes
+/// to their tenant and revocation, tenants to their suspension, written from TENANTS by the
+/// tokens projection (see `copilot_runtime::tokens`).
+pub const TOKENS_BUCKET: &str = "WEBHOOK_TOKENS";
+
+/// Key of the tokens projection's checkpoint in [`TOKENS_BUCKET`]: the last TENANTS sequence
+/// applied. No token hash or tenant slug can spell it.
+pub const TOKENS_CHECKPOINT_KEY: &str = "_checkpoint";
+
+/// `token.<hash>`: a webhook token by the hex blake3 hash of its value.
+pub fn token_key(token_hash: &str) -> String {
+    format!("token.{token_hash}")
+}
+
+/// `token-id.<uuid>`: which hash a token id has (a revocation names the id).
+pub fn token_id_key(token_id: uuid::Uuid) -> String {
+    format!("token-id.{token_id}")
+}
+
+/// `tenant.<slug>`: whether a tenant is suspended.
+pub fn tenant_status_key(tenant: &str) -> String {
+    format!("tenant.{tenant}")
+}
+
 /// Tenant to use in a subject when a broken event does not name one.
 pub const UNKNOWN_TENANT: &str = "_unknown";
 

@@ -54,15 +54,29 @@ impl App {
             http::ServerTimeouts::from_settings(&ctx.settings),
             shutdown.clone(),
         ));
-        let projector = (services == Services::All).then(|| {
+        // The tokens projection feeds the gateway's authentication and needs NATS alone: it
+        // runs whatever else does.
+        let tokens = tokio::spawn(copilot_runtime::tokens::serve(
+            ctx.js.clone(),
+            shutdown.clone(),
+        ));
+        let projector = Some({
             let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
             tokio::spawn(async move {
-                tokio::try_join!(
-                    copilot_projector::serve(ctx.clone(), shutdown.clone()),
-                    copilot_correlator::serve(ctx.clone(), shutdown.clone()),
-                    copilot_hypothesis::serve(ctx, shutdown),
-                )
-                .map(|_| ())
+                let others = async {
+                    if services == Services::All {
+                        tokio::try_join!(
+                            copilot_projector::serve(ctx.clone(), shutdown.clone()),
+                            copilot_correlator::serve(ctx.clone(), shutdown.clone()),
+                            copilot_hypothesis::serve(ctx, shutdown),
+                        )
+                        .map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                };
+                let tokens = async { tokens.await.context("the tokens projection panicked")? };
+                tokio::try_join!(others, tokens).map(|_| ())
             })
         });
         Ok(Self {

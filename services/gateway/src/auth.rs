@@ -1,41 +1,137 @@
 //! Webhook authentication: `Authorization: Bearer <token>`, or Basic with the tenant slug as
 //! user and the token as password (what Alertmanager's `basic_auth` and Grafana's contact point
-//! send). Lookups are cached for one second, so a revoked token, or a suspended tenant, is
-//! refused within a second of the projector recording it, on every gateway, without a query
-//! per request.
+//! send). Tokens are resolved from the JetStream key-value bucket the tokens projection keeps
+//! (`copilot_runtime::tokens`), never from Postgres: a task watches the bucket into memory, so a
+//! lookup is a memory read, and a revocation or a suspension reaches every gateway as soon as
+//! the bucket records it. Revocation times and suspension are checked at request time.
 
 use std::{
     collections::HashMap,
-    sync::RwLock,
+    sync::{
+        RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use async_nats::jetstream::{self, kv};
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
-use copilot_runtime::{auth::hash_token, http::ApiError, ratelimit::AuthFailureLimiter};
-use copilot_store::{Store, TokenOwner};
+use chrono::Utc;
+use copilot_events::subjects;
+use copilot_runtime::{
+    auth::hash_token,
+    http::ApiError,
+    ratelimit::AuthFailureLimiter,
+    tokens::{TenantEntry, TokenEntry},
+};
+use futures::StreamExt as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-const CACHE_TTL: Duration = Duration::from_secs(1);
 const CACHE_MAX_ENTRIES: usize = 10_000;
 /// How long a token that authenticated stays known good: a source over its failed-auth budget
 /// still has such tokens looked up (so a sender behind the same address as a guesser keeps
 /// delivering), and only unknown ones refused unseen.
 const KNOWN_GOOD_TTL: Duration = Duration::from_secs(600);
+/// How long an unknown token waits for the bucket to catch up with TENANTS (a token issued a
+/// moment ago may not have reached this gateway yet).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
+/// The bucket as this process last saw it.
 #[derive(Default)]
-pub struct TokenCache {
-    entries: RwLock<HashMap<String, (Option<TokenOwner>, Instant)>>,
+pub struct TokenView {
+    tokens: RwLock<HashMap<String, TokenEntry>>,
+    tenants: RwLock<HashMap<String, TenantEntry>>,
+    /// The last TENANTS sequence the bucket had applied, as watched.
+    checkpoint: AtomicU64,
+    /// Whether the watch has delivered the bucket's values as they were when it started.
+    loaded: AtomicBool,
+    changed: Notify,
     known_good: RwLock<HashMap<String, Instant>>,
 }
 
-impl TokenCache {
+impl TokenView {
+    /// Whether the bucket has been read into memory (the gateway can authenticate).
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Keeps the view current until `shutdown`: watches the bucket (its values, then every
+    /// change), watching again after NATS comes back or the bucket is recreated.
+    pub async fn watch(&self, js: jetstream::Context, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let watched = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.watch_once(&js) => r,
+            };
+            if let Err(err) = watched {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "watching the webhook tokens bucket"
+                );
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn watch_once(&self, js: &jetstream::Context) -> anyhow::Result<()> {
+        let store = copilot_runtime::tokens::bucket(js).await?;
+        let mut watch = store.watch_with_history(">").await?;
+        if store.status().await?.values() == 0 {
+            self.mark_loaded();
+        }
+        while let Some(entry) = watch.next().await {
+            let entry = entry?;
+            self.record(&entry);
+            if entry.delta == 0 {
+                self.mark_loaded();
+            }
+        }
+        anyhow::bail!("the watch of the webhook tokens bucket ended")
+    }
+
+    fn mark_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    fn record(&self, entry: &kv::Entry) {
+        if entry.operation != kv::Operation::Put {
+            return;
+        }
+        let key = entry.key.as_str();
+        let value = &entry.value;
+        if key == subjects::TOKENS_CHECKPOINT_KEY {
+            if let Ok(seq) = serde_json::from_slice::<u64>(value) {
+                self.checkpoint.fetch_max(seq, Ordering::AcqRel);
+            }
+        } else if let Some(hash) = key.strip_prefix("token.") {
+            if let Ok(token) = serde_json::from_slice::<TokenEntry>(value) {
+                let mut tokens = self.tokens.write().expect("tokens lock");
+                tokens.insert(hash.to_owned(), token);
+            }
+        } else if let Some(tenant) = key.strip_prefix("tenant.")
+            && let Ok(status) = serde_json::from_slice::<TenantEntry>(value)
+        {
+            let mut tenants = self.tenants.write().expect("tenants lock");
+            tenants.insert(tenant.to_owned(), status);
+        }
+        self.changed.notify_waiters();
+    }
+
     /// The tenant the request's credentials belong to, or the error to answer (401 for
-    /// credentials that are missing, wrong or revoked; 429 for unknown credentials from a
-    /// source past its failed-auth budget; 503 while Postgres cannot be reached). Failures are
-    /// counted against the source.
+    /// credentials that are missing, wrong or revoked; 403 for a suspended tenant; 429 for
+    /// unknown credentials from a source past its failed-auth budget; 503 while the bucket
+    /// cannot be read from NATS). Failures are counted against the source.
     pub async fn authenticate(
         &self,
-        store: &Store,
+        js: &jetstream::Context,
         headers: &HeaderMap,
         limited: Option<(&AuthFailureLimiter, std::net::IpAddr)>,
     ) -> Result<String, ApiError> {
@@ -45,7 +141,7 @@ impl TokenCache {
         {
             limiter.admit(source)?;
         }
-        let result = self.lookup(store, headers).await;
+        let result = self.lookup(js, headers).await;
         match (&result, limited) {
             (Ok(_), _) => {
                 if let Ok(hash) = hash {
@@ -75,15 +171,62 @@ impl TokenCache {
         }
     }
 
-    async fn lookup(&self, store: &Store, headers: &HeaderMap) -> Result<String, ApiError> {
+    fn token(&self, hash: &str) -> Option<TokenEntry> {
+        self.tokens.read().expect("tokens lock").get(hash).cloned()
+    }
+
+    fn suspended(&self, tenant: &str) -> bool {
+        self.tenants
+            .read()
+            .expect("tenants lock")
+            .get(tenant)
+            .is_some_and(|t| t.suspended)
+    }
+
+    /// Waits (a little) until the watched bucket has applied everything TENANTS held when asked,
+    /// so a token issued a moment ago is known. 503 when NATS cannot say.
+    async fn catch_up(&self, js: &jetstream::Context) -> Result<(), ApiError> {
+        let unavailable = || ApiError::Unavailable {
+            detail: "the webhook tokens cannot be read from the event store; retry shortly".into(),
+            retry_after_secs: 1,
+        };
+        let target = copilot_runtime::nats::stream_state(js, subjects::TENANTS)
+            .await
+            .map_err(|err| {
+                tracing::warn!(error = %err, "cannot read the TENANTS stream's state");
+                unavailable()
+            })?
+            .last_sequence;
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        loop {
+            let changed = self.changed.notified();
+            if self.loaded() && self.checkpoint.load(Ordering::Acquire) >= target {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                // Not caught up in time: answer from what is known (a projection that is not
+                // running must not turn every unknown token into a 503).
+                return if self.loaded() {
+                    Ok(())
+                } else {
+                    Err(unavailable())
+                };
+            }
+        }
+    }
+
+    async fn lookup(
+        &self,
+        js: &jetstream::Context,
+        headers: &HeaderMap,
+    ) -> Result<String, ApiError> {
         let (user, token) = credentials(headers)?;
         let hash = hash_token(&token);
-        let owner = match self.cached(&hash) {
-            Some(owner) => owner,
-            None => {
-                let owner = store.find_token(&hash).await?;
-                self.remember(hash, owner.clone());
-                owner
+        let owner = match self.token(&hash) {
+            Some(owner) if self.loaded() => Some(owner),
+            _ => {
+                self.catch_up(js).await?;
+                self.token(&hash)
             }
         };
         // Credentials that do not fit together are refused before anything about the token's
@@ -95,33 +238,15 @@ impl TokenCache {
                     "the basic-auth user must be the tenant the token belongs to".into(),
                 ))
             }
-            Some(owner) if owner.revoked => Err(ApiError::Unauthorized(
+            Some(owner) if owner.revoked(Utc::now()) => Err(ApiError::Unauthorized(
                 "the webhook token has been revoked".into(),
             )),
-            Some(owner) if owner.suspended => Err(ApiError::Forbidden(
+            Some(owner) if self.suspended(&owner.tenant) => Err(ApiError::Forbidden(
                 "the token's tenant is suspended; its webhooks are refused until it is resumed"
                     .into(),
             )),
             Some(owner) => Ok(owner.tenant),
             None => Err(ApiError::Unauthorized("unknown webhook token".into())),
-        }
-    }
-
-    fn cached(&self, hash: &str) -> Option<Option<TokenOwner>> {
-        let entries = self.entries.read().expect("token cache lock");
-        entries
-            .get(hash)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
-            .map(|(owner, _)| owner.clone())
-    }
-
-    fn remember(&self, hash: String, owner: Option<TokenOwner>) {
-        let mut entries = self.entries.write().expect("token cache lock");
-        if entries.len() >= CACHE_MAX_ENTRIES {
-            entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-        }
-        if entries.len() < CACHE_MAX_ENTRIES {
-            entries.insert(hash, (owner, Instant::now()));
         }
     }
 }

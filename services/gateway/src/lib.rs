@@ -44,7 +44,9 @@ const HEADER_ALLOWANCE: usize = 1024;
 #[derive(Clone)]
 pub struct Gateway {
     ctx: Context,
-    tokens: Arc<auth::TokenCache>,
+    tokens: Arc<auth::TokenView>,
+    /// Stops the bucket watch once the last clone of the router is dropped.
+    _watch: Arc<tokio_util::sync::DropGuard>,
     limiter: Option<Arc<TenantLimiter>>,
     auth_failures: Option<Arc<AuthFailureLimiter>>,
 }
@@ -70,9 +72,16 @@ pub fn router(ctx: Context) -> Router {
     let auth_failures =
         AuthFailureLimiter::new("webhooks", ctx.settings.limits.auth_failures_per_min)
             .map(Arc::new);
+    let tokens = Arc::new(auth::TokenView::default());
+    let stop_watch = CancellationToken::new();
+    tokio::spawn({
+        let (tokens, js, stop) = (tokens.clone(), ctx.js.clone(), stop_watch.clone());
+        async move { tokens.watch(js, stop).await }
+    });
     let gateway = Gateway {
         ctx,
-        tokens: Arc::new(auth::TokenCache::default()),
+        tokens,
+        _watch: Arc::new(stop_watch.drop_guard()),
         limiter,
         auth_failures,
     };
@@ -138,7 +147,7 @@ fn webhook(op: TransformOperation<'_>) -> TransformOperation<'_> {
         )
         .problem(
             503,
-            "JetStream did not take the alerts in time (`Retry-After: 5`), or Postgres cannot check the token (`Retry-After: 1`)",
+            "JetStream did not take the alerts in time (`Retry-After: 5`), or the webhook tokens cannot be read from it (`Retry-After: 1`)",
         )
 }
 
@@ -147,9 +156,15 @@ pub fn describe(doc: &mut OpenApi) {
     let _ = routes().finish_api(doc);
 }
 
-/// Runs the gateway alone: webhooks, health and metrics on `settings.http.listen`.
+/// Runs the gateway alone: webhooks, health and metrics on `settings.http.listen`, and the
+/// tokens projection (any number of processes may run it). Needs NATS alone: it neither
+/// connects to Postgres to start nor fails readiness without it.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let ctx = Context::connect(settings, "gateway").await?;
+    let ctx = Context::connect_nats_only(settings, "gateway").await?;
+    let tokens = tokio::spawn(copilot_runtime::tokens::serve(
+        ctx.js.clone(),
+        shutdown.clone(),
+    ));
     let timeouts = copilot_runtime::http::ServerTimeouts::from_settings(&ctx.settings);
     let doc = copilot_runtime::openapi::document(&[&describe]);
     let app = copilot_runtime::http::finish(
@@ -157,7 +172,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .merge(copilot_runtime::http::health_routes(ctx.clone()))
             .merge(copilot_runtime::openapi::serve(&doc)),
     );
-    copilot_runtime::http::serve(ctx.settings.http.listen, app, timeouts, shutdown).await
+    let served =
+        copilot_runtime::http::serve(ctx.settings.http.listen, app, timeouts, shutdown).await;
+    let _ = tokens.await;
+    served
 }
 
 async fn alertmanager(
@@ -188,7 +206,7 @@ impl Gateway {
         let limited = self.auth_failures.as_deref().zip(source_addr);
         let tenant = self
             .tokens
-            .authenticate(&self.ctx.store, &parts.headers, limited)
+            .authenticate(&self.ctx.js, &parts.headers, limited)
             .await?;
         if let Some(limiter) = &self.limiter {
             limiter.check(&tenant)?;

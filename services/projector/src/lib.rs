@@ -75,10 +75,18 @@ impl Projection {
     }
 }
 
-/// Runs the projector alone until `shutdown`, with health and metrics on `settings.http.listen`.
+/// Runs the projector alone until `shutdown`, with health and metrics on `settings.http.listen`:
+/// the Postgres read models and the webhook tokens bucket (`copilot_runtime::tokens`).
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "projector").await?;
-    copilot_runtime::http::with_health(ctx.clone(), shutdown.clone(), serve(ctx, shutdown)).await
+    let work = async {
+        tokio::try_join!(
+            serve(ctx.clone(), shutdown.clone()),
+            copilot_runtime::tokens::serve(ctx.js.clone(), shutdown.clone()),
+        )
+        .map(|_| ())
+    };
+    copilot_runtime::http::with_health(ctx.clone(), shutdown.clone(), work).await
 }
 
 /// Runs every projection until `shutdown`.

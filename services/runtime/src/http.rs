@@ -484,8 +484,16 @@ impl From<bool> for Reachability {
 
 async fn readyz(State(ctx): State<Context>) -> (StatusCode, Json<Readiness>) {
     let nats_ok = ctx.nats.connection_state() == async_nats::connection::State::Connected;
-    let pg_ok = ctx.store.ping().await.is_ok();
-    let ready = nats_ok && pg_ok;
+    // A process that does not need Postgres (the gateway alone) reports it without waiting on
+    // it and is ready with NATS alone.
+    let pg_ok = if ctx.needs_postgres {
+        ctx.store.ping().await.is_ok()
+    } else {
+        tokio::time::timeout(std::time::Duration::from_millis(500), ctx.store.ping())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    };
+    let ready = nats_ok && (pg_ok || !ctx.needs_postgres);
     let body = Readiness {
         status: if ready {
             ReadyStatus::Ready

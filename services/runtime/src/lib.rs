@@ -15,6 +15,7 @@ pub mod secrets;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tokens;
 
 pub use settings::Settings;
 
@@ -27,6 +28,9 @@ pub struct Context {
     pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub store: copilot_store::Store,
+    /// Whether this process needs Postgres to serve (`/readyz` fails without it). A
+    /// gateway-only process does not: it authenticates from NATS and appends to NATS.
+    pub needs_postgres: bool,
 }
 
 /// Refuses to start on settings that would otherwise be read as something safer than meant:
@@ -61,6 +65,26 @@ impl Context {
             nats,
             js,
             store,
+            needs_postgres: true,
+        })
+    }
+
+    /// Connects to NATS only; the Postgres pool is made but connects on first use, so the
+    /// process starts and serves while Postgres is away. For the gateway alone.
+    pub async fn connect_nats_only(settings: Settings, service: &str) -> anyhow::Result<Self> {
+        check_settings(&settings)?;
+        let nats = nats::connect(&settings.nats.url(), service).await?;
+        let js = nats::jetstream(nats.clone(), settings.nats.publish_timeout());
+        let store = copilot_store::Store::connect_lazy(
+            &settings.database.url(),
+            settings.database.max_connections,
+        )?;
+        Ok(Self {
+            settings: Arc::new(settings),
+            nats,
+            js,
+            store,
+            needs_postgres: false,
         })
     }
 }

@@ -57,7 +57,7 @@ pub const CONSUMER_PROJECTOR_TELEMETRY: &str = "projector-telemetry";
 pub const CONSUMER_HYPOTHESIS: &str = "hypothesis";
 
 /// Consumer definitions, `(stream, JSON)`.
-pub const CONSUMER_DEFINITIONS: [(&str, &str); 7] = [
+pub const CONSUMER_DEFINITIONS: [(&str, &str); 8] = [
     (
         subjects::SIGNALS,
         include_str!("../../../nats/consumers/SIGNALS.projector-signals.json"),
@@ -85,6 +85,10 @@ pub const CONSUMER_DEFINITIONS: [(&str, &str); 7] = [
     (
         subjects::INCIDENTS,
         include_str!("../../../nats/consumers/INCIDENTS.hypothesis.json"),
+    ),
+    (
+        subjects::TENANTS,
+        include_str!("../../../nats/consumers/TENANTS.tokens-kv.json"),
     ),
 ];
 
@@ -147,8 +151,9 @@ pub enum Applied {
     Unchanged,
 }
 
-/// Applies every stream and consumer definition: creates what is missing, updates what differs,
-/// leaves the rest. Safe to run at every start and from several processes at once.
+/// Applies every stream and consumer definition and the webhook tokens bucket: creates what is
+/// missing, updates what differs, leaves the rest. Safe to run at every start and from several
+/// processes at once.
 pub async fn provision(js: &jetstream::Context) -> anyhow::Result<Vec<(String, Applied)>> {
     let mut report = Vec::new();
     for (name, json) in STREAM_DEFINITIONS {
@@ -172,6 +177,18 @@ pub async fn provision(js: &jetstream::Context) -> anyhow::Result<Vec<(String, A
             .with_context(|| format!("applying consumer {stream_name}/{name}"))?;
         report.push((format!("consumer {stream_name}/{name}"), applied));
     }
+    let existed = js.get_key_value(subjects::TOKENS_BUCKET).await.is_ok();
+    crate::tokens::bucket(js)
+        .await
+        .context("applying the webhook tokens bucket")?;
+    report.push((
+        format!("bucket {}", subjects::TOKENS_BUCKET),
+        if existed {
+            Applied::Unchanged
+        } else {
+            Applied::Created
+        },
+    ));
     Ok(report)
 }
 

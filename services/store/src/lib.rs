@@ -128,6 +128,15 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// A pool that connects on first use: making it needs no server.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy(url)?;
+        Ok(Self { pool })
+    }
+
     pub fn from_pool(pool: PgPool) -> Self {
         Self { pool }
     }
