@@ -392,7 +392,10 @@ pub fn health_api() -> aide::axum::ApiRouter<Context> {
             get_with(readyz, |op| {
                 op.id("readyz")
                     .summary("NATS and Postgres answer")
-                    .description("Needs no credentials.")
+                    .description(
+                        "Needs no credentials. A gateway-only process needs NATS alone: it \
+                         reports Postgres but is ready without it.",
+                    )
                     .tag("health")
                     .response_with::<200, Json<Readiness>, _>(|r| {
                         r.description("NATS and Postgres answer")
