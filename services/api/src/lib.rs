@@ -505,12 +505,7 @@ pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
     )
     .map(Arc::new);
     let auth_failures = AuthFailureLimiter::new("api", limits.auth_failures_per_min).map(Arc::new);
-    // Settings are checked when the process starts (`copilot_runtime::check_settings`); should
-    // they still not parse here, the safe reading is the strictest.
-    let egress = EgressPolicy::from_settings(settings).unwrap_or_else(|err| {
-        tracing::error!(error = %err, "egress policy unreadable; tenant URLs reach public addresses only");
-        EgressPolicy::strict()
-    });
+    let egress = EgressPolicy::in_force(settings);
     let secrets = SecretKeys::from_settings(settings).unwrap_or_else(|err| {
         tracing::error!(error = %err, "secrets keys unreadable; tenant secrets are disabled");
         None

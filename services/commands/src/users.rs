@@ -16,7 +16,8 @@ use crate::{CommandError, append, event_message, existing_tenant, invalid};
 /// How long a command waits for the tenants projection to hold the people it decides on.
 const PEOPLE_WAIT: Duration = Duration::from_secs(5);
 
-/// The sequence of the last event on the tenant's users subject, once the read model holds it:
+/// 404 unless the tenant exists; then the sequence of the last event on its users subject, once
+/// the read model holds it:
 /// the version a command on people decides on and appends at, so two commands deciding on the
 /// same people (two demotions of the last two admins) cannot both win.
 async fn people_version(
@@ -24,6 +25,7 @@ async fn people_version(
     store: &Store,
     tenant: &str,
 ) -> Result<u64, CommandError> {
+    existing_tenant(store, tenant).await?;
     let unavailable = |e: String| CommandError::Append(AppendError::Unavailable(e));
     let stream = js
         .get_stream(subjects::TENANTS)
@@ -107,7 +109,6 @@ fn check_slack_id(id: Option<&str>) -> Result<(), CommandError> {
 
 /// 404 unless `user_id` is a user of the tenant.
 async fn existing_user(store: &Store, tenant: &str, user_id: &str) -> Result<(), CommandError> {
-    existing_tenant(store, tenant).await?;
     let mut tx = store.begin_tenant(tenant).await?;
     match store.find_user(&mut tx, tenant, user_id).await? {
         Some(_) => Ok(()),
@@ -145,7 +146,6 @@ pub async fn add_user(
     }
     check_display_name(&user.display_name)?;
     check_slack_id(user.slack_user_id.as_deref())?;
-    existing_tenant(store, tenant).await?;
     let version = people_version(js, store, tenant).await?;
     let mut tx = store.begin_tenant(tenant).await?;
     if store
@@ -196,7 +196,6 @@ pub async fn update_user(
         check_display_name(name)?;
     }
     check_slack_id(change.slack_user_id.as_deref())?;
-    existing_tenant(store, tenant).await?;
     let version = people_version(js, store, tenant).await?;
     existing_user(store, tenant, user_id).await?;
     if change.role.is_some_and(|r| r != Role::Admin) {
@@ -221,7 +220,6 @@ pub async fn remove_user(
     actor: &str,
     headers: Headers,
 ) -> Result<u64, CommandError> {
-    existing_tenant(store, tenant).await?;
     let version = people_version(js, store, tenant).await?;
     existing_user(store, tenant, user_id).await?;
     keep_an_admin(store, tenant, user_id).await?;

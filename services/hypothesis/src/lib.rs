@@ -56,6 +56,7 @@ impl Engine {
         ctx: &Context,
         tenant: &str,
         integrations: &TenantIntegrations,
+        egress: &EgressPolicy,
     ) -> Self {
         let settings = &ctx.settings;
         let Some(llm) = &integrations.llm else {
@@ -68,8 +69,6 @@ impl Engine {
                 (None, Some(reason))
             }
         };
-        let egress =
-            EgressPolicy::from_settings(settings).unwrap_or_else(|_| EgressPolicy::strict());
         Self::Llm(LlmConfig {
             base_url: llm.base_url.clone(),
             model: llm.model.clone(),
@@ -77,7 +76,7 @@ impl Engine {
             timeout: Duration::from_millis(
                 llm.timeout_ms.unwrap_or(settings.hypothesis.llm.timeout_ms),
             ),
-            egress: Some(egress),
+            egress: Some(egress.clone()),
             key_error,
         })
     }
@@ -596,7 +595,8 @@ async fn propose(ctx: &Context, claim: &copilot_store::HypothesisClaim) -> anyho
     let (tenant, incident_id) = (claim.tenant.as_str(), claim.incident_id);
     let trace = claim.traceparent.as_deref().and_then(TraceParent::parse);
     let integrations = integrations(ctx, tenant).await?;
-    let engine = Engine::for_tenant(ctx, tenant, &integrations).await;
+    let egress = EgressPolicy::in_force(&ctx.settings);
+    let engine = Engine::for_tenant(ctx, tenant, &integrations, &egress).await;
     // A tenant's Prometheus is reached under the egress policy; the operator's is not.
     let prometheus = match (
         &integrations.prometheus_url,
@@ -604,10 +604,7 @@ async fn propose(ctx: &Context, claim: &copilot_store::HypothesisClaim) -> anyho
     ) {
         (Some(url), _) => Some(MetricsSource {
             url,
-            egress: Some(
-                EgressPolicy::from_settings(&ctx.settings)
-                    .unwrap_or_else(|_| EgressPolicy::strict()),
-            ),
+            egress: Some(egress),
         }),
         (None, Some(url)) => Some(MetricsSource { url, egress: None }),
         (None, None) => None,

@@ -80,6 +80,16 @@ impl EgressPolicy {
             .unwrap_or_else(|| Ok(Self::strict()))
     }
 
+    /// The operator's policy for a running service. Settings are checked when the process
+    /// starts (`check_settings`); should they still not parse here, the safe reading is the
+    /// strictest, and it is logged.
+    pub fn in_force(settings: &crate::Settings) -> Self {
+        Self::from_settings(settings).unwrap_or_else(|err| {
+            tracing::error!(error = %err, "egress policy unreadable; tenant URLs reach public addresses only");
+            Self::strict()
+        })
+    }
+
     fn host_allowed(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.hosts.contains(&host)

@@ -418,17 +418,22 @@ fn problem_ref(status: u16, when: Option<&str>) -> ReferenceOr<Response> {
     }
 }
 
+/// A header's or parameter's value described by `schema`.
+fn schema_format(schema: Schema) -> ParameterSchemaOrContent {
+    ParameterSchemaOrContent::Schema(SchemaObject {
+        json_schema: schema,
+        external_docs: None,
+        example: None,
+    })
+}
+
 fn header(description: &str, schema: Schema, required: bool) -> Header {
     Header {
         description: Some(description.into()),
         style: Default::default(),
         required,
         deprecated: None,
-        format: ParameterSchemaOrContent::Schema(SchemaObject {
-            json_schema: schema,
-            external_docs: None,
-            example: None,
-        }),
+        format: schema_format(schema),
         example: None,
         examples: Default::default(),
         extensions: Default::default(),
@@ -441,11 +446,7 @@ fn parameter_data(name: &str, description: &str, schema: Schema, required: bool)
         description: Some(description.into()),
         required,
         deprecated: None,
-        format: ParameterSchemaOrContent::Schema(SchemaObject {
-            json_schema: schema,
-            external_docs: None,
-            example: None,
-        }),
+        format: schema_format(schema),
         example: None,
         examples: Default::default(),
         explode: None,
