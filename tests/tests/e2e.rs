@@ -636,6 +636,11 @@ async fn the_read_api_refuses_missing_forged_and_expired_tokens() {
 async fn a_poison_event_is_parked_and_the_events_behind_it_are_projected() {
     let t = TestApp::spawn().await;
     let js = &t.ctx().js;
+    // Read before the poison is published: the projector may park it at once.
+    let parked_before = copilot_runtime::metrics::Metrics::global()
+        .events_dead_lettered_total
+        .with_label_values(&["signals"])
+        .get();
     js.publish("signals.acme.alertmanager", "not an envelope".into())
         .await
         .unwrap()
@@ -656,10 +661,6 @@ async fn a_poison_event_is_parked_and_the_events_behind_it_are_projected() {
         .unwrap()
         .await
         .unwrap();
-    let parked_before = copilot_runtime::metrics::Metrics::global()
-        .events_dead_lettered_total
-        .with_label_values(&["signals"])
-        .get();
 
     let response = t
         .post_webhook(
