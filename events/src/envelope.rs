@@ -8,7 +8,9 @@ use crate::admin::{
     TenantResumed, TenantRetentionSet, TenantSecretRemoved, TenantSecretSet, TenantSuspended,
     UserAdded, UserRemoved, UserUpdated,
 };
-use crate::hypotheses::{HypothesesProposed, HypothesisVerdictGiven, ModelCallRecorded};
+use crate::hypotheses::{
+    HypothesesProposed, HypothesisVerdictGiven, IncidentLinked, ModelCallRecorded,
+};
 use crate::incidents::{
     CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened,
     IncidentResolved, IncidentTransitioned, SignalAttached, SignalResolved, TenantIntegrationsSet,
@@ -100,6 +102,7 @@ pub enum Event {
     UserRemoved(UserRemoved),
     TenantSecretSet(TenantSecretSet),
     TenantSecretRemoved(TenantSecretRemoved),
+    IncidentLinked(IncidentLinked),
 }
 
 impl Event {
@@ -119,6 +122,7 @@ impl Event {
             Self::IncidentNoteAdded(e) => (e.incident_id, e.actor.as_str()),
             Self::HypothesesProposed(e) => (e.incident_id, HYPOTHESIS),
             Self::HypothesisVerdictGiven(e) => (e.incident_id, e.actor.as_str()),
+            Self::IncidentLinked(e) => (e.incident_id, e.actor.as_str()),
             _ => return None,
         })
     }
@@ -151,6 +155,7 @@ impl Event {
             Self::UserRemoved(_) => UserRemoved::TYPE,
             Self::TenantSecretSet(_) => TenantSecretSet::TYPE,
             Self::TenantSecretRemoved(_) => TenantSecretRemoved::TYPE,
+            Self::IncidentLinked(_) => IncidentLinked::TYPE,
         }
     }
 }
@@ -266,7 +271,8 @@ impl Envelope {
             UserUpdated,
             UserRemoved,
             TenantSecretSet,
-            TenantSecretRemoved
+            TenantSecretRemoved,
+            IncidentLinked
         )
     }
 }

@@ -69,6 +69,8 @@ pub enum EvidenceKind {
     SimilarIncident,
     Runbook,
     Metric,
+    /// Another incident of the tenant open around this one's onset.
+    ConcurrentIncident,
 }
 
 /// One piece of evidence as the engine saw it, with the id a hypothesis cites.
@@ -82,6 +84,9 @@ pub struct Evidence {
     pub detail: String,
     /// How relevant the assembler judged it (0-1); the budget keeps the most relevant.
     pub relevance: f64,
+    /// The incident this evidence is, for past and concurrent incidents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<Uuid>,
 }
 
 /// One candidate root cause.
@@ -198,6 +203,27 @@ pub struct HypothesisVerdictGiven {
 
 impl EventPayload for HypothesisVerdictGiven {
     const TYPE: &'static str = "HypothesisVerdictGiven";
+    const VERSION: u32 = 1;
+}
+
+/// A person confirmed a hypothesis that blames another incident of the tenant (one open at the
+/// same time that the evidence cited), so this incident now records that it was caused by that
+/// one. The copilot only suggests such links; this event is the person's confirmation, kept on
+/// the incident's history for the timeline and the postmortem. Incidents are never merged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IncidentLinked {
+    pub incident_id: Uuid,
+    /// The incident this one was caused by.
+    pub related_incident_id: Uuid,
+    /// `caused_by`.
+    pub relation: String,
+    /// The confirmed hypothesis that cited it.
+    pub hypothesis_id: String,
+    pub actor: String,
+}
+
+impl EventPayload for IncidentLinked {
+    const TYPE: &'static str = "IncidentLinked";
     const VERSION: u32 = 1;
 }
 

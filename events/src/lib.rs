@@ -23,7 +23,8 @@ pub use admin::{
 pub use envelope::{DecodeError, Envelope, Event, EventPayload, Headers};
 pub use hypotheses::{
     CauseKind, Evidence, EvidenceKind, HypothesesProposed, Hypothesis, HypothesisChange,
-    HypothesisChangeKind, HypothesisVerdictGiven, ModelCallRecorded, TokenUsage, Verdict,
+    HypothesisChangeKind, HypothesisVerdictGiven, IncidentLinked, ModelCallRecorded, TokenUsage,
+    Verdict,
 };
 pub use incidents::{
     CORRELATOR, CorrelationRules, CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded,

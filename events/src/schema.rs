@@ -8,11 +8,11 @@ use schemars::{JsonSchema, schema_for};
 
 use crate::{
     CorrelationRulesSet, Envelope, EventPayload, HypothesesProposed, HypothesisVerdictGiven,
-    IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened, IncidentResolved,
-    IncidentTransitioned, ModelCallRecorded, SignalAttached, SignalReceived, SignalResolved,
-    TenantCreated, TenantIntegrationsSet, TenantResumed, TenantRetentionSet, TenantSecretRemoved,
-    TenantSecretSet, TenantSuspended, UserAdded, UserRemoved, UserUpdated, WebhookTokenIssued,
-    WebhookTokenRevoked,
+    IncidentAssigned, IncidentLinked, IncidentNoteAdded, IncidentOpened, IncidentReopened,
+    IncidentResolved, IncidentTransitioned, ModelCallRecorded, SignalAttached, SignalReceived,
+    SignalResolved, TenantCreated, TenantIntegrationsSet, TenantResumed, TenantRetentionSet,
+    TenantSecretRemoved, TenantSecretSet, TenantSuspended, UserAdded, UserRemoved, UserUpdated,
+    WebhookTokenIssued, WebhookTokenRevoked,
 };
 
 fn payload<P: EventPayload>() -> (String, String) {
@@ -56,6 +56,7 @@ pub fn all() -> Vec<(String, String)> {
         payload::<UserRemoved>(),
         payload::<TenantSecretSet>(),
         payload::<TenantSecretRemoved>(),
+        payload::<IncidentLinked>(),
     ]
 }
 

@@ -926,3 +926,208 @@ async fn a_secret_bound_to_an_origin_is_never_sent_anywhere_else() {
     );
     assert!(server.requests().is_empty(), "the model was not called");
 }
+
+fn concurrent_cases() -> Vec<copilot::eval::Case> {
+    cases()
+        .into_iter()
+        .filter(|c| c.name.starts_with("concurrent-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_built_in_engine_connects_concurrent_incidents_and_blames_no_unrelated_one() {
+    let cases = concurrent_cases();
+    let unrelated = cases
+        .iter()
+        .filter(|c| c.concurrent.iter().any(|i| i.unrelated))
+        .count();
+    assert!(cases.len() - unrelated >= 10 && unrelated >= 3);
+
+    let report = copilot::eval::evaluate(&Engine::Builtin, &cases, 6000).await;
+
+    assert!(
+        report.top3_accuracy >= 0.9,
+        "top-3 {:.2}",
+        report.top3_accuracy
+    );
+    assert!(
+        report.top1_accuracy >= 0.7,
+        "top-1 {:.2}",
+        report.top1_accuracy
+    );
+    assert_eq!(report.false_blame_rate, 0.0);
+    assert_eq!(report.citation_validity, 1.0);
+}
+
+#[tokio::test]
+async fn blaming_a_concurrent_incident_marked_unrelated_counts_as_a_false_blame() {
+    // The database's incident really is checkout's cause; marked unrelated, blaming it must count.
+    let mut case = case("concurrent-postgres-too-many-clients");
+    case.concurrent[0].unrelated = true;
+
+    let report = copilot::eval::evaluate(&Engine::Builtin, &[case], 6000).await;
+
+    assert_eq!(report.false_blame_rate, 1.0);
+    assert!(report.outcomes[0].false_blame);
+}
+
+#[tokio::test]
+async fn the_model_is_shown_the_concurrent_incidents_and_may_cite_them() {
+    let input = case("concurrent-coredns-servfail").input();
+    let given = evidence::assemble(&input, 6000);
+    let dns = given
+        .items
+        .iter()
+        .find(|e| e.kind == copilot_events::EvidenceKind::ConcurrentIncident)
+        .expect("the CoreDNS incident is evidence")
+        .clone();
+    let answer = json!({"inconclusive": false, "hypotheses": [
+        {"cause": "shared_dependency", "component": "coredns", "title": "CoreDNS is answering SERVFAIL",
+         "confidence": 0.8, "evidence": [dns.id], "reasoning": "lookups fail as CoreDNS errors",
+         "next_step": "check CoreDNS"}]});
+    let server = FakeLlm::start(Reply::Content(answer.to_string())).await;
+
+    let conclusion =
+        copilot_hypothesis::conclude(&llm(&server, Duration::from_secs(5)), &input, 6000).await;
+
+    assert_eq!(conclusion.engine, "llm");
+    assert_eq!(conclusion.dropped_for_citations, 0);
+    assert_eq!(
+        conclusion.hypotheses[0].component.as_deref(),
+        Some("coredns")
+    );
+    let prompt = server.requests()[0]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        prompt.contains(&dns.id) && prompt.contains("SERVFAIL"),
+        "{prompt}"
+    );
+}
+
+/// An Alertmanager webhook of one alert with labels and a description.
+fn alert(name: &str, service: &str, at: &str, labels: Value, description: &str) -> Vec<u8> {
+    let mut all = json!({"alertname": name, "service": service, "severity": "critical"});
+    all.as_object_mut()
+        .unwrap()
+        .extend(labels.as_object().unwrap().clone());
+    serde_json::to_vec(&json!({
+        "version": "4", "status": "firing", "receiver": "copilot", "groupKey": "{}:{}",
+        "truncatedAlerts": 0, "externalURL": "http://alertmanager:9093",
+        "alerts": [{"status": "firing", "labels": all,
+                    "annotations": {"description": description},
+                    "startsAt": at, "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "http://prometheus:9090/graph"}],
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_dependency_s_own_incident_is_cited_related_and_linked_once_a_person_confirms_it() {
+    let t = TestApp::spawn_with(Services::All, fast_hypotheses(60)).await;
+    let token = t.acme.webhook_token.clone();
+    let r = t
+        .post_webhook(
+            "alertmanager",
+            &token,
+            alert(
+                "PostgresqlTooManyConnections",
+                "orders-db",
+                "2026-11-22T08:00:00Z",
+                json!({"job": "postgres-exporter", "instance": "orders-db-0:9187"}),
+                "PostgreSQL instance has too many connections (> 80%).",
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let db = poll(Duration::from_secs(20), || async {
+        let page = json_of(
+            t.get("/v1/incidents?service=orders-db", &t.acme.viewer_jwt)
+                .await,
+        )
+        .await;
+        page["items"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let r = t
+        .post_webhook(
+            "alertmanager",
+            &token,
+            alert(
+                "HighErrorRate",
+                "checkout",
+                "2026-11-22T08:02:00Z",
+                json!({}),
+                "5xx on POST /orders: pq: sorry, too many clients already",
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+
+    let detail = incident_with_hypotheses(&t, "checkout").await;
+    let id = detail["id"].as_str().unwrap().to_owned();
+    let top = &detail["hypotheses"][0];
+    assert_eq!(top["cause"], "shared_dependency");
+    assert_eq!(top["component"], "orders-db");
+    let hid = top["id"].as_str().unwrap().to_owned();
+    let related = &detail["related"][0];
+    assert_eq!(related["incident_id"], db.as_str());
+    assert!(
+        related["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is a database")
+    );
+    assert_eq!(related["suspected_by"][0], hid.as_str());
+    assert!(related.get("confirmed").is_none());
+
+    let engineer = t.user_jwt("acme", "bob", Role::Engineer).await;
+    let r = t
+        .http
+        .post(format!(
+            "{}/v1/incidents/{id}/hypotheses/{hid}/verdict",
+            t.url
+        ))
+        .bearer_auth(engineer)
+        .json(&json!({"verdict": "confirmed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    t.settle(Projection::Incidents).await;
+
+    let timeline = json_of(
+        t.get(&format!("/v1/incidents/{id}/timeline"), &t.acme.viewer_jwt)
+            .await,
+    )
+    .await;
+    let linked: Vec<&Value> = timeline["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "IncidentLinked")
+        .collect();
+    assert_eq!(linked.len(), 1);
+    assert_eq!(linked[0]["payload"]["related_incident_id"], db.as_str());
+    assert_eq!(linked[0]["actor"], "bob");
+    let checkout = json_of(
+        t.get(&format!("/v1/incidents/{id}"), &t.acme.viewer_jwt)
+            .await,
+    )
+    .await;
+    assert_eq!(checkout["related"][0]["confirmed"], "caused_by");
+    let database = json_of(
+        t.get(&format!("/v1/incidents/{db}"), &t.acme.viewer_jwt)
+            .await,
+    )
+    .await;
+    let back: Vec<&Value> = database["related"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["incident_id"] == id.as_str())
+        .collect();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0]["confirmed"], "caused");
+}

@@ -74,6 +74,27 @@ pub struct IncidentDetail {
     /// The proposal they come from (absent until the hypothesis service has looked).
     #[serde(skip_serializing_if = "Option::is_none")]
     hypotheses_proposal: Option<ProposalMeta>,
+    /// Other incidents of the tenant that relate to this one: those open at the same time that
+    /// the current proposal's evidence holds (with why they relate), and those a person linked
+    /// by confirming a hypothesis. Suggestions only: incidents are never merged.
+    related: Vec<RelatedIncident>,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct RelatedIncident {
+    incident_id: Uuid,
+    /// What it is, as the evidence named it (absent for a link alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
+    /// Why it relates: when it began against this one, what it is, what it shares with this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// Hypotheses of the current proposal that cite it.
+    suspected_by: Vec<String>,
+    /// `caused_by` (this incident was caused by it) or `caused` (it was caused by this one),
+    /// once a person confirmed a hypothesis that blamed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confirmed: Option<String>,
 }
 
 #[derive(Debug, Serialize, schemars::JsonSchema)]
@@ -197,6 +218,8 @@ pub async fn get(
         .await?
         .into_iter()
         .next();
+    let links = store.incident_links(&mut tx, tenant, incident.id).await?;
+    let related = related(current.as_ref(), links);
     let (hypotheses, hypotheses_proposal) = match current {
         Some(p) => (
             views::all(p.hypotheses),
@@ -216,7 +239,59 @@ pub async fn get(
         notes: views::all(notes),
         hypotheses,
         hypotheses_proposal,
+        related,
     }))
+}
+
+/// The related incidents of `GET /v1/incidents/{id}`: the concurrent incidents of the current
+/// proposal's evidence snapshot, then the confirmed links (merged when both name one).
+fn related(
+    current: Option<&store::ProposalView>,
+    links: Vec<store::IncidentLink>,
+) -> Vec<RelatedIncident> {
+    let evidence: Vec<copilot_events::Evidence> = current
+        .and_then(|p| serde_json::from_value(p.event["evidence"].clone()).ok())
+        .unwrap_or_default();
+    let mut out: Vec<RelatedIncident> = evidence
+        .into_iter()
+        .filter(|e| e.kind == copilot_events::EvidenceKind::ConcurrentIncident)
+        .filter_map(|e| {
+            let incident_id = e.incident?;
+            let suspected_by = current
+                .map(|p| {
+                    p.hypotheses
+                        .iter()
+                        .filter(|h| {
+                            h.evidence
+                                .as_array()
+                                .is_some_and(|cited| cited.iter().any(|c| *c == *e.id))
+                        })
+                        .map(|h| h.hypothesis_id.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(RelatedIncident {
+                incident_id,
+                title: Some(e.title),
+                reason: Some(e.detail),
+                suspected_by,
+                confirmed: None,
+            })
+        })
+        .collect();
+    for link in links {
+        match out.iter_mut().find(|r| r.incident_id == link.other) {
+            Some(r) => r.confirmed = Some(link.relation),
+            None => out.push(RelatedIncident {
+                incident_id: link.other,
+                title: None,
+                reason: None,
+                suspected_by: Vec::new(),
+                confirmed: Some(link.relation),
+            }),
+        }
+    }
+    out
 }
 
 pub async fn timeline(

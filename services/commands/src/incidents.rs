@@ -6,9 +6,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
+use chrono::Utc;
 use copilot_events::{
-    Event, Headers, HypothesisVerdictGiven, IncidentAssigned, IncidentNoteAdded, IncidentState,
-    Verdict, has_forbidden_control, is_system_actor, subjects,
+    Envelope, Event, Headers, HypothesisVerdictGiven, IncidentAssigned, IncidentLinked,
+    IncidentNoteAdded, IncidentState, Verdict, derived_id, has_forbidden_control, is_system_actor,
+    subjects,
 };
 use copilot_runtime::append::AppendError;
 use copilot_store::{IncidentSummary, Store};
@@ -119,6 +121,63 @@ async fn at_least(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// After a confirmed verdict on a hypothesis that cites other incidents open at the same time,
+/// records that this incident was caused by them (`IncidentLinked`, one per incident, with ids
+/// derived from the verdict so a retry adds nothing). Returns the incident's version after the
+/// links. The verdict stands whatever happens here: a link that cannot be appended is logged.
+async fn link_causes(
+    js: &jetstream::Context,
+    store: &Store,
+    command: &IncidentCommand<'_>,
+    hypothesis_id: &str,
+    verdict_id: Uuid,
+    mut version: u64,
+) -> u64 {
+    let tenant = command.tenant;
+    let cited = async {
+        let mut tx = store.begin_tenant(tenant).await?;
+        store
+            .hypothesis_cited_incidents(&mut tx, tenant, command.incident_id, hypothesis_id)
+            .await
+    };
+    let related = match cited.await {
+        Ok(related) => related,
+        Err(error) => {
+            tracing::warn!(%error, tenant, incident = %command.incident_id, "reading the incidents a confirmed hypothesis cites failed");
+            return version;
+        }
+    };
+    for related_incident_id in related {
+        let payload = IncidentLinked {
+            incident_id: command.incident_id,
+            related_incident_id,
+            relation: "caused_by".into(),
+            hypothesis_id: hypothesis_id.to_owned(),
+            actor: command.actor.to_owned(),
+        };
+        let now = Utc::now();
+        let id = derived_id(
+            now,
+            &[
+                "link",
+                &verdict_id.to_string(),
+                &related_incident_id.to_string(),
+            ],
+        );
+        let envelope = Envelope::with_id(id, tenant, &payload, now, command.headers.clone());
+        let message =
+            copilot_runtime::append::message(&envelope).expected_last_subject_sequence(version);
+        match append(js, subjects::incident(tenant, command.incident_id), message).await {
+            Ok(seq) => version = seq,
+            Err(error) => {
+                tracing::warn!(%error, tenant, incident = %command.incident_id, related = %related_incident_id, "recording a confirmed incident link failed");
+                break;
+            }
+        }
+    }
+    version
 }
 
 /// The event `action` decides on `incident`.
@@ -232,6 +291,14 @@ pub async fn run(
             .expected_last_subject_sequence(incident.version as u64);
         match append(js, subjects::incident(tenant, incident.id), message).await {
             Ok(version) => {
+                let version = match &action {
+                    IncidentAction::Verdict {
+                        hypothesis_id,
+                        verdict: Verdict::Confirmed,
+                        ..
+                    } => link_causes(js, store, &command, hypothesis_id, event.id, version).await,
+                    _ => version,
+                };
                 return Ok(Appended {
                     event_id: event.id,
                     event_type: event.event_type,

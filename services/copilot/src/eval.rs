@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use copilot_events::CauseKind;
 use copilot_hypothesis::{
     Engine,
-    evidence::{EvidenceInput, IncidentFacts, MetricSummary, PastIncident, SignalFacts},
+    concurrent::ConcurrentIncident,
+    evidence::{self, EvidenceInput, IncidentFacts, MetricSummary, PastIncident, SignalFacts},
 };
 use copilot_runtime::Settings;
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,28 @@ pub struct Case {
     pub similar: Vec<CasePast>,
     #[serde(default)]
     pub metrics: Vec<MetricSummary>,
+    /// The tenant's other incidents open at the same time.
+    #[serde(default)]
+    pub concurrent: Vec<CaseConcurrent>,
+}
+
+/// Another incident open at the same time as the case's. `unrelated` ones must not be blamed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseConcurrent {
+    pub title: String,
+    pub service: Option<String>,
+    #[serde(default = "open")]
+    pub state: String,
+    pub opened_at: DateTime<Utc>,
+    #[serde(default)]
+    pub unrelated: bool,
+    #[serde(default)]
+    pub signals: Vec<CaseSignal>,
+}
+
+fn open() -> String {
+    "open".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,18 +115,32 @@ fn id(case: &str, kind: &str, index: usize) -> Uuid {
 }
 
 impl Case {
-    pub fn input(&self) -> EvidenceInput {
-        let labels_of = |s: &CaseSignal| {
-            let mut labels = s.labels.clone();
-            labels.insert("alertname".into(), s.alertname.clone());
-            if let Some(service) = &s.service {
-                labels
-                    .entry("service".into())
-                    .or_insert_with(|| service.clone());
-            }
-            labels.insert("severity".into(), s.severity.clone());
+    /// One alert of the case (or of one of its concurrent incidents, `kind` telling which) as
+    /// evidence facts, with a stable id.
+    fn signal(&self, kind: &str, index: usize, s: &CaseSignal) -> SignalFacts {
+        let mut labels = s.labels.clone();
+        labels.insert("alertname".into(), s.alertname.clone());
+        if let Some(service) = &s.service {
             labels
-        };
+                .entry("service".into())
+                .or_insert_with(|| service.clone());
+        }
+        labels.insert("severity".into(), s.severity.clone());
+        SignalFacts {
+            id: id(&self.name, kind, index),
+            alertname: s.alertname.clone(),
+            service: s.service.clone(),
+            severity: s.severity.clone(),
+            status: s.status.clone(),
+            starts_at: s.starts_at,
+            ends_at: None,
+            labels,
+            annotations: s.annotations.clone(),
+            values: None,
+        }
+    }
+
+    pub fn input(&self) -> EvidenceInput {
         EvidenceInput {
             incident: IncidentFacts {
                 id: id(&self.name, "incident", 0),
@@ -116,18 +153,7 @@ impl Case {
                 .signals
                 .iter()
                 .enumerate()
-                .map(|(i, s)| SignalFacts {
-                    id: id(&self.name, "signal", i),
-                    alertname: s.alertname.clone(),
-                    service: s.service.clone(),
-                    severity: s.severity.clone(),
-                    status: s.status.clone(),
-                    starts_at: s.starts_at,
-                    ends_at: None,
-                    labels: labels_of(s),
-                    annotations: s.annotations.clone(),
-                    values: None,
-                })
+                .map(|(i, s)| self.signal("signal", i, s))
                 .collect(),
             similar: self
                 .similar
@@ -144,7 +170,43 @@ impl Case {
                 })
                 .collect(),
             metrics: self.metrics.clone(),
+            concurrent: self
+                .concurrent
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ConcurrentIncident {
+                    id: id(&self.name, "concurrent", i),
+                    title: c.title.clone(),
+                    service: c.service.clone(),
+                    state: c.state.clone(),
+                    opened_at: c.opened_at,
+                    signals: c
+                        .signals
+                        .iter()
+                        .enumerate()
+                        .map(|(j, s)| self.signal(&format!("concurrent-{i}"), j, s))
+                        .collect(),
+                })
+                .collect(),
         }
+    }
+
+    /// Whether a hypothesis blames one of the case's unrelated concurrent incidents: names its
+    /// service as the suspect or cites it.
+    fn blames_unrelated(&self, h: &copilot_events::Hypothesis) -> bool {
+        self.concurrent.iter().enumerate().any(|(i, c)| {
+            c.unrelated
+                && (h.component.is_some() && h.component == c.service
+                    || h.evidence.contains(&evidence::concurrent_id(id(
+                        &self.name,
+                        "concurrent",
+                        i,
+                    ))))
+        })
+    }
+
+    fn has_unrelated(&self) -> bool {
+        self.concurrent.iter().any(|c| c.unrelated)
     }
 }
 
@@ -154,6 +216,8 @@ pub struct CaseOutcome {
     pub true_cause: CauseKind,
     pub top: Option<CauseKind>,
     pub top_confidence: f64,
+    /// The top hypothesis's title, which names the suspect.
+    pub top_title: Option<String>,
     pub ranked: Vec<(CauseKind, f64)>,
     pub top1: bool,
     pub top3: bool,
@@ -162,6 +226,8 @@ pub struct CaseOutcome {
     pub dropped_for_citations: u32,
     /// The model was asked but the built-in engine answered (scored as a miss for the model).
     pub fell_back: bool,
+    /// A hypothesis kept blamed a concurrent incident the case marks unrelated.
+    pub false_blame: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +245,9 @@ pub struct EvalReport {
     pub expected_calibration_error: f64,
     /// Cases where the model was asked but the built-in engine answered.
     pub fallbacks: usize,
+    /// Of the cases with an unrelated concurrent incident, the share where a kept hypothesis
+    /// blamed it (0 when there are none).
+    pub false_blame_rate: f64,
     pub outcomes: Vec<CaseOutcome>,
 }
 
@@ -229,12 +298,17 @@ pub async fn evaluate(engine: &Engine, cases: &[Case], budget_tokens: usize) -> 
             true_cause: case.true_cause,
             top,
             top_confidence: ranked.first().map_or(0.0, |(_, c)| *c),
+            top_title: conclusion.hypotheses.first().map(|h| h.title.clone()),
             top1: !fell_back && top == Some(case.true_cause),
             top3: !fell_back && ranked.iter().take(3).any(|(c, _)| *c == case.true_cause),
             inconclusive: conclusion.inconclusive,
             offered: conclusion.offered,
             dropped_for_citations: conclusion.dropped_for_citations,
             fell_back,
+            false_blame: conclusion
+                .hypotheses
+                .iter()
+                .any(|h| case.blames_unrelated(h)),
             ranked,
         });
     }
@@ -256,6 +330,14 @@ pub async fn evaluate(engine: &Engine, cases: &[Case], budget_tokens: usize) -> 
         },
         expected_calibration_error: expected_calibration_error(&calibration, 10),
         fallbacks: outcomes.iter().filter(|o| o.fell_back).count(),
+        false_blame_rate: {
+            let exposed = cases.iter().filter(|c| c.has_unrelated()).count();
+            if exposed == 0 {
+                0.0
+            } else {
+                outcomes.iter().filter(|o| o.false_blame).count() as f64 / exposed as f64
+            }
+        },
         outcomes,
     }
 }
@@ -318,8 +400,15 @@ pub async fn hypotheses(settings: &Settings, args: EvalArgs) -> anyhow::Result<(
                     format!("  ({} dropped for citations)", o.dropped_for_citations)
                 } else {
                     String::new()
+                } + if o.false_blame {
+                    "  (blamed an unrelated incident)"
+                } else {
+                    ""
                 }
             );
+            if let Some(title) = &o.top_title {
+                println!("      {title}");
+            }
         }
     }
     println!("engine                      {}", report.engine);
@@ -334,6 +423,7 @@ pub async fn hypotheses(settings: &Settings, args: EvalArgs) -> anyhow::Result<(
         "expected calibration error  {:.3}",
         report.expected_calibration_error
     );
+    println!("false-blame rate            {:.2}", report.false_blame_rate);
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use chrono::Duration;
 use copilot_events::{CauseKind, Hypothesis};
 
 use crate::{
+    concurrent::{self, DependencyKind, Relation},
     evidence::{self, EvidenceInput, EvidenceSet, SignalFacts},
     trust::hypothesis_id,
 };
@@ -136,7 +137,7 @@ const WORDS: [(Trait, &[&str]); 7] = [
 ];
 
 /// Labels that name what a service depends on.
-const DEPENDENCY_LABELS: [&str; 10] = [
+pub const DEPENDENCY_LABELS: [&str; 10] = [
     "dependency",
     "upstream",
     "peer_service",
@@ -461,6 +462,8 @@ pub fn propose(input: &EvidenceInput, set: &EvidenceSet) -> (Vec<Hypothesis>, f6
         });
     }
 
+    concurrent_rules(input, set, &mut out);
+
     // The same as a past incident.
     if let Some(past) = input
         .similar
@@ -508,4 +511,215 @@ pub fn propose(input: &EvidenceInput, set: &EvidenceSet) -> (Vec<Hypothesis>, f6
         out.into_iter().map(Candidate::into_hypothesis).collect(),
         reserve,
     )
+}
+
+/// The rules that look past this incident: a dependency's own incident, a zone, node or host
+/// several services share, every target of one job down at once, and a dependency the alerts'
+/// own words name. An incident that merely happened at the same time is never blamed: something
+/// must tie it to this one (its name in our alerts, our symptoms matching what it is, or a
+/// specific place both run in).
+fn concurrent_rules(input: &EvidenceInput, set: &EvidenceSet, out: &mut Vec<Candidate>) {
+    let relations = concurrent::relate(input);
+    let ours = input
+        .incident
+        .service
+        .clone()
+        .unwrap_or_else(|| "this service".into());
+    let errors: Vec<&SignalFacts> = input
+        .signals
+        .iter()
+        .filter(|s| {
+            traits(s).contains(&Trait::Errors)
+                || !concurrent::symptoms(std::slice::from_ref(*s)).is_empty()
+        })
+        .collect();
+
+    // A dependency's own incident, begun first, that our alerts name or whose failure they show.
+    let mut named_dependency = false;
+    for r in relations.iter().filter(|r| {
+        r.first()
+            && r.dependency.is_some_and(|d| !d.is_infrastructure())
+            && (r.named || !r.symptoms.is_empty())
+    }) {
+        let id = evidence::concurrent_id(r.incident.id);
+        if !set.contains(&id) {
+            continue;
+        }
+        let kind = r.dependency.expect("filtered on a dependency");
+        let name = suspect(r);
+        let mut cited = vec![id];
+        cited.extend(cite(set, errors.iter().copied().take(3)));
+        let score: f64 = 0.6
+            + if r.named { 0.15 } else { 0.0 }
+            + if r.symptoms.is_empty() { 0.0 } else { 0.1 }
+            + if r.offset_secs < -30 { 0.05 } else { 0.0 };
+        named_dependency = true;
+        out.push(Candidate {
+            cause: CauseKind::SharedDependency,
+            component: Some(name.clone()),
+            score: score.min(0.9),
+            evidence: cited,
+            title: format!("{name} ({}) is failing, and {ours} depends on it", kind.as_str()),
+            reasoning: format!("the incident on {name} {}", r.reason()),
+            next_step: format!(
+                "Work the {name} incident first; if {ours}'s errors stop as {name} recovers, this holds"
+            ),
+        });
+    }
+
+    // A zone, node or host that several services' incidents share, opened together.
+    let mut scopes: BTreeMap<(&'static str, String), Vec<&Relation<'_>>> = BTreeMap::new();
+    for r in relations.iter().filter(|r| r.offset_secs.abs() <= 300) {
+        for (label, value) in &r.shared {
+            scopes.entry((label, value.clone())).or_default().push(r);
+        }
+    }
+    for ((label, value), related) in scopes {
+        let services: BTreeSet<String> = related
+            .iter()
+            .filter_map(|r| r.incident.service.clone())
+            .chain(input.incident.service.clone())
+            .collect();
+        let needed = if concurrent::specific(label) { 2 } else { 3 };
+        if services.len() < needed {
+            continue;
+        }
+        let mut cited: Vec<String> = related
+            .iter()
+            .map(|r| evidence::concurrent_id(r.incident.id))
+            .filter(|id| set.contains(id))
+            .take(4)
+            .collect();
+        if cited.is_empty() {
+            continue;
+        }
+        cited.extend(cite(
+            set,
+            input
+                .signals
+                .iter()
+                .filter(|s| {
+                    concurrent::topology(std::slice::from_ref(*s)).contains(&(label, value.clone()))
+                })
+                .take(2),
+        ));
+        let infra = related
+            .iter()
+            .any(|r| r.dependency.is_some_and(DependencyKind::is_infrastructure));
+        let score =
+            0.55 + 0.1 * (services.len() - 1).min(3) as f64 + if infra { 0.05 } else { 0.0 }
+                - if concurrent::specific(label) {
+                    0.0
+                } else {
+                    0.15
+                };
+        let scope = match label {
+            "node" | "kubernetes_node" => format!("node {value}"),
+            "host" | "instance" => format!("host {value}"),
+            "zone" | "availability_zone" => format!("zone {value}"),
+            other => format!("{other} {value}"),
+        };
+        out.push(Candidate {
+            cause: CauseKind::Infrastructure,
+            component: Some(scope.clone()),
+            score: score.min(0.9),
+            evidence: cited,
+            title: format!(
+                "Something in {scope} failed: {} services there alert together",
+                services.len()
+            ),
+            reasoning: format!(
+                "{} opened within minutes of each other, all in {scope}",
+                services.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            next_step: format!(
+                "Check {scope} itself (node conditions, the zone's status, its network); services outside it should be healthy if this holds"
+            ),
+        });
+    }
+
+    // Every target of one job down at once.
+    for (job, down) in concurrent::targets_down(&input.signals) {
+        let instances: BTreeSet<&str> = down
+            .iter()
+            .filter_map(|s| s.labels.get("instance").map(String::as_str))
+            .collect();
+        out.push(Candidate {
+            cause: CauseKind::Infrastructure,
+            component: Some(format!("job {job}")),
+            score: (0.65 + 0.05 * instances.len().min(4) as f64).min(0.85),
+            evidence: cite(set, down.iter().copied()),
+            title: format!(
+                "{} targets of job {job} are down at once ({}): their hosts, or the network between them and Prometheus",
+                instances.len(),
+                instances.iter().copied().collect::<Vec<_>>().join(", ")
+            ),
+            reasoning: format!(
+                "{} fired for {} instances of {job} together; one target failing alone would be that target, all of them at once is what they share",
+                down[0].alertname,
+                instances.len()
+            ),
+            next_step: format!(
+                "Reach the hosts of job {job} directly (ping, ssh); if they answer, check the network path and the scrape config from Prometheus"
+            ),
+        });
+    }
+
+    // A dependency the alerts' own words name, with no incident of its own.
+    if !named_dependency {
+        let services: BTreeSet<String> = input.signals.iter().map(service_of).collect();
+        let mut seen = BTreeSet::new();
+        for (phrase, kind) in concurrent::symptoms(&input.signals) {
+            if kind == DependencyKind::Network || !seen.insert(kind) {
+                continue;
+            }
+            let saying: Vec<&SignalFacts> = input
+                .signals
+                .iter()
+                .filter(|s| concurrent::text_of(s).contains(phrase))
+                .collect();
+            let component = saying
+                .iter()
+                .find_map(|s| {
+                    DEPENDENCY_LABELS
+                        .iter()
+                        .find_map(|l| s.labels.get(*l).cloned())
+                })
+                .unwrap_or_else(|| kind.as_str().to_owned());
+            out.push(Candidate {
+                cause: CauseKind::SharedDependency,
+                component: Some(component.clone()),
+                score: if services.len() >= 2 { 0.7 } else { 0.6 },
+                evidence: cite(set, saying.iter().copied()),
+                title: format!(
+                    "{component} is failing: the alerts say \"{}\"",
+                    phrase.trim()
+                ),
+                reasoning: format!(
+                    "\"{}\" is what a client says when its {} fails",
+                    phrase.trim(),
+                    kind.as_str()
+                ),
+                next_step: format!(
+                    "Check the {} the error names directly (its health, its logs, its limits)",
+                    kind.as_str()
+                ),
+            });
+        }
+    }
+}
+
+/// The plain name of what another incident is about: its service, or its first alert's job or
+/// instance.
+fn suspect(r: &Relation<'_>) -> String {
+    r.incident
+        .service
+        .clone()
+        .or_else(|| {
+            r.incident
+                .signals
+                .first()
+                .and_then(|s| s.labels.get("job").or(s.labels.get("instance")).cloned())
+        })
+        .unwrap_or_else(|| r.incident.title.clone())
 }

@@ -9,6 +9,8 @@ use copilot_events::{Evidence, EvidenceKind};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::concurrent::{self, ConcurrentIncident};
+
 /// The incident the evidence is about.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IncidentFacts {
@@ -93,6 +95,9 @@ pub struct EvidenceInput {
     pub similar: Vec<PastIncident>,
     #[serde(default)]
     pub metrics: Vec<MetricSummary>,
+    /// The tenant's other incidents open around this one's onset (see [`crate::concurrent`]).
+    #[serde(default)]
+    pub concurrent: Vec<ConcurrentIncident>,
 }
 
 /// The evidence an engine is given, most relevant first.
@@ -120,6 +125,11 @@ pub fn signal_id(id: Uuid) -> String {
 
 pub fn incident_id(id: Uuid) -> String {
     format!("inc-{}", &id.simple().to_string()[20..])
+}
+
+/// Another incident open at the same time (not `inc-`: a past incident may be the same one).
+pub fn concurrent_id(id: Uuid) -> String {
+    format!("conc-{}", &id.simple().to_string()[20..])
 }
 
 pub fn metric_id(m: &MetricSummary) -> String {
@@ -212,6 +222,7 @@ pub fn assemble(input: &EvidenceInput, budget_tokens: usize) -> EvidenceSet {
             ),
             detail,
             relevance: (0.4 + 0.08 * severity_rank(&s.severity) + 0.28 * earliness).min(1.0),
+            incident: None,
         });
         for (k, url) in &s.annotations {
             if k.starts_with("runbook") && url.starts_with("http") {
@@ -228,6 +239,7 @@ pub fn assemble(input: &EvidenceInput, budget_tokens: usize) -> EvidenceSet {
             title: format!("runbook for {alertname}"),
             detail: url,
             relevance: 0.35,
+            incident: None,
         });
     }
     for p in &input.similar {
@@ -247,6 +259,7 @@ pub fn assemble(input: &EvidenceInput, budget_tokens: usize) -> EvidenceSet {
                     .unwrap_or_else(|| "not recorded".into())
             ),
             relevance: (0.3 + 0.6 * p.similarity).min(0.95),
+            incident: Some(p.id),
         });
     }
     for m in &input.metrics {
@@ -268,6 +281,49 @@ pub fn assemble(input: &EvidenceInput, budget_tokens: usize) -> EvidenceSet {
                 m.query
             ),
             relevance: (0.5 + trend.abs().min(1.0) * 0.4).min(0.95),
+            incident: None,
+        });
+    }
+    for relation in concurrent::relate(input) {
+        let c = relation.incident;
+        let alerts = c
+            .signals
+            .iter()
+            .take(3)
+            .map(|s| {
+                let said = ["summary", "description", "message"]
+                    .iter()
+                    .find_map(|k| s.annotations.get(*k))
+                    .map(|text| format!(": {}", clip(text.trim(), 160)))
+                    .unwrap_or_default();
+                format!("{} ({}){said}", s.alertname, s.severity)
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        items.push(Evidence {
+            id: concurrent_id(c.id),
+            kind: EvidenceKind::ConcurrentIncident,
+            title: format!(
+                "concurrent incident on {}: {}",
+                c.service.as_deref().unwrap_or("(no service)"),
+                clip(&c.title, 120)
+            ),
+            detail: clip(
+                &format!(
+                    "It {}. Opened {}, {}. Alerts: {}",
+                    relation.reason(),
+                    c.opened_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    c.state,
+                    if alerts.is_empty() {
+                        "none loaded".into()
+                    } else {
+                        alerts
+                    }
+                ),
+                900,
+            ),
+            relevance: relation.relevance(),
+            incident: Some(c.id),
         });
     }
     items.sort_by(|a, b| {
@@ -327,6 +383,7 @@ mod tests {
             signals,
             similar: vec![],
             metrics: vec![],
+            concurrent: vec![],
         }
     }
 

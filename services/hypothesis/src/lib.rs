@@ -10,6 +10,7 @@
 //! back; a model call is also recorded as telemetry (`ModelCallRecorded`).
 
 pub mod builtin;
+pub mod concurrent;
 pub mod evidence;
 pub mod llm;
 pub mod metrics;
@@ -490,30 +491,7 @@ pub async fn gather(
         .incident_signal_facts(tenant, incident_id, 500)
         .await?
         .into_iter()
-        .map(|s| {
-            let labels: std::collections::BTreeMap<String, String> = s
-                .labels
-                .and_then(|l| serde_json::from_value(l).ok())
-                .unwrap_or_default();
-            SignalFacts {
-                id: s.signal_id,
-                alertname: labels
-                    .get("alertname")
-                    .cloned()
-                    .unwrap_or_else(|| s.title.clone()),
-                service: s.service,
-                severity: s.severity,
-                status: s.status,
-                starts_at: s.starts_at,
-                ends_at: s.ends_at,
-                labels,
-                annotations: s
-                    .annotations
-                    .and_then(|a| serde_json::from_value(a).ok())
-                    .unwrap_or_default(),
-                values: s.values,
-            }
-        })
+        .map(signal_facts)
         .collect();
     let metrics = match prometheus {
         Some(MetricsSource { url, egress }) => {
@@ -575,6 +553,26 @@ pub async fn gather(
             similarity: (f64::from(p.rank) * 5.0).min(1.0),
         })
         .collect();
+    let mut concurrent = Vec::new();
+    for c in store
+        .concurrent_incidents(tenant, incident_id, concurrent::WINDOW_MINUTES, 10)
+        .await?
+    {
+        let signals = store
+            .incident_signal_facts(tenant, c.id, 5)
+            .await?
+            .into_iter()
+            .map(signal_facts)
+            .collect();
+        concurrent.push(concurrent::ConcurrentIncident {
+            id: c.id,
+            title: c.title,
+            service: c.service,
+            state: c.state,
+            opened_at: c.opened_at,
+            signals,
+        });
+    }
     Ok(Some(EvidenceInput {
         incident: IncidentFacts {
             id: incident.id,
@@ -586,7 +584,34 @@ pub async fn gather(
         signals,
         similar,
         metrics,
+        concurrent,
     }))
+}
+
+/// An alert of an incident as the read model holds it, as evidence facts.
+fn signal_facts(s: copilot_store::IncidentSignalFacts) -> SignalFacts {
+    let labels: std::collections::BTreeMap<String, String> = s
+        .labels
+        .and_then(|l| serde_json::from_value(l).ok())
+        .unwrap_or_default();
+    SignalFacts {
+        id: s.signal_id,
+        alertname: labels
+            .get("alertname")
+            .cloned()
+            .unwrap_or_else(|| s.title.clone()),
+        service: s.service,
+        severity: s.severity,
+        status: s.status,
+        starts_at: s.starts_at,
+        ends_at: s.ends_at,
+        labels,
+        annotations: s
+            .annotations
+            .and_then(|a| serde_json::from_value(a).ok())
+            .unwrap_or_default(),
+        values: s.values,
+    }
 }
 
 /// Proposes hypotheses for one incident and appends them (and the model call's telemetry).

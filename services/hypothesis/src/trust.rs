@@ -151,6 +151,7 @@ mod tests {
                     title: "t".into(),
                     detail: "d".into(),
                     relevance: 0.5,
+                    incident: None,
                 })
                 .collect(),
             left_out: 0,

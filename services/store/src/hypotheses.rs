@@ -44,6 +44,26 @@ pub struct SimilarIncident {
     pub rank: f32,
 }
 
+/// Another incident of the tenant open around an incident's onset.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConcurrentIncidentRow {
+    pub id: Uuid,
+    pub title: String,
+    pub service: Option<String>,
+    pub state: String,
+    pub opened_at: DateTime<Utc>,
+}
+
+/// A link a person confirmed between two incidents (see `IncidentLinked`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IncidentLink {
+    pub other: Uuid,
+    pub relation: String,
+    pub hypothesis_id: Option<String>,
+    pub actor: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
 /// A proposal as the projector records it.
 #[derive(Debug, Clone)]
 pub struct ProposalRow<'a> {
@@ -239,6 +259,34 @@ impl Store {
         )
         .bind(tenant)
         .bind(incident_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The tenant's other incidents that were open within `window_minutes` of this one's opening
+    /// (opened before its end, not resolved before its start), the closest in time first.
+    pub async fn concurrent_incidents(
+        &self,
+        tenant: &str,
+        incident_id: Uuid,
+        window_minutes: i64,
+        limit: i64,
+    ) -> Result<Vec<ConcurrentIncidentRow>> {
+        Ok(sqlx::query_as(
+            "WITH me AS (SELECT opened_at FROM incidents WHERE tenant = $1 AND id = $2),
+                  w AS (SELECT opened_at - make_interval(mins => $3::int) AS since,
+                               opened_at + make_interval(mins => $3::int) AS until, opened_at FROM me)
+             SELECT i.id, i.title, i.service, i.state, i.opened_at
+             FROM incidents i, w
+             WHERE i.tenant = $1 AND i.id <> $2
+               AND i.opened_at <= w.until AND i.opened_at >= w.since - interval '1 day'
+               AND (i.resolved_at IS NULL OR i.resolved_at >= w.since)
+             ORDER BY abs(extract(epoch FROM i.opened_at - w.opened_at)), i.id LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .bind(window_minutes as i32)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
@@ -481,6 +529,57 @@ impl Store {
         .bind(incident_id)
         .bind(hypothesis_id)
         .fetch_one(&mut **tx)
+        .await?)
+    }
+
+    /// The concurrent incidents a hypothesis cites, as the newest proposal that named it holds
+    /// them in its evidence snapshot.
+    pub async fn hypothesis_cited_incidents(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        incident_id: Uuid,
+        hypothesis_id: &str,
+    ) -> Result<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "WITH h AS (SELECT h.evidence, p.payload FROM hypotheses h
+                          JOIN hypothesis_proposals p ON p.tenant = h.tenant
+                           AND p.incident_id = h.incident_id AND p.proposal_id = h.proposal_id
+                         WHERE h.tenant = $1 AND h.incident_id = $2 AND h.hypothesis_id = $3
+                         ORDER BY p.seq DESC LIMIT 1)
+             SELECT DISTINCT (e->>'incident')::uuid FROM h,
+                    jsonb_array_elements(h.payload->'evidence') e
+             WHERE e->>'kind' = 'concurrent_incident' AND e ? 'incident' AND h.evidence ? (e->>'id')",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .bind(hypothesis_id)
+        .fetch_all(&mut **tx)
+        .await?)
+    }
+
+    /// Links people confirmed between this incident and others, both ways: (the other
+    /// incident, `caused_by` when this one was caused by it or `caused` when it caused the
+    /// other, the hypothesis, who).
+    pub async fn incident_links(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        incident_id: Uuid,
+    ) -> Result<Vec<IncidentLink>> {
+        Ok(sqlx::query_as(
+            "SELECT CASE WHEN incident_id = $2 THEN (payload->>'related_incident_id')::uuid
+                         ELSE incident_id END AS other,
+                    CASE WHEN incident_id = $2 THEN 'caused_by' ELSE 'caused' END AS relation,
+                    payload->>'hypothesis_id' AS hypothesis_id, actor, occurred_at
+             FROM incident_events
+             WHERE tenant = $1 AND type = 'IncidentLinked'
+               AND (incident_id = $2 OR payload->>'related_incident_id' = $2::text)
+             ORDER BY seq",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .fetch_all(&mut **tx)
         .await?)
     }
 }

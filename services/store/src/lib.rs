@@ -15,8 +15,8 @@ mod users;
 pub use audit::{AuditCursor, AuditEntry, AuditFilter, AuditRow};
 pub use correlator::{CorrelatorIncident, CorrelatorSignal};
 pub use hypotheses::{
-    HypothesisClaim, HypothesisRow, HypothesisView, IncidentSignalFacts, ProposalRow, ProposalView,
-    SimilarIncident, UsageRow,
+    ConcurrentIncidentRow, HypothesisClaim, HypothesisRow, HypothesisView, IncidentLink,
+    IncidentSignalFacts, ProposalRow, ProposalView, SimilarIncident, UsageRow,
 };
 pub use incidents::{
     AttachedSignal, IncidentCursor, IncidentEventRow, IncidentFilter, IncidentNoteView,
