@@ -46,6 +46,7 @@ impl App {
         let addr = listener.local_addr()?;
         let routes = copilot_gateway::router(ctx.clone())
             .merge(copilot_api::router(ctx.clone(), jwt.clone()))
+            .merge(copilot_slack::router(ctx.clone()))
             .merge(http::health_routes(ctx.clone()))
             .merge(copilot_runtime::openapi::serve(&crate::schemas::openapi()));
         let http = tokio::spawn(http::serve_on(

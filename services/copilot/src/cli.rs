@@ -81,6 +81,28 @@ pub enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// The copilot in Slack: the app manifest, and the Slack routes alone
+    Slack {
+        #[command(subcommand)]
+        command: SlackCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SlackCommand {
+    /// Print the Slack app manifest (JSON) to paste at api.slack.com/apps → Create New App → From
+    /// a manifest: the /copilot slash command and the buttons' interactivity URL at --public-url
+    Manifest {
+        /// The tenant the app is for (its name shows in the app's name)
+        #[arg(long)]
+        tenant: String,
+        /// Where Slack reaches this copilot, e.g. https://copilot.example.com
+        #[arg(long)]
+        public_url: String,
+    },
+    /// Serve the Slack routes (/v1/slack/commands, /v1/slack/interactions) alone; `copilot up`
+    /// serves them with everything else
+    Serve,
 }
 
 #[derive(Subcommand, Debug)]
@@ -354,6 +376,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Instrumentation(args),
         } => crate::bench::instrumentation(settings, args).await,
+        Command::Slack {
+            command: SlackCommand::Manifest { tenant, public_url },
+        } => {
+            anyhow::ensure!(
+                public_url.starts_with("https://") || public_url.starts_with("http://"),
+                "--public-url must be the http(s) URL Slack reaches this copilot at, e.g. https://copilot.example.com"
+            );
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&copilot_slack::manifest(&tenant, &public_url))?
+            );
+            eprintln!(
+                "next: create the app from this manifest and install it; store its signing secret with \
+                 `PUT /v1/settings/secrets/slack-signing` and name it in the tenant's integrations: \
+                 {{\"slack\": {{\"team_id\": \"T…\", \"signing_secret\": \"slack-signing\"}}}}; \
+                 then link people by their Slack user id (slack_user_id)"
+            );
+            Ok(())
+        }
+        Command::Slack {
+            command: SlackCommand::Serve,
+        } => {
+            load_secrets_key(&mut settings, false)?;
+            copilot_slack::run(settings, shutdown).await
+        }
     }
 }
 

@@ -25,13 +25,7 @@ use copilot_events::{
     Envelope, Event, EventPayload, Headers, HypothesesProposed, Hypothesis, ModelCallRecorded,
     TenantIntegrations, TokenUsage, TraceParent, derived_id, subjects,
 };
-use copilot_runtime::{
-    Context, Settings,
-    egress::EgressPolicy,
-    metrics::Metrics,
-    nats,
-    secrets::{Sealed, SecretKeys},
-};
+use copilot_runtime::{Context, Settings, egress::EgressPolicy, metrics::Metrics, nats};
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -113,47 +107,24 @@ async fn tenant_key(
     llm: &copilot_events::TenantLlm,
 ) -> Result<Option<String>, String> {
     if let Some(name) = &llm.api_key_secret {
-        let unopenable = |err: &dyn std::fmt::Display| {
-            tracing::warn!(tenant, secret = name.as_str(), error = %err, "a tenant secret cannot be opened");
-            format!(
-                "secret {name:?} cannot be opened on this copilot (its operator's logs say why)"
-            )
-        };
-        let keys = SecretKeys::from_settings(&ctx.settings)
-            .map_err(|e| unopenable(&e))?
-            .ok_or_else(|| unopenable(&"no secrets key is configured"))?;
-        let row = ctx
-            .store
-            .sealed_secret(tenant, name)
-            .await
-            .map_err(|_| format!("secret {name:?} could not be read"))?
-            .ok_or_else(|| format!("secret {name:?} is not stored"))?;
-        if let Some(bound) = &row.origin
+        let secret = copilot_runtime::secrets::open_tenant_secret(ctx, tenant, name).await?;
+        if let Some(bound) = &secret.origin
             && copilot_runtime::egress::origin_of(&llm.base_url).as_ref() != Some(bound)
         {
             return Err(format!(
                 "secret {name:?} may only be sent to {bound}, and llm.base_url points elsewhere"
             ));
         }
-        let sealed = Sealed {
-            key_id: row.key_id,
-            nonce: row.nonce,
-            ciphertext: row.ciphertext,
-        };
-        return keys
-            .open(tenant, name, row.version as u32, &sealed)
-            .map(Some)
-            .map_err(|e| unopenable(&e));
+        return Ok(Some(secret.value));
     }
     if let Some(name) = &llm.api_key_env {
-        if !ctx.settings.tenancy.tenant_env_allowed(tenant, name) {
-            return Err(format!(
-                "llm.api_key_env names {name:?}, which the operator does not allow tenants to use; store the key as a tenant secret"
-            ));
-        }
-        return std::env::var(name)
-            .map(Some)
-            .map_err(|_| format!("variable {name:?} is not set"));
+        return copilot_runtime::secrets::tenant_env(
+            &ctx.settings,
+            tenant,
+            "llm.api_key_env",
+            name,
+        )
+        .map(Some);
     }
     Ok(None)
 }

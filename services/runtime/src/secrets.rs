@@ -196,6 +196,62 @@ pub fn generate_key(id: &str) -> String {
     )
 }
 
+/// A tenant's secret, opened: its value and the one origin it may be sent to, if bound.
+pub struct OpenedSecret {
+    pub value: String,
+    pub origin: Option<String>,
+}
+
+/// Opens tenant secret `name` with the platform's keys. `Err` says why it cannot, in words fit
+/// for the tenant; what only the operator should see is logged.
+pub async fn open_tenant_secret(
+    ctx: &crate::Context,
+    tenant: &str,
+    name: &str,
+) -> Result<OpenedSecret, String> {
+    let unopenable = |err: &dyn std::fmt::Display| {
+        tracing::warn!(tenant, secret = name, error = %err, "a tenant secret cannot be opened");
+        format!("secret {name:?} cannot be opened on this copilot (its operator's logs say why)")
+    };
+    let keys = SecretKeys::from_settings(&ctx.settings)
+        .map_err(|e| unopenable(&e))?
+        .ok_or_else(|| unopenable(&"no secrets key is configured"))?;
+    let row = ctx
+        .store
+        .sealed_secret(tenant, name)
+        .await
+        .map_err(|_| format!("secret {name:?} could not be read"))?
+        .ok_or_else(|| format!("secret {name:?} is not stored"))?;
+    let sealed = Sealed {
+        key_id: row.key_id,
+        nonce: row.nonce,
+        ciphertext: row.ciphertext,
+    };
+    let value = keys
+        .open(tenant, name, row.version as u32, &sealed)
+        .map_err(|e| unopenable(&e))?;
+    Ok(OpenedSecret {
+        value,
+        origin: row.origin,
+    })
+}
+
+/// The value of environment variable `name` for a tenant's legacy `field` setting, if the
+/// operator allows this tenant to name it.
+pub fn tenant_env(
+    settings: &crate::Settings,
+    tenant: &str,
+    field: &str,
+    name: &str,
+) -> Result<String, String> {
+    if !settings.tenancy.tenant_env_allowed(tenant, name) {
+        return Err(format!(
+            "{field} names {name:?}, which the operator does not allow tenants to use; store the value as a tenant secret"
+        ));
+    }
+    std::env::var(name).map_err(|_| format!("variable {name:?} is not set"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

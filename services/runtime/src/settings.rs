@@ -53,6 +53,9 @@ pub struct Settings {
     #[command(flatten)]
     pub hypothesis: HypothesisSettings,
 
+    #[command(flatten)]
+    pub slack: SlackSettings,
+
     /// Where `copilot up` keeps its local NATS and Postgres data and its generated secret
     #[arg(
         long,
@@ -368,6 +371,29 @@ pub struct LimitSettings {
     pub auth_failures_per_min: u32,
 }
 
+/// Where Slack is: its Web API and the origin of the `response_url`s its requests carry (the
+/// copilot answers a slash command or a button there, and nowhere else, whatever a request says).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SlackSettings {
+    /// Slack's Web API base URL
+    #[arg(
+        long,
+        env = "COPILOT_SLACK_API_URL",
+        default_value = "https://slack.com/api",
+        global = true
+    )]
+    pub slack_api_url: String,
+
+    /// The only URL prefix a request's `response_url` may have for the copilot to answer there
+    #[arg(
+        long,
+        env = "COPILOT_SLACK_RESPONSE_URL_PREFIX",
+        default_value = "https://hooks.slack.com/",
+        global = true
+    )]
+    pub slack_response_url_prefix: String,
+}
+
 /// What tenants are given: the addresses their URLs may reach, the environment variables their
 /// legacy settings may name, and the keys that seal their secrets.
 #[derive(clap::Args, Debug, Clone)]
@@ -681,6 +707,11 @@ mod tests {
         ("prometheus-queries", "COPILOT_PROMETHEUS_QUERIES"),
         ("data-dir", "COPILOT_DATA_DIR"),
         ("log-format", "COPILOT_LOG_FORMAT"),
+        ("slack-api-url", "COPILOT_SLACK_API_URL"),
+        (
+            "slack-response-url-prefix",
+            "COPILOT_SLACK_RESPONSE_URL_PREFIX",
+        ),
     ];
 
     #[test]

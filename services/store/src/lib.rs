@@ -9,6 +9,7 @@ mod hypotheses;
 mod incidents;
 mod secrets;
 mod signals;
+mod slack;
 mod tenants;
 mod users;
 
