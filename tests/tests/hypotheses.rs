@@ -181,6 +181,23 @@ async fn incident_with_hypotheses(t: &TestApp, service: &str) -> Value {
     .await
 }
 
+/// An engineer's verdict on a hypothesis; the answer's status.
+async fn engineer_verdict(t: &TestApp, id: &str, hid: &str, verdict: &str) -> u16 {
+    let engineer = t.user_jwt("acme", "bob", Role::Engineer).await;
+    t.http
+        .post(format!(
+            "{}/v1/incidents/{id}/hypotheses/{hid}/verdict",
+            t.url
+        ))
+        .bearer_auth(engineer)
+        .json(&json!({"verdict": verdict}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn fast_hypotheses(min_interval_secs: u64) -> impl FnOnce(&mut copilot_runtime::Settings) {
     move |s| {
         s.hypothesis.settle_ms = 300;
@@ -835,19 +852,7 @@ async fn proposals_verdicts_and_usage_rebuilt_from_the_streams_equal_the_live_on
     })
     .await;
     let hid = newest["hypotheses"][0]["id"].as_str().unwrap().to_owned();
-    let engineer = t.user_jwt("acme", "bob", Role::Engineer).await;
-    let r = t
-        .http
-        .post(format!(
-            "{}/v1/incidents/{id}/hypotheses/{hid}/verdict",
-            t.url
-        ))
-        .bearer_auth(engineer)
-        .json(&json!({"verdict": "refuted"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(engineer_verdict(&t, &id, &hid, "refuted").await, 202);
     t.settle(Projection::Incidents).await;
     t.settle(Projection::Telemetry).await;
     let tables = [
@@ -1082,19 +1087,7 @@ async fn a_dependency_s_own_incident_is_cited_related_and_linked_once_a_person_c
     assert_eq!(related["suspected_by"][0], hid.as_str());
     assert!(related.get("confirmed").is_none());
 
-    let engineer = t.user_jwt("acme", "bob", Role::Engineer).await;
-    let r = t
-        .http
-        .post(format!(
-            "{}/v1/incidents/{id}/hypotheses/{hid}/verdict",
-            t.url
-        ))
-        .bearer_auth(engineer)
-        .json(&json!({"verdict": "confirmed"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(engineer_verdict(&t, &id, &hid, "confirmed").await, 202);
     t.settle(Projection::Incidents).await;
 
     let timeline = json_of(
