@@ -16,6 +16,11 @@ use crate::incidents::{
     IncidentResolved, IncidentTransitioned, SignalAttached, SignalResolved, TenantIntegrationsSet,
 };
 use crate::payloads::{SignalReceived, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked};
+use crate::tasks::{
+    TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
+    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone,
+    WorkerHeartbeatRecorded, WorkerRegistered,
+};
 
 /// One event payload type: its name and version on the wire.
 pub trait EventPayload: Serialize + DeserializeOwned + JsonSchema {
@@ -103,6 +108,19 @@ pub enum Event {
     TenantSecretSet(TenantSecretSet),
     TenantSecretRemoved(TenantSecretRemoved),
     IncidentLinked(IncidentLinked),
+    TaskCreated(TaskCreated),
+    TaskClaimed(TaskClaimed),
+    TaskProgressed(TaskProgressed),
+    TaskLogged(TaskLogged),
+    TaskCompleted(TaskCompleted),
+    TaskFailed(TaskFailed),
+    TaskLeaseExpired(TaskLeaseExpired),
+    TaskRetried(TaskRetried),
+    TaskCancelled(TaskCancelled),
+    TaskOutcomeRefused(TaskOutcomeRefused),
+    WorkerRegistered(WorkerRegistered),
+    WorkerHeartbeatRecorded(WorkerHeartbeatRecorded),
+    WorkerGone(WorkerGone),
 }
 
 impl Event {
@@ -156,6 +174,19 @@ impl Event {
             Self::TenantSecretSet(_) => TenantSecretSet::TYPE,
             Self::TenantSecretRemoved(_) => TenantSecretRemoved::TYPE,
             Self::IncidentLinked(_) => IncidentLinked::TYPE,
+            Self::TaskCreated(_) => TaskCreated::TYPE,
+            Self::TaskClaimed(_) => TaskClaimed::TYPE,
+            Self::TaskProgressed(_) => TaskProgressed::TYPE,
+            Self::TaskLogged(_) => TaskLogged::TYPE,
+            Self::TaskCompleted(_) => TaskCompleted::TYPE,
+            Self::TaskFailed(_) => TaskFailed::TYPE,
+            Self::TaskLeaseExpired(_) => TaskLeaseExpired::TYPE,
+            Self::TaskRetried(_) => TaskRetried::TYPE,
+            Self::TaskCancelled(_) => TaskCancelled::TYPE,
+            Self::TaskOutcomeRefused(_) => TaskOutcomeRefused::TYPE,
+            Self::WorkerRegistered(_) => WorkerRegistered::TYPE,
+            Self::WorkerHeartbeatRecorded(_) => WorkerHeartbeatRecorded::TYPE,
+            Self::WorkerGone(_) => WorkerGone::TYPE,
         }
     }
 }
@@ -272,7 +303,20 @@ impl Envelope {
             UserRemoved,
             TenantSecretSet,
             TenantSecretRemoved,
-            IncidentLinked
+            IncidentLinked,
+            TaskCreated,
+            TaskClaimed,
+            TaskProgressed,
+            TaskLogged,
+            TaskCompleted,
+            TaskFailed,
+            TaskLeaseExpired,
+            TaskRetried,
+            TaskCancelled,
+            TaskOutcomeRefused,
+            WorkerRegistered,
+            WorkerHeartbeatRecorded,
+            WorkerGone
         )
     }
 }

@@ -12,6 +12,7 @@ mod incidents;
 mod payloads;
 pub mod schema;
 pub mod subjects;
+mod tasks;
 mod trace;
 
 pub use admin::{
@@ -35,6 +36,11 @@ pub use incidents::{
 pub use payloads::{
     Role, Severity, SignalReceived, SignalSource, SignalStatus, TenantCreated, WebhookTokenIssued,
     WebhookTokenRevoked,
+};
+pub use tasks::{
+    TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
+    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone,
+    WorkerHeartbeatRecorded, WorkerRegistered,
 };
 pub use trace::TraceParent;
 

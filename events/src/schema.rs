@@ -57,6 +57,19 @@ pub fn all() -> Vec<(String, String)> {
         payload::<TenantSecretSet>(),
         payload::<TenantSecretRemoved>(),
         payload::<IncidentLinked>(),
+        payload::<crate::tasks::TaskCreated>(),
+        payload::<crate::tasks::TaskClaimed>(),
+        payload::<crate::tasks::TaskProgressed>(),
+        payload::<crate::tasks::TaskLogged>(),
+        payload::<crate::tasks::TaskCompleted>(),
+        payload::<crate::tasks::TaskFailed>(),
+        payload::<crate::tasks::TaskLeaseExpired>(),
+        payload::<crate::tasks::TaskRetried>(),
+        payload::<crate::tasks::TaskCancelled>(),
+        payload::<crate::tasks::TaskOutcomeRefused>(),
+        payload::<crate::tasks::WorkerRegistered>(),
+        payload::<crate::tasks::WorkerHeartbeatRecorded>(),
+        payload::<crate::tasks::WorkerGone>(),
     ]
 }
 

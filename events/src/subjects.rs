@@ -119,6 +119,26 @@ pub const HEADER_DEAD_LETTER_REASON: &str = "Copilot-Dead-Letter-Reason";
 /// NATS header on a dead letter: the stream and sequence it came from.
 pub const HEADER_DEAD_LETTER_ORIGIN: &str = "Copilot-Dead-Letter-Origin";
 
+/// `tasks.<tenant>.task.<id>`: every event of one task.
+pub fn task(tenant: &str, task: uuid::Uuid) -> String {
+    format!("tasks.{tenant}.task.{task}")
+}
+
+/// `tasks.<tenant>.worker.<id>`: every event of one worker.
+pub fn worker(tenant: &str, worker: uuid::Uuid) -> String {
+    format!("tasks.{tenant}.worker.{worker}")
+}
+
+/// The work-queue stream: what is ready to run, one message per queued attempt. Not an event
+/// stream (its messages are task ids, removed when acked), so it is not in [`ALL_STREAMS`].
+pub const TASK_QUEUE: &str = "TASKQUEUE";
+
+/// `taskqueue.<tenant>.p<priority>.<kind>`: a queued attempt, by priority and kind, so a worker's
+/// consumer filters on its kinds and is served the highest priority first.
+pub fn task_queue(tenant: &str, priority: u8, kind: &str) -> String {
+    format!("taskqueue.{tenant}.p{priority}.{kind}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,7 @@ pub use users::{NewUser, UserChange, add_user, remove_user, update_user};
 
 pub mod correlation;
 pub mod incident;
+pub mod tasks;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::Utc;
