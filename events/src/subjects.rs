@@ -124,6 +124,12 @@ pub fn task(tenant: &str, task: uuid::Uuid) -> String {
     format!("tasks.{tenant}.task.{task}")
 }
 
+/// `tasks.<tenant>.task.<id>.log`: progress and log lines of one task, apart from its
+/// lifecycle so that deciding on a task reads only its lifecycle.
+pub fn task_log(tenant: &str, task: uuid::Uuid) -> String {
+    format!("tasks.{tenant}.task.{task}.log")
+}
+
 /// `tasks.<tenant>.worker.<id>`: every event of one worker.
 pub fn worker(tenant: &str, worker: uuid::Uuid) -> String {
     format!("tasks.{tenant}.worker.{worker}")

@@ -8,6 +8,7 @@ mod hypotheses;
 mod incidents;
 mod observability;
 mod slack;
+mod tasks;
 mod tokens;
 mod trust;
 

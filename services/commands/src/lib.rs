@@ -8,6 +8,7 @@
 mod incidents;
 mod secrets;
 mod settings;
+mod task_commands;
 mod tenants;
 mod tokens;
 mod users;
@@ -15,6 +16,10 @@ mod users;
 pub use incidents::{Appended, IncidentAction, IncidentCommand, run as run_incident_command};
 pub use secrets::{MAX_SECRET_BYTES, SecretValue, StoredSecret, remove_secret, set_secret};
 pub use settings::{set_integrations, set_retention, set_rules};
+pub use task_commands::{
+    Claim, NewTask, cancel_task, claim_next, create_task, decide_task, finish_task, heartbeat_task,
+    load_task, report_task,
+};
 pub use tenants::{
     CreatedTenant, FIRST_ADMIN, NewTenant, create_tenant, first_admin, resume_tenant,
     suspend_tenant,

@@ -14,6 +14,7 @@ pub mod ratelimit;
 pub mod secrets;
 pub mod settings;
 pub mod shutdown;
+pub mod taskqueue;
 pub mod telemetry;
 pub mod tokens;
 

@@ -181,6 +181,16 @@ pub async fn provision(js: &jetstream::Context) -> anyhow::Result<Vec<(String, A
     crate::tokens::bucket(js)
         .await
         .context("applying the webhook tokens bucket")?;
+    let queue_existed = js.get_stream(subjects::TASK_QUEUE).await.is_ok();
+    crate::taskqueue::provision(js).await?;
+    report.push((
+        format!("stream {}", subjects::TASK_QUEUE),
+        if queue_existed {
+            Applied::Unchanged
+        } else {
+            Applied::Created
+        },
+    ));
     report.push((
         format!("bucket {}", subjects::TOKENS_BUCKET),
         if existed {

@@ -1,0 +1,55 @@
+//! The task work queue: a JetStream work-queue stream (`TASKQUEUE`) holding one message per task
+//! attempt ready to run, and one durable pull consumer per tenant and priority. A claim is a
+//! delivery, the lease is the consumer's `AckWait`, a heartbeat is an in-progress ack, completion
+//! is the ack; a message whose lease runs out is delivered again to another worker.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::pull, stream};
+use copilot_events::subjects;
+
+/// The stream definition, embedded like the others in `nats/`.
+pub const DEFINITION: &str = include_str!("../../../nats/streams/TASKQUEUE.json");
+
+/// How long a claim holds without a heartbeat.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// Creates the work-queue stream if it is missing.
+pub async fn provision(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
+    let config: stream::Config =
+        serde_json::from_str(DEFINITION).context("nats/streams/TASKQUEUE.json")?;
+    js.get_or_create_stream(config)
+        .await
+        .context("creating the task work queue")
+}
+
+/// The durable consumer of one tenant's attempts at one priority, with the given lease.
+pub async fn consumer(
+    js: &jetstream::Context,
+    tenant: &str,
+    priority: u8,
+    lease: Duration,
+) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
+    let stream = provision(js).await?;
+    let name = format!("tq-{tenant}-p{priority}");
+    stream
+        .get_or_create_consumer(
+            &name,
+            pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: format!("taskqueue.{tenant}.p{priority}.>"),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: lease,
+                max_deliver: -1,
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("creating the task queue consumer {name}"))
+}
+
+/// The queue subject of an attempt (re-exported for callers that only know the runtime).
+pub fn subject(tenant: &str, priority: u8, kind: &str) -> String {
+    subjects::task_queue(tenant, priority, kind)
+}
