@@ -8,7 +8,7 @@ use copilot_commands::{
     report_task, tasks::HeartbeatAnswer, tasks::TaskStatus,
 };
 use copilot_e2e::TestApp;
-use copilot_events::Headers;
+use copilot_events::{Headers, Role};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -289,4 +289,71 @@ async fn tasks_are_claimed_highest_priority_first_and_an_unknown_kind_is_refused
 
     assert!(refused.unwrap_err().to_string().starts_with("kind:"));
     assert_eq!(order, [9, 7, 2, 0]);
+}
+
+#[tokio::test]
+async fn tasks_are_created_read_and_cancelled_over_http_by_role_and_only_within_their_tenant() {
+    let app = TestApp::spawn().await;
+    let engineer = app.user_jwt("acme", "eng", Role::Engineer).await;
+    let viewer = app.user_jwt("acme", "view", Role::Viewer).await;
+    let other = app.user_jwt("globex", "eng", Role::Engineer).await;
+    let post = |jwt: String, body: serde_json::Value| {
+        app.http
+            .post(format!("{}/v1/tasks", app.url))
+            .bearer_auth(jwt)
+            .json(&body)
+            .send()
+    };
+
+    let created = post(
+        engineer.clone(),
+        json!({"kind": "promql.snapshot", "input": {"query": "up"}, "priority": 7}),
+    )
+    .await
+    .unwrap();
+    let by_viewer = post(viewer.clone(), json!({"kind": "promql.snapshot"}))
+        .await
+        .unwrap();
+    let unknown = post(engineer.clone(), json!({"kind": "rm.rf"}))
+        .await
+        .unwrap();
+    let bad_priority = post(
+        engineer.clone(),
+        json!({"kind": "promql.snapshot", "priority": 10}),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(created.status(), 201);
+    let task: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(task["status"], "queued");
+    assert_eq!(task["priority"], 7);
+    assert_eq!(by_viewer.status(), 403);
+    assert_eq!(unknown.status(), 422);
+    assert!(unknown.text().await.unwrap().contains("kind"));
+    assert_eq!(bad_priority.status(), 422);
+    assert!(bad_priority.text().await.unwrap().contains("priority"));
+    let id = task["id"].as_str().unwrap();
+    let seen = app.get(&format!("/v1/tasks/{id}"), &viewer).await;
+    assert_eq!(seen.status(), 200);
+    let elsewhere = app.get(&format!("/v1/tasks/{id}"), &other).await;
+    assert_eq!(elsewhere.status(), 404, "another tenant's task is a 404");
+    let cancel = |jwt: String| {
+        app.http
+            .delete(format!("{}/v1/tasks/{id}", app.url))
+            .bearer_auth(jwt)
+            .send()
+    };
+    assert_eq!(cancel(other).await.unwrap().status(), 404);
+    let cancelled = cancel(engineer.clone()).await.unwrap();
+    assert_eq!(cancelled.status(), 200);
+    assert_eq!(
+        cancelled.json::<serde_json::Value>().await.unwrap()["status"],
+        "cancelled"
+    );
+    assert_eq!(
+        cancel(engineer).await.unwrap().status(),
+        409,
+        "an ended task cannot be cancelled"
+    );
 }

@@ -13,6 +13,7 @@ pub mod incidents;
 pub mod page;
 pub mod secrets;
 pub mod signals;
+pub mod tasks;
 pub mod views;
 
 use std::sync::Arc;
@@ -198,6 +199,13 @@ pub const POLICY: &[(Method, &str, Access)] = &[
         Method::DELETE,
         "/v1/admin/tenants/{slug}/users/{user_id}",
         Access::PlatformOrTenantAdmin,
+    ),
+    (Method::POST, "/v1/tasks", Access::Tenant(Role::Engineer)),
+    (Method::GET, "/v1/tasks/{id}", Access::Tenant(Role::Viewer)),
+    (
+        Method::DELETE,
+        "/v1/tasks/{id}",
+        Access::Tenant(Role::Engineer),
     ),
 ];
 
@@ -847,6 +855,34 @@ fn routes() -> ApiRouter<Api> {
                     .response_with::<204, (), _>(|r| r.description("Removed"))
                     .problem(404, "No such tenant or user")
                     .problem(409, "The user is the tenant's last admin")
+            }),
+        )
+        .api_route(
+            "/v1/tasks",
+            post_with(tasks::create, |op| {
+                op.id("createTask")
+                    .summary("Creates a task and queues it for a worker")
+                    .tag("tasks")
+                    .response_with::<201, Json<tasks::TaskView>, _>(|r| r.description("Queued"))
+                    .problem(422, "An unknown kind, or a field out of range (named)")
+            }),
+        )
+        .api_route(
+            "/v1/tasks/{id}",
+            get_with(tasks::get, |op| {
+                op.id("getTask")
+                    .summary("One task as its events say: status, attempt, every failure's reason")
+                    .tag("tasks")
+                    .path_param::<Uuid>("id", "The task's id")
+                    .problem(404, "No such task")
+            })
+            .delete_with(tasks::cancel, |op| {
+                op.id("cancelTask")
+                    .summary("Cancels a queued or running task; a running attempt learns it on its next heartbeat")
+                    .tag("tasks")
+                    .path_param::<Uuid>("id", "The task's id")
+                    .problem(404, "No such task")
+                    .problem(409, "The task already ended")
             }),
         )
 }
