@@ -357,3 +357,60 @@ async fn tasks_are_created_read_and_cancelled_over_http_by_role_and_only_within_
         "an ended task cannot be cancelled"
     );
 }
+
+#[tokio::test]
+async fn ten_workers_run_a_hundred_tasks_with_none_run_twice_at_once_and_none_lost() {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    let app = TestApp::spawn().await;
+    let js = app.ctx().js.clone();
+    let mut ids = HashSet::new();
+    for _ in 0..100 {
+        ids.insert(
+            create_task(&js, "acme", "u1", snapshot(5, 1, 60), Headers::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let running: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
+    let finished: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+
+    let mut workers = Vec::new();
+    for _ in 0..10 {
+        let (js, running, finished) = (js.clone(), running.clone(), finished.clone());
+        workers.push(tokio::spawn(async move {
+            let worker = Uuid::now_v7();
+            while let Some(claim) = claim_next(
+                &js,
+                "acme",
+                worker,
+                &kinds(),
+                Duration::from_millis(500),
+                LEASE,
+            )
+            .await
+            .unwrap()
+            {
+                let id = claim.task.id;
+                assert!(
+                    running.lock().unwrap().insert(id),
+                    "task {id} claimed while running"
+                );
+                let done = finish_task(&js, "acme", worker, id, 1, &claim.lease, Ok(json!(1)))
+                    .await
+                    .unwrap();
+                assert!(done);
+                running.lock().unwrap().remove(&id);
+                finished.lock().unwrap().push(id);
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let finished = finished.lock().unwrap().clone();
+    assert_eq!(finished.len(), 100, "every task ran exactly once");
+    assert_eq!(finished.into_iter().collect::<HashSet<_>>(), ids);
+}
