@@ -333,7 +333,7 @@ async fn consider(
         answer(js, tenant, &lease, AckKind::Ack).await?;
         return Ok(None);
     }
-    if !kinds.iter().any(|k| *k == task.kind) {
+    if !kinds.contains(&task.kind) {
         answer(
             js,
             tenant,
