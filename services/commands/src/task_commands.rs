@@ -165,6 +165,7 @@ pub async fn decide_task(
         let now = Utc::now();
         match append_events(js, tenant, task_id, &events, last, headers, now).await {
             Ok(()) => {
+                count(&task.kind, &events);
                 let task = events.iter().fold(task, |t, e| t.evolve(e, now));
                 return Ok((task, events));
             }
@@ -175,6 +176,25 @@ pub async fn decide_task(
     Err(CommandError::Conflict(
         "the task kept changing; try again".into(),
     ))
+}
+
+fn count(kind: &str, events: &[Event]) {
+    let metrics = taskqueue::TaskMetrics::global();
+    for event in events {
+        match event {
+            Event::TaskClaimed(_) => metrics.claims_total.with_label_values(&[kind]).inc(),
+            Event::TaskLeaseExpired(_) => metrics
+                .lease_expiries_total
+                .with_label_values(&[kind])
+                .inc(),
+            Event::TaskCompleted(_) => metrics.outcome(kind, "succeeded"),
+            Event::TaskRetried(_) => metrics.outcome(kind, "retried"),
+            Event::TaskFailed(f) if f.last => metrics.outcome(kind, "failed"),
+            Event::TaskCancelled(_) => metrics.outcome(kind, "cancelled"),
+            Event::TaskOutcomeRefused(_) => metrics.outcome(kind, "refused"),
+            _ => {}
+        }
+    }
 }
 
 async fn append_events(

@@ -288,6 +288,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Registers a collector an area keeps in its own module (see [`crate::taskqueue`]'s
+    /// metrics), so it is rendered with the rest.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry
+            .register(collector)
+            .expect("metric names are unique");
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

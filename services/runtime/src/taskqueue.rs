@@ -53,3 +53,51 @@ pub async fn consumer(
 pub fn subject(tenant: &str, priority: u8, kind: &str) -> String {
     subjects::task_queue(tenant, priority, kind)
 }
+
+/// Task metrics: claims, outcomes and lease expiries by kind.
+pub struct TaskMetrics {
+    /// Attempts claimed, by kind.
+    pub claims_total: prometheus::IntCounterVec,
+    /// Outcomes by kind: `succeeded`, `retried`, `failed`, `cancelled`, `refused` (a late
+    /// outcome from a worker that lost its attempt).
+    pub outcomes_total: prometheus::IntCounterVec,
+    /// Attempts whose worker stopped heartbeating past the lease, by kind.
+    pub lease_expiries_total: prometheus::IntCounterVec,
+}
+
+impl TaskMetrics {
+    /// The process's task metrics, registered with [`crate::metrics::Metrics`] on first use.
+    pub fn global() -> &'static TaskMetrics {
+        static METRICS: std::sync::OnceLock<TaskMetrics> = std::sync::OnceLock::new();
+        METRICS.get_or_init(|| {
+            let counter = |name: &str, help: &str| {
+                prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &["kind"])
+                    .expect("valid metric")
+            };
+            let metrics = TaskMetrics {
+                claims_total: counter("copilot_task_claims_total", "Task attempts claimed"),
+                outcomes_total: prometheus::IntCounterVec::new(
+                    prometheus::Opts::new("copilot_task_outcomes_total", "Task attempt outcomes"),
+                    &["kind", "outcome"],
+                )
+                .expect("valid metric"),
+                lease_expiries_total: counter(
+                    "copilot_task_lease_expiries_total",
+                    "Task attempts whose lease ran out",
+                ),
+            };
+            let global = crate::metrics::Metrics::global();
+            global.register(Box::new(metrics.claims_total.clone()));
+            global.register(Box::new(metrics.outcomes_total.clone()));
+            global.register(Box::new(metrics.lease_expiries_total.clone()));
+            metrics
+        })
+    }
+
+    /// Counts one outcome of a task of `kind`.
+    pub fn outcome(&self, kind: &str, outcome: &str) {
+        self.outcomes_total
+            .with_label_values(&[kind, outcome])
+            .inc();
+    }
+}
