@@ -145,6 +145,16 @@ pub fn task_queue(tenant: &str, priority: u8, kind: &str) -> String {
     format!("taskqueue.{tenant}.p{priority}.{kind}")
 }
 
+/// `taskqueue.<tenant>.p<priority>.>`: every queued attempt of a tenant at one priority.
+pub fn task_queue_priority(tenant: &str, priority: u8) -> String {
+    format!("taskqueue.{tenant}.p{priority}.>")
+}
+
+/// The durable consumer of a tenant's queued attempts at one priority, `tq-<tenant>-p<priority>`.
+pub fn task_queue_consumer(tenant: &str, priority: u8) -> String {
+    format!("tq-{tenant}-p{priority}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -257,14 +257,27 @@ pub async fn cancel_task(
 
 /// Answers a queue message through its ack subject. Only ack subjects of this tenant's task
 /// queue consumers are accepted, so a worker cannot make the copilot publish elsewhere.
+/// Whether `lease` is the ack subject of a delivery by one of `tenant`'s own queue consumers:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, naming
+/// the consumer exactly (a prefix would let tenant `acme` answer for `acme-p1`'s consumers).
+fn lease_of(tenant: &str, lease: &str) -> bool {
+    let tokens: Vec<&str> = lease.split('.').collect();
+    let own = (0..=crate::tasks::MAX_PRIORITY)
+        .any(|p| tokens.get(3) == Some(&subjects::task_queue_consumer(tenant, p).as_str()));
+    own && tokens.len() == 9
+        && tokens[..3] == ["$JS", "ACK", subjects::TASK_QUEUE]
+        && tokens[4..]
+            .iter()
+            .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+}
+
 async fn answer(
     js: &jetstream::Context,
     tenant: &str,
     lease: &str,
     kind: AckKind,
 ) -> Result<(), CommandError> {
-    let prefix = format!("$JS.ACK.{}.tq-{tenant}-p", subjects::TASK_QUEUE);
-    if !lease.starts_with(&prefix) || lease.contains(['*', '>', ' ']) {
+    if !lease_of(tenant, lease) {
         return Err(CommandError::Invalid(
             "lease: not a lease of this tenant".into(),
         ));
@@ -519,4 +532,28 @@ pub async fn report_task(
         copilot_runtime::append::append_event(js, subject, &envelope, None).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease_of;
+
+    #[test]
+    fn a_lease_is_only_ever_one_of_the_tenants_own_consumers_deliveries() {
+        let lease =
+            |consumer: &str| format!("$JS.ACK.TASKQUEUE.{consumer}.1.42.7.1733280000000000000.0");
+
+        assert!(lease_of("acme", &lease("tq-acme-p5")));
+        assert!(
+            !lease_of("acme", &lease("tq-acme-p1-p0")),
+            "tenant acme-p1's consumer"
+        );
+        assert!(!lease_of("acme", &lease("tq-globex-p5")));
+        assert!(!lease_of("acme", "$JS.ACK.TASKQUEUE.tq-acme-p5.>"));
+        assert!(!lease_of(
+            "acme",
+            &lease("tq-acme-p5").replace("TASKQUEUE", "SIGNALS")
+        ));
+        assert!(!lease_of("acme", "_INBOX.anything"));
+    }
 }

@@ -32,13 +32,13 @@ pub async fn consumer(
     lease: Duration,
 ) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
     let stream = provision(js).await?;
-    let name = format!("tq-{tenant}-p{priority}");
+    let name = subjects::task_queue_consumer(tenant, priority);
     stream
         .get_or_create_consumer(
             &name,
             pull::Config {
                 durable_name: Some(name.clone()),
-                filter_subject: format!("taskqueue.{tenant}.p{priority}.>"),
+                filter_subject: subjects::task_queue_priority(tenant, priority),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: lease,
                 max_deliver: -1,
