@@ -319,7 +319,7 @@ async fn commands(State(slack): State<Slack>, headers: HeaderMap, body: Bytes) -
             .into_response();
         }
     };
-    let Some((_user, role)) = person else {
+    let Some((user, role)) = person else {
         return Json(ephemeral(format!(
             "Your Slack account ({slack_user}) is not linked to a user of this copilot's tenant {:?}. \
              Ask an admin to link it: `PATCH /v1/admin/tenants/{}/users/<your user id>` with \
@@ -355,24 +355,22 @@ async fn commands(State(slack): State<Slack>, headers: HeaderMap, body: Bytes) -
                 let arg = arg.trim();
                 match slack.incident(&who.tenant, id).await {
                     Err(why) => ephemeral(why),
-                    Ok(incident) => {
-                        match action(&slack, &who.tenant, verb, arg, slack_user).await {
-                            Err(why) => ephemeral(why),
-                            Ok(action) => {
-                                match slack.act(&who, slack_user, incident.id, action).await {
-                                    Err(why) => ephemeral(format!(
-                                        "`{verb}` on {}: {why}",
-                                        blocks::short(incident.id)
-                                    )),
-                                    Ok(now) => {
-                                        let mut message = slack.message(&who.tenant, &now).await;
-                                        message["response_type"] = json!("in_channel");
-                                        message
-                                    }
+                    Ok(incident) => match action(&slack, &who.tenant, verb, arg, &user).await {
+                        Err(why) => ephemeral(why),
+                        Ok(action) => {
+                            match slack.act(&who, slack_user, incident.id, action).await {
+                                Err(why) => ephemeral(format!(
+                                    "`{verb}` on {}: {why}",
+                                    blocks::short(incident.id)
+                                )),
+                                Ok(now) => {
+                                    let mut message = slack.message(&who.tenant, &now).await;
+                                    message["response_type"] = json!("in_channel");
+                                    message
                                 }
                             }
                         }
-                    }
+                    },
                 }
             }
         }
@@ -392,42 +390,45 @@ pub fn ask(question: &str) -> Value {
     )
 }
 
-/// The command a verb and its argument ask for.
+/// The lifecycle state a slash command's verb or a button's action moves an incident to.
+fn lifecycle_move(verb: &str) -> Option<&'static str> {
+    match verb {
+        "ack" => Some("acknowledged"),
+        "investigate" => Some("investigating"),
+        "resolve" => Some("resolved"),
+        _ => None,
+    }
+}
+
+/// The command a verb and its argument ask for, `user` being the asker's linked user.
 async fn action(
     slack: &Slack,
     tenant: &str,
     verb: &str,
     arg: &str,
-    slack_user: &str,
+    user: &str,
 ) -> Result<IncidentAction, String> {
-    let note = (!arg.is_empty()).then(|| arg.to_owned());
+    if let Some(to) = lifecycle_move(verb) {
+        return Ok(IncidentAction::Transition {
+            to: to.into(),
+            note: (!arg.is_empty()).then(|| arg.to_owned()),
+        });
+    }
     Ok(match verb {
-        "ack" => IncidentAction::Transition {
-            to: "acknowledged".into(),
-            note,
-        },
-        "investigate" => IncidentAction::Transition {
-            to: "investigating".into(),
-            note,
-        },
-        "resolve" => IncidentAction::Transition {
-            to: "resolved".into(),
-            note,
-        },
         "note" if arg.is_empty() => return Err("`note <id> <text>`: the text is missing".into()),
         "note" => IncidentAction::Note {
             text: arg.to_owned(),
         },
+        "assign" if arg == "me" => IncidentAction::Assign {
+            assignee: Some(user.to_owned()),
+        },
         "assign" => {
             // Slack writes a mention as `<@U123|name>` (or `<@U123>`).
-            let target = if arg == "me" {
-                slack_user.to_owned()
-            } else {
-                arg.strip_prefix("<@")
-                    .and_then(|m| m.strip_suffix('>'))
-                    .map(|m| m.split('|').next().unwrap_or(m).to_owned())
-                    .ok_or("`assign <id> <@user|me>`: mention the person to assign")?
-            };
+            let target = arg
+                .strip_prefix("<@")
+                .and_then(|m| m.strip_suffix('>'))
+                .map(|m| m.split('|').next().unwrap_or(m).to_owned())
+                .ok_or("`assign <id> <@user|me>`: mention the person to assign")?;
             let assignee = slack
                 .person(tenant, &target)
                 .await
@@ -519,7 +520,7 @@ async fn click(
     action_id: &str,
     value: &str,
 ) -> Result<Value, String> {
-    let Some((_user, role)) = slack
+    let Some((user, role)) = slack
         .person(&who.tenant, slack_user)
         .await
         .map_err(|e| e.to_string())?
@@ -539,37 +540,26 @@ async fn click(
         .parse()
         .map_err(|_| "this button names no incident".to_owned())?;
     let kind = action_id.split(':').next().unwrap_or("");
-    let action = match kind {
-        "ack" => IncidentAction::Transition {
-            to: "acknowledged".into(),
+    let action = match lifecycle_move(kind) {
+        Some(to) => IncidentAction::Transition {
+            to: to.into(),
             note: None,
         },
-        "investigate" => IncidentAction::Transition {
-            to: "investigating".into(),
-            note: None,
-        },
-        "resolve" => IncidentAction::Transition {
-            to: "resolved".into(),
-            note: None,
-        },
-        "assign_me" => IncidentAction::Assign {
-            assignee: slack
-                .person(&who.tenant, slack_user)
-                .await
-                .ok()
-                .flatten()
-                .map(|p| p.0),
-        },
-        "confirm" | "refute" => IncidentAction::Verdict {
-            hypothesis_id: hypothesis.to_owned(),
-            verdict: if kind == "confirm" {
-                Verdict::Confirmed
-            } else {
-                Verdict::Refuted
+        None => match kind {
+            "assign_me" => IncidentAction::Assign {
+                assignee: Some(user),
             },
-            note: None,
+            "confirm" | "refute" => IncidentAction::Verdict {
+                hypothesis_id: hypothesis.to_owned(),
+                verdict: if kind == "confirm" {
+                    Verdict::Confirmed
+                } else {
+                    Verdict::Refuted
+                },
+                note: None,
+            },
+            other => return Err(format!("this copilot has no button {other:?}")),
         },
-        other => return Err(format!("this copilot has no button {other:?}")),
     };
     let now = slack.act(who, slack_user, incident, action).await?;
     Ok(slack.message(&who.tenant, &now).await)
