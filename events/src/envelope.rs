@@ -18,7 +18,8 @@ use crate::incidents::{
 use crate::payloads::{SignalReceived, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked};
 use crate::tasks::{
     TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
-    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone,
+    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone, WorkerTokenIssued,
+    WorkerTokenRevoked,
     WorkerHeartbeatRecorded, WorkerRegistered,
 };
 
@@ -121,6 +122,8 @@ pub enum Event {
     WorkerRegistered(WorkerRegistered),
     WorkerHeartbeatRecorded(WorkerHeartbeatRecorded),
     WorkerGone(WorkerGone),
+    WorkerTokenIssued(WorkerTokenIssued),
+    WorkerTokenRevoked(WorkerTokenRevoked),
 }
 
 impl Event {
@@ -187,6 +190,8 @@ impl Event {
             Self::WorkerRegistered(_) => WorkerRegistered::TYPE,
             Self::WorkerHeartbeatRecorded(_) => WorkerHeartbeatRecorded::TYPE,
             Self::WorkerGone(_) => WorkerGone::TYPE,
+            Self::WorkerTokenIssued(_) => WorkerTokenIssued::TYPE,
+            Self::WorkerTokenRevoked(_) => WorkerTokenRevoked::TYPE,
         }
     }
 }
@@ -316,7 +321,9 @@ impl Envelope {
             TaskOutcomeRefused,
             WorkerRegistered,
             WorkerHeartbeatRecorded,
-            WorkerGone
+            WorkerGone,
+            WorkerTokenIssued,
+            WorkerTokenRevoked
         )
     }
 }

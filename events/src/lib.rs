@@ -39,7 +39,8 @@ pub use payloads::{
 };
 pub use tasks::{
     TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
-    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone,
+    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone, WorkerTokenIssued,
+    WorkerTokenRevoked,
     WorkerHeartbeatRecorded, WorkerRegistered,
 };
 pub use trace::TraceParent;

@@ -70,6 +70,8 @@ pub fn all() -> Vec<(String, String)> {
         payload::<crate::tasks::WorkerRegistered>(),
         payload::<crate::tasks::WorkerHeartbeatRecorded>(),
         payload::<crate::tasks::WorkerGone>(),
+        payload::<crate::tasks::WorkerTokenIssued>(),
+        payload::<crate::tasks::WorkerTokenRevoked>(),
     ]
 }
 

@@ -49,6 +49,11 @@ pub fn tenant(tenant: &str) -> String {
     format!("tenants.{tenant}.tenant")
 }
 
+/// `tenants.<tenant>.worker_tokens`: worker tokens issued and revoked.
+pub fn tenant_worker_tokens(tenant: &str) -> String {
+    format!("tenants.{tenant}.worker_tokens")
+}
+
 /// `tenants.<tenant>.tokens`: webhook tokens issued and revoked.
 pub fn tenant_tokens(tenant: &str) -> String {
     format!("tenants.{tenant}.tokens")

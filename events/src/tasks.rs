@@ -188,3 +188,32 @@ impl EventPayload for WorkerGone {
     const TYPE: &'static str = "WorkerGone";
     const VERSION: u32 = 1;
 }
+
+/// A worker token was issued (`tenants.<tenant>.worker_tokens`): a tenant's workers authenticate
+/// with it on the worker routes. Like a webhook token, only its hash is ever kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerTokenIssued {
+    pub token_id: Uuid,
+    /// Hex blake3 hash of the token.
+    pub token_hash: String,
+    /// The first characters of the token, safe to display.
+    pub prefix: String,
+    /// What the token is for, as the admin named it (a host, a team's worker pool).
+    pub name: String,
+    pub issued_by: String,
+}
+impl EventPayload for WorkerTokenIssued {
+    const TYPE: &'static str = "WorkerTokenIssued";
+    const VERSION: u32 = 1;
+}
+
+/// A worker token stopped working.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerTokenRevoked {
+    pub token_id: Uuid,
+    pub revoked_by: String,
+}
+impl EventPayload for WorkerTokenRevoked {
+    const TYPE: &'static str = "WorkerTokenRevoked";
+    const VERSION: u32 = 1;
+}

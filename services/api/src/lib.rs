@@ -15,6 +15,7 @@ pub mod secrets;
 pub mod signals;
 pub mod tasks;
 pub mod views;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -49,6 +50,8 @@ pub enum Access {
     Platform,
     /// A platform operator, or an admin of the tenant the path's `{slug}` names.
     PlatformOrTenantAdmin,
+    /// A worker, with one of its tenant's worker tokens (`cpk_…`), not a JWT.
+    Worker,
 }
 
 /// Every API route and who may call it. The README's role table is this table.
@@ -201,12 +204,38 @@ pub const POLICY: &[(Method, &str, Access)] = &[
         Access::PlatformOrTenantAdmin,
     ),
     (Method::POST, "/v1/tasks", Access::Tenant(Role::Engineer)),
+    (Method::GET, "/v1/tasks", Access::Tenant(Role::Viewer)),
     (Method::GET, "/v1/tasks/{id}", Access::Tenant(Role::Viewer)),
     (
         Method::DELETE,
         "/v1/tasks/{id}",
         Access::Tenant(Role::Engineer),
     ),
+    (
+        Method::GET,
+        "/v1/tasks/{id}/logs",
+        Access::Tenant(Role::Viewer),
+    ),
+    (Method::GET, "/v1/workers", Access::Tenant(Role::Viewer)),
+    (
+        Method::GET,
+        "/v1/workers/{id}",
+        Access::Tenant(Role::Viewer),
+    ),
+    (Method::GET, "/v1/worker-tokens", Access::Tenant(Role::Admin)),
+    (Method::POST, "/v1/worker-tokens", Access::Tenant(Role::Admin)),
+    (
+        Method::DELETE,
+        "/v1/worker-tokens/{id}",
+        Access::Tenant(Role::Admin),
+    ),
+    (Method::POST, "/v1/workers/register", Access::Worker),
+    (Method::POST, "/v1/workers/heartbeat", Access::Worker),
+    (Method::POST, "/v1/workers/claim", Access::Worker),
+    (Method::POST, "/v1/workers/gone", Access::Worker),
+    (Method::POST, "/v1/tasks/{id}/report", Access::Worker),
+    (Method::POST, "/v1/tasks/{id}/complete", Access::Worker),
+    (Method::POST, "/v1/tasks/{id}/fail", Access::Worker),
 ];
 
 /// The access a route needs, if the table has it. `HEAD` is a `GET` without the body.
@@ -358,6 +387,9 @@ async fn authenticate(
     access: Access,
     slug: Option<String>,
 ) -> Result<Claims, ApiError> {
+    if access == Access::Worker {
+        return authenticate_worker(api, bearer(headers)?).await;
+    }
     let mut claims = api
         .jwt
         .verify(bearer(headers)?)
@@ -395,6 +427,11 @@ async fn authenticate(
                     "this needs a platform operator's token".into(),
                 ));
             }
+            Access::Worker => {
+                return Err(ApiError::Forbidden(
+                    "this route takes a worker token, not a user's JWT".into(),
+                ));
+            }
             Access::PlatformOrTenantAdmin => {
                 if slug.as_deref() != Some(claims.tenant.as_str()) {
                     // Another tenant's administration is as invisible as its data.
@@ -410,6 +447,39 @@ async fn authenticate(
         }
     }
     Ok(claims)
+}
+
+/// A worker's token: one of a tenant's live worker tokens. The worker acts as
+/// `worker-token:<id>` of that tenant, on the worker routes only.
+async fn authenticate_worker(api: &Api, token: &str) -> Result<Claims, ApiError> {
+    use copilot_runtime::auth::{WORKER_TOKEN_PREFIX, hash_token};
+    if !token.starts_with(WORKER_TOKEN_PREFIX) {
+        return Err(if api.jwt.verify(token).is_ok() {
+            ApiError::Forbidden(format!(
+                "this route takes a worker token ({WORKER_TOKEN_PREFIX}…), not a user's JWT"
+            ))
+        } else {
+            ApiError::Unauthorized("the worker token is invalid or revoked".into())
+        });
+    }
+    let (tenant, token_id) = api
+        .ctx
+        .store
+        .worker_token_by_hash(&hash_token(token))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("the worker token is invalid or revoked".into()))?;
+    Ok(Claims {
+        sub: format!("worker-token:{token_id}"),
+        tenant,
+        role: Role::Viewer,
+        iss: String::new(),
+        aud: String::new(),
+        iat: 0,
+        exp: 0,
+        nbf: None,
+        platform: false,
+        useq: None,
+    })
 }
 
 /// Whether a user token speaks for this incarnation of its user. A token the copilot issued
@@ -538,7 +608,7 @@ pub fn router(ctx: Context, jwt: Arc<Jwt>) -> Router {
 /// The API's routes with their documentation. Who may call each is [`POLICY`]'s, which
 /// [`describe`] writes into the document with the errors every route answers.
 fn routes() -> ApiRouter<Api> {
-    use aide::axum::routing::{get_with, patch_with, post_with, put_with};
+    use aide::axum::routing::{delete_with, get_with, patch_with, post_with, put_with};
     use axum::Json;
     use copilot_events::{CorrelationRules, TenantIntegrations, TenantRetention};
     use docs::*;
@@ -865,24 +935,168 @@ fn routes() -> ApiRouter<Api> {
                     .tag("tasks")
                     .response_with::<201, Json<tasks::TaskView>, _>(|r| r.description("Queued"))
                     .problem(422, "An unknown kind, or a field out of range (named)")
+            })
+            .get_with(tasks::list, |op| {
+                op.id("listTasks")
+                    .summary("The tenant's tasks, newest first, by status, kind, incident and time")
+                    .tag("tasks")
+                    .problem(400, QUERY_400)
             }),
         )
         .api_route(
             "/v1/tasks/{id}",
             get_with(tasks::get, |op| {
                 op.id("getTask")
-                    .summary("One task as its events say: status, attempt, every failure's reason")
+                    .summary("One task: status, attempt, progress, result, every failure's reason")
                     .tag("tasks")
-                    .path_param::<Uuid>("id", "The task's id")
+                    .path_param::<Uuid>("id", TASK_ID)
                     .problem(404, "No such task")
             })
             .delete_with(tasks::cancel, |op| {
                 op.id("cancelTask")
                     .summary("Cancels a queued or running task; a running attempt learns it on its next heartbeat")
                     .tag("tasks")
-                    .path_param::<Uuid>("id", "The task's id")
+                    .path_param::<Uuid>("id", TASK_ID)
                     .problem(404, "No such task")
                     .problem(409, "The task already ended")
+            }),
+        )
+        .api_route(
+            "/v1/tasks/{id}/logs",
+            get_with(tasks::logs, |op| {
+                op.id("taskLogs")
+                    .summary("A task's log lines; with `follow=true`, new lines as server-sent events until the task ends")
+                    .tag("tasks")
+                    .path_param::<Uuid>("id", TASK_ID)
+                    .response_with::<200, Json<tasks::TaskLogPage>, _>(|r| {
+                        r.description("A page of lines (or, with `follow=true`, `text/event-stream`: `line` events, then `end`)")
+                    })
+                    .problem(400, QUERY_400)
+                    .problem(404, "No such task")
+            }),
+        )
+        .api_route(
+            "/v1/tasks/{id}/report",
+            post_with(workers::report, |op| {
+                op.id("reportTask")
+                    .summary("Worker: progress and log lines of an attempt")
+                    .tag("workers")
+                    .path_param::<Uuid>("id", TASK_ID)
+                    .response_with::<202, (), _>(|r| r.description("Recorded"))
+                    .problem(422, "A percent over 100, or too many or too long lines")
+            }),
+        )
+        .api_route(
+            "/v1/tasks/{id}/complete",
+            post_with(workers::complete, |op| {
+                op.id("completeTask")
+                    .summary("Worker: the attempt it holds succeeded, with its result")
+                    .tag("workers")
+                    .path_param::<Uuid>("id", TASK_ID)
+                    .problem(404, "No such task")
+                    .problem(409, "The attempt is no longer the worker's: refused, and recorded")
+                    .problem(422, "The lease is not one of this tenant's")
+            }),
+        )
+        .api_route(
+            "/v1/tasks/{id}/fail",
+            post_with(workers::fail, |op| {
+                op.id("failTask")
+                    .summary("Worker: the attempt it holds failed; retried with backoff until its attempts run out")
+                    .tag("workers")
+                    .path_param::<Uuid>("id", TASK_ID)
+                    .problem(404, "No such task")
+                    .problem(409, "The attempt is no longer the worker's: refused, and recorded")
+                    .problem(422, "No reason, or a lease that is not one of this tenant's")
+            }),
+        )
+        .api_route(
+            "/v1/workers",
+            get_with(workers::list, |op| {
+                op.id("listWorkers")
+                    .summary("The tenant's workers: online, stale or offline from their last heartbeat")
+                    .tag("workers")
+            }),
+        )
+        .api_route(
+            "/v1/workers/{id}",
+            get_with(workers::get, |op| {
+                op.id("getWorker")
+                    .summary("One worker")
+                    .tag("workers")
+                    .path_param::<Uuid>("id", "The worker's id")
+                    .problem(404, "No such worker")
+            }),
+        )
+        .api_route(
+            "/v1/workers/register",
+            post_with(workers::register, |op| {
+                op.id("registerWorker")
+                    .summary("Worker: announces itself with the kinds it runs")
+                    .tag("workers")
+                    .response_with::<201, Json<workers::Registered>, _>(|r| r.description("Registered"))
+                    .problem(422, "No kinds, an unknown kind, or a capacity out of range")
+            }),
+        )
+        .api_route(
+            "/v1/workers/heartbeat",
+            post_with(workers::heartbeat, |op| {
+                op.id("workerHeartbeat")
+                    .summary("Worker: alive; extends the leases of the tasks it holds and says which to stop")
+                    .tag("workers")
+                    .problem(404, "No such worker or task")
+                    .problem(409, "The worker has gone")
+            }),
+        )
+        .api_route(
+            "/v1/workers/claim",
+            post_with(workers::claim, |op| {
+                op.id("claimTask")
+                    .summary("Worker: the next task of its kinds, highest priority first, waiting up to `wait_secs`")
+                    .tag("workers")
+                    .response_with::<200, Json<workers::ClaimedTask>, _>(|r| r.description("Claimed"))
+                    .response_with::<204, (), _>(|r| r.description("Nothing to do within the wait"))
+                    .problem(404, "No such worker")
+                    .problem(409, "The worker has gone")
+                    .problem(422, "A kind it did not register, or a wait over 30 s")
+            }),
+        )
+        .api_route(
+            "/v1/workers/gone",
+            post_with(workers::gone, |op| {
+                op.id("workerGone")
+                    .summary("Worker: stopping (drained)")
+                    .tag("workers")
+                    .response_with::<204, (), _>(|r| r.description("Recorded"))
+                    .problem(404, "No such worker")
+                    .problem(409, "The worker has gone already")
+            }),
+        )
+        .api_route(
+            "/v1/worker-tokens",
+            get_with(workers::list_tokens, |op| {
+                op.id("listWorkerTokens")
+                    .summary("The tenant's worker tokens (never their secrets)")
+                    .tag("workers")
+            })
+            .post_with(workers::issue_token, |op| {
+                op.id("issueWorkerToken")
+                    .summary("Issues a worker token; the secret is shown this once")
+                    .tag("workers")
+                    .response_with::<201, Json<workers::IssuedWorkerToken>, _>(|r| r.description("Issued"))
+                    .problem(422, "A name that is empty or over 100 characters")
+            }),
+        )
+        .api_route(
+            "/v1/worker-tokens/{id}",
+            delete_with(workers::revoke_token, |op| {
+                op.id("revokeWorkerToken")
+                    .summary("Revokes a worker token at once")
+                    .tag("workers")
+                    .path_param::<Uuid>("id", "The worker token's id")
+                    .response_with::<204, (), _>(|r| r.description("Revoked"))
+                    .problem(404, "No such token")
+                    .problem(409, "Already revoked")
             }),
         )
 }
@@ -893,7 +1107,7 @@ fn routes() -> ApiRouter<Api> {
 /// # Panics
 /// When a documented route is missing from [`POLICY`] (the authorization layer would refuse it).
 pub fn describe(doc: &mut aide::openapi::OpenApi) {
-    use copilot_runtime::openapi::{JWT, add_problem, operations_mut};
+    use copilot_runtime::openapi::{JWT, WORKER_TOKEN, add_problem, operations_mut};
 
     let _ = routes().finish_api(doc);
     for (path, method, op) in operations_mut(doc) {
@@ -918,13 +1132,22 @@ pub fn describe(doc: &mut aide::openapi::OpenApi) {
                 "a platform operator, or an admin of the tenant `{slug}` names".to_owned(),
                 "The caller is neither a platform operator nor an admin".to_owned(),
             ),
+            Access::Worker => (
+                "a worker, with one of the tenant's worker tokens (`cpk_…`)".to_owned(),
+                "The token is a user's JWT, not a worker token".to_owned(),
+            ),
         };
         let access_line = format!("Who may call it: {who}.");
         op.description = Some(match op.description.take() {
             Some(d) => format!("{d}\n\n{access_line}"),
             None => access_line,
         });
-        op.security = vec![[(JWT.to_owned(), Vec::new())].into_iter().collect()];
+        let scheme = if access == Access::Worker {
+            WORKER_TOKEN
+        } else {
+            JWT
+        };
+        op.security = vec![[(scheme.to_owned(), Vec::new())].into_iter().collect()];
         let takes_body = matches!(method, "POST" | "PUT" | "PATCH");
         add_problem(
             op,
@@ -978,6 +1201,7 @@ mod docs {
     pub const INCIDENT_ID: &str = "The incident's id";
     pub const NO_INCIDENT: &str = "No such incident of the tenant";
     pub const TOKEN_ID: &str = "The webhook token's id";
+    pub const TASK_ID: &str = "The task's id";
     pub const USER_ID: &str = "The user's id (their JWTs' `sub`)";
     pub const SECRET_NAME: &str = "The secret's name, as settings name it (`llm.api_key_secret`)";
 

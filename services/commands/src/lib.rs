@@ -12,6 +12,7 @@ mod task_commands;
 mod tenants;
 mod tokens;
 mod users;
+mod workers;
 
 pub use incidents::{Appended, IncidentAction, IncidentCommand, run as run_incident_command};
 pub use secrets::{MAX_SECRET_BYTES, SecretValue, StoredSecret, remove_secret, set_secret};
@@ -29,6 +30,10 @@ pub use tokens::{
     rotate_webhook_token,
 };
 pub use users::{NewUser, UserChange, add_user, remove_user, update_user};
+pub use workers::{
+    IssuedWorkerToken, MAX_CAPACITY, NewWorker, issue_worker_token, live_worker, register_worker,
+    revoke_worker_token, worker_gone, worker_heartbeat,
+};
 
 pub mod correlation;
 pub mod incident;

@@ -165,7 +165,7 @@ pub async fn decide_task(
         let now = Utc::now();
         match append_events(js, tenant, task_id, &events, last, headers, now).await {
             Ok(()) => {
-                count(&task.kind, &events);
+                count(&task, &events, now);
                 let task = events.iter().fold(task, |t, e| t.evolve(e, now));
                 return Ok((task, events));
             }
@@ -178,9 +178,28 @@ pub async fn decide_task(
     ))
 }
 
-fn count(kind: &str, events: &[Event]) {
+/// Counts what a decision did, and times claims (since the task was ready) and attempts (since
+/// their claim), for the task as it was before the decision.
+fn count(task: &Task, events: &[Event], now: DateTime<Utc>) {
     let metrics = taskqueue::TaskMetrics::global();
+    let kind = task.kind.as_str();
+    let since = |at: Option<DateTime<Utc>>| {
+        at.map(|at| (now - at).num_milliseconds().max(0) as f64 / 1000.0)
+    };
     for event in events {
+        if let Event::TaskClaimed(_) = event
+            && let Some(waited) = since(task.queued_at)
+        {
+            metrics
+                .claim_latency_seconds
+                .with_label_values(&[kind])
+                .observe(waited);
+        }
+        if let Event::TaskCompleted(_) | Event::TaskFailed(_) = event
+            && let Some(ran) = since(task.claimed_at)
+        {
+            metrics.run_seconds.with_label_values(&[kind]).observe(ran);
+        }
         match event {
             Event::TaskClaimed(_) => metrics.claims_total.with_label_values(&[kind]).inc(),
             Event::TaskLeaseExpired(_) => metrics
@@ -294,7 +313,7 @@ fn delay_until(due: DateTime<Utc>) -> Duration {
 
 /// Claims the next task of `kinds` for `worker`, highest priority first, waiting up to `wait`.
 /// `lease` is the queue consumers' `AckWait` when this call creates them
-/// ([`taskqueue::LEASE`] in production).
+/// (the `task_lease_secs` setting in production).
 pub async fn claim_next(
     js: &jetstream::Context,
     tenant: &str,

@@ -13,8 +13,9 @@ use copilot_events::{
 use uuid::Uuid;
 
 /// Kinds this build knows how to run. Adding a kind is one entry here and one handler in the
-/// native worker (`copilot-tasks`).
-pub const KINDS: &[&str] = &["promql.snapshot", "hypotheses.refresh"];
+/// native worker (`copilot worker`, `services/copilot/src/worker.rs`). `echo` answers its input:
+/// it checks a worker end to end and is what the tasks bench dispatches.
+pub const KINDS: &[&str] = &["promql.snapshot", "hypotheses.refresh", "echo"];
 
 pub const MAX_PRIORITY: u8 = 9;
 pub const MAX_TIMEOUT_SECS: u32 = 86_400;
@@ -64,6 +65,11 @@ pub struct Task {
     pub claimed_at: Option<DateTime<Utc>>,
     /// A queued retry does not run before this.
     pub not_before: Option<DateTime<Utc>>,
+    /// When the task last became ready to claim (created, or a retry's backoff over), when
+    /// folded from events with their times.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// When it was created, when folded from events with their times.
+    pub created_at: Option<DateTime<Utc>>,
     /// Every failed attempt's reason, in order.
     pub reasons: Vec<String>,
 }
@@ -177,6 +183,8 @@ impl Task {
             worker: None,
             claimed_at: None,
             not_before: None,
+            queued_at: None,
+            created_at: None,
             reasons: Vec::new(),
         }
     }
@@ -186,7 +194,11 @@ impl Task {
         let mut state: Option<Self> = None;
         for (event, at) in events {
             state = match (state, event) {
-                (None, Event::TaskCreated(created)) => Some(Self::created(created)),
+                (None, Event::TaskCreated(created)) => Some(Self {
+                    queued_at: Some(at),
+                    created_at: Some(at),
+                    ..Self::created(created)
+                }),
                 (Some(task), event) => Some(task.evolve(event, at)),
                 (None, _) => None,
             };
@@ -218,6 +230,7 @@ impl Task {
             Event::TaskRetried(e) => {
                 self.status = TaskStatus::Queued;
                 self.not_before = Some(e.not_before);
+                self.queued_at = Some(e.not_before);
             }
             Event::TaskCancelled(_) => {
                 self.status = TaskStatus::Cancelled;

@@ -17,14 +17,14 @@ use crate::cli::{TenantsCommand, TokenCommand, UsersCommand, WebhookTokenCommand
 /// The actor of the CLI's commands, namespaced so no user can be mistaken for it.
 pub(crate) const ACTOR: &str = "system:cli";
 
-fn headers() -> Headers {
+pub(crate) fn headers() -> Headers {
     Headers {
         actor: Some(ACTOR.to_owned()),
         ..Headers::default()
     }
 }
 
-async fn connect(settings: Settings) -> anyhow::Result<Context> {
+pub(crate) async fn connect(settings: Settings) -> anyhow::Result<Context> {
     let ctx = Context::connect(settings, "cli").await?;
     crate::app::prepare(&ctx).await?;
     Ok(ctx)
@@ -36,7 +36,7 @@ async fn settle(ctx: &Context) -> anyhow::Result<()> {
         .context("waiting for the change to be projected")
 }
 
-async fn ensure_tenant(ctx: &Context, slug: &str) -> anyhow::Result<()> {
+pub(crate) async fn ensure_tenant(ctx: &Context, slug: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         ctx.store.tenant_exists(slug).await?,
         "tenant {slug:?} does not exist (see `copilot tenants list`)"

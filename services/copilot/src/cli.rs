@@ -39,6 +39,15 @@ pub enum Command {
     Hypothesis,
     /// Run the read API alone
     Api,
+    /// Run the native task worker: claims tasks of its kinds (promql.snapshot, hypotheses.refresh,
+    /// echo) for every tenant or those named, heartbeats while they run, drains on Ctrl-C.
+    /// `copilot up` runs one for every tenant
+    Worker(crate::worker::WorkerArgs),
+    /// Tasks for operators: list, show, follow logs, cancel
+    Tasks {
+        #[command(subcommand)]
+        command: crate::tasks::TasksCommand,
+    },
     /// Apply the database migrations
     Migrate,
     /// JetStream stream and consumer definitions
@@ -289,6 +298,8 @@ pub enum BenchCommand {
     Incidents(crate::bench_incidents::IncidentsArgs),
     /// The gateway with and without instrumentation (metrics, request ids, trace context)
     Instrumentation(crate::bench::InstrumentationArgs),
+    /// Tasks: dispatch rate and claim latency with N native workers, beside a bare JetStream work queue
+    Tasks(crate::bench_tasks::TasksArgs),
 }
 
 /// Runs a parsed command line; errors are printed with their causes.
@@ -302,6 +313,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             | Command::Correlator
             | Command::Hypothesis
             | Command::Api
+            | Command::Worker(_)
             // Measured as it runs in production: the request spans exist at `info`.
             | Command::Bench {
                 command: BenchCommand::Instrumentation(_)
@@ -338,6 +350,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             load_keys(&mut settings)?;
             copilot_api::run(settings, shutdown).await
         }
+        Command::Worker(args) => {
+            load_secrets_key(&mut settings, false)?;
+            crate::worker::run(settings, args, shutdown).await
+        }
+        Command::Tasks { command } => crate::tasks::run(settings, command).await,
         Command::Migrate => {
             let ctx = Context::connect(settings, "cli").await?;
             ctx.store.migrate().await?;
@@ -376,6 +393,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Instrumentation(args),
         } => crate::bench::instrumentation(settings, args).await,
+        Command::Bench {
+            command: BenchCommand::Tasks(args),
+        } => crate::bench_tasks::tasks(settings, args).await,
         Command::Slack {
             command: SlackCommand::Manifest { tenant, public_url },
         } => {
@@ -630,7 +650,16 @@ async fn up(mut settings: Settings, stop: CancellationToken) -> anyhow::Result<(
             eprintln!("{note}");
         }
         println!("{}", banner(&base, &token, &jwt));
-        app.run_until(stop).await
+        // The native worker, for every tenant, beside everything else.
+        let worker = tokio::spawn(crate::worker::serve(
+            app.ctx.clone(),
+            crate::worker::WorkerArgs::default(),
+            stop.clone(),
+        ));
+        let result = app.run_until(stop.clone()).await;
+        stop.cancel();
+        worker.await.context("the worker panicked")??;
+        result
     }
     .await;
     local.stop().await;

@@ -6,10 +6,13 @@ pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod bench_incidents;
+pub mod bench_tasks;
 pub mod cli;
 pub mod eval;
 pub mod local;
 pub mod schemas;
 pub mod secrets;
+pub mod tasks;
+pub mod worker;
 
 pub use app::App;

@@ -18,6 +18,8 @@ pub mod trust;
 
 use std::time::{Duration, Instant};
 
+use crate::evidence::MetricSummary;
+
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::pull;
 use chrono::Utc;
@@ -437,6 +439,71 @@ pub async fn integrations(ctx: &Context, tenant: &str) -> anyhow::Result<TenantI
         .unwrap_or_default())
 }
 
+/// The task kind whose results are metric snapshots of an incident.
+pub const SNAPSHOT_KIND: &str = "promql.snapshot";
+
+/// Where a tenant's metric evidence comes from: its own Prometheus (under the egress policy),
+/// else the operator's, else none.
+pub fn metrics_source<'a>(
+    ctx: &'a Context,
+    integrations: &'a TenantIntegrations,
+) -> Option<MetricsSource<'a>> {
+    match (
+        &integrations.prometheus_url,
+        &ctx.settings.hypothesis.prometheus_url,
+    ) {
+        (Some(url), _) => Some(MetricsSource {
+            url,
+            egress: Some(EgressPolicy::in_force(&ctx.settings)),
+        }),
+        (None, Some(url)) => Some(MetricsSource { url, egress: None }),
+        (None, None) => None,
+    }
+}
+
+/// The incident's metrics around its onset: each query template (`templates`, or the
+/// operator's, or the built-in ones) for each of its services (up to 5), from 30 minutes before
+/// the first alert to now.
+pub async fn incident_metrics(
+    ctx: &Context,
+    source: &MetricsSource<'_>,
+    incident: &copilot_store::IncidentSummary,
+    signals: &[SignalFacts],
+    templates: Option<Vec<metrics::QueryTemplate>>,
+) -> anyhow::Result<Vec<MetricSummary>> {
+    let templates = match (templates, &ctx.settings.hypothesis.prometheus_queries) {
+        (Some(templates), _) => templates,
+        (None, Some(path)) => metrics::templates_from_file(path).with_context(|| {
+            format!("reading the Prometheus query templates {}", path.display())
+        })?,
+        (None, None) => metrics::default_templates(),
+    };
+    let mut services: Vec<String> = signals
+        .iter()
+        .filter_map(|s| s.service.clone())
+        .chain(incident.service.clone())
+        .collect();
+    services.sort();
+    services.dedup();
+    services.truncate(5);
+    let onset = signals
+        .iter()
+        .map(|s| s.starts_at)
+        .min()
+        .unwrap_or(incident.opened_at);
+    let end = Utc::now().max(onset + chrono::Duration::minutes(5));
+    Ok(metrics::fetch(
+        source.url,
+        source.egress.as_ref(),
+        &templates,
+        &services,
+        onset - chrono::Duration::minutes(30),
+        end,
+        Duration::from_secs(5),
+    )
+    .await)
+}
+
 /// Where metric evidence comes from: a Prometheus and, for a tenant's own, the egress policy.
 pub struct MetricsSource<'a> {
     pub url: &'a str,
@@ -464,41 +531,35 @@ pub async fn gather(
         .into_iter()
         .map(signal_facts)
         .collect();
-    let metrics = match prometheus {
-        Some(MetricsSource { url, egress }) => {
-            let templates = match &ctx.settings.hypothesis.prometheus_queries {
-                Some(path) => metrics::templates_from_file(path).with_context(|| {
-                    format!("reading the Prometheus query templates {}", path.display())
-                })?,
-                None => metrics::default_templates(),
-            };
-            let mut services: Vec<String> = signals
-                .iter()
-                .filter_map(|s| s.service.clone())
-                .chain(incident.service.clone())
-                .collect();
-            services.sort();
-            services.dedup();
-            services.truncate(5);
-            let onset = signals
-                .iter()
-                .map(|s| s.starts_at)
-                .min()
-                .unwrap_or(incident.opened_at);
-            let end = Utc::now().max(onset + chrono::Duration::minutes(5));
-            metrics::fetch(
-                url,
-                egress.as_ref(),
-                &templates,
-                &services,
-                onset - chrono::Duration::minutes(30),
-                end,
-                Duration::from_secs(5),
-            )
-            .await
-        }
+    let mut metrics = match prometheus {
+        Some(source) => incident_metrics(ctx, &source, &incident, &signals, None).await?,
         None => Vec::new(),
     };
+    // Snapshots that `promql.snapshot` tasks took for the incident: what Prometheus said then,
+    // kept after its own retention, for series the live query did not answer.
+    for (_, _, result) in store
+        .incident_task_results(
+            &mut store.begin().await?,
+            tenant,
+            incident_id,
+            SNAPSHOT_KIND,
+            3,
+        )
+        .await?
+    {
+        let taken: Vec<MetricSummary> = result
+            .get("metrics")
+            .and_then(|m| serde_json::from_value(m.clone()).ok())
+            .unwrap_or_default();
+        for summary in taken {
+            if !metrics
+                .iter()
+                .any(|m| m.name == summary.name && m.service == summary.service)
+            {
+                metrics.push(summary);
+            }
+        }
+    }
     let words = format!(
         "{} {} {}",
         incident.title,
@@ -560,7 +621,7 @@ pub async fn gather(
 }
 
 /// An alert of an incident as the read model holds it, as evidence facts.
-fn signal_facts(s: copilot_store::IncidentSignalFacts) -> SignalFacts {
+pub fn signal_facts(s: copilot_store::IncidentSignalFacts) -> SignalFacts {
     let labels: std::collections::BTreeMap<String, String> = s
         .labels
         .and_then(|l| serde_json::from_value(l).ok())
@@ -593,18 +654,7 @@ async fn propose(ctx: &Context, claim: &copilot_store::HypothesisClaim) -> anyho
     let integrations = integrations(ctx, tenant).await?;
     let egress = EgressPolicy::in_force(&ctx.settings);
     let engine = Engine::for_tenant(ctx, tenant, &integrations, &egress).await;
-    // A tenant's Prometheus is reached under the egress policy; the operator's is not.
-    let prometheus = match (
-        &integrations.prometheus_url,
-        &ctx.settings.hypothesis.prometheus_url,
-    ) {
-        (Some(url), _) => Some(MetricsSource {
-            url,
-            egress: Some(egress),
-        }),
-        (None, Some(url)) => Some(MetricsSource { url, egress: None }),
-        (None, None) => None,
-    };
+    let prometheus = metrics_source(ctx, &integrations);
     let Some(input) = gather(ctx, tenant, incident_id, prometheus).await? else {
         return Ok(false);
     };

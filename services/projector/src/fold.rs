@@ -8,9 +8,9 @@ use copilot_events::{
 };
 use copilot_runtime::consume::subject_tenant;
 use copilot_store::{
-    AttachedSignal, AuditRow, HypothesisRow, IncidentEventRow, NewIncident, ProposalRow, SignalRow,
-    StateChange, Store, TenantRow, TenantSetting, TokenRevocation, TokenRow, Tx, UsageRow,
-    UserChange, UserRow,
+    AttachedSignal, AuditRow, HypothesisRow, IncidentEventRow, NewIncident, NewTaskRow, ProposalRow,
+    SignalRow, StateChange, Store, TaskChange, TenantRow, TenantSetting, TokenRevocation, TokenRow,
+    Tx, UsageRow, UserChange, UserRow, WorkerTokenRow,
 };
 use uuid::Uuid;
 
@@ -28,6 +28,16 @@ pub(crate) enum Fold {
     Incidents(Vec<IncidentChange>),
     /// Model calls, one usage row each.
     Telemetry(Vec<(u64, String, ModelCallRecorded)>),
+    /// Task and worker events, applied in order.
+    Tasks(Vec<Stamped>),
+}
+
+/// An event with where and when it happened, applied on its own.
+pub(crate) struct Stamped {
+    seq: u64,
+    tenant: String,
+    at: DateTime<Utc>,
+    event: Event,
 }
 
 pub(crate) enum TenantChange {
@@ -62,6 +72,8 @@ pub(crate) enum TenantChange {
         user_id: String,
     },
     Audit(Audit),
+    /// A worker token issued or revoked.
+    WorkerToken(Stamped),
     Setting {
         setting: TenantSetting,
         tenant: String,
@@ -115,6 +127,8 @@ impl Audit {
             Event::UserUpdated(e) => format!("user:{}", e.user_id),
             Event::UserRemoved(e) => format!("user:{}", e.user_id),
             Event::TenantSecretSet(e) => format!("secret:{}", e.name),
+            Event::WorkerTokenIssued(e) => format!("worker_token:{}", e.token_id),
+            Event::WorkerTokenRevoked(e) => format!("worker_token:{}", e.token_id),
             Event::TenantSecretRemoved(e) => format!("secret:{}", e.name),
             other => match incident_of(other) {
                 Some((id, _)) => format!("incident:{id}"),
@@ -170,6 +184,7 @@ impl Fold {
             Projection::Tenants => Self::Tenants(Vec::new()),
             Projection::Incidents => Self::Incidents(Vec::new()),
             Projection::Telemetry => Self::Telemetry(Vec::new()),
+            Projection::Tasks => Self::Tasks(Vec::new()),
         }
     }
 
@@ -184,6 +199,7 @@ impl Fold {
                 .count(),
             Self::Incidents(changes) => changes.len(),
             Self::Telemetry(calls) => calls.len(),
+            Self::Tasks(events) => events.len(),
         }
     }
 
@@ -314,6 +330,23 @@ impl Fold {
             // The secret itself is in its own table, written by the command; the stream keeps
             // who changed which secret when, for the audit log.
             (Self::Tenants(_), Event::TenantSecretSet(_) | Event::TenantSecretRemoved(_)) => {}
+            (
+                Self::Tenants(changes),
+                event @ (Event::WorkerTokenIssued(_) | Event::WorkerTokenRevoked(_)),
+            ) => changes.push(TenantChange::WorkerToken(Stamped {
+                seq,
+                tenant,
+                at,
+                event,
+            })),
+            (Self::Tasks(events), event) if task_event(&event) => {
+                events.push(Stamped {
+                    seq,
+                    tenant,
+                    at,
+                    event,
+                });
+            }
             (Self::Telemetry(calls), Event::ModelCallRecorded(call)) => {
                 calls.push((seq, tenant, call));
             }
@@ -424,6 +457,7 @@ impl Fold {
                             store.remove_user(tx, &tenant, &user_id).await?
                         }
                         TenantChange::Audit(audit) => audit.write(store, tx).await?,
+                        TenantChange::WorkerToken(e) => apply_task_event(store, tx, e).await?,
                         TenantChange::Setting {
                             setting,
                             tenant,
@@ -443,6 +477,12 @@ impl Fold {
             Self::Incidents(changes) => {
                 for change in changes {
                     apply_incident(store, tx, change).await?;
+                }
+                Ok(())
+            }
+            Self::Tasks(events) => {
+                for e in events {
+                    apply_task_event(store, tx, e).await?;
                 }
                 Ok(())
             }
@@ -472,6 +512,136 @@ impl Fold {
             }
         }
     }
+}
+
+/// Whether an event belongs on TASKS.
+fn task_event(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::TaskCreated(_)
+            | Event::TaskClaimed(_)
+            | Event::TaskProgressed(_)
+            | Event::TaskLogged(_)
+            | Event::TaskCompleted(_)
+            | Event::TaskFailed(_)
+            | Event::TaskLeaseExpired(_)
+            | Event::TaskRetried(_)
+            | Event::TaskCancelled(_)
+            | Event::TaskOutcomeRefused(_)
+            | Event::WorkerRegistered(_)
+            | Event::WorkerHeartbeatRecorded(_)
+            | Event::WorkerGone(_)
+    )
+}
+
+/// Applies one task, worker or worker-token event to its row.
+async fn apply_task_event(store: &Store, tx: &mut Tx<'_>, e: Stamped) -> copilot_store::Result<()> {
+    let Stamped {
+        seq,
+        tenant,
+        at,
+        event,
+    } = e;
+    let tenant = tenant.as_str();
+    let (task_id, change) = match &event {
+        Event::TaskCreated(c) => {
+            return store
+                .insert_task(
+                    tx,
+                    &NewTaskRow {
+                        tenant,
+                        task_id: c.task_id,
+                        kind: &c.kind,
+                        priority: c.priority,
+                        timeout_secs: c.timeout_secs,
+                        max_attempts: c.max_attempts,
+                        incident_id: c.incident_id,
+                        input: &c.input,
+                        created_by: &c.actor,
+                        at,
+                        seq,
+                    },
+                )
+                .await;
+        }
+        Event::TaskLogged(l) => {
+            return store
+                .insert_task_log(tx, tenant, l.task_id, l.attempt, &l.lines, at, seq)
+                .await;
+        }
+        Event::WorkerRegistered(w) => {
+            return store
+                .register_worker(tx, tenant, w.worker_id, &w.name, &w.kinds, w.capacity, at, seq)
+                .await;
+        }
+        Event::WorkerHeartbeatRecorded(w) => {
+            return store
+                .worker_seen(tx, tenant, w.worker_id, &w.tasks, at, seq)
+                .await;
+        }
+        Event::WorkerGone(w) => {
+            return store
+                .worker_gone(tx, tenant, w.worker_id, &w.reason, at, seq)
+                .await;
+        }
+        Event::WorkerTokenIssued(t) => {
+            return store
+                .insert_worker_token(
+                    tx,
+                    &WorkerTokenRow {
+                        token_id: t.token_id,
+                        tenant,
+                        token_hash: &t.token_hash,
+                        prefix: &t.prefix,
+                        name: &t.name,
+                        issued_by: &t.issued_by,
+                        at,
+                        seq,
+                    },
+                )
+                .await;
+        }
+        Event::WorkerTokenRevoked(t) => {
+            return store
+                .revoke_worker_token(tx, tenant, t.token_id, &t.revoked_by, at, seq)
+                .await;
+        }
+        Event::TaskClaimed(c) => (
+            c.task_id,
+            TaskChange::Claimed {
+                attempt: c.attempt,
+                worker_id: c.worker_id,
+            },
+        ),
+        Event::TaskProgressed(p) => (
+            p.task_id,
+            TaskChange::Progressed {
+                percent: p.percent,
+                message: p.message.as_deref(),
+            },
+        ),
+        Event::TaskCompleted(c) => (c.task_id, TaskChange::Completed { result: &c.result }),
+        Event::TaskFailed(f) => (
+            f.task_id,
+            TaskChange::Failed {
+                reason: &f.reason,
+                last: f.last,
+            },
+        ),
+        Event::TaskLeaseExpired(l) => (l.task_id, TaskChange::LeaseExpired),
+        Event::TaskRetried(r) => (
+            r.task_id,
+            TaskChange::Retried {
+                not_before: r.not_before,
+            },
+        ),
+        Event::TaskCancelled(c) => (c.task_id, TaskChange::Cancelled { by: &c.actor }),
+        Event::TaskOutcomeRefused(r) => (r.task_id, TaskChange::OutcomeRefused),
+        _ => return Ok(()),
+    };
+    store
+        .update_task(tx, tenant, task_id, &change, at, seq)
+        .await
 }
 
 /// The incident an incident event is about, and who acted.

@@ -36,14 +36,16 @@ pub enum Projection {
     Signals,
     Incidents,
     Telemetry,
+    Tasks,
 }
 
 impl Projection {
-    pub const ALL: [Projection; 4] = [
+    pub const ALL: [Projection; 5] = [
         Self::Tenants,
         Self::Signals,
         Self::Incidents,
         Self::Telemetry,
+        Self::Tasks,
     ];
 
     /// Name of the projection, its checkpoint key and its lease.
@@ -53,6 +55,7 @@ impl Projection {
             Self::Signals => checkpoints::SIGNALS,
             Self::Incidents => checkpoints::INCIDENTS,
             Self::Telemetry => checkpoints::TELEMETRY,
+            Self::Tasks => checkpoints::TASKS,
         }
     }
 
@@ -62,6 +65,7 @@ impl Projection {
             Self::Signals => subjects::SIGNALS,
             Self::Incidents => subjects::INCIDENTS,
             Self::Telemetry => subjects::TELEMETRY,
+            Self::Tasks => subjects::TASKS,
         }
     }
 
@@ -71,6 +75,7 @@ impl Projection {
             Self::Signals => nats::CONSUMER_PROJECTOR_SIGNALS,
             Self::Incidents => nats::CONSUMER_PROJECTOR_INCIDENTS,
             Self::Telemetry => nats::CONSUMER_PROJECTOR_TELEMETRY,
+            Self::Tasks => nats::CONSUMER_PROJECTOR_TASKS,
         }
     }
 }
@@ -132,7 +137,11 @@ async fn watch_consumers(
             Some((*stream, config.durable_name?))
         })
         .collect();
+    let mut kinds_seen = BTreeSet::new();
     loop {
+        if projections.contains(&Projection::Tasks) {
+            queue_depth(ctx, &mut kinds_seen).await;
+        }
         for (stream, name) in &consumers {
             let (stream, name) = (*stream, name.clone());
             let info = async {
@@ -175,6 +184,25 @@ async fn watch_consumers(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
+    }
+}
+
+/// Sets the task queue depth by kind from the read model; a kind no longer waiting reads 0.
+async fn queue_depth(ctx: &Context, kinds_seen: &mut BTreeSet<String>) {
+    let gauge = &copilot_runtime::taskqueue::TaskMetrics::global().queue_depth;
+    match ctx.store.task_queue_depth().await {
+        Ok(depths) => {
+            for kind in kinds_seen.iter() {
+                if !depths.iter().any(|(k, _)| k == kind) {
+                    gauge.with_label_values(&[kind.as_str()]).set(0);
+                }
+            }
+            for (kind, depth) in depths {
+                gauge.with_label_values(&[kind.as_str()]).set(depth);
+                kinds_seen.insert(kind);
+            }
+        }
+        Err(err) => tracing::debug!(error = %err, "cannot read the task queue depth"),
     }
 }
 

@@ -21,12 +21,20 @@ pub struct NewWebhookToken {
     pub prefix: String,
 }
 
+/// Prefix of every worker token: a worker's credential on the worker routes, never a webhook's.
+pub const WORKER_TOKEN_PREFIX: &str = "cpk_";
+
 impl NewWebhookToken {
     pub fn generate() -> Self {
+        Self::with_prefix(WEBHOOK_TOKEN_PREFIX)
+    }
+
+    /// A new token of another kind (`WORKER_TOKEN_PREFIX`), made and stored the same way.
+    pub fn with_prefix(prefix: &str) -> Self {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let secret = format!(
-            "{WEBHOOK_TOKEN_PREFIX}{}",
+            "{prefix}{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
         );
         Self {

@@ -53,11 +53,13 @@ pub const CONSUMER_CORRELATOR_INCIDENTS: &str = "correlator-incidents";
 
 /// Durable consumer of the usage projection.
 pub const CONSUMER_PROJECTOR_TELEMETRY: &str = "projector-telemetry";
+/// Durable consumer of the tasks projection.
+pub const CONSUMER_PROJECTOR_TASKS: &str = "projector-tasks";
 /// Durable consumer every hypothesis service instance shares.
 pub const CONSUMER_HYPOTHESIS: &str = "hypothesis";
 
 /// Consumer definitions, `(stream, JSON)`.
-pub const CONSUMER_DEFINITIONS: [(&str, &str); 8] = [
+pub const CONSUMER_DEFINITIONS: [(&str, &str); 9] = [
     (
         subjects::SIGNALS,
         include_str!("../../../nats/consumers/SIGNALS.projector-signals.json"),
@@ -89,6 +91,10 @@ pub const CONSUMER_DEFINITIONS: [(&str, &str); 8] = [
     (
         subjects::TENANTS,
         include_str!("../../../nats/consumers/TENANTS.tokens-kv.json"),
+    ),
+    (
+        subjects::TASKS,
+        include_str!("../../../nats/consumers/TASKS.projector-tasks.json"),
     ),
 ];
 

@@ -41,6 +41,8 @@ use crate::http::{ApiError, EventOrigin, Problem};
 pub const JWT: &str = "jwt";
 /// A webhook sender's tenant token (`Authorization: Bearer cpw_…`).
 pub const WEBHOOK_TOKEN: &str = "webhookToken";
+/// A worker's tenant token (`Authorization: Bearer cpk_…`), on the worker routes.
+pub const WORKER_TOKEN: &str = "workerToken";
 /// The same token as Basic auth: the tenant slug as user, the token as password.
 pub const WEBHOOK_BASIC: &str = "webhookBasic";
 
@@ -147,6 +149,14 @@ fn base() -> OpenApi {
             "bearer",
             None,
             "The tenant's webhook token (`cpw_…`), as `copilot up` or `copilot tenants create` printed it",
+        ),
+    );
+    components.security_schemes.insert(
+        WORKER_TOKEN.into(),
+        http(
+            "bearer",
+            None,
+            "A worker token of the tenant (`cpk_…`), issued by its admin (`POST /v1/worker-tokens`)",
         ),
     );
     components.security_schemes.insert(

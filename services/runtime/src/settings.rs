@@ -56,6 +56,9 @@ pub struct Settings {
     #[command(flatten)]
     pub slack: SlackSettings,
 
+    #[command(flatten)]
+    pub tasks: TaskSettings,
+
     /// Where `copilot up` keeps its local NATS and Postgres data and its generated secret
     #[arg(
         long,
@@ -394,6 +397,26 @@ pub struct SlackSettings {
     pub slack_response_url_prefix: String,
 }
 
+/// Task dispatch.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TaskSettings {
+    /// How long a claimed task is a worker's without a heartbeat before another worker gets it, in seconds; fixed for a tenant's queue when its consumers are first made
+    #[arg(
+        long,
+        env = "COPILOT_TASK_LEASE_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(2..=3600),
+        global = true
+    )]
+    pub task_lease_secs: u64,
+}
+
+impl TaskSettings {
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.task_lease_secs)
+    }
+}
+
 /// What tenants are given: the addresses their URLs may reach, the environment variables their
 /// legacy settings may name, and the keys that seal their secrets.
 #[derive(clap::Args, Debug, Clone)]
@@ -712,6 +735,7 @@ mod tests {
             "slack-response-url-prefix",
             "COPILOT_SLACK_RESPONSE_URL_PREFIX",
         ),
+        ("task-lease-secs", "COPILOT_TASK_LEASE_SECS"),
     ];
 
     #[test]

@@ -12,9 +12,6 @@ use copilot_events::subjects;
 /// The stream definition, embedded like the others in `nats/`.
 pub const DEFINITION: &str = include_str!("../../../nats/streams/TASKQUEUE.json");
 
-/// How long a claim holds without a heartbeat.
-pub const LEASE: Duration = Duration::from_secs(30);
-
 /// Creates the work-queue stream if it is missing.
 pub async fn provision(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
     let config: stream::Config =
@@ -63,6 +60,12 @@ pub struct TaskMetrics {
     pub outcomes_total: prometheus::IntCounterVec,
     /// Attempts whose worker stopped heartbeating past the lease, by kind.
     pub lease_expiries_total: prometheus::IntCounterVec,
+    /// From queued (created, or due again after a retry's backoff) to claimed, by kind.
+    pub claim_latency_seconds: prometheus::HistogramVec,
+    /// From claimed to the attempt's end (completed, failed, timed out, lease expired), by kind.
+    pub run_seconds: prometheus::HistogramVec,
+    /// Tasks waiting for a worker, by kind, across tenants (read from the `tasks` read model).
+    pub queue_depth: prometheus::IntGaugeVec,
 }
 
 impl TaskMetrics {
@@ -74,7 +77,32 @@ impl TaskMetrics {
                 prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &["kind"])
                     .expect("valid metric")
             };
+            let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+                prometheus::HistogramVec::new(
+                    prometheus::HistogramOpts::new(name, help).buckets(buckets),
+                    &["kind"],
+                )
+                .expect("valid metric")
+            };
             let metrics = TaskMetrics {
+                claim_latency_seconds: histogram(
+                    "copilot_task_claim_latency_seconds",
+                    "Time from a task being ready to a worker claiming it",
+                    vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                ),
+                run_seconds: histogram(
+                    "copilot_task_run_seconds",
+                    "Time an attempt ran, from its claim to its end",
+                    vec![0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0],
+                ),
+                queue_depth: prometheus::IntGaugeVec::new(
+                    prometheus::Opts::new(
+                        "copilot_task_queue_depth",
+                        "Tasks waiting for a worker, across tenants",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid metric"),
                 claims_total: counter("copilot_task_claims_total", "Task attempts claimed"),
                 outcomes_total: prometheus::IntCounterVec::new(
                     prometheus::Opts::new("copilot_task_outcomes_total", "Task attempt outcomes"),
@@ -90,6 +118,9 @@ impl TaskMetrics {
             global.register(Box::new(metrics.claims_total.clone()));
             global.register(Box::new(metrics.outcomes_total.clone()));
             global.register(Box::new(metrics.lease_expiries_total.clone()));
+            global.register(Box::new(metrics.claim_latency_seconds.clone()));
+            global.register(Box::new(metrics.run_seconds.clone()));
+            global.register(Box::new(metrics.queue_depth.clone()));
             metrics
         })
     }

@@ -171,6 +171,26 @@ impl Store {
         Ok(())
     }
 
+    /// Makes an incident due for hypotheses now, whatever its settle time or last run (a
+    /// `hypotheses.refresh` task asked for it).
+    pub async fn refresh_hypotheses(
+        &self,
+        tenant: &str,
+        incident_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO hypothesis_schedule (tenant, incident_id, due_at) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant, incident_id) DO UPDATE SET due_at = excluded.due_at",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Claims the incident most overdue for hypotheses, for `hold` (another instance takes it
     /// over if this one dies); `None` when nothing is due. An incident claimed by another
     /// instance is not due until that claim ends or expires.

@@ -10,6 +10,7 @@ mod incidents;
 mod secrets;
 mod signals;
 mod slack;
+mod tasks;
 mod tenants;
 mod users;
 
@@ -26,6 +27,10 @@ pub use incidents::{
 };
 pub use secrets::{SecretMeta, SecretRow};
 pub use signals::{SignalCursor, SignalFilter, SignalRow, SignalView};
+pub use tasks::{
+    NewTaskRow, TaskChange, TaskCursor, TaskFilter, TaskLogLine, TaskSummary, WorkerTokenRow,
+    WorkerTokenView, WorkerView,
+};
 pub use tenants::{TenantRow, TenantView, TokenOwner, TokenRevocation, TokenRow, TokenView};
 pub use users::{UserChange, UserRow, UserView};
 
@@ -363,6 +368,7 @@ pub mod checkpoints {
     pub const SIGNALS: &str = "signals";
     pub const INCIDENTS: &str = "incidents";
     pub const TELEMETRY: &str = "telemetry";
+    pub const TASKS: &str = "tasks";
     /// The correlator's position in SIGNALS.
     pub const CORRELATOR_SIGNALS: &str = "correlator-signals";
     /// The correlator's position in INCIDENTS (people's lifecycle moves it follows).
@@ -388,10 +394,14 @@ pub enum ReadModel {
     Users,
     TenantRetention,
     AuditLog,
+    Tasks,
+    TaskLogs,
+    Workers,
+    WorkerTokens,
 }
 
 impl ReadModel {
-    pub const ALL: [ReadModel; 16] = [
+    pub const ALL: [ReadModel; 20] = [
         Self::Tenants,
         Self::WebhookTokens,
         Self::Signals,
@@ -408,7 +418,13 @@ impl ReadModel {
         Self::Users,
         Self::TenantRetention,
         Self::AuditLog,
+        Self::Tasks,
+        Self::TaskLogs,
+        Self::Workers,
+        Self::WorkerTokens,
     ];
+    /// The task read models, which the projector folds from the TASKS stream.
+    pub const TASKS: [ReadModel; 3] = [Self::Tasks, Self::TaskLogs, Self::Workers];
     /// The incident read models, which the projector folds from the INCIDENTS stream.
     pub const INCIDENTS: [ReadModel; 7] = [
         Self::Incidents,
@@ -445,6 +461,10 @@ impl ReadModel {
             Self::Users => ("users", "tenant, user_id"),
             Self::TenantRetention => ("tenant_retention", "tenant"),
             Self::AuditLog => ("audit_log", "event_id"),
+            Self::Tasks => ("tasks", "tenant, task_id"),
+            Self::TaskLogs => ("task_logs", "tenant, task_id, seq, line_no"),
+            Self::Workers => ("workers", "tenant, worker_id"),
+            Self::WorkerTokens => ("worker_tokens", "token_id"),
         }
     }
 }
