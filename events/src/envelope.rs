@@ -18,9 +18,8 @@ use crate::incidents::{
 use crate::payloads::{SignalReceived, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked};
 use crate::tasks::{
     TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
-    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone, WorkerTokenIssued,
-    WorkerTokenRevoked,
-    WorkerHeartbeatRecorded, WorkerRegistered,
+    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone,
+    WorkerHeartbeatRecorded, WorkerRegistered, WorkerTokenIssued, WorkerTokenRevoked,
 };
 
 /// One event payload type: its name and version on the wire.

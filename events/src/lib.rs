@@ -39,9 +39,8 @@ pub use payloads::{
 };
 pub use tasks::{
     TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
-    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone, WorkerTokenIssued,
-    WorkerTokenRevoked,
-    WorkerHeartbeatRecorded, WorkerRegistered,
+    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone,
+    WorkerHeartbeatRecorded, WorkerRegistered, WorkerTokenIssued, WorkerTokenRevoked,
 };
 pub use trace::TraceParent;
 

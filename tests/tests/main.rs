@@ -11,6 +11,7 @@ mod slack;
 mod tasks;
 mod tokens;
 mod trust;
+mod workers;
 
 #[test]
 fn every_file_here_is_a_module() {

@@ -56,6 +56,7 @@ async fn a_task_is_created_claimed_once_reports_progress_and_completes() {
     report_task(
         js,
         "acme",
+        worker,
         id,
         1,
         Some((50, Some("half".into()))),

@@ -222,8 +222,16 @@ pub const POLICY: &[(Method, &str, Access)] = &[
         "/v1/workers/{id}",
         Access::Tenant(Role::Viewer),
     ),
-    (Method::GET, "/v1/worker-tokens", Access::Tenant(Role::Admin)),
-    (Method::POST, "/v1/worker-tokens", Access::Tenant(Role::Admin)),
+    (
+        Method::GET,
+        "/v1/worker-tokens",
+        Access::Tenant(Role::Admin),
+    ),
+    (
+        Method::POST,
+        "/v1/worker-tokens",
+        Access::Tenant(Role::Admin),
+    ),
     (
         Method::DELETE,
         "/v1/worker-tokens/{id}",

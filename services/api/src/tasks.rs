@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use copilot_commands::{NewTask, tasks::Task};
 use copilot_runtime::http::{ApiError, EventOrigin};
 use copilot_store::{TaskCursor, TaskFilter, TaskSummary, checkpoints};
+use futures::StreamExt as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use futures::StreamExt as _;
 use uuid::Uuid;
 
 use crate::{
@@ -272,7 +272,10 @@ pub async fn list(
     if let Some(status) = q.status.as_deref()
         && !STATUSES.contains(&status)
     {
-        return Err(bad(format!("status must be one of {}", STATUSES.join(", "))));
+        return Err(bad(format!(
+            "status must be one of {}",
+            STATUSES.join(", ")
+        )));
     }
     let limit = page::limit(q.limit, page::DEFAULT_LIMIT)?;
     let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
@@ -433,56 +436,54 @@ fn follow(
     limit: u32,
 ) -> impl futures::Stream<Item = Result<sse::Event, std::convert::Infallible>> {
     let started = tokio::time::Instant::now();
-    futures::stream::unfold(
-        (Some(first), false),
-        move |(page, ended)| {
-            let (api, tenant) = (api.clone(), tenant.clone());
-            async move {
-                if ended {
+    futures::stream::unfold((Some(first), false), move |(page, ended)| {
+        let (api, tenant) = (api.clone(), tenant.clone());
+        async move {
+            if ended {
+                return None;
+            }
+            let mut page = page?;
+            loop {
+                let finished = STATUSES[2..].contains(&page.status.as_str());
+                if !page.lines.is_empty() || finished {
+                    let complete = finished && page.lines.len() < limit as usize;
+                    let mut events: Vec<sse::Event> = page
+                        .lines
+                        .drain(..)
+                        .map(|l| {
+                            sse::Event::default()
+                                .event("line")
+                                .id(l.cursor.clone())
+                                .json_data(&l)
+                                .expect("a log line serializes")
+                        })
+                        .collect();
+                    if complete {
+                        events.push(
+                            sse::Event::default()
+                                .event("end")
+                                .data(serde_json::json!({"status": page.status}).to_string()),
+                        );
+                    }
+                    let after = parse_log_cursor(&page.next_cursor).ok()?;
+                    let next = (!complete).then_some(()).map(|_| TaskLogPage {
+                        lines: Vec::new(),
+                        next_cursor: log_cursor(after),
+                        status: String::from("running"),
+                    });
+                    return Some((
+                        futures::stream::iter(events.into_iter().map(Ok)),
+                        (next, complete),
+                    ));
+                }
+                if started.elapsed() > FOLLOW_FOR {
                     return None;
                 }
-                let mut page = page?;
-                loop {
-                    let finished = STATUSES[2..].contains(&page.status.as_str());
-                    if !page.lines.is_empty() || finished {
-                        let complete = finished && page.lines.len() < limit as usize;
-                        let mut events: Vec<sse::Event> = page
-                            .lines
-                            .drain(..)
-                            .map(|l| {
-                                sse::Event::default()
-                                    .event("line")
-                                    .id(l.cursor.clone())
-                                    .json_data(&l)
-                                    .expect("a log line serializes")
-                            })
-                            .collect();
-                        if complete {
-                            events.push(
-                                sse::Event::default()
-                                    .event("end")
-                                    .data(serde_json::json!({"status": page.status}).to_string()),
-                            );
-                        }
-                        let after = parse_log_cursor(&page.next_cursor).ok()?;
-                        let next = (!complete)
-                            .then_some(())
-                            .map(|_| TaskLogPage {
-                                lines: Vec::new(),
-                                next_cursor: log_cursor(after),
-                                status: String::from("running"),
-                            });
-                        return Some((futures::stream::iter(events.into_iter().map(Ok)), (next, complete)));
-                    }
-                    if started.elapsed() > FOLLOW_FOR {
-                        return None;
-                    }
-                    tokio::time::sleep(FOLLOW_POLL).await;
-                    let after = parse_log_cursor(&page.next_cursor).ok()?;
-                    page = log_page(&api, &tenant, id, after, limit).await.ok()?;
-                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+                let after = parse_log_cursor(&page.next_cursor).ok()?;
+                page = log_page(&api, &tenant, id, after, limit).await.ok()?;
             }
-        },
-    )
+        }
+    })
     .flatten()
 }

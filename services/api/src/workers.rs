@@ -230,6 +230,8 @@ pub async fn claim(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportBody {
+    /// The worker running the attempt.
+    pub worker_id: Uuid,
     pub attempt: u32,
     /// 0 to 100.
     pub percent: Option<u8>,
@@ -248,8 +250,16 @@ pub async fn report(
     let id = path_id(&id)?;
     let b = body(payload)?;
     let progress = b.percent.map(|p| (p, b.message));
-    copilot_commands::report_task(&api.ctx.js, &caller.0.tenant, id, b.attempt, progress, b.lines)
-        .await?;
+    copilot_commands::report_task(
+        &api.ctx.js,
+        &caller.0.tenant,
+        b.worker_id,
+        id,
+        b.attempt,
+        progress,
+        b.lines,
+    )
+    .await?;
     Ok(StatusCode::ACCEPTED)
 }
 

@@ -332,7 +332,6 @@ pub async fn claim_next(
             let mut batch = consumer
                 .fetch()
                 .max_messages(1)
-                .expires(Duration::from_millis(50))
                 .messages()
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
@@ -513,9 +512,11 @@ pub async fn finish_task(
 }
 
 /// Progress and log lines of a running attempt, on the task's log subject.
+#[allow(clippy::too_many_arguments)]
 pub async fn report_task(
     js: &jetstream::Context,
     tenant: &str,
+    worker: Uuid,
     task_id: Uuid,
     attempt: u32,
     progress: Option<(u8, Option<String>)>,
@@ -524,6 +525,18 @@ pub async fn report_task(
     if lines.len() > 1000 || lines.iter().any(|l| l.len() > 8192) {
         return Err(CommandError::Invalid(
             "lines: at most 1000 lines of at most 8192 bytes".into(),
+        ));
+    }
+    // Only the worker running this attempt writes its log: not another tenant's worker (the
+    // task is not found in its tenant), not a worker whose attempt is over.
+    let (task, _, _) = load_task(js, tenant, task_id)
+        .await?
+        .ok_or(CommandError::NotFound("task"))?;
+    if task.status != TaskStatus::Running || task.attempt != attempt || task.worker != Some(worker)
+    {
+        return Err(CommandError::Conflict(
+            "the attempt is not this worker's (it ended, its lease ran out, or another worker runs it)"
+                .into(),
         ));
     }
     let now = Utc::now();

@@ -228,7 +228,9 @@ pub async fn revoke_worker_token(
         .ok_or(CommandError::NotFound("token"))?;
     drop(tx);
     if token.revoked_at.is_some() {
-        return Err(CommandError::Conflict("the token is already revoked".into()));
+        return Err(CommandError::Conflict(
+            "the token is already revoked".into(),
+        ));
     }
     let revoked = WorkerTokenRevoked {
         token_id,

@@ -76,8 +76,7 @@ async fn run(settings: Settings, args: &TasksArgs) -> anyhow::Result<TasksReport
             max_attempts: 1,
             incident_id: None,
         };
-        copilot_commands::create_task(&ctx.js, "bench", "bench", task, Headers::default())
-            .await?;
+        copilot_commands::create_task(&ctx.js, "bench", "bench", task, Headers::default()).await?;
         bar.inc(1);
     }
     let created_per_sec = args.tasks as f64 / started.elapsed().as_secs_f64();
@@ -94,11 +93,7 @@ async fn run(settings: Settings, args: &TasksArgs) -> anyhow::Result<TasksReport
                 name: Some(format!("bench-{i}")),
                 drain_secs: 5,
             };
-            tokio::spawn(crate::worker::serve(
-                ctx.clone(),
-                worker,
-                shutdown.clone(),
-            ))
+            tokio::spawn(crate::worker::serve(ctx.clone(), worker, shutdown.clone()))
         })
         .collect();
     let filter = copilot_store::TaskFilter {

@@ -105,7 +105,12 @@ pub async fn run(settings: Settings, command: TasksCommand) -> anyhow::Result<()
                     .with_context(|| format!("tenant {tenant} has no task {id}"))?;
                 let lines = store.task_log(&mut tx, &tenant, id, after, 500).await?;
                 for l in &lines {
-                    println!("{} [attempt {}] {}", l.at.format("%H:%M:%S%.3f"), l.attempt, l.line);
+                    println!(
+                        "{} [attempt {}] {}",
+                        l.at.format("%H:%M:%S%.3f"),
+                        l.attempt,
+                        l.line
+                    );
                     after = (l.seq, l.line_no);
                 }
                 let ended = matches!(task.status.as_str(), "succeeded" | "failed" | "cancelled");
@@ -122,7 +127,8 @@ pub async fn run(settings: Settings, command: TasksCommand) -> anyhow::Result<()
         }
         TasksCommand::Cancel { tenant, id } => {
             ensure_tenant(&ctx, &tenant).await?;
-            let task = copilot_commands::cancel_task(&ctx.js, &tenant, id, ACTOR, headers()).await?;
+            let task =
+                copilot_commands::cancel_task(&ctx.js, &tenant, id, ACTOR, headers()).await?;
             catch_up(&ctx, Projection::Tasks, Duration::from_secs(30))
                 .await
                 .context("waiting for the cancel to be projected")?;

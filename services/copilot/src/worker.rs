@@ -62,12 +62,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let ctx = Context::connect(settings, "worker").await?;
     copilot_runtime::taskqueue::provision(&ctx.js).await?;
-    copilot_runtime::http::with_health(
-        ctx.clone(),
-        shutdown.clone(),
-        serve(ctx, args, shutdown),
-    )
-    .await
+    copilot_runtime::http::with_health(ctx.clone(), shutdown.clone(), serve(ctx, args, shutdown))
+        .await
 }
 
 /// Serves the tenants `args` names (or every tenant, looking for new ones every 10 s) until
@@ -256,8 +252,7 @@ async fn register(
             kinds: args.kinds.clone(),
             capacity: args.capacity,
         };
-        match copilot_commands::register_worker(&ctx.js, tenant, worker, Headers::default()).await
-        {
+        match copilot_commands::register_worker(&ctx.js, tenant, worker, Headers::default()).await {
             Ok(id) => return Ok(id),
             Err(CommandError::Invalid(why)) => anyhow::bail!("cannot register: {why}"),
             Err(err) => {
@@ -288,7 +283,7 @@ async fn attempt(
     let (task_id, attempt) = (claim.task.id, claim.task.attempt);
     let lease = claim.lease.clone();
     let js = &ctx.js;
-    let work = run_kind(ctx, tenant, &claim);
+    let work = run_kind(ctx, tenant, worker, &claim);
     tokio::pin!(work);
     let beat = heartbeat_every(ctx);
     let outcome = loop {
@@ -323,9 +318,22 @@ async fn attempt(
 }
 
 /// Runs the kind's handler; an `Err` is the attempt's failure reason.
-async fn run_kind(ctx: &Context, tenant: &str, claim: &Claim) -> Result<Value, String> {
+async fn run_kind(
+    ctx: &Context,
+    tenant: &str,
+    worker: Uuid,
+    claim: &Claim,
+) -> Result<Value, String> {
     let log = |lines: Vec<String>| {
-        copilot_commands::report_task(&ctx.js, tenant, claim.task.id, claim.task.attempt, None, lines)
+        copilot_commands::report_task(
+            &ctx.js,
+            tenant,
+            worker,
+            claim.task.id,
+            claim.task.attempt,
+            None,
+            lines,
+        )
     };
     let result = match claim.task.kind.as_str() {
         "echo" => echo(&claim.input).await,
@@ -393,11 +401,16 @@ async fn snapshot(
         .map(|q| serde_json::from_value(q.clone()))
         .transpose()
         .context("input.queries must be a list of {\"name\", \"query\"}")?;
-    let metrics = copilot_hypothesis::incident_metrics(ctx, &source, &incident, &signals, templates)
-        .await?;
+    let metrics =
+        copilot_hypothesis::incident_metrics(ctx, &source, &incident, &signals, templates).await?;
     let lines = metrics
         .iter()
-        .map(|m| format!("{} {}: {} → {} (max {})", m.name, m.service, m.first, m.last, m.max))
+        .map(|m| {
+            format!(
+                "{} {}: {} → {} (max {})",
+                m.name, m.service, m.first, m.last, m.max
+            )
+        })
         .collect();
     Ok((
         json!({"incident_id": incident_id, "taken_at": Utc::now(), "metrics": metrics}),

@@ -8,9 +8,9 @@ use copilot_events::{
 };
 use copilot_runtime::consume::subject_tenant;
 use copilot_store::{
-    AttachedSignal, AuditRow, HypothesisRow, IncidentEventRow, NewIncident, NewTaskRow, ProposalRow,
-    SignalRow, StateChange, Store, TaskChange, TenantRow, TenantSetting, TokenRevocation, TokenRow,
-    Tx, UsageRow, UserChange, UserRow, WorkerTokenRow,
+    AttachedSignal, AuditRow, HypothesisRow, IncidentEventRow, NewIncident, NewTaskRow,
+    ProposalRow, SignalRow, StateChange, Store, TaskChange, TenantRow, TenantSetting,
+    TokenRevocation, TokenRow, Tx, UsageRow, UserChange, UserRow, WorkerTokenRow,
 };
 use uuid::Uuid;
 
@@ -571,7 +571,16 @@ async fn apply_task_event(store: &Store, tx: &mut Tx<'_>, e: Stamped) -> copilot
         }
         Event::WorkerRegistered(w) => {
             return store
-                .register_worker(tx, tenant, w.worker_id, &w.name, &w.kinds, w.capacity, at, seq)
+                .register_worker(
+                    tx,
+                    tenant,
+                    w.worker_id,
+                    &w.name,
+                    &w.kinds,
+                    w.capacity,
+                    at,
+                    seq,
+                )
                 .await;
         }
         Event::WorkerHeartbeatRecorded(w) => {

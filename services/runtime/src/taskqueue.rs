@@ -88,7 +88,9 @@ impl TaskMetrics {
                 claim_latency_seconds: histogram(
                     "copilot_task_claim_latency_seconds",
                     "Time from a task being ready to a worker claiming it",
-                    vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                    vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    ],
                 ),
                 run_seconds: histogram(
                     "copilot_task_run_seconds",

@@ -183,16 +183,26 @@ impl Store {
     ) -> Result<()> {
         // $1 tenant, $2 task, $3 at, $4 seq; the change's own values follow.
         let set = match change {
-            TaskChange::Claimed { .. } => "status = 'running', attempt = $5, worker_id = $6, claimed_at = $3,
-                 not_before = NULL, progress = NULL, progress_message = NULL",
+            TaskChange::Claimed { .. } => {
+                "status = 'running', attempt = $5, worker_id = $6, claimed_at = $3,
+                 not_before = NULL, progress = NULL, progress_message = NULL"
+            }
             TaskChange::Progressed { .. } => "progress = $5, progress_message = $6",
-            TaskChange::Completed { .. } => "status = 'succeeded', result = $5, worker_id = NULL, finished_at = $3",
-            TaskChange::Failed { last: true, .. } => "status = 'failed', reasons = reasons || jsonb_build_array($5::text),
-                 worker_id = NULL, finished_at = $3",
-            TaskChange::Failed { last: false, .. } => "reasons = reasons || jsonb_build_array($5::text), worker_id = NULL",
+            TaskChange::Completed { .. } => {
+                "status = 'succeeded', result = $5, worker_id = NULL, finished_at = $3"
+            }
+            TaskChange::Failed { last: true, .. } => {
+                "status = 'failed', reasons = reasons || jsonb_build_array($5::text),
+                 worker_id = NULL, finished_at = $3"
+            }
+            TaskChange::Failed { last: false, .. } => {
+                "reasons = reasons || jsonb_build_array($5::text), worker_id = NULL"
+            }
             TaskChange::LeaseExpired => "lease_expiries = lease_expiries + 1",
             TaskChange::Retried { .. } => "status = 'queued', not_before = $5",
-            TaskChange::Cancelled { .. } => "status = 'cancelled', cancelled_by = $5, worker_id = NULL, finished_at = $3",
+            TaskChange::Cancelled { .. } => {
+                "status = 'cancelled', cancelled_by = $5, worker_id = NULL, finished_at = $3"
+            }
             TaskChange::OutcomeRefused => "refused_outcomes = refused_outcomes + 1",
         };
         let sql = format!(
@@ -205,9 +215,7 @@ impl Store {
             .bind(at)
             .bind(seq as i64);
         let q = match change {
-            TaskChange::Claimed { attempt, worker_id } => {
-                q.bind(*attempt as i32).bind(*worker_id)
-            }
+            TaskChange::Claimed { attempt, worker_id } => q.bind(*attempt as i32).bind(*worker_id),
             TaskChange::Progressed { percent, message } => {
                 q.bind(i16::from(*percent)).bind(*message)
             }
@@ -260,9 +268,8 @@ impl Store {
         cursor: Option<TaskCursor>,
         limit: u32,
     ) -> Result<Vec<TaskSummary>> {
-        let mut q = sqlx::QueryBuilder::new(format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant = "
-        ));
+        let mut q =
+            sqlx::QueryBuilder::new(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE tenant = "));
         q.push_bind(tenant);
         if let Some(status) = &filter.status {
             q.push(" AND status = ").push_bind(status);
