@@ -329,7 +329,8 @@ fn decode_cursor(text: &str) -> Result<TaskCursor, ApiError> {
 #[schemars(rename = "TaskLogQuery")]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
-    /// The `next_cursor` of the previous page (or the `id` of the last server-sent event).
+    /// The `next_cursor` of the previous page (or the `id` of the last server-sent event; a
+    /// `Last-Event-ID` header, as an EventSource sends when it reconnects, wins).
     after: Option<String>,
     /// 1 to 500 lines [default: 500].
     limit: Option<u32>,
@@ -404,13 +405,20 @@ pub async fn logs(
     State(api): State<Api>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     let id = task_id(&id)?;
     let limit = page::limit(q.limit, page::MAX_LIMIT)?;
-    let after = q
-        .after
+    // A browser's EventSource reconnects with the id of the last event it got, not the query's
+    // cursor: resume from there rather than replaying the whole log.
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let after = resumed
+        .or(q.after)
         .as_deref()
         .map(parse_log_cursor)
         .transpose()?

@@ -10,7 +10,7 @@ use axum::{
     http::StatusCode,
 };
 use chrono::{DateTime, Utc};
-use copilot_commands::tasks::HeartbeatAnswer;
+use copilot_commands::{CommandError, tasks::HeartbeatAnswer};
 use copilot_runtime::http::{ApiError, EventOrigin};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -130,7 +130,9 @@ pub async fn heartbeat(
     .await?;
     let mut answers = Vec::with_capacity(b.tasks.len());
     for held in b.tasks {
-        let answer = copilot_commands::heartbeat_task(
+        // Each held task is answered on its own: one unknown task or a malformed lease must not
+        // keep the others' leases from being extended.
+        let answer = match copilot_commands::heartbeat_task(
             js,
             tenant,
             b.worker_id,
@@ -138,7 +140,12 @@ pub async fn heartbeat(
             held.attempt,
             &held.lease,
         )
-        .await?;
+        .await
+        {
+            Ok(answer) => answer,
+            Err(CommandError::NotFound(_) | CommandError::Invalid(_)) => HeartbeatAnswer::Lost,
+            Err(e) => return Err(e.into()),
+        };
         answers.push(HeldTaskAnswer {
             task_id: held.task_id,
             action: match answer {

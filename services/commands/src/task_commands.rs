@@ -376,7 +376,12 @@ async fn consider(
         let expire = TaskCommand::ExpireLease { now: Utc::now() };
         match decide_task(js, tenant, task.id, &expire, &headers).await {
             Ok((after, _)) => task = after,
-            Err(CommandError::Conflict(_)) => return Ok(None),
+            // Not running after all (it ended, or failed between the load and the decision):
+            // decide on it as it is now, so the message is answered, never left to redeliver.
+            Err(CommandError::Conflict(_)) => match load_task(js, tenant, entry.task_id).await? {
+                Some((now, _, _)) => task = now,
+                None => return Ok(None),
+            },
             Err(e) => return Err(e),
         }
     }

@@ -223,8 +223,16 @@ impl Task {
             Event::TaskFailed(e) => {
                 self.reasons.push(e.reason.clone());
                 self.worker = None;
-                if e.last {
-                    self.status = TaskStatus::Failed;
+                // Queued again at once: the `TaskRetried` that follows sets the backoff, and a
+                // task whose retry was never appended (the append failed between the two) is
+                // still claimable rather than running with no worker for ever.
+                self.status = if e.last {
+                    TaskStatus::Failed
+                } else {
+                    TaskStatus::Queued
+                };
+                if !e.last {
+                    self.queued_at = Some(at);
                 }
             }
             Event::TaskRetried(e) => {
@@ -449,6 +457,25 @@ mod tests {
 
         assert!(matches!(events[..], [Event::TaskCompleted(_)]));
         assert_eq!(task.status, TaskStatus::Succeeded);
+    }
+
+    #[test]
+    fn a_failed_attempt_whose_retry_was_never_appended_is_still_claimable() {
+        let (task, _) = apply(new_task(3, 60), claim(7, 0), at(0));
+        let events = task
+            .decide(&TaskCommand::Fail {
+                worker: Uuid::from_u128(7),
+                attempt: 1,
+                reason: "boom".into(),
+                now: at(1),
+            })
+            .unwrap();
+
+        // Only the failure got appended; the append of its retry failed.
+        let task = task.evolve(&events[0], at(1));
+
+        assert_eq!(task.status, TaskStatus::Queued);
+        assert!(task.decide(&claim(8, 2)).is_ok());
     }
 
     #[test]

@@ -114,7 +114,8 @@ pub async fn run(settings: Settings, command: TasksCommand) -> anyhow::Result<()
                     after = (l.seq, l.line_no);
                 }
                 let ended = matches!(task.status.as_str(), "succeeded" | "failed" | "cancelled");
-                if !follow || (ended && lines.len() < 500) {
+                // A full page means there may be more: read on, followed or not.
+                if lines.len() < 500 && (!follow || ended) {
                     if follow {
                         eprintln!("task {}", task.status);
                     }

@@ -85,40 +85,59 @@ pub async fn serve(
         name: Some(args.name.clone().unwrap_or_else(host_name)),
         ..args
     });
-    let mut serving: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    // Tenants named on the command line must exist: a typo would otherwise be served for ever.
+    if !args.tenants.is_empty() {
+        let known = all_tenants(&ctx).await?;
+        if let Some(unknown) = args.tenants.iter().find(|t| !known.contains(t)) {
+            anyhow::bail!(
+                "no tenant {unknown:?} (or it is suspended); `copilot tenants list` shows them"
+            );
+        }
+    }
+    // Each tenant served with a stop of its own: a tenant suspended (or deleted) is drained, and
+    // a tenant whose loop ended (it could not register) is started again on the next pass.
+    let mut serving: BTreeMap<String, (tokio::task::JoinHandle<()>, CancellationToken)> =
+        BTreeMap::new();
     loop {
-        let tenants = if args.tenants.is_empty() {
-            match all_tenants(&ctx).await {
-                Ok(tenants) => tenants,
-                Err(err) => {
-                    tracing::warn!(error = format!("{err:#}"), "cannot list tenants");
-                    Vec::new()
-                }
+        let wanted = match all_tenants(&ctx).await {
+            Ok(known) if args.tenants.is_empty() => known,
+            Ok(known) => args
+                .tenants
+                .iter()
+                .filter(|t| known.contains(t))
+                .cloned()
+                .collect(),
+            Err(err) => {
+                tracing::warn!(error = format!("{err:#}"), "cannot list tenants");
+                serving.keys().cloned().collect()
             }
-        } else {
-            args.tenants.clone()
         };
-        for tenant in tenants {
+        serving.retain(|tenant, (handle, stop)| {
+            if !wanted.contains(tenant) {
+                stop.cancel();
+            }
+            !handle.is_finished()
+        });
+        for tenant in wanted {
             if serving.contains_key(&tenant) {
                 continue;
             }
-            let (ctx, args, stop) = (ctx.clone(), args.clone(), shutdown.clone());
+            let stop = shutdown.child_token();
+            let (ctx, args, tenant_stop) = (ctx.clone(), args.clone(), stop.clone());
             let slot = tenant.clone();
-            serving.insert(
-                slot,
-                tokio::spawn(async move {
-                    if let Err(err) = serve_tenant(&ctx, &tenant, &args, &stop).await {
-                        tracing::error!(tenant, error = format!("{err:#}"), "worker stopped");
-                    }
-                }),
-            );
+            let handle = tokio::spawn(async move {
+                if let Err(err) = serve_tenant(&ctx, &tenant, &args, &tenant_stop).await {
+                    tracing::error!(tenant, error = format!("{err:#}"), "worker stopped");
+                }
+            });
+            serving.insert(slot, (handle, stop));
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
     }
-    for (_, handle) in serving {
+    for (_, (handle, _)) in serving {
         let _ = handle.await;
     }
     Ok(())
@@ -160,12 +179,7 @@ async fn serve_tenant(
     let slots = Arc::new(Semaphore::new(args.capacity as usize));
     let beat = heartbeat_every(ctx);
     let heartbeats = {
-        let (ctx, tenant, held, stop) = (
-            ctx.clone(),
-            tenant.to_owned(),
-            held.clone(),
-            shutdown.clone(),
-        );
+        let (ctx, tenant, held) = (ctx.clone(), tenant.to_owned(), held.clone());
         tokio::spawn(async move {
             loop {
                 let tasks: Vec<Uuid> = held.lock().await.keys().copied().collect();
@@ -174,10 +188,9 @@ async fn serve_tenant(
                 {
                     tracing::warn!(tenant, error = %err, "worker heartbeat failed");
                 }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(beat) => {}
-                }
+                // Beats on while draining (it is aborted once the drain is over), so a
+                // draining worker still shows online.
+                tokio::time::sleep(beat).await;
             }
         })
     };
@@ -188,17 +201,17 @@ async fn serve_tenant(
             _ = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let claimed = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            c = copilot_commands::claim_next(
-                js,
-                tenant,
-                worker_id,
-                &args.kinds,
-                Duration::from_secs(5),
-                ctx.settings.tasks.lease(),
-            ) => c,
-        };
+        // Never raced against shutdown: a claim dropped after its `TaskClaimed` was appended
+        // would be lost until the lease ran out, costing an attempt. It waits a second at most.
+        let claimed = copilot_commands::claim_next(
+            js,
+            tenant,
+            worker_id,
+            &args.kinds,
+            Duration::from_secs(1),
+            ctx.settings.tasks.lease(),
+        )
+        .await;
         let claim = match claimed {
             Ok(Some(claim)) => claim,
             Ok(None) => continue,
@@ -401,6 +414,13 @@ async fn snapshot(
         .map(|q| serde_json::from_value(q.clone()))
         .transpose()
         .context("input.queries must be a list of {\"name\", \"query\"}")?;
+    // A tenant's own queries run only against its own Prometheus: the operator's is shared by
+    // every tenant, and a query of one tenant's choosing there could read another's series.
+    if templates.is_some() && integrations.prometheus_url.is_none() {
+        anyhow::bail!(
+            "input.queries needs the tenant's own Prometheus (integrations.prometheus_url); against the operator's, only the built-in queries run"
+        );
+    }
     let metrics =
         copilot_hypothesis::incident_metrics(ctx, &source, &incident, &signals, templates).await?;
     let lines = metrics

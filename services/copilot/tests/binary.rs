@@ -446,3 +446,116 @@ async fn a_token_revoked_from_the_cli_is_refused_by_a_gateway_in_another_process
     );
     eprintln!("revocation reached the other process's gateway in {took:?}");
 }
+
+/// A task's state as its own events say, read from the stream.
+async fn task_state(
+    js: &async_nats::jetstream::Context,
+    id: uuid::Uuid,
+) -> copilot_commands::tasks::Task {
+    copilot_commands::load_task(js, "acme", id)
+        .await
+        .unwrap()
+        .expect("the task exists")
+        .0
+}
+
+#[tokio::test]
+async fn a_worker_process_killed_mid_task_loses_it_to_another_worker_after_the_lease() {
+    use copilot_commands::tasks::TaskStatus;
+
+    // Arrange: a tenant, a 2 s lease, a worker process running a 3 s task.
+    let nats = EphemeralNats::start().await.unwrap();
+    let db = ScratchDatabase::create(&local_admin_url(), "copilot_bin")
+        .await
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let secret = "a-jwt-secret-of-the-tests-own-32-bytes";
+    let run = |args: &[&str]| {
+        succeeds(
+            copilot(&nats, &db, data_dir.path(), free_port())
+                .env("COPILOT_JWT_SECRET", secret)
+                .args(args),
+        );
+    };
+    run(&["migrate"]);
+    run(&["tenants", "create", "acme"]);
+    let worker = || {
+        copilot(&nats, &db, data_dir.path(), free_port())
+            .args([
+                "worker",
+                "--tenant",
+                "acme",
+                "--kind",
+                "echo",
+                "--capacity",
+                "1",
+            ])
+            .env("COPILOT_TASK_LEASE_SECS", "2")
+            .env("COPILOT_JWT_SECRET", secret)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut first = worker();
+    let task = copilot_commands::NewTask {
+        kind: "echo".into(),
+        input: serde_json::json!({"sleep_ms": 3000}),
+        priority: 5,
+        timeout_secs: 60,
+        max_attempts: 3,
+        incident_id: None,
+    };
+    let id = copilot_commands::create_task(&js, "acme", "tester", task, Default::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let holder = loop {
+        let task = task_state(&js, id).await;
+        if task.status == TaskStatus::Running {
+            break task.worker.expect("a running task has its worker");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the first worker never claimed the task"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Act: SIGKILL mid-task (no drain, no goodbye), and a second worker.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut second = worker();
+    let started = Instant::now();
+    let done = loop {
+        let task = task_state(&js, id).await;
+        if task.status.is_final() {
+            break task;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the task never finished on the second worker: {task:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Command::new("kill")
+        .args(["-INT", &second.id().to_string()])
+        .status()
+        .unwrap();
+    let stopped = second.wait().unwrap();
+
+    // Assert: the second attempt succeeded, the first's lease expiry is its reason.
+    assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
+    assert_eq!(done.attempt, 2, "{done:?}");
+    assert_eq!(done.reasons.len(), 1, "{done:?}");
+    assert!(
+        done.reasons[0].contains(&format!("lease of worker {holder}")),
+        "{:?}",
+        done.reasons
+    );
+    assert!(
+        stopped.success(),
+        "the second worker drains on Ctrl-C: {stopped}"
+    );
+}
