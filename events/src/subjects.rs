@@ -155,6 +155,18 @@ pub fn task_queue_priority(tenant: &str, priority: u8) -> String {
     format!("taskqueue.{tenant}.p{priority}.>")
 }
 
+/// `taskqueue.<tenant>.>`: every queued attempt of a tenant.
+pub fn task_queue_tenant(tenant: &str) -> String {
+    format!("taskqueue.{tenant}.>")
+}
+
+/// The priority and kind of one of `tenant`'s queue subjects (the inverse of [`task_queue`]).
+pub fn task_queue_parts<'a>(tenant: &str, subject: &'a str) -> Option<(u8, &'a str)> {
+    let rest = subject.strip_prefix(&format!("taskqueue.{tenant}.p"))?;
+    let (priority, kind) = rest.split_once('.')?;
+    Some((priority.parse().ok()?, kind))
+}
+
 /// The durable consumer of a tenant's queued attempts at one priority, `tq-<tenant>-p<priority>`.
 pub fn task_queue_consumer(tenant: &str, priority: u8) -> String {
     format!("tq-{tenant}-p{priority}")
@@ -163,6 +175,18 @@ pub fn task_queue_consumer(tenant: &str, priority: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_subject_gives_back_its_priority_and_its_dotted_kind() {
+        let subject = task_queue("acme", 7, "promql.snapshot");
+
+        assert_eq!(
+            task_queue_parts("acme", &subject),
+            Some((7, "promql.snapshot"))
+        );
+        assert_eq!(task_queue_parts("acm", &subject), None);
+        assert_eq!(task_queue_parts("acme", "taskqueue.acme.px.echo"), None);
+    }
 
     #[test]
     fn subjects_put_the_tenant_second() {

@@ -325,19 +325,35 @@ pub async fn claim_next(
     let deadline = tokio::time::Instant::now() + wait;
     let unavailable = |e: String| CommandError::Append(AppendError::Unavailable(e));
     loop {
-        for priority in (0..=crate::tasks::MAX_PRIORITY).rev() {
+        // Only the priorities holding an attempt of these kinds are fetched from.
+        let ready = taskqueue::ready_priorities(js, tenant, kinds)
+            .await
+            .map_err(|e| unavailable(format!("{e:#}")))?;
+        for priority in ready {
             let consumer = taskqueue::consumer(js, tenant, priority, lease)
                 .await
                 .map_err(|e| unavailable(format!("{e:#}")))?;
-            let mut batch = consumer
+            // The lease in force is the consumer's own `AckWait`, which may predate the setting.
+            let ack_wait = consumer.cached_info().config.ack_wait;
+            // `expires` bounds the request on the client too: a no-wait fetch whose status never came
+            // back would otherwise wait for ever.
+            let fetched = consumer
                 .fetch()
                 .max_messages(1)
+                .expires(FETCH_EXPIRES)
                 .messages()
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
+                .await;
+            let mut batch = match fetched {
+                Ok(batch) => batch,
+                Err(e) => {
+                    taskqueue::forget(js, tenant, priority);
+                    return Err(unavailable(e.to_string()));
+                }
+            };
             while let Some(message) = batch.next().await {
                 let message = message.map_err(|e| unavailable(e.to_string()))?;
-                if let Some(claim) = consider(js, tenant, worker, kinds, &message, lease).await? {
+                if let Some(claim) = consider(js, tenant, worker, kinds, &message, ack_wait).await?
+                {
                     return Ok(Some(claim));
                 }
             }
@@ -345,9 +361,15 @@ pub async fn claim_next(
         if tokio::time::Instant::now() >= deadline {
             return Ok(None);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(CLAIM_POLL).await;
     }
 }
+
+/// The longest one fetch from a priority the queue says is ready waits.
+const FETCH_EXPIRES: Duration = Duration::from_millis(100);
+
+/// How often a waiting claim looks at the queue again.
+const CLAIM_POLL: Duration = Duration::from_millis(50);
 
 /// Decides what to do with one delivered queue message: claim it, put it back for later, or
 /// drop it because its task has ended.

@@ -24,6 +24,12 @@ pub struct TasksArgs {
     /// Native workers, each running one task at a time
     #[arg(long, default_value_t = 4)]
     pub workers: u32,
+    /// Then, with the workers idle: tasks created one at a time at this rate, for claim latency
+    #[arg(long, default_value_t = 20)]
+    pub rate: u32,
+    /// How many tasks the steady phase creates
+    #[arg(long, default_value_t = 200)]
+    pub steady: usize,
     /// Postgres server to create the scratch database on [default: DATABASE_URL's server, else the local one]
     #[arg(long, env = "COPILOT_BENCH_ADMIN_URL")]
     pub admin_url: Option<String>,
@@ -40,7 +46,11 @@ pub struct TasksReport {
     pub created_per_sec: f64,
     /// Tasks run to `succeeded` per second, from the first claim to the last completion.
     pub dispatched_per_sec: f64,
-    /// From a task's creation to its claim (event times), over every task.
+    /// Backlog: from the workers' start (or a task's creation, if later) to its claim.
+    pub backlog_wait_p50_ms: f64,
+    pub backlog_wait_p99_ms: f64,
+    /// Steady phase: tasks created at `rate`/s into idle workers, creation to claim (event times).
+    pub rate: u32,
     pub claim_latency_p50_ms: f64,
     pub claim_latency_p99_ms: f64,
     /// The floor: a bare JetStream work queue (publish, then as many pullers fetching and
@@ -68,15 +78,8 @@ async fn run(settings: Settings, args: &TasksArgs) -> anyhow::Result<TasksReport
     let bar = crate::bench::progress(args.tasks as u64, "create");
     let started = Instant::now();
     for _ in 0..args.tasks {
-        let task = NewTask {
-            kind: "echo".into(),
-            input: json!({}),
-            priority: 5,
-            timeout_secs: 60,
-            max_attempts: 1,
-            incident_id: None,
-        };
-        copilot_commands::create_task(&ctx.js, "bench", "bench", task, Headers::default()).await?;
+        copilot_commands::create_task(&ctx.js, "bench", "bench", echo(), Headers::default())
+            .await?;
         bar.inc(1);
     }
     let created_per_sec = args.tasks as f64 / started.elapsed().as_secs_f64();
@@ -120,6 +123,41 @@ async fn run(settings: Settings, args: &TasksArgs) -> anyhow::Result<TasksReport
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     bar.finish_and_clear();
+
+    // Steady: one task every 1/rate s into idle workers; creation to claim is the claim latency.
+    let steady_from = chrono::Utc::now();
+    let mut ticks =
+        tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1))));
+    for _ in 0..args.steady {
+        ticks.tick().await;
+        copilot_commands::create_task(&ctx.js, "bench", "bench", echo(), Headers::default())
+            .await?;
+    }
+    let everything = args.tasks + args.steady;
+    let steady = loop {
+        let mut tx = ctx.store.begin_tenant("bench").await?;
+        let done = ctx
+            .store
+            .list_tasks(&mut tx, "bench", &filter, None, everything as u32 + 1)
+            .await?;
+        if done.len() >= everything {
+            break done
+                .into_iter()
+                .filter(|t| t.created_at >= steady_from)
+                .collect::<Vec<_>>();
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {everything} tasks succeeded within 10 minutes",
+            done.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut latencies: Vec<f64> = steady
+        .iter()
+        .filter_map(|t| Some((t.claimed_at? - t.created_at).num_microseconds()? as f64 / 1000.0))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
     shutdown.cancel();
     for w in workers {
         w.await.context("a worker panicked")??;
@@ -145,7 +183,7 @@ async fn run(settings: Settings, args: &TasksArgs) -> anyhow::Result<TasksReport
         })
         .collect();
     waits.sort_by(f64::total_cmp);
-    let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
+    let at = |q: f64| quantile(&waits, q);
     let dispatched_per_sec = args.tasks as f64 / dispatch_secs;
     app.stop().await;
     Ok(TasksReport {
@@ -153,8 +191,11 @@ async fn run(settings: Settings, args: &TasksArgs) -> anyhow::Result<TasksReport
         workers: args.workers,
         created_per_sec,
         dispatched_per_sec,
-        claim_latency_p50_ms: at(0.5),
-        claim_latency_p99_ms: at(0.99),
+        backlog_wait_p50_ms: at(0.5),
+        backlog_wait_p99_ms: at(0.99),
+        rate: args.rate,
+        claim_latency_p50_ms: quantile(&latencies, 0.5),
+        claim_latency_p99_ms: quantile(&latencies, 0.99),
         raw_queue_per_sec,
         share_of_raw: dispatched_per_sec / raw_queue_per_sec,
     })
@@ -193,7 +234,12 @@ async fn raw_queue(js: &jetstream::Context, n: usize, pullers: u32) -> anyhow::R
         let (consumer, done) = (consumer.clone(), done.clone());
         pulls.spawn(async move {
             while done.load(std::sync::atomic::Ordering::Relaxed) < n {
-                let mut batch = consumer.fetch().max_messages(1).messages().await?;
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(1)
+                    .expires(Duration::from_millis(100))
+                    .messages()
+                    .await?;
                 while let Some(message) = batch.next().await {
                     let message = message.map_err(|e| anyhow::anyhow!(e))?;
                     message.double_ack().await.map_err(|e| anyhow::anyhow!(e))?;
@@ -222,11 +268,34 @@ fn print_report(r: &TasksReport) {
         r.dispatched_per_sec, r.share_of_raw
     );
     println!(
-        "  claim latency       p50 {:.1} ms, p99 {:.1} ms",
-        r.claim_latency_p50_ms, r.claim_latency_p99_ms
+        "  backlog wait        p50 {:.1} ms, p99 {:.1} ms (workers' start to claim)",
+        r.backlog_wait_p50_ms, r.backlog_wait_p99_ms
+    );
+    println!(
+        "  claim latency       p50 {:.1} ms, p99 {:.1} ms (created at {}/s into idle workers)",
+        r.claim_latency_p50_ms, r.claim_latency_p99_ms, r.rate
     );
     println!(
         "  floor: bare JetStream work queue {:>10.0} msgs/s (publish, pull one, ack)",
         r.raw_queue_per_sec
     );
+}
+
+fn echo() -> NewTask {
+    NewTask {
+        kind: "echo".into(),
+        input: json!({}),
+        priority: 5,
+        timeout_secs: 60,
+        max_attempts: 1,
+        incident_id: None,
+    }
+}
+
+/// The `q` quantile of sorted values (0 when there are none).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }

@@ -21,13 +21,92 @@ pub async fn provision(js: &jetstream::Context) -> anyhow::Result<stream::Stream
         .context("creating the task work queue")
 }
 
-/// The durable consumer of one tenant's attempts at one priority, with the given lease.
+type Consumer = jetstream::consumer::Consumer<pull::Config>;
+
+/// Consumers by server, tenant and priority.
+type ConsumerCache = std::sync::Mutex<std::collections::HashMap<(String, String, u8), Consumer>>;
+
+/// Consumers already made or looked up, by server, tenant and priority: a claim scans up to ten
+/// priorities, and asking the server for each consumer on every scan cost two API calls apiece.
+fn cache() -> &'static ConsumerCache {
+    static CACHE: std::sync::OnceLock<ConsumerCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+fn cache_key(js: &jetstream::Context, tenant: &str, priority: u8) -> (String, String, u8) {
+    (
+        js.client().server_info().server_id,
+        tenant.to_owned(),
+        priority,
+    )
+}
+
+/// The durable consumer of one tenant's attempts at one priority, made with the given lease if
+/// it does not exist yet (an existing consumer keeps its own: see its `ack_wait`). Cached per
+/// process; [`forget`] drops an entry whose consumer failed.
 pub async fn consumer(
     js: &jetstream::Context,
     tenant: &str,
     priority: u8,
     lease: Duration,
-) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
+) -> anyhow::Result<Consumer> {
+    let key = cache_key(js, tenant, priority);
+    if let Some(cached) = cache().lock().expect("cache lock").get(&key) {
+        return Ok(cached.clone());
+    }
+    let consumer = make_consumer(js, tenant, priority, lease).await?;
+    cache()
+        .lock()
+        .expect("cache lock")
+        .insert(key, consumer.clone());
+    Ok(consumer)
+}
+
+/// Drops a cached consumer (after a fetch from it failed), so the next claim asks the server.
+pub fn forget(js: &jetstream::Context, tenant: &str, priority: u8) {
+    cache()
+        .lock()
+        .expect("cache lock")
+        .remove(&cache_key(js, tenant, priority));
+}
+
+/// The priorities, highest first, at which the tenant's queue holds an attempt of one of
+/// `kinds` (delivered or not): one stream-info request instead of a fetch per priority.
+pub async fn ready_priorities(
+    js: &jetstream::Context,
+    tenant: &str,
+    kinds: &[String],
+) -> anyhow::Result<Vec<u8>> {
+    use futures::TryStreamExt as _;
+    let stream = js
+        .get_stream_no_info(subjects::TASK_QUEUE)
+        .await
+        .context("the task work queue")?;
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(subjects::task_queue_tenant(tenant))
+        .await
+        .context("reading the task work queue's subjects")?
+        .try_collect()
+        .await
+        .context("reading the task work queue's subjects")?;
+    let mut ready: Vec<u8> = subjects
+        .iter()
+        .filter(|(_, count)| *count > 0)
+        .filter_map(|(subject, _)| subjects::task_queue_parts(tenant, subject))
+        .filter(|(_, kind)| kinds.iter().any(|k| k == kind))
+        .map(|(priority, _)| priority)
+        .collect();
+    ready.sort_unstable_by(|a, b| b.cmp(a));
+    ready.dedup();
+    Ok(ready)
+}
+
+async fn make_consumer(
+    js: &jetstream::Context,
+    tenant: &str,
+    priority: u8,
+    lease: Duration,
+) -> anyhow::Result<Consumer> {
     let stream = provision(js).await?;
     let name = subjects::task_queue_consumer(tenant, priority);
     stream
