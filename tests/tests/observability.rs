@@ -159,8 +159,12 @@ async fn every_promql_expression_of_the_pipeline_dashboard_and_the_rules_is_vali
     assert!(exprs.len() >= 12);
     // A valid expression over a misspelled metric is silently empty: every metric named must be
     // one the copilot defines.
-    let defined =
-        std::fs::read_to_string(workspace_root().join("services/runtime/src/metrics.rs")).unwrap();
+    let defined = ["metrics.rs", "taskqueue.rs"]
+        .map(|file| {
+            std::fs::read_to_string(workspace_root().join("services/runtime/src").join(file))
+                .unwrap()
+        })
+        .concat();
     for (title, expr) in &exprs {
         for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             let metric = token.strip_suffix("_bucket").unwrap_or(token);
