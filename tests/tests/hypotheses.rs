@@ -465,7 +465,7 @@ async fn model_calls_are_recorded_as_usage_with_tokens_outcome_and_cost() {
 }
 
 /// A scrape target whose 5xx share grows with every scrape.
-async fn rising_errors_target() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+pub(crate) async fn rising_errors_target() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use std::sync::{
         Arc,
         atomic::{AtomicU64, Ordering},

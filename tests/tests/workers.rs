@@ -596,3 +596,106 @@ async fn the_task_read_models_rebuilt_from_the_stream_equal_the_live_ones() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_native_worker_takes_a_prometheus_snapshot_of_an_incident_from_the_tenants_prometheus()
+{
+    // Arrange: a real Prometheus scraping a service whose errors rise, as acme's Prometheus; an
+    // incident of that service; the native worker.
+    let (target, _server) = crate::hypotheses::rising_errors_target().await;
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{target}']\n"
+    );
+    let Some(prometheus) = copilot_e2e::prometheus::Prometheus::start(&config).await else {
+        return;
+    };
+    let app = TestApp::spawn().await;
+    let admin = app.user_jwt("acme", "alice", Role::Admin).await;
+    let set = app
+        .http
+        .put(format!("{}/v1/settings/integrations", app.url))
+        .bearer_auth(&admin)
+        .json(&json!({"prometheus_url": prometheus.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 202);
+    let starts_at = (chrono::Utc::now() - chrono::Duration::seconds(30)).to_rfc3339();
+    let sent = app
+        .post_webhook(
+            "alertmanager",
+            &app.acme.webhook_token,
+            copilot_e2e::alertmanager_payload(
+                "firing",
+                &[("HighErrorRate", "checkout", "critical", &starts_at)],
+            ),
+        )
+        .await;
+    assert_eq!(sent.status(), 202);
+    let incident = copilot_e2e::poll_json(&app, "/v1/incidents", |page| {
+        page["items"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    // An instant selector: Prometheus answers it at every step of the snapshot's 35-minute
+    // range once it holds one sample, though it has been running for seconds only.
+    let templates = vec![copilot_hypothesis::metrics::QueryTemplate {
+        name: "errors".into(),
+        query: r#"sum(http_requests_total{service="{service}",code=~"5.."})"#.into(),
+    }];
+    // Prometheus has scraped the target.
+    poll(Duration::from_secs(30), || async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = chrono::Utc::now();
+        let found = copilot_hypothesis::metrics::fetch(
+            &prometheus.url,
+            None,
+            &templates,
+            &["checkout".to_owned()],
+            now - chrono::Duration::seconds(30),
+            now,
+            Duration::from_secs(2),
+        )
+        .await;
+        (!found.is_empty()).then_some(())
+    })
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(copilot::worker::serve(
+        app.ctx().clone(),
+        copilot::worker::WorkerArgs {
+            tenants: vec!["acme".into()],
+            ..Default::default()
+        },
+        stop.clone(),
+    ));
+
+    // Act
+    let id = create(
+        &app,
+        "acme",
+        json!({"kind": "promql.snapshot", "incident_id": incident, "input": {"queries": templates.iter().map(|t| json!({"name": t.name, "query": t.query})).collect::<Vec<_>>()}}),
+    )
+    .await;
+    let task = poll(Duration::from_secs(30), || async {
+        let task: Value = app
+            .get(&format!("/v1/tasks/{id}"), &app.acme.viewer_jwt)
+            .await
+            .json()
+            .await
+            .unwrap();
+        (task["status"] == "succeeded" || task["status"] == "failed").then_some(task)
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+
+    // Assert: the snapshot names the incident's service and the query's series.
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let metrics = task["result"]["metrics"].as_array().unwrap();
+    let errors = metrics
+        .iter()
+        .find(|m| m["name"] == "errors")
+        .unwrap_or_else(|| panic!("no errors series in {task}"));
+    assert_eq!(errors["service"], "checkout");
+    assert_eq!(task["result"]["incident_id"], incident.as_str());
+}
