@@ -148,7 +148,7 @@ async fn json_of(response: reqwest::Response) -> Value {
     response.json().await.expect("a JSON body")
 }
 
-async fn post(t: &TestApp, alerts: &[(&str, &str, &str, &str)]) {
+pub(crate) async fn post(t: &TestApp, alerts: &[(&str, &str, &str, &str)]) {
     let r = t
         .post_webhook(
             "alertmanager",
@@ -160,7 +160,7 @@ async fn post(t: &TestApp, alerts: &[(&str, &str, &str, &str)]) {
 }
 
 /// The one incident of `service`, once it has a proposal.
-async fn incident_with_hypotheses(t: &TestApp, service: &str) -> Value {
+pub(crate) async fn incident_with_hypotheses(t: &TestApp, service: &str) -> Value {
     poll(Duration::from_secs(30), || async {
         let page = json_of(
             t.get(
@@ -198,7 +198,9 @@ async fn engineer_verdict(t: &TestApp, id: &str, hid: &str, verdict: &str) -> u1
         .as_u16()
 }
 
-fn fast_hypotheses(min_interval_secs: u64) -> impl FnOnce(&mut copilot_runtime::Settings) {
+pub(crate) fn fast_hypotheses(
+    min_interval_secs: u64,
+) -> impl FnOnce(&mut copilot_runtime::Settings) {
     move |s| {
         s.hypothesis.settle_ms = 300;
         s.hypothesis.min_interval_secs = min_interval_secs;

@@ -57,6 +57,17 @@ async fn register(app: &TestApp, token: &str, kinds: &[&str]) -> String {
     body["worker_id"].as_str().unwrap().to_owned()
 }
 
+/// `POST /v1/workers/claim` for `worker`, waiting up to `wait_secs`.
+async fn claim_task(app: &TestApp, token: &str, worker: &str, wait_secs: u32) -> reqwest::Response {
+    post(
+        app,
+        "/v1/workers/claim",
+        token,
+        json!({"worker_id": worker, "wait_secs": wait_secs}),
+    )
+    .await
+}
+
 /// Creates a task as engineer `bob` of `tenant` over HTTP; its id.
 async fn create(app: &TestApp, tenant: &str, body: Value) -> String {
     let bob = app.user_jwt(tenant, "bob", Role::Engineer).await;
@@ -92,13 +103,7 @@ async fn an_external_worker_runs_a_task_over_http_and_people_read_its_record_log
     let viewer = app.acme.viewer_jwt.clone();
     let (token, _) = worker_token(&app, "acme").await;
     let worker = register(&app, &token, &["echo"]).await;
-    let empty = post(
-        &app,
-        "/v1/workers/claim",
-        &token,
-        json!({"worker_id": worker, "wait_secs": 0}),
-    )
-    .await;
+    let empty = claim_task(&app, &token, &worker, 0).await;
     let id = create(
         &app,
         "acme",
@@ -107,13 +112,7 @@ async fn an_external_worker_runs_a_task_over_http_and_people_read_its_record_log
     .await;
 
     // Act: claim, follow the log, report, heartbeat, complete.
-    let claimed = post(
-        &app,
-        "/v1/workers/claim",
-        &token,
-        json!({"worker_id": worker, "wait_secs": 5}),
-    )
-    .await;
+    let claimed = claim_task(&app, &token, &worker, 5).await;
     assert_eq!(claimed.status(), 200);
     let claim: Value = claimed.json().await.unwrap();
     let lease = claim["lease"].as_str().unwrap().to_owned();
@@ -301,16 +300,11 @@ async fn a_worker_token_works_only_for_its_tenant_only_on_worker_routes_and_not_
     let acme_worker = register(&app, &acme_token, &["echo"]).await;
     let globex_worker = register(&app, &globex_token, &["echo"]).await;
     let id = create(&app, "acme", json!({"kind": "echo"})).await;
-    let claim: Value = post(
-        &app,
-        "/v1/workers/claim",
-        &acme_token,
-        json!({"worker_id": acme_worker, "wait_secs": 5}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let claim: Value = claim_task(&app, &acme_token, &acme_worker, 5)
+        .await
+        .json()
+        .await
+        .unwrap();
     let lease = claim["lease"].as_str().unwrap().to_owned();
 
     // Act: globex's token tries acme's task, lease and worker; a JWT tries a worker route; a
@@ -330,13 +324,7 @@ async fn a_worker_token_works_only_for_its_tenant_only_on_worker_routes_and_not_
         json!({"worker_id": acme_worker, "tasks": []}),
     )
     .await;
-    let cross_claim = post(
-        &app,
-        "/v1/workers/claim",
-        &globex_token,
-        json!({"worker_id": globex_worker, "wait_secs": 1}),
-    )
-    .await;
+    let cross_claim = claim_task(&app, &globex_token, &globex_worker, 1).await;
     let cross_report = post(
         &app,
         &format!("/v1/tasks/{id}/report"),
@@ -499,16 +487,11 @@ async fn the_task_read_models_rebuilt_from_the_stream_equal_the_live_ones() {
     let worker = register(&app, &token, &["echo"]).await;
     let kept = create(&app, "acme", json!({"kind": "echo", "max_attempts": 2})).await;
     let cancelled = create(&app, "acme", json!({"kind": "echo", "priority": 0})).await;
-    let claim: Value = post(
-        &app,
-        "/v1/workers/claim",
-        &token,
-        json!({"worker_id": worker, "wait_secs": 5}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let claim: Value = claim_task(&app, &token, &worker, 5)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(claim["task_id"], kept.as_str());
     let lease = claim["lease"].as_str().unwrap();
     post(
@@ -698,4 +681,71 @@ async fn the_native_worker_takes_a_prometheus_snapshot_of_an_incident_from_the_t
         .unwrap_or_else(|| panic!("no errors series in {task}"));
     assert_eq!(errors["service"], "checkout");
     assert_eq!(task["result"]["incident_id"], incident.as_str());
+}
+
+#[tokio::test]
+async fn a_hypotheses_refresh_task_gets_an_incident_a_new_proposal_before_its_interval_is_up() {
+    // Arrange: an incident with its first proposal; a minimum interval of an hour between runs.
+    let app = TestApp::spawn_with(
+        copilot::app::Services::All,
+        crate::hypotheses::fast_hypotheses(3600),
+    )
+    .await;
+    crate::hypotheses::post(
+        &app,
+        &[(
+            "HTTP5xxRateHigh",
+            "checkout",
+            "critical",
+            "2026-11-22T08:02:00Z",
+        )],
+    )
+    .await;
+    let detail = crate::hypotheses::incident_with_hypotheses(&app, "checkout").await;
+    let incident = detail["id"].as_str().unwrap().to_owned();
+    let first = detail["hypotheses_proposal"]["proposal_id"].clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(copilot::worker::serve(
+        app.ctx().clone(),
+        copilot::worker::WorkerArgs {
+            tenants: vec!["acme".into()],
+            ..Default::default()
+        },
+        stop.clone(),
+    ));
+
+    // Act
+    let id = create(
+        &app,
+        "acme",
+        json!({"kind": "hypotheses.refresh", "incident_id": incident, "timeout_secs": 30}),
+    )
+    .await;
+    let task = poll(Duration::from_secs(45), || async {
+        let task: Value = app
+            .get(&format!("/v1/tasks/{id}"), &app.acme.viewer_jwt)
+            .await
+            .json()
+            .await
+            .unwrap();
+        (task["status"] == "succeeded" || task["status"] == "failed").then_some(task)
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+
+    // Assert: the task names the new proposal, which the incident now shows.
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let proposal = task["result"]["proposal_id"].clone();
+    assert!(
+        proposal.is_string() && proposal != first,
+        "{task} after {first}"
+    );
+    let now: Value = app
+        .get(&format!("/v1/incidents/{incident}"), &app.acme.viewer_jwt)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["hypotheses_proposal"]["proposal_id"], proposal);
 }
