@@ -289,6 +289,30 @@ async fn the_task_listing_filters_by_status_kind_incident_and_time_and_pages_wit
     assert!(second_page.get("next_cursor").is_none());
     assert!(ids(&future).is_empty());
     assert_eq!(bad_status.status(), 400);
+    let admin = app.user_jwt("acme", "alice", Role::Admin).await;
+    let audit: Value = app
+        .get("/v1/audit?target=task:", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let recorded: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["target"] == format!("task:{}", echoes[0]))
+        .map(|row| {
+            (
+                row["action"].as_str().unwrap(),
+                row["actor"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recorded,
+        [("TaskCancelled", "bob"), ("TaskCreated", "bob")],
+        "people's task commands are in the audit log, newest first"
+    );
 }
 
 #[tokio::test]

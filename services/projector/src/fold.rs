@@ -38,6 +38,8 @@ pub(crate) struct Stamped {
     tenant: String,
     at: DateTime<Utc>,
     event: Event,
+    /// The audit row of a person's command on a task (created, cancelled), written with it.
+    audit: Option<Audit>,
 }
 
 pub(crate) enum TenantChange {
@@ -130,6 +132,8 @@ impl Audit {
             Event::WorkerTokenIssued(e) => format!("worker_token:{}", e.token_id),
             Event::WorkerTokenRevoked(e) => format!("worker_token:{}", e.token_id),
             Event::TenantSecretRemoved(e) => format!("secret:{}", e.name),
+            Event::TaskCreated(e) => format!("task:{}", e.task_id),
+            Event::TaskCancelled(e) => format!("task:{}", e.task_id),
             other => match incident_of(other) {
                 Some((id, _)) => format!("incident:{id}"),
                 None => return None,
@@ -338,6 +342,7 @@ impl Fold {
                 tenant,
                 at,
                 event,
+                audit: None,
             })),
             (Self::Tasks(events), event) if task_event(&event) => {
                 events.push(Stamped {
@@ -345,6 +350,7 @@ impl Fold {
                     tenant,
                     at,
                     event,
+                    audit,
                 });
             }
             (Self::Telemetry(calls), Event::ModelCallRecorded(call)) => {
@@ -541,7 +547,11 @@ async fn apply_task_event(store: &Store, tx: &mut Tx<'_>, e: Stamped) -> copilot
         tenant,
         at,
         event,
+        audit,
     } = e;
+    if let Some(audit) = &audit {
+        audit.write(store, tx).await?;
+    }
     let tenant = tenant.as_str();
     let (task_id, change) = match &event {
         Event::TaskCreated(c) => {
