@@ -39,7 +39,7 @@ pub(crate) struct Stamped {
     at: DateTime<Utc>,
     event: Event,
     /// The audit row of a person's command on a task (created, cancelled), written with it.
-    audit: Option<Audit>,
+    audit: Option<Box<Audit>>,
 }
 
 pub(crate) enum TenantChange {
@@ -350,7 +350,7 @@ impl Fold {
                     tenant,
                     at,
                     event,
-                    audit,
+                    audit: audit.map(Box::new),
                 });
             }
             (Self::Telemetry(calls), Event::ModelCallRecorded(call)) => {
