@@ -18,7 +18,7 @@ use crate::incidents::{
 use crate::payloads::{SignalReceived, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked};
 use crate::tasks::{
     TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
-    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone,
+    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskReleased, TaskRetried, WorkerGone,
     WorkerHeartbeatRecorded, WorkerRegistered, WorkerTokenIssued, WorkerTokenRevoked,
 };
 
@@ -118,6 +118,7 @@ pub enum Event {
     TaskRetried(TaskRetried),
     TaskCancelled(TaskCancelled),
     TaskOutcomeRefused(TaskOutcomeRefused),
+    TaskReleased(TaskReleased),
     WorkerRegistered(WorkerRegistered),
     WorkerHeartbeatRecorded(WorkerHeartbeatRecorded),
     WorkerGone(WorkerGone),
@@ -186,6 +187,7 @@ impl Event {
             Self::TaskRetried(_) => TaskRetried::TYPE,
             Self::TaskCancelled(_) => TaskCancelled::TYPE,
             Self::TaskOutcomeRefused(_) => TaskOutcomeRefused::TYPE,
+            Self::TaskReleased(_) => TaskReleased::TYPE,
             Self::WorkerRegistered(_) => WorkerRegistered::TYPE,
             Self::WorkerHeartbeatRecorded(_) => WorkerHeartbeatRecorded::TYPE,
             Self::WorkerGone(_) => WorkerGone::TYPE,
@@ -318,6 +320,7 @@ impl Envelope {
             TaskRetried,
             TaskCancelled,
             TaskOutcomeRefused,
+            TaskReleased,
             WorkerRegistered,
             WorkerHeartbeatRecorded,
             WorkerGone,

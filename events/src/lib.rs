@@ -39,7 +39,7 @@ pub use payloads::{
 };
 pub use tasks::{
     TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
-    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskRetried, WorkerGone,
+    TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskReleased, TaskRetried, WorkerGone,
     WorkerHeartbeatRecorded, WorkerRegistered, WorkerTokenIssued, WorkerTokenRevoked,
 };
 pub use trace::TraceParent;

@@ -67,6 +67,7 @@ pub fn all() -> Vec<(String, String)> {
         payload::<crate::tasks::TaskRetried>(),
         payload::<crate::tasks::TaskCancelled>(),
         payload::<crate::tasks::TaskOutcomeRefused>(),
+        payload::<crate::tasks::TaskReleased>(),
         payload::<crate::tasks::WorkerRegistered>(),
         payload::<crate::tasks::WorkerHeartbeatRecorded>(),
         payload::<crate::tasks::WorkerGone>(),

@@ -140,6 +140,20 @@ impl EventPayload for TaskCancelled {
     const VERSION: u32 = 1;
 }
 
+/// The worker running an attempt handed it back unfinished (it is stopping): the task is queued
+/// again at once and the attempt does not count against `max_attempts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskReleased {
+    pub task_id: Uuid,
+    pub attempt: u32,
+    pub worker_id: Uuid,
+    pub reason: String,
+}
+impl EventPayload for TaskReleased {
+    const TYPE: &'static str = "TaskReleased";
+    const VERSION: u32 = 1;
+}
+
 /// A worker reported an outcome for an attempt it no longer holds (its lease expired, the task
 /// was cancelled or timed out): refused, and recorded here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -454,7 +454,7 @@ async fn the_native_worker_runs_tasks_and_on_shutdown_hands_back_what_it_cannot_
     let slow = create(
         &app,
         "acme",
-        json!({"kind": "echo", "input": {"sleep_ms": 600000}, "max_attempts": 2}),
+        json!({"kind": "echo", "input": {"sleep_ms": 600000}, "max_attempts": 1}),
     )
     .await;
     let status = |id: String| {
@@ -488,15 +488,17 @@ async fn the_native_worker_runs_tasks_and_on_shutdown_hands_back_what_it_cannot_
         .unwrap();
     app.settle(Projection::Tasks).await;
 
-    // Assert: the quick task's echo is its result; the slow one is queued again for another
-    // worker, its reason kept; the worker is offline.
+    // Assert: the quick task's echo is its result; the slow one, handed back, is queued again
+    // for another worker with its only attempt still to run; the worker is offline.
     assert_eq!(done["result"], json!({"sleep_ms": 10}));
     let slow = status(slow).await;
     assert_eq!(slow["status"], "queued", "{slow}");
-    assert!(
-        slow["reasons"][0].as_str().unwrap().contains("drained"),
-        "{slow}"
+    assert_eq!(
+        slow["attempt"], 0,
+        "the handed-back attempt does not count: {slow}"
     );
+    assert_eq!(slow["reasons"], json!([]), "{slow}");
+    assert!(slow["worker_id"].is_null(), "{slow}");
     let workers: Value = app.get("/v1/workers", &viewer).await.json().await.unwrap();
     assert_eq!(workers[0]["status"], "offline");
     assert_eq!(workers[0]["gone_reason"], "drained");
@@ -532,6 +534,24 @@ async fn the_task_read_models_rebuilt_from_the_stream_equal_the_live_ones() {
         json!({"worker_id": worker, "tasks": [{"task_id": kept, "attempt": 1, "lease": lease}]}),
     )
     .await;
+    let released = post(
+        &app,
+        &format!("/v1/tasks/{kept}/release"),
+        &token,
+        json!({"worker_id": worker, "attempt": 1, "lease": lease}),
+    )
+    .await;
+    assert_eq!(released.status(), 200);
+    let claim: Value = claim_task(&app, &token, &worker, 5)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        claim["attempt"], 1,
+        "a released attempt runs again under its number"
+    );
+    let lease = claim["lease"].as_str().unwrap();
     let failed = post(
         &app,
         &format!("/v1/tasks/{kept}/fail"),

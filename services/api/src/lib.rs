@@ -244,6 +244,7 @@ pub const POLICY: &[(Method, &str, Access)] = &[
     (Method::POST, "/v1/tasks/{id}/report", Access::Worker),
     (Method::POST, "/v1/tasks/{id}/complete", Access::Worker),
     (Method::POST, "/v1/tasks/{id}/fail", Access::Worker),
+    (Method::POST, "/v1/tasks/{id}/release", Access::Worker),
 ];
 
 /// The access a route needs, if the table has it. `HEAD` is a `GET` without the body.
@@ -1016,6 +1017,18 @@ fn routes() -> ApiRouter<Api> {
                     .problem(404, "No such task")
                     .problem(409, "The attempt is no longer the worker's: refused, and recorded")
                     .problem(422, "No reason, or a lease that is not one of this tenant's")
+            }),
+        )
+        .api_route(
+            "/v1/tasks/{id}/release",
+            post_with(workers::release, |op| {
+                op.id("releaseTask")
+                    .summary("Worker: hands back an attempt it will not finish; queued again at once, the attempt not counted")
+                    .tag("workers")
+                    .path_param::<Uuid>("id", TASK_ID)
+                    .problem(404, "No such task")
+                    .problem(409, "The attempt is no longer the worker's: refused, and recorded")
+                    .problem(422, "A lease that is not one of this tenant's")
             }),
         )
         .api_route(

@@ -347,6 +347,45 @@ pub async fn fail(
     finish(&api, &caller, id, b, Err(reason)).await
 }
 
+/// Hands back an attempt the worker holds but will not finish (it is stopping): queued again
+/// at once for another worker, the attempt not counted. `reason` is optional.
+pub async fn release(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+    payload: Result<Json<OutcomeBody>, JsonRejection>,
+) -> Result<Json<OutcomeAnswer>, ApiError> {
+    let id = path_id(&id)?;
+    let b = body(payload)?;
+    let reason = b
+        .reason
+        .unwrap_or_else(|| "handed back by its worker".into());
+    if reason.len() > 10_000 {
+        return Err(ApiError::Unprocessable(
+            "reason: at most 10000 bytes".into(),
+        ));
+    }
+    let accepted = copilot_commands::release_task(
+        &api.ctx.js,
+        &caller.0.tenant,
+        b.worker_id,
+        id,
+        b.attempt,
+        &b.lease,
+        &reason,
+    )
+    .await?;
+    if !accepted {
+        return Err(ApiError::Conflict(
+            "the attempt is no longer this worker's; the hand-back was recorded as refused".into(),
+        ));
+    }
+    Ok(Json(OutcomeAnswer {
+        task_id: id,
+        accepted,
+    }))
+}
+
 /// A worker stopping.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -19,7 +19,7 @@ pub use secrets::{MAX_SECRET_BYTES, SecretValue, StoredSecret, remove_secret, se
 pub use settings::{set_integrations, set_retention, set_rules};
 pub use task_commands::{
     Claim, NewTask, cancel_task, claim_next, create_task, decide_task, finish_task, heartbeat_task,
-    load_task, report_task,
+    load_task, release_task, report_task,
 };
 pub use tenants::{
     CreatedTenant, FIRST_ADMIN, NewTenant, create_tenant, first_admin, resume_tenant,

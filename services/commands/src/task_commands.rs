@@ -211,6 +211,7 @@ fn count(task: &Task, events: &[Event], now: DateTime<Utc>) {
             Event::TaskFailed(f) if f.last => metrics.outcome(kind, "failed"),
             Event::TaskCancelled(_) => metrics.outcome(kind, "cancelled"),
             Event::TaskOutcomeRefused(_) => metrics.outcome(kind, "refused"),
+            Event::TaskReleased(_) => metrics.outcome(kind, "released"),
             _ => {}
         }
     }
@@ -254,7 +255,8 @@ fn envelope_of(tenant: &str, event: &Event, now: DateTime<Utc>, headers: Headers
         TaskLeaseExpired,
         TaskRetried,
         TaskCancelled,
-        TaskOutcomeRefused
+        TaskOutcomeRefused,
+        TaskReleased
     )
 }
 
@@ -535,6 +537,31 @@ pub async fn finish_task(
         return Ok(false);
     }
     settle_queue(js, tenant, lease, &task).await?;
+    Ok(true)
+}
+
+/// Hands back an attempt the worker holds but will not finish (it is stopping): the task is
+/// queued again at once without counting the attempt. `false` when the attempt was no longer the
+/// worker's (recorded as refused).
+pub async fn release_task(
+    js: &jetstream::Context,
+    tenant: &str,
+    worker: Uuid,
+    task_id: Uuid,
+    attempt: u32,
+    lease: &str,
+    reason: &str,
+) -> Result<bool, CommandError> {
+    let command = TaskCommand::Release {
+        worker,
+        attempt,
+        reason: reason.to_owned(),
+    };
+    let (_, events) = decide_task(js, tenant, task_id, &command, &Headers::default()).await?;
+    if matches!(events.first(), Some(Event::TaskOutcomeRefused(_))) {
+        return Ok(false);
+    }
+    answer(js, tenant, lease, AckKind::Nak(None)).await?;
     Ok(true)
 }
 

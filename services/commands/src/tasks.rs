@@ -8,7 +8,7 @@
 use chrono::{DateTime, Duration, Utc};
 use copilot_events::{
     Event, TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
-    TaskOutcomeRefused, TaskRetried,
+    TaskOutcomeRefused, TaskReleased, TaskRetried,
 };
 use uuid::Uuid;
 
@@ -92,6 +92,13 @@ pub enum TaskCommand {
         attempt: u32,
         reason: String,
         now: DateTime<Utc>,
+    },
+    /// The worker holding the attempt hands it back unfinished (it is stopping): queued again
+    /// at once, and the attempt does not count.
+    Release {
+        worker: Uuid,
+        attempt: u32,
+        reason: String,
     },
     /// The supervisor saw the holder's lease run out.
     ExpireLease {
@@ -244,6 +251,14 @@ impl Task {
                 self.status = TaskStatus::Cancelled;
                 self.worker = None;
             }
+            Event::TaskReleased(e) => {
+                // The next claim runs the same attempt number again: it did not count.
+                self.status = TaskStatus::Queued;
+                self.worker = None;
+                self.attempt = e.attempt.saturating_sub(1);
+                self.queued_at = Some(at);
+                self.not_before = None;
+            }
             _ => {}
         }
         self
@@ -319,6 +334,21 @@ impl Task {
                     return Ok(vec![refused]);
                 }
                 Ok(self.fail_attempt(Some(*worker), reason.clone(), *now))
+            }
+            TaskCommand::Release {
+                worker,
+                attempt,
+                reason,
+            } => {
+                if let Some(refused) = self.refuse(*worker, *attempt) {
+                    return Ok(vec![refused]);
+                }
+                Ok(vec![Event::TaskReleased(TaskReleased {
+                    task_id: id,
+                    attempt: *attempt,
+                    worker_id: *worker,
+                    reason: reason.clone(),
+                })])
             }
             TaskCommand::ExpireLease { now } => {
                 let Some(worker) = self.worker.filter(|_| self.status == TaskStatus::Running)
@@ -457,6 +487,34 @@ mod tests {
 
         assert!(matches!(events[..], [Event::TaskCompleted(_)]));
         assert_eq!(task.status, TaskStatus::Succeeded);
+    }
+
+    #[test]
+    fn a_released_attempt_is_queued_at_once_and_does_not_count_against_max_attempts() {
+        let (task, _) = apply(new_task(1, 60), claim(7, 0), at(0));
+
+        let (task, events) = apply(
+            task,
+            TaskCommand::Release {
+                worker: Uuid::from_u128(7),
+                attempt: 1,
+                reason: "draining".into(),
+            },
+            at(1),
+        );
+        let late = task
+            .decide(&TaskCommand::Complete {
+                worker: Uuid::from_u128(7),
+                attempt: 1,
+                result: serde_json::json!(1),
+            })
+            .unwrap();
+        let (again, _) = apply(task, claim(8, 1), at(1));
+
+        assert!(matches!(events[..], [Event::TaskReleased(_)]));
+        assert!(matches!(late[..], [Event::TaskOutcomeRefused(_)]));
+        assert_eq!(again.status, TaskStatus::Running);
+        assert_eq!(again.attempt, 1, "the only attempt runs again");
     }
 
     #[test]

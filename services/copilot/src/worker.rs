@@ -2,7 +2,8 @@
 //! in, runs them, heartbeats while they run and reports their outcome, through the same task
 //! commands the worker routes translate to. It registers once per tenant it serves (a worker is
 //! a tenant's), runs up to `capacity` tasks per tenant at once, and on shutdown stops claiming,
-//! lets what runs finish within the drain time and fails what is left so another worker retries it.
+//! lets what runs finish within the drain time and hands back what is left (`TaskReleased`: queued
+//! again at once for another worker, the attempt not counted).
 //!
 //! Kinds: `promql.snapshot` (the incident's metrics from the tenant's Prometheus, kept as the
 //! task's result, which the hypothesis service then uses as evidence), `hypotheses.refresh`
@@ -303,7 +304,23 @@ async fn attempt(
         tokio::select! {
             outcome = &mut work => break Some(outcome),
             _ = drain.cancelled() => {
-                break Some(Err("the worker stopped (drained) before the attempt finished".to_owned()));
+                // Handed back, not failed: another worker runs it at once, and the attempt
+                // does not count against the task's max_attempts.
+                match copilot_commands::release_task(
+                    js,
+                    tenant,
+                    worker,
+                    task_id,
+                    attempt,
+                    &lease,
+                    "the worker stopped (drained) before the attempt finished",
+                )
+                .await
+                {
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(tenant, task = %task_id, error = %err, "cannot hand the attempt back; it returns after its lease"),
+                }
+                break None;
             }
             _ = tokio::time::sleep(beat) => {
                 match copilot_commands::heartbeat_task(js, tenant, worker, task_id, attempt, &lease).await {

@@ -534,6 +534,7 @@ fn task_event(event: &Event) -> bool {
             | Event::TaskRetried(_)
             | Event::TaskCancelled(_)
             | Event::TaskOutcomeRefused(_)
+            | Event::TaskReleased(_)
             | Event::WorkerRegistered(_)
             | Event::WorkerHeartbeatRecorded(_)
             | Event::WorkerGone(_)
@@ -656,6 +657,7 @@ async fn apply_task_event(store: &Store, tx: &mut Tx<'_>, e: Stamped) -> copilot
         ),
         Event::TaskCancelled(c) => (c.task_id, TaskChange::Cancelled { by: &c.actor }),
         Event::TaskOutcomeRefused(r) => (r.task_id, TaskChange::OutcomeRefused),
+        Event::TaskReleased(r) => (r.task_id, TaskChange::Released { attempt: r.attempt }),
         _ => return Ok(()),
     };
     store

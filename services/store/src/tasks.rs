@@ -47,6 +47,10 @@ pub enum TaskChange<'a> {
         by: &'a str,
     },
     OutcomeRefused,
+    /// The attempt `attempt` was handed back unfinished and does not count.
+    Released {
+        attempt: u32,
+    },
 }
 
 /// A task as the read model holds it.
@@ -204,6 +208,11 @@ impl Store {
                 "status = 'cancelled', cancelled_by = $5, worker_id = NULL, finished_at = $3"
             }
             TaskChange::OutcomeRefused => "refused_outcomes = refused_outcomes + 1",
+            // The attempt did not count: the next claim runs the same number again.
+            TaskChange::Released { .. } => {
+                "status = 'queued', attempt = $5, worker_id = NULL, not_before = NULL,
+                 progress = NULL, progress_message = NULL"
+            }
         };
         let sql = format!(
             "UPDATE tasks SET {set}, updated_at = $3, last_seq = $4
@@ -223,6 +232,7 @@ impl Store {
             TaskChange::Failed { reason, .. } => q.bind(*reason),
             TaskChange::Retried { not_before } => q.bind(*not_before),
             TaskChange::Cancelled { by } => q.bind(*by),
+            TaskChange::Released { attempt } => q.bind(attempt.saturating_sub(1) as i32),
             TaskChange::LeaseExpired | TaskChange::OutcomeRefused => q,
         };
         q.execute(&mut **tx).await?;
