@@ -43,6 +43,10 @@ pub struct TaskClaimed {
     pub worker_id: Uuid,
     /// How long the claim holds without a heartbeat (the queue consumer's `AckWait`).
     pub lease_secs: u32,
+    /// The stream sequence of the work-queue message claimed: only a lease naming it answers
+    /// for this attempt. Absent in claims recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_seq: Option<u64>,
 }
 impl EventPayload for TaskClaimed {
     const TYPE: &'static str = "TaskClaimed";

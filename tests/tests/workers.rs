@@ -793,3 +793,68 @@ async fn a_hypotheses_refresh_task_gets_an_incident_a_new_proposal_before_its_in
         .unwrap();
     assert_eq!(now["hypotheses_proposal"]["proposal_id"], proposal);
 }
+
+#[tokio::test]
+async fn a_worker_cannot_answer_for_one_task_with_the_lease_of_another() {
+    // Arrange: one worker holding two tasks of its tenant.
+    let app = TestApp::spawn().await;
+    let (token, _) = worker_token(&app, "acme").await;
+    let worker = register(&app, &token, &["echo"]).await;
+    let first = create(&app, "acme", json!({"kind": "echo", "priority": 9})).await;
+    let second = create(&app, "acme", json!({"kind": "echo", "priority": 1})).await;
+    let mut leases = Vec::new();
+    for expected in [&first, &second] {
+        let claim: Value = claim_task(&app, &token, &worker, 5)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(&claim["task_id"], expected.as_str());
+        leases.push(claim["lease"].as_str().unwrap().to_owned());
+    }
+    let outcome =
+        |lease: &str| json!({"worker_id": worker, "attempt": 1, "lease": lease, "result": 1});
+
+    // Act: the first task answered with the second's lease, then with its own.
+    let crossed = post(
+        &app,
+        &format!("/v1/tasks/{first}/complete"),
+        &token,
+        outcome(&leases[1]),
+    )
+    .await;
+    let beat: Value = post(
+        &app,
+        "/v1/workers/heartbeat",
+        &token,
+        json!({"worker_id": worker, "tasks": [{"task_id": first, "attempt": 1, "lease": leases[1]}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let own = post(
+        &app,
+        &format!("/v1/tasks/{first}/complete"),
+        &token,
+        outcome(&leases[0]),
+    )
+    .await;
+    let other = post(
+        &app,
+        &format!("/v1/tasks/{second}/complete"),
+        &token,
+        outcome(&leases[1]),
+    )
+    .await;
+
+    // Assert
+    assert_eq!(crossed.status(), 422, "another task's lease is refused");
+    assert!(crossed.text().await.unwrap().contains("lease"));
+    assert_eq!(
+        beat["tasks"][0]["action"], "lost",
+        "nothing is extended with it"
+    );
+    assert_eq!(own.status(), 200);
+    assert_eq!(other.status(), 200);
+}

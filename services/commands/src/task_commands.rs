@@ -292,6 +292,32 @@ fn lease_of(tenant: &str, lease: &str) -> bool {
             .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The stream sequence a lease (an ack subject) names.
+fn lease_seq(lease: &str) -> Option<u64> {
+    lease.split('.').nth(5)?.parse().ok()
+}
+
+/// Refuses a lease that is not the running attempt's own message (another task's, of the same
+/// tenant), so a worker cannot ack or extend a delivery it does not hold.
+async fn check_lease(
+    js: &jetstream::Context,
+    tenant: &str,
+    worker: Uuid,
+    task_id: Uuid,
+    attempt: u32,
+    lease: &str,
+) -> Result<(), CommandError> {
+    let (task, _, _) = load_task(js, tenant, task_id)
+        .await?
+        .ok_or(CommandError::NotFound("task"))?;
+    if task.held_by(worker, attempt) && !task.lease_is(lease_seq(lease)) {
+        return Err(CommandError::Invalid(
+            "lease: not the lease of this attempt".into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn answer(
     js: &jetstream::Context,
     tenant: &str,
@@ -430,6 +456,7 @@ async fn consider(
     let claim = TaskCommand::Claim {
         worker,
         lease_secs: ack_wait.as_secs().max(1) as u32,
+        queue_seq: lease_seq(&lease),
         now: Utc::now(),
     };
     match decide_task(js, tenant, task.id, &claim, &headers).await {
@@ -467,7 +494,11 @@ pub async fn heartbeat_task(
     let (task, _, _) = load_task(js, tenant, task_id)
         .await?
         .ok_or(CommandError::NotFound("task"))?;
-    let answer_now = task.heartbeat(worker, attempt);
+    let mut answer_now = task.heartbeat(worker, attempt);
+    if answer_now == HeartbeatAnswer::Continue && !task.lease_is(lease_seq(lease)) {
+        // Not this attempt's message: nothing is extended.
+        answer_now = HeartbeatAnswer::Lost;
+    }
     match answer_now {
         HeartbeatAnswer::Continue => {
             if task.deadline().is_some_and(|d| Utc::now() >= d) {
@@ -479,8 +510,11 @@ pub async fn heartbeat_task(
             }
             answer(js, tenant, lease, AckKind::Progress).await?;
         }
-        HeartbeatAnswer::Cancel => answer(js, tenant, lease, AckKind::Ack).await?,
-        HeartbeatAnswer::Lost => {}
+        // Only the attempt's own message is acked: a lease of another task stays untouched.
+        HeartbeatAnswer::Cancel if task.lease_is(lease_seq(lease)) => {
+            answer(js, tenant, lease, AckKind::Ack).await?
+        }
+        HeartbeatAnswer::Cancel | HeartbeatAnswer::Lost => {}
     }
     Ok(answer_now)
 }
@@ -512,6 +546,7 @@ pub async fn finish_task(
     lease: &str,
     outcome: Result<serde_json::Value, String>,
 ) -> Result<bool, CommandError> {
+    check_lease(js, tenant, worker, task_id, attempt, lease).await?;
     let command = match outcome {
         Ok(result) => TaskCommand::Complete {
             worker,
@@ -552,6 +587,7 @@ pub async fn release_task(
     lease: &str,
     reason: &str,
 ) -> Result<bool, CommandError> {
+    check_lease(js, tenant, worker, task_id, attempt, lease).await?;
     let command = TaskCommand::Release {
         worker,
         attempt,

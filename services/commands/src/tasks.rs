@@ -72,6 +72,8 @@ pub struct Task {
     pub created_at: Option<DateTime<Utc>>,
     /// Every failed attempt's reason, in order.
     pub reasons: Vec<String>,
+    /// The work-queue message of the running attempt (its stream sequence), as claimed.
+    pub queue_seq: Option<u64>,
 }
 
 /// What may be asked of a task.
@@ -80,6 +82,8 @@ pub enum TaskCommand {
     Claim {
         worker: Uuid,
         lease_secs: u32,
+        /// The stream sequence of the queue message delivered for this claim.
+        queue_seq: Option<u64>,
         now: DateTime<Utc>,
     },
     Complete {
@@ -193,6 +197,7 @@ impl Task {
             queued_at: None,
             created_at: None,
             reasons: Vec::new(),
+            queue_seq: None,
         }
     }
 
@@ -221,6 +226,7 @@ impl Task {
                 self.attempt = e.attempt;
                 self.worker = Some(e.worker_id);
                 self.claimed_at = Some(at);
+                self.queue_seq = e.queue_seq;
                 self.not_before = None;
             }
             Event::TaskCompleted(_) => {
@@ -264,6 +270,12 @@ impl Task {
         self
     }
 
+    /// Whether `lease` (a queue message's stream sequence) is the running attempt's own; a claim
+    /// recorded without one accepts any lease of the tenant's queue.
+    pub fn lease_is(&self, lease_seq: Option<u64>) -> bool {
+        self.queue_seq.is_none() || self.queue_seq == lease_seq
+    }
+
     /// Whether `worker` holds attempt `attempt` now.
     pub fn held_by(&self, worker: Uuid, attempt: u32) -> bool {
         self.status == TaskStatus::Running && self.worker == Some(worker) && self.attempt == attempt
@@ -294,6 +306,7 @@ impl Task {
             TaskCommand::Claim {
                 worker,
                 lease_secs,
+                queue_seq,
                 now,
             } => {
                 if self.status != TaskStatus::Queued {
@@ -307,6 +320,7 @@ impl Task {
                     attempt: self.attempt + 1,
                     worker_id: *worker,
                     lease_secs: *lease_secs,
+                    queue_seq: *queue_seq,
                 })])
             }
             TaskCommand::Complete {
@@ -467,6 +481,7 @@ mod tests {
         TaskCommand::Claim {
             worker: Uuid::from_u128(worker),
             lease_secs: 30,
+            queue_seq: None,
             now: at(now),
         }
     }
