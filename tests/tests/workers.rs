@@ -77,6 +77,42 @@ async fn create(app: &TestApp, tenant: &str, body: Value) -> String {
     task["id"].as_str().unwrap().to_owned()
 }
 
+/// The native worker serving acme, draining for `drain_secs` once the token is cancelled.
+fn native_worker(
+    app: &TestApp,
+    drain_secs: u64,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serve = copilot::worker::serve(
+        app.ctx().clone(),
+        copilot::worker::WorkerArgs {
+            tenants: vec!["acme".into()],
+            drain_secs,
+            ..Default::default()
+        },
+        stop.clone(),
+    );
+    let worker = tokio::spawn(async move { serve.await.expect("the worker runs and drains") });
+    (stop, worker)
+}
+
+/// Acme's task `id` once it has succeeded or failed.
+async fn ended(app: &TestApp, id: &str, within: Duration) -> Value {
+    poll(within, || async {
+        let task: Value = app
+            .get(&format!("/v1/tasks/{id}"), &app.acme.viewer_jwt)
+            .await
+            .json()
+            .await
+            .unwrap();
+        (task["status"] == "succeeded" || task["status"] == "failed").then_some(task)
+    })
+    .await
+}
+
 /// Reads a server-sent-event stream to its end: each event's name and data.
 async fn sse_events(mut response: reqwest::Response) -> Vec<(String, Value)> {
     let mut text = String::new();
@@ -435,16 +471,7 @@ async fn the_native_worker_runs_tasks_and_on_shutdown_hands_back_what_it_cannot_
     // Arrange: the native worker serving acme, a quick task and one that outlasts the drain.
     let app = TestApp::spawn().await;
     let viewer = app.acme.viewer_jwt.clone();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn(copilot::worker::serve(
-        app.ctx().clone(),
-        copilot::worker::WorkerArgs {
-            tenants: vec!["acme".into()],
-            drain_secs: 1,
-            ..Default::default()
-        },
-        stop.clone(),
-    ));
+    let (stop, worker) = native_worker(&app, 1);
     let quick = create(
         &app,
         "acme",
@@ -484,7 +511,6 @@ async fn the_native_worker_runs_tasks_and_on_shutdown_hands_back_what_it_cannot_
     tokio::time::timeout(Duration::from_secs(20), worker)
         .await
         .expect("the worker drains within its drain time")
-        .unwrap()
         .unwrap();
     app.settle(Projection::Tasks).await;
 
@@ -686,15 +712,7 @@ async fn the_native_worker_takes_a_prometheus_snapshot_of_an_incident_from_the_t
         (!found.is_empty()).then_some(())
     })
     .await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn(copilot::worker::serve(
-        app.ctx().clone(),
-        copilot::worker::WorkerArgs {
-            tenants: vec!["acme".into()],
-            ..Default::default()
-        },
-        stop.clone(),
-    ));
+    let (stop, worker) = native_worker(&app, 30);
 
     // Act
     let id = create(
@@ -703,18 +721,9 @@ async fn the_native_worker_takes_a_prometheus_snapshot_of_an_incident_from_the_t
         json!({"kind": "promql.snapshot", "incident_id": incident, "input": {"queries": templates.iter().map(|t| json!({"name": t.name, "query": t.query})).collect::<Vec<_>>()}}),
     )
     .await;
-    let task = poll(Duration::from_secs(30), || async {
-        let task: Value = app
-            .get(&format!("/v1/tasks/{id}"), &app.acme.viewer_jwt)
-            .await
-            .json()
-            .await
-            .unwrap();
-        (task["status"] == "succeeded" || task["status"] == "failed").then_some(task)
-    })
-    .await;
+    let task = ended(&app, &id, Duration::from_secs(30)).await;
     stop.cancel();
-    worker.await.unwrap().unwrap();
+    worker.await.unwrap();
 
     // Assert: the snapshot names the incident's service and the query's series.
     assert_eq!(task["status"], "succeeded", "{task}");
@@ -748,15 +757,7 @@ async fn a_hypotheses_refresh_task_gets_an_incident_a_new_proposal_before_its_in
     let detail = crate::hypotheses::incident_with_hypotheses(&app, "checkout").await;
     let incident = detail["id"].as_str().unwrap().to_owned();
     let first = detail["hypotheses_proposal"]["proposal_id"].clone();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn(copilot::worker::serve(
-        app.ctx().clone(),
-        copilot::worker::WorkerArgs {
-            tenants: vec!["acme".into()],
-            ..Default::default()
-        },
-        stop.clone(),
-    ));
+    let (stop, worker) = native_worker(&app, 30);
 
     // Act
     let id = create(
@@ -765,18 +766,9 @@ async fn a_hypotheses_refresh_task_gets_an_incident_a_new_proposal_before_its_in
         json!({"kind": "hypotheses.refresh", "incident_id": incident, "timeout_secs": 30}),
     )
     .await;
-    let task = poll(Duration::from_secs(45), || async {
-        let task: Value = app
-            .get(&format!("/v1/tasks/{id}"), &app.acme.viewer_jwt)
-            .await
-            .json()
-            .await
-            .unwrap();
-        (task["status"] == "succeeded" || task["status"] == "failed").then_some(task)
-    })
-    .await;
+    let task = ended(&app, &id, Duration::from_secs(45)).await;
     stop.cancel();
-    worker.await.unwrap().unwrap();
+    worker.await.unwrap();
 
     // Assert: the task names the new proposal, which the incident now shows.
     assert_eq!(task["status"], "succeeded", "{task}");

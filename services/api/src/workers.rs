@@ -309,9 +309,14 @@ async fn finish(
         outcome,
     )
     .await?;
+    accepted_or_conflict(id, accepted)
+}
+
+/// The answer to an outcome or a hand-back: 409 when the attempt was no longer the worker's.
+fn accepted_or_conflict(id: Uuid, accepted: bool) -> Result<Json<OutcomeAnswer>, ApiError> {
     if !accepted {
         return Err(ApiError::Conflict(
-            "the attempt is no longer this worker's (its lease ran out, it timed out, or the task was cancelled); the outcome was recorded as refused".into(),
+            "the attempt is no longer this worker's (its lease ran out, it timed out, or the task was cancelled); what it reported was recorded as refused".into(),
         ));
     }
     Ok(Json(OutcomeAnswer {
@@ -375,15 +380,7 @@ pub async fn release(
         &reason,
     )
     .await?;
-    if !accepted {
-        return Err(ApiError::Conflict(
-            "the attempt is no longer this worker's; the hand-back was recorded as refused".into(),
-        ));
-    }
-    Ok(Json(OutcomeAnswer {
-        task_id: id,
-        accepted,
-    }))
+    accepted_or_conflict(id, accepted)
 }
 
 /// A worker stopping.
