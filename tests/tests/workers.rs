@@ -734,6 +734,18 @@ async fn the_native_worker_takes_a_prometheus_snapshot_of_an_incident_from_the_t
         .unwrap_or_else(|| panic!("no errors series in {task}"));
     assert_eq!(errors["service"], "checkout");
     assert_eq!(task["result"]["incident_id"], incident.as_str());
+    // The hypothesis service's evidence holds the snapshot, with no live Prometheus to ask.
+    let evidence = copilot_hypothesis::gather(app.ctx(), "acme", incident.parse().unwrap(), None)
+        .await
+        .unwrap()
+        .expect("the incident has evidence");
+    assert!(
+        evidence
+            .metrics
+            .iter()
+            .any(|m| m.name == "errors" && m.service == "checkout"),
+        "the snapshot is metric evidence"
+    );
 }
 
 #[tokio::test]
