@@ -47,6 +47,10 @@ pub struct TaskClaimed {
     /// for this attempt. Absent in claims recorded before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_seq: Option<u64>,
+    /// The delivery count of that message at this claim: with `queue_seq`, the one lease that
+    /// answers for this attempt (a message handed back and delivered again is another lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_delivered: Option<u64>,
 }
 impl EventPayload for TaskClaimed {
     const TYPE: &'static str = "TaskClaimed";

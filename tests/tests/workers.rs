@@ -577,6 +577,20 @@ async fn the_task_read_models_rebuilt_from_the_stream_equal_the_live_ones() {
         claim["attempt"], 1,
         "a released attempt runs again under its number"
     );
+    let stale: Value = post(
+        &app,
+        "/v1/workers/heartbeat",
+        &token,
+        json!({"worker_id": worker, "tasks": [{"task_id": kept, "attempt": 1, "lease": lease}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        stale["tasks"][0]["action"], "lost",
+        "the released run's lease no longer answers, though worker and attempt are the same"
+    );
     let lease = claim["lease"].as_str().unwrap();
     let failed = post(
         &app,

@@ -143,7 +143,9 @@ pub async fn heartbeat(
         .await
         {
             Ok(answer) => answer,
-            Err(CommandError::NotFound(_) | CommandError::Invalid(_)) => HeartbeatAnswer::Lost,
+            Err(
+                CommandError::NotFound(_) | CommandError::Invalid(_) | CommandError::Conflict(_),
+            ) => HeartbeatAnswer::Lost,
             Err(e) => return Err(e.into()),
         };
         answers.push(HeldTaskAnswer {
@@ -181,6 +183,9 @@ pub struct ClaimedTask {
     pub timeout_secs: u32,
     /// Opaque: send it back with heartbeats and the outcome.
     pub lease: String,
+    /// The lease runs out after this long without a heartbeat (the queue's own, which may
+    /// differ from what registration said): heartbeat at least every third of it.
+    pub lease_secs: u32,
 }
 
 pub async fn claim(
@@ -228,6 +233,7 @@ pub async fn claim(
             incident_id: c.incident_id,
             timeout_secs: c.task.timeout_secs,
             lease: c.lease,
+            lease_secs: c.lease_secs,
         })
         .into_response(),
     })

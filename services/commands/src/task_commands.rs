@@ -49,6 +49,9 @@ pub struct Claim {
     pub incident_id: Option<Uuid>,
     /// The queue message's ack subject: heartbeats, completion and failure answer through it.
     pub lease: String,
+    /// How long the lease holds without a heartbeat: the queue consumer's own `AckWait`, which
+    /// may predate the `task_lease_secs` setting. Heartbeat well within it.
+    pub lease_secs: u32,
 }
 
 fn conflict(err: TaskError) -> CommandError {
@@ -292,9 +295,13 @@ fn lease_of(tenant: &str, lease: &str) -> bool {
             .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The stream sequence a lease (an ack subject) names.
-fn lease_seq(lease: &str) -> Option<u64> {
-    lease.split('.').nth(5)?.parse().ok()
+/// The delivery a lease (an ack subject) names: the message's stream sequence and its delivery
+/// count, so a redelivery of the same message (after a hand-back) is another lease.
+fn lease_delivery(lease: &str) -> Option<(u64, u64)> {
+    let mut tokens = lease.split('.').skip(4);
+    let delivered = tokens.next()?.parse().ok()?;
+    let seq = tokens.next()?.parse().ok()?;
+    Some((seq, delivered))
 }
 
 /// Refuses a lease that is not the running attempt's own message (another task's, of the same
@@ -307,10 +314,15 @@ async fn check_lease(
     attempt: u32,
     lease: &str,
 ) -> Result<(), CommandError> {
+    if !lease_of(tenant, lease) {
+        return Err(CommandError::Invalid(
+            "lease: not a lease of this tenant".into(),
+        ));
+    }
     let (task, _, _) = load_task(js, tenant, task_id)
         .await?
         .ok_or(CommandError::NotFound("task"))?;
-    if task.held_by(worker, attempt) && !task.lease_is(lease_seq(lease)) {
+    if task.held_by(worker, attempt) && !task.lease_is(lease_delivery(lease)) {
         return Err(CommandError::Invalid(
             "lease: not the lease of this attempt".into(),
         ));
@@ -379,7 +391,12 @@ pub async fn claim_next(
                 }
             };
             while let Some(message) = batch.next().await {
-                let message = message.map_err(|e| unavailable(e.to_string()))?;
+                // A consumer deleted (or its stream recreated) answers with an error status
+                // here: forget the cached handle so the next claim asks the server again.
+                let message = message.map_err(|e| {
+                    taskqueue::forget(js, tenant, priority);
+                    unavailable(e.to_string())
+                })?;
                 if let Some(claim) = consider(js, tenant, worker, kinds, &message, ack_wait).await?
                 {
                     return Ok(Some(claim));
@@ -456,7 +473,7 @@ async fn consider(
     let claim = TaskCommand::Claim {
         worker,
         lease_secs: ack_wait.as_secs().max(1) as u32,
-        queue_seq: lease_seq(&lease),
+        queue_delivery: lease_delivery(&lease),
         now: Utc::now(),
     };
     match decide_task(js, tenant, task.id, &claim, &headers).await {
@@ -465,6 +482,7 @@ async fn consider(
             input: created.input,
             incident_id: created.incident_id,
             lease,
+            lease_secs: ack_wait.as_secs().max(1) as u32,
         })),
         Err(CommandError::Conflict(why)) => {
             tracing::debug!(tenant, task = %entry.task_id, why, "task not claimable");
@@ -495,7 +513,7 @@ pub async fn heartbeat_task(
         .await?
         .ok_or(CommandError::NotFound("task"))?;
     let mut answer_now = task.heartbeat(worker, attempt);
-    if answer_now == HeartbeatAnswer::Continue && !task.lease_is(lease_seq(lease)) {
+    if answer_now == HeartbeatAnswer::Continue && !task.lease_is(lease_delivery(lease)) {
         // Not this attempt's message: nothing is extended.
         answer_now = HeartbeatAnswer::Lost;
     }
@@ -511,7 +529,11 @@ pub async fn heartbeat_task(
             answer(js, tenant, lease, AckKind::Progress).await?;
         }
         // Only the attempt's own message is acked: a lease of another task stays untouched.
-        HeartbeatAnswer::Cancel if task.lease_is(lease_seq(lease)) => {
+        // A task cancelled before any claim has no delivery to compare: its message is acked
+        // when the queue next delivers it.
+        HeartbeatAnswer::Cancel
+            if task.queue_delivery.is_some() && task.lease_is(lease_delivery(lease)) =>
+        {
             answer(js, tenant, lease, AckKind::Ack).await?
         }
         HeartbeatAnswer::Cancel | HeartbeatAnswer::Lost => {}
@@ -587,6 +609,11 @@ pub async fn release_task(
     lease: &str,
     reason: &str,
 ) -> Result<bool, CommandError> {
+    if reason.trim().is_empty() || reason.len() > 10_000 || has_forbidden_control(reason) {
+        return Err(CommandError::Invalid(
+            "reason: must be 1 to 10000 bytes of text".into(),
+        ));
+    }
     check_lease(js, tenant, worker, task_id, attempt, lease).await?;
     let command = TaskCommand::Release {
         worker,

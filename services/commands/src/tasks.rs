@@ -72,8 +72,9 @@ pub struct Task {
     pub created_at: Option<DateTime<Utc>>,
     /// Every failed attempt's reason, in order.
     pub reasons: Vec<String>,
-    /// The work-queue message of the running attempt (its stream sequence), as claimed.
-    pub queue_seq: Option<u64>,
+    /// The work-queue delivery of the running attempt (stream sequence, delivery count), as
+    /// claimed.
+    pub queue_delivery: Option<(u64, u64)>,
 }
 
 /// What may be asked of a task.
@@ -82,8 +83,8 @@ pub enum TaskCommand {
     Claim {
         worker: Uuid,
         lease_secs: u32,
-        /// The stream sequence of the queue message delivered for this claim.
-        queue_seq: Option<u64>,
+        /// The queue delivery of this claim: stream sequence and delivery count.
+        queue_delivery: Option<(u64, u64)>,
         now: DateTime<Utc>,
     },
     Complete {
@@ -197,7 +198,7 @@ impl Task {
             queued_at: None,
             created_at: None,
             reasons: Vec::new(),
-            queue_seq: None,
+            queue_delivery: None,
         }
     }
 
@@ -226,7 +227,7 @@ impl Task {
                 self.attempt = e.attempt;
                 self.worker = Some(e.worker_id);
                 self.claimed_at = Some(at);
-                self.queue_seq = e.queue_seq;
+                self.queue_delivery = e.queue_seq.zip(e.queue_delivered);
                 self.not_before = None;
             }
             Event::TaskCompleted(_) => {
@@ -270,10 +271,10 @@ impl Task {
         self
     }
 
-    /// Whether `lease` (a queue message's stream sequence) is the running attempt's own; a claim
-    /// recorded without one accepts any lease of the tenant's queue.
-    pub fn lease_is(&self, lease_seq: Option<u64>) -> bool {
-        self.queue_seq.is_none() || self.queue_seq == lease_seq
+    /// Whether a lease's delivery (stream sequence, delivery count) is the running attempt's
+    /// own; a claim recorded without one (before it was kept) accepts any lease of the tenant.
+    pub fn lease_is(&self, lease: Option<(u64, u64)>) -> bool {
+        self.queue_delivery.is_none() || self.queue_delivery == lease
     }
 
     /// Whether `worker` holds attempt `attempt` now.
@@ -306,7 +307,7 @@ impl Task {
             TaskCommand::Claim {
                 worker,
                 lease_secs,
-                queue_seq,
+                queue_delivery,
                 now,
             } => {
                 if self.status != TaskStatus::Queued {
@@ -320,7 +321,8 @@ impl Task {
                     attempt: self.attempt + 1,
                     worker_id: *worker,
                     lease_secs: *lease_secs,
-                    queue_seq: *queue_seq,
+                    queue_seq: queue_delivery.map(|(seq, _)| seq),
+                    queue_delivered: queue_delivery.map(|(_, delivered)| delivered),
                 })])
             }
             TaskCommand::Complete {
@@ -481,7 +483,7 @@ mod tests {
         TaskCommand::Claim {
             worker: Uuid::from_u128(worker),
             lease_secs: 30,
-            queue_seq: None,
+            queue_delivery: None,
             now: at(now),
         }
     }

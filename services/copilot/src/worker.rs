@@ -299,7 +299,9 @@ async fn attempt(
     let js = &ctx.js;
     let work = run_kind(ctx, tenant, worker, &claim);
     tokio::pin!(work);
-    let beat = heartbeat_every(ctx);
+    // A third of this claim's own lease, which may differ from the setting.
+    let beat =
+        (Duration::from_secs(u64::from(claim.lease_secs)) / 3).max(Duration::from_millis(200));
     let outcome = loop {
         tokio::select! {
             outcome = &mut work => break Some(outcome),

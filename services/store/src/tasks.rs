@@ -199,8 +199,10 @@ impl Store {
                 "status = 'failed', reasons = reasons || jsonb_build_array($5::text),
                  worker_id = NULL, finished_at = $3"
             }
+            // Queued again at once, as the aggregate says: the `TaskRetried` that follows sets
+            // the backoff, and a retry never appended leaves the task claimable, not running.
             TaskChange::Failed { last: false, .. } => {
-                "reasons = reasons || jsonb_build_array($5::text), worker_id = NULL"
+                "status = 'queued', reasons = reasons || jsonb_build_array($5::text), worker_id = NULL"
             }
             TaskChange::LeaseExpired => "lease_expiries = lease_expiries + 1",
             TaskChange::Retried { .. } => "status = 'queued', not_before = $5",
