@@ -160,10 +160,24 @@ pub async fn decide_task(
     command: &TaskCommand,
     headers: &Headers,
 ) -> Result<(Task, Vec<Event>), CommandError> {
+    decide_task_checked(js, tenant, task_id, command, headers, |_| Ok(())).await
+}
+
+/// [`decide_task`], refusing with `check`'s error (nothing appended) when the task as read for
+/// the decision does not pass it.
+async fn decide_task_checked(
+    js: &jetstream::Context,
+    tenant: &str,
+    task_id: Uuid,
+    command: &TaskCommand,
+    headers: &Headers,
+    check: impl Fn(&Task) -> Result<(), CommandError>,
+) -> Result<(Task, Vec<Event>), CommandError> {
     for _ in 0..5 {
         let (task, _, last) = load_task(js, tenant, task_id)
             .await?
             .ok_or(CommandError::NotFound("task"))?;
+        check(&task)?;
         let events = task.decide(command).map_err(conflict)?;
         let now = Utc::now();
         match append_events(js, tenant, task_id, &events, last, headers, now).await {
@@ -304,27 +318,45 @@ fn lease_delivery(lease: &str) -> Option<(u64, u64)> {
     Some((seq, delivered))
 }
 
-/// Refuses a lease that is not the running attempt's own message (another task's, of the same
-/// tenant), so a worker cannot ack or extend a delivery it does not hold.
-async fn check_lease(
+/// Decides a worker's outcome or hand-back of an attempt through `lease`: refused with 422
+/// (nothing appended) for a lease that is not this tenant's or not the running attempt's own
+/// delivery (another task's, of the same tenant), so a worker cannot answer for a delivery it
+/// does not hold. `None` when the attempt was no longer the worker's (recorded as refused).
+async fn decide_outcome(
     js: &jetstream::Context,
     tenant: &str,
-    worker: Uuid,
     task_id: Uuid,
-    attempt: u32,
     lease: &str,
-) -> Result<(), CommandError> {
+    command: &TaskCommand,
+    worker: Uuid,
+    attempt: u32,
+) -> Result<Option<Task>, CommandError> {
     if !lease_of(tenant, lease) {
         return Err(CommandError::Invalid(
             "lease: not a lease of this tenant".into(),
         ));
     }
-    let (task, _, _) = load_task(js, tenant, task_id)
-        .await?
-        .ok_or(CommandError::NotFound("task"))?;
-    if task.held_by(worker, attempt) && !task.lease_is(lease_delivery(lease)) {
+    let own_lease = |task: &Task| {
+        if task.held_by(worker, attempt) && !task.lease_is(lease_delivery(lease)) {
+            return Err(CommandError::Invalid(
+                "lease: not the lease of this attempt".into(),
+            ));
+        }
+        Ok(())
+    };
+    let (task, events) =
+        decide_task_checked(js, tenant, task_id, command, &Headers::default(), own_lease).await?;
+    if matches!(events.first(), Some(Event::TaskOutcomeRefused(_))) {
+        return Ok(None);
+    }
+    Ok(Some(task))
+}
+
+/// A failure's or hand-back's reason: 1 to 10,000 bytes of text.
+fn check_reason(reason: &str) -> Result<(), CommandError> {
+    if reason.trim().is_empty() || reason.len() > 10_000 || has_forbidden_control(reason) {
         return Err(CommandError::Invalid(
-            "lease: not the lease of this attempt".into(),
+            "reason: must be 1 to 10000 bytes of text".into(),
         ));
     }
     Ok(())
@@ -568,7 +600,6 @@ pub async fn finish_task(
     lease: &str,
     outcome: Result<serde_json::Value, String>,
 ) -> Result<bool, CommandError> {
-    check_lease(js, tenant, worker, task_id, attempt, lease).await?;
     let command = match outcome {
         Ok(result) => TaskCommand::Complete {
             worker,
@@ -576,11 +607,7 @@ pub async fn finish_task(
             result,
         },
         Err(reason) => {
-            if reason.trim().is_empty() || reason.len() > 10_000 || has_forbidden_control(&reason) {
-                return Err(CommandError::Invalid(
-                    "reason: must be 1 to 10000 bytes of text".into(),
-                ));
-            }
+            check_reason(&reason)?;
             TaskCommand::Fail {
                 worker,
                 attempt,
@@ -589,10 +616,10 @@ pub async fn finish_task(
             }
         }
     };
-    let (task, events) = decide_task(js, tenant, task_id, &command, &Headers::default()).await?;
-    if matches!(events.first(), Some(Event::TaskOutcomeRefused(_))) {
+    let Some(task) = decide_outcome(js, tenant, task_id, lease, &command, worker, attempt).await?
+    else {
         return Ok(false);
-    }
+    };
     settle_queue(js, tenant, lease, &task).await?;
     Ok(true)
 }
@@ -609,19 +636,16 @@ pub async fn release_task(
     lease: &str,
     reason: &str,
 ) -> Result<bool, CommandError> {
-    if reason.trim().is_empty() || reason.len() > 10_000 || has_forbidden_control(reason) {
-        return Err(CommandError::Invalid(
-            "reason: must be 1 to 10000 bytes of text".into(),
-        ));
-    }
-    check_lease(js, tenant, worker, task_id, attempt, lease).await?;
+    check_reason(reason)?;
     let command = TaskCommand::Release {
         worker,
         attempt,
         reason: reason.to_owned(),
     };
-    let (_, events) = decide_task(js, tenant, task_id, &command, &Headers::default()).await?;
-    if matches!(events.first(), Some(Event::TaskOutcomeRefused(_))) {
+    if decide_outcome(js, tenant, task_id, lease, &command, worker, attempt)
+        .await?
+        .is_none()
+    {
         return Ok(false);
     }
     answer(js, tenant, lease, AckKind::Nak(None)).await?;
