@@ -42,6 +42,21 @@ async fn post(app: &TestApp, path: &str, token: &str, body: Value) -> reqwest::R
         .unwrap()
 }
 
+/// `DELETE path` with a bearer token.
+async fn delete(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
+    app.http
+        .delete(format!("{}{path}", app.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `GET path` with a bearer token, as JSON.
+async fn get_json(app: &TestApp, path: &str, token: &str) -> Value {
+    app.get(path, token).await.json().await.unwrap()
+}
+
 /// Registers a worker of `kinds` with a worker token; its id.
 async fn register(app: &TestApp, token: &str, kinds: &[&str]) -> String {
     let registered = post(
@@ -102,12 +117,7 @@ fn native_worker(
 /// Acme's task `id` once it has succeeded or failed.
 async fn ended(app: &TestApp, id: &str, within: Duration) -> Value {
     poll(within, || async {
-        let task: Value = app
-            .get(&format!("/v1/tasks/{id}"), &app.acme.viewer_jwt)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let task = get_json(app, &format!("/v1/tasks/{id}"), &app.acme.viewer_jwt).await;
         (task["status"] == "succeeded" || task["status"] == "failed").then_some(task)
     })
     .await
@@ -176,13 +186,8 @@ async fn an_external_worker_runs_a_task_over_http_and_people_read_its_record_log
     .await;
     let beat: Value = beat.json().await.unwrap();
     app.settle(Projection::Tasks).await;
-    let workers: Value = app.get("/v1/workers", &viewer).await.json().await.unwrap();
-    let running: Value = app
-        .get(&format!("/v1/tasks/{id}"), &viewer)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let workers = get_json(&app, "/v1/workers", &viewer).await;
+    let running = get_json(&app, &format!("/v1/tasks/{id}"), &viewer).await;
     let completed = post(
         &app,
         &format!("/v1/tasks/{id}/complete"),
@@ -223,20 +228,10 @@ async fn an_external_worker_runs_a_task_over_http_and_people_read_its_record_log
         &("end".to_owned(), json!({"status": "succeeded"}))
     );
     app.settle(Projection::Tasks).await;
-    let done: Value = app
-        .get(&format!("/v1/tasks/{id}"), &viewer)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let done = get_json(&app, &format!("/v1/tasks/{id}"), &viewer).await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(done["result"], json!({"said": "hi"}));
-    let log: Value = app
-        .get(&format!("/v1/tasks/{id}/logs"), &viewer)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let log = get_json(&app, &format!("/v1/tasks/{id}/logs"), &viewer).await;
     assert_eq!(log["lines"][1]["line"], "two");
     assert_eq!(log["status"], "succeeded");
     let after: Value = app
@@ -271,13 +266,7 @@ async fn the_task_listing_filters_by_status_kind_incident_and_time_and_pages_wit
         json!({"kind": "promql.snapshot", "incident_id": incident}),
     )
     .await;
-    let cancelled = app
-        .http
-        .delete(format!("{}/v1/tasks/{}", app.url, echoes[0]))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
+    let cancelled = delete(&app, &format!("/v1/tasks/{}", echoes[0]), &bob).await;
     assert_eq!(cancelled.status(), 200);
     create(&app, "globex", json!({"kind": "echo"})).await;
     app.settle(Projection::Tasks).await;
@@ -326,12 +315,7 @@ async fn the_task_listing_filters_by_status_kind_incident_and_time_and_pages_wit
     assert!(ids(&future).is_empty());
     assert_eq!(bad_status.status(), 400);
     let admin = app.user_jwt("acme", "alice", Role::Admin).await;
-    let audit: Value = app
-        .get("/v1/audit?target=task:", &admin)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let audit = get_json(&app, "/v1/audit?target=task:", &admin).await;
     let recorded: Vec<(&str, &str)> = audit["items"]
         .as_array()
         .unwrap()
@@ -401,13 +385,7 @@ async fn a_worker_token_works_only_for_its_tenant_only_on_worker_routes_and_not_
     .await;
     let token_on_person_route = app.get("/v1/tasks", &acme_token).await;
     let admin = app.user_jwt("acme", "alice", Role::Admin).await;
-    let revoked = app
-        .http
-        .delete(format!("{}/v1/worker-tokens/{acme_token_id}", app.url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let revoked = delete(&app, &format!("/v1/worker-tokens/{acme_token_id}"), &admin).await;
     let after_revoke = post(
         &app,
         &format!("/v1/tasks/{id}/complete"),
@@ -416,24 +394,9 @@ async fn a_worker_token_works_only_for_its_tenant_only_on_worker_routes_and_not_
     )
     .await;
     app.settle(Projection::Tasks).await;
-    let task: Value = app
-        .get(&format!("/v1/tasks/{id}"), &app.acme.viewer_jwt)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let log: Value = app
-        .get(&format!("/v1/tasks/{id}/logs"), &app.acme.viewer_jwt)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let listed: Value = app
-        .get("/v1/worker-tokens", &admin)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task = get_json(&app, &format!("/v1/tasks/{id}"), &app.acme.viewer_jwt).await;
+    let log = get_json(&app, &format!("/v1/tasks/{id}/logs"), &app.acme.viewer_jwt).await;
+    let listed = get_json(&app, "/v1/worker-tokens", &admin).await;
 
     // Assert: nothing of acme's moved.
     assert!(
@@ -486,15 +449,7 @@ async fn the_native_worker_runs_tasks_and_on_shutdown_hands_back_what_it_cannot_
     .await;
     let status = |id: String| {
         let (app, viewer) = (&app, &viewer);
-        async move {
-            let task: Value = app
-                .get(&format!("/v1/tasks/{id}"), viewer)
-                .await
-                .json()
-                .await
-                .unwrap();
-            task
-        }
+        async move { get_json(app, &format!("/v1/tasks/{id}"), viewer).await }
     };
     let done = poll(Duration::from_secs(20), || async {
         let t = status(quick.clone()).await;
@@ -525,7 +480,7 @@ async fn the_native_worker_runs_tasks_and_on_shutdown_hands_back_what_it_cannot_
     );
     assert_eq!(slow["reasons"], json!([]), "{slow}");
     assert!(slow["worker_id"].is_null(), "{slow}");
-    let workers: Value = app.get("/v1/workers", &viewer).await.json().await.unwrap();
+    let workers = get_json(&app, "/v1/workers", &viewer).await;
     assert_eq!(workers[0]["status"], "offline");
     assert_eq!(workers[0]["gone_reason"], "drained");
 }
@@ -601,19 +556,9 @@ async fn the_task_read_models_rebuilt_from_the_stream_equal_the_live_ones() {
     .await;
     assert_eq!(failed.status(), 200);
     let bob = app.user_jwt("acme", "bob", Role::Engineer).await;
-    app.http
-        .delete(format!("{}/v1/tasks/{cancelled}", app.url))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
+    delete(&app, &format!("/v1/tasks/{cancelled}"), &bob).await;
     let admin = app.user_jwt("acme", "alice", Role::Admin).await;
-    app.http
-        .delete(format!("{}/v1/worker-tokens/{token_id}", app.url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    delete(&app, &format!("/v1/worker-tokens/{token_id}"), &admin).await;
     let (token, _) = worker_token(&app, "acme").await;
     let gone = post(
         &app,
@@ -803,12 +748,12 @@ async fn a_hypotheses_refresh_task_gets_an_incident_a_new_proposal_before_its_in
         proposal.is_string() && proposal != first,
         "{task} after {first}"
     );
-    let now: Value = app
-        .get(&format!("/v1/incidents/{incident}"), &app.acme.viewer_jwt)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let now = get_json(
+        &app,
+        &format!("/v1/incidents/{incident}"),
+        &app.acme.viewer_jwt,
+    )
+    .await;
     assert_eq!(now["hypotheses_proposal"]["proposal_id"], proposal);
 }
 
