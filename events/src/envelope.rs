@@ -15,6 +15,7 @@ use crate::incidents::{
     CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened,
     IncidentResolved, IncidentTransitioned, SignalAttached, SignalResolved, TenantIntegrationsSet,
 };
+use crate::slack::SlackMessagePosted;
 use crate::payloads::{SignalReceived, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked};
 use crate::tasks::{
     TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
@@ -108,6 +109,7 @@ pub enum Event {
     TenantSecretSet(TenantSecretSet),
     TenantSecretRemoved(TenantSecretRemoved),
     IncidentLinked(IncidentLinked),
+    SlackMessagePosted(SlackMessagePosted),
     TaskCreated(TaskCreated),
     TaskClaimed(TaskClaimed),
     TaskProgressed(TaskProgressed),
@@ -144,6 +146,7 @@ impl Event {
             Self::HypothesesProposed(e) => (e.incident_id, HYPOTHESIS),
             Self::HypothesisVerdictGiven(e) => (e.incident_id, e.actor.as_str()),
             Self::IncidentLinked(e) => (e.incident_id, e.actor.as_str()),
+            Self::SlackMessagePosted(e) => (e.incident_id, crate::SLACK_NOTIFIER),
             _ => return None,
         })
     }
@@ -177,6 +180,7 @@ impl Event {
             Self::TenantSecretSet(_) => TenantSecretSet::TYPE,
             Self::TenantSecretRemoved(_) => TenantSecretRemoved::TYPE,
             Self::IncidentLinked(_) => IncidentLinked::TYPE,
+            Self::SlackMessagePosted(_) => SlackMessagePosted::TYPE,
             Self::TaskCreated(_) => TaskCreated::TYPE,
             Self::TaskClaimed(_) => TaskClaimed::TYPE,
             Self::TaskProgressed(_) => TaskProgressed::TYPE,
@@ -310,6 +314,7 @@ impl Envelope {
             TenantSecretSet,
             TenantSecretRemoved,
             IncidentLinked,
+            SlackMessagePosted,
             TaskCreated,
             TaskClaimed,
             TaskProgressed,

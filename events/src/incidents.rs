@@ -213,6 +213,46 @@ pub struct TenantSlack {
     /// operator lists it in `COPILOT_TENANT_ENV_ALLOW`; use `signing_secret` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret_env: Option<String>,
+    /// The channel incidents are posted to, one thread each (a channel id such as `C0123ABCD`,
+    /// or `#name`). Without it (or without a bot token), nothing is posted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Name of the tenant secret that holds the app's bot token (`xoxb-…`), sent only to the
+    /// operator's Slack Web API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_token_secret: Option<String>,
+    /// Legacy: an environment variable holding the bot token, honoured only when the operator
+    /// lists it in `COPILOT_TENANT_ENV_ALLOW`; use `bot_token_secret` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_token_env: Option<String>,
+    /// Quiet mode: only the incident's summary message, kept current; no thread replies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet: bool,
+}
+
+impl TenantSlack {
+    /// Whether incidents are to be posted: a channel and a bot token are named.
+    pub fn notifies(&self) -> bool {
+        self.channel.is_some() && (self.bot_token_secret.is_some() || self.bot_token_env.is_some())
+    }
+}
+
+/// A Slack channel as `chat.postMessage` takes one: an id (`C…`, `G…`) or `#name`.
+fn valid_channel(channel: &str) -> bool {
+    let id = channel.len() > 1
+        && channel.len() <= 32
+        && channel.starts_with(['C', 'G'])
+        && channel
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    let name = channel.strip_prefix('#').is_some_and(|n| {
+        !n.is_empty()
+            && n.len() <= 80
+            && n
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+    });
+    id || name
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -315,6 +355,16 @@ impl TenantIntegrations {
                 slack.signing_secret.as_deref(),
                 slack.signing_secret_env.as_deref(),
             )?;
+            check_secret_ref(
+                "slack.bot_token",
+                slack.bot_token_secret.as_deref(),
+                slack.bot_token_env.as_deref(),
+            )?;
+            if slack.channel.as_deref().is_some_and(|c| !valid_channel(c)) {
+                return Err(
+                    "slack.channel must be a channel id such as C0123ABCD or a #name".into(),
+                );
+            }
         }
         Ok(())
     }
@@ -322,10 +372,11 @@ impl TenantIntegrations {
     /// The tenant secrets these settings name.
     pub fn secret_names(&self) -> Vec<&str> {
         let llm = self.llm.as_ref().and_then(|l| l.api_key_secret.as_deref());
-        let slack = self
-            .slack
-            .as_ref()
-            .and_then(|s| s.signing_secret.as_deref());
+        let slack = self.slack.iter().flat_map(|s| {
+            [s.signing_secret.as_deref(), s.bot_token_secret.as_deref()]
+                .into_iter()
+                .flatten()
+        });
         llm.into_iter().chain(slack).collect()
     }
 
@@ -333,10 +384,11 @@ impl TenantIntegrations {
     /// must allow).
     pub fn env_names(&self) -> Vec<&str> {
         let llm = self.llm.as_ref().and_then(|l| l.api_key_env.as_deref());
-        let slack = self
-            .slack
-            .as_ref()
-            .and_then(|s| s.signing_secret_env.as_deref());
+        let slack = self.slack.iter().flat_map(|s| {
+            [s.signing_secret_env.as_deref(), s.bot_token_env.as_deref()]
+                .into_iter()
+                .flatten()
+        });
         llm.into_iter().chain(slack).collect()
     }
 

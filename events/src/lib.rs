@@ -11,6 +11,7 @@ mod hypotheses;
 mod incidents;
 mod payloads;
 pub mod schema;
+mod slack;
 pub mod subjects;
 mod tasks;
 mod trace;
@@ -42,6 +43,7 @@ pub use tasks::{
     TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskReleased, TaskRetried, WorkerGone,
     WorkerHeartbeatRecorded, WorkerRegistered, WorkerTokenIssued, WorkerTokenRevoked,
 };
+pub use slack::{SLACK_NOTIFIER, SlackMessagePosted};
 pub use trace::TraceParent;
 
 /// A deterministic `Nats-Msg-Id`: blake3 over the parts, in hex.

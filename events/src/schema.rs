@@ -57,6 +57,7 @@ pub fn all() -> Vec<(String, String)> {
         payload::<TenantSecretSet>(),
         payload::<TenantSecretRemoved>(),
         payload::<IncidentLinked>(),
+        payload::<crate::SlackMessagePosted>(),
         payload::<crate::tasks::TaskCreated>(),
         payload::<crate::tasks::TaskClaimed>(),
         payload::<crate::tasks::TaskProgressed>(),

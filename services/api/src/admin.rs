@@ -483,6 +483,51 @@ pub async fn update_user(
     settled_user(&api, &slug, &user_id, seq).await
 }
 
+/// A link code from `/copilot link`, and whose account it links.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlackLink {
+    /// The code `/copilot link` answered in Slack.
+    code: String,
+    /// The user to link [default: the caller]. Only an admin links someone else.
+    user_id: Option<String>,
+}
+
+/// Links the Slack account of a `/copilot link` code to the caller (or, for an admin, to any
+/// user of the tenant).
+pub async fn link_slack(
+    State(api): State<Api>,
+    caller: Caller,
+    origin: EventOrigin,
+    payload: Result<Json<SlackLink>, JsonRejection>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    let b = body(payload)?;
+    let tenant = caller.0.tenant.clone();
+    let user_id = b.user_id.unwrap_or_else(|| caller.0.sub.clone());
+    if user_id != caller.0.sub && caller.0.role < Role::Admin {
+        return Err(ApiError::Forbidden(
+            "linking another user's Slack account needs the admin role".into(),
+        ));
+    }
+    let (_, seq) = commands::slack_link::confirm_slack_link(
+        &api.ctx,
+        &api.ctx.js,
+        &tenant,
+        &b.code,
+        &user_id,
+        &caller.0.sub,
+        origin.0,
+    )
+    .await?;
+    match seq {
+        Some(seq) => settled_user(&api, &tenant, &user_id, seq).await,
+        None => match user_of(&api, &tenant, &user_id).await? {
+            Some(user) => Ok((StatusCode::OK, Json(user.into()))),
+            None => Err(ApiError::NotFound),
+        },
+    }
+}
+
 pub async fn remove_user(
     State(api): State<Api>,
     caller: Caller,

@@ -577,17 +577,24 @@ pub async fn set_rules(
 pub async fn get_integrations(
     State(api): State<Api>,
     caller: Caller,
-) -> Result<Json<TenantIntegrations>, ApiError> {
-    read_setting(&api, &caller, TenantSetting::Integrations).await
+) -> Result<Json<views::IntegrationsView>, ApiError> {
+    let Json(integrations) =
+        read_setting::<TenantIntegrations>(&api, &caller, TenantSetting::Integrations).await?;
+    let slack = api
+        .ctx
+        .store
+        .slack_status(&mut api.tenant_tx(&caller.0.tenant).await?, &caller.0.tenant)
+        .await?;
+    Ok(Json(views::IntegrationsView::new(integrations, slack)))
 }
 
 pub async fn set_integrations(
     State(api): State<Api>,
     caller: Caller,
     origin: EventOrigin,
-    payload: Result<Json<TenantIntegrations>, JsonRejection>,
+    payload: Result<Json<views::IntegrationsInput>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TenantIntegrations>), ApiError> {
-    let integrations = body(payload)?;
+    let integrations = body(payload)?.0;
     copilot_commands::set_integrations(
         &api.ctx.js,
         &api.ctx.store,

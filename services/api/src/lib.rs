@@ -203,6 +203,7 @@ pub const POLICY: &[(Method, &str, Access)] = &[
         "/v1/admin/tenants/{slug}/users/{user_id}",
         Access::PlatformOrTenantAdmin,
     ),
+    (Method::POST, "/v1/slack/link", Access::Tenant(Role::Viewer)),
     (Method::POST, "/v1/tasks", Access::Tenant(Role::Engineer)),
     (Method::GET, "/v1/tasks", Access::Tenant(Role::Viewer)),
     (Method::GET, "/v1/tasks/{id}", Access::Tenant(Role::Viewer)),
@@ -934,6 +935,19 @@ fn routes() -> ApiRouter<Api> {
                     .response_with::<204, (), _>(|r| r.description("Removed"))
                     .problem(404, "No such tenant or user")
                     .problem(409, "The user is the tenant's last admin")
+            }),
+        )
+        .api_route(
+            "/v1/slack/link",
+            post_with(admin::link_slack, |op| {
+                op.id("linkSlack")
+                    .summary("Links the Slack account of a `/copilot link` code to the caller, or (an admin) to any user")
+                    .tag("administration")
+                    .response_with::<200, Json<views::UserView>, _>(|r| r.description("Linked"))
+                    .problem(403, "Linking another user needs the admin role")
+                    .problem(404, "No such user")
+                    .problem(409, "That Slack account is linked to another user")
+                    .problem(422, "The code is not valid or has expired, or the tenant has no Slack workspace")
             }),
         )
         .api_route(

@@ -726,3 +726,92 @@ mod tests {
         assert!(hypothesis.get("hypothesis_id").is_none());
     }
 }
+
+/// A tenant's integrations as set, and whether they work. `status` is the copilot's, read-only:
+/// a body sent back to `PUT /v1/settings/integrations` may carry it, and it is ignored there.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct IntegrationsView {
+    pub prometheus_url: Option<String>,
+    pub llm: Option<copilot_events::TenantLlm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slack: Option<copilot_events::TenantSlack>,
+    pub status: IntegrationsStatus,
+}
+
+impl IntegrationsView {
+    pub fn new(
+        integrations: copilot_events::TenantIntegrations,
+        slack: Option<store::SlackStatus>,
+    ) -> Self {
+        let copilot_events::TenantIntegrations {
+            prometheus_url,
+            llm,
+            slack: slack_settings,
+        } = integrations;
+        Self {
+            prometheus_url,
+            llm,
+            slack: slack_settings,
+            status: IntegrationsStatus {
+                slack: slack.map(SlackStatusView::from),
+            },
+        }
+    }
+}
+
+/// Whether the integrations work, as the copilot last found them.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct IntegrationsStatus {
+    /// `null` until the copilot has called the tenant's Slack.
+    pub slack: Option<SlackStatusView>,
+}
+
+/// Whether the tenant's Slack works: its last error (Slack's code, such as `invalid_auth`,
+/// `channel_not_found` or `not_in_channel`, or what else went wrong) and its last success.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct SlackStatusView {
+    /// No error since the last call that worked.
+    pub working: bool,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    pub errors_total: i64,
+    pub last_ok_at: Option<DateTime<Utc>>,
+}
+
+impl From<store::SlackStatus> for SlackStatusView {
+    fn from(row: store::SlackStatus) -> Self {
+        let store::SlackStatus {
+            last_error,
+            last_error_at,
+            errors_total,
+            last_ok_at,
+        } = row;
+        Self {
+            working: match (last_error_at, last_ok_at) {
+                (None, _) => true,
+                (Some(error), Some(ok)) => ok > error,
+                (Some(_), None) => false,
+            },
+            last_error,
+            last_error_at,
+            errors_total,
+            last_ok_at,
+        }
+    }
+}
+
+/// The body of `PUT /v1/settings/integrations`: the integrations, with any `status` a client
+/// read from `GET` and sent back dropped (it is the copilot's, not a setting).
+#[derive(Debug, Clone, schemars::JsonSchema)]
+#[schemars(transparent)]
+pub struct IntegrationsInput(pub copilot_events::TenantIntegrations);
+
+impl<'de> serde::Deserialize<'de> for IntegrationsInput {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut body = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        body.remove("status");
+        serde_json::from_value(serde_json::Value::Object(body))
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}

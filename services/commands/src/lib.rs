@@ -8,6 +8,7 @@
 mod incidents;
 mod secrets;
 mod settings;
+pub mod slack_link;
 mod task_commands;
 mod tenants;
 mod tokens;

@@ -103,6 +103,20 @@ pub async fn set_integrations(
                 "secret {name:?} may only be sent to {bound}; llm.base_url points elsewhere"
             )));
         }
+        if let Some(slack) = &integrations.slack
+            && let Some(name) = &slack.bot_token_secret
+            && let Some(bound) = stored
+                .iter()
+                .find(|s| s.name == *name)
+                .and_then(|s| s.origin.as_deref())
+            && copilot_runtime::egress::origin_of(&settings.slack.slack_api_url).as_deref()
+                != Some(bound)
+        {
+            return Err(invalid(format!(
+                "secret {name:?} may only be sent to {bound}; the bot token goes to Slack's API ({})",
+                settings.slack.slack_api_url
+            )));
+        }
     }
     let event = TenantIntegrationsSet {
         integrations,

@@ -1,5 +1,5 @@
 //! Every service in one process on one port: gateway and API routes, health and metrics, the
-//! projector, the correlator and the hypothesis service, sharing one NATS connection and one Postgres pool.
+//! projector, the correlator, the hypothesis service and the Slack notifier, sharing one NATS connection and one Postgres pool.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -21,7 +21,8 @@ pub struct App {
 /// Which services an `App` runs besides the HTTP routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Services {
-    /// Gateway, API, projector, correlator and hypothesis service: what `copilot up` runs.
+    /// Gateway, API, projector, correlator, hypothesis service and Slack notifier: what
+    /// `copilot up` runs.
     All,
     /// Gateway and API only, for benchmarks that time the projector on its own.
     HttpOnly,
@@ -69,7 +70,8 @@ impl App {
                         tokio::try_join!(
                             copilot_projector::serve(ctx.clone(), shutdown.clone()),
                             copilot_correlator::serve(ctx.clone(), shutdown.clone()),
-                            copilot_hypothesis::serve(ctx, shutdown),
+                            copilot_hypothesis::serve(ctx.clone(), shutdown.clone()),
+                            copilot_slack::notifier::serve(ctx, shutdown),
                         )
                         .map(|_| ())
                     } else {

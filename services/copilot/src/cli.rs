@@ -109,8 +109,9 @@ pub enum SlackCommand {
         #[arg(long)]
         public_url: String,
     },
-    /// Serve the Slack routes (/v1/slack/commands, /v1/slack/interactions) alone; `copilot up`
-    /// serves them with everything else
+    /// Serve the Slack routes (/v1/slack/commands, /v1/slack/interactions) and run the notifier
+    /// (one thread per incident in each tenant's channel) alone; `copilot up` runs them with
+    /// everything else
     Serve,
 }
 

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub hypotheses_proposed_total: IntCounterVec,
     /// Hypotheses dropped for citing evidence they were not given, by engine.
     pub hypothesis_citations_dropped_total: IntCounterVec,
+    /// Slack Web API calls by method and outcome (`ok`, `ratelimited`, or Slack's error).
+    pub slack_calls_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -218,6 +220,14 @@ impl Metrics {
             &["engine"],
         )
         .unwrap();
+        let slack_calls_total = IntCounterVec::new(
+            Opts::new(
+                "slack_calls_total",
+                "Slack Web API calls by method and outcome (ok, ratelimited, or Slack's error such as invalid_auth or channel_not_found)",
+            ),
+            &["method", "outcome"],
+        )
+        .unwrap();
         for collector in [
             Box::new(http_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_request_duration_seconds.clone()),
@@ -240,6 +250,7 @@ impl Metrics {
             Box::new(model_cost_usd_total.clone()),
             Box::new(hypotheses_proposed_total.clone()),
             Box::new(hypothesis_citations_dropped_total.clone()),
+            Box::new(slack_calls_total.clone()),
         ] {
             registry
                 .register(collector)
@@ -268,6 +279,7 @@ impl Metrics {
             model_cost_usd_total,
             hypotheses_proposed_total,
             hypothesis_citations_dropped_total,
+            slack_calls_total,
         }
     }
 

@@ -57,9 +57,11 @@ pub const CONSUMER_PROJECTOR_TELEMETRY: &str = "projector-telemetry";
 pub const CONSUMER_PROJECTOR_TASKS: &str = "projector-tasks";
 /// Durable consumer every hypothesis service instance shares.
 pub const CONSUMER_HYPOTHESIS: &str = "hypothesis";
+/// Durable consumer of the Slack notifier.
+pub const CONSUMER_SLACK_NOTIFIER: &str = "slack-notifier";
 
 /// Consumer definitions, `(stream, JSON)`.
-pub const CONSUMER_DEFINITIONS: [(&str, &str); 9] = [
+pub const CONSUMER_DEFINITIONS: [(&str, &str); 10] = [
     (
         subjects::SIGNALS,
         include_str!("../../../nats/consumers/SIGNALS.projector-signals.json"),
@@ -95,6 +97,10 @@ pub const CONSUMER_DEFINITIONS: [(&str, &str); 9] = [
     (
         subjects::TASKS,
         include_str!("../../../nats/consumers/TASKS.projector-tasks.json"),
+    ),
+    (
+        subjects::INCIDENTS,
+        include_str!("../../../nats/consumers/INCIDENTS.slack-notifier.json"),
     ),
 ];
 

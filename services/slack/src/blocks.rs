@@ -144,6 +144,122 @@ pub fn list(incidents: &[IncidentSummary], all: bool) -> String {
     clip(&lines.join("\n"), SECTION_TEXT_MAX)
 }
 
+/// The thread reply that tells a run of an incident's events (coalesced: a storm of signals
+/// joining is one line), or `None` when none of them is worth a reply.
+pub fn changes(events: &[copilot_events::Event]) -> Option<String> {
+    use copilot_events::Event;
+    let mut lines = Vec::new();
+    let mut joined: Vec<&str> = Vec::new();
+    let mut resolved = 0usize;
+    let flush = |lines: &mut Vec<String>, joined: &mut Vec<&str>, resolved: &mut usize| {
+        if !joined.is_empty() {
+            let shown: Vec<String> = joined.iter().take(5).map(|t| escape(t)).collect();
+            let more = joined.len().saturating_sub(shown.len());
+            lines.push(format!(
+                ":heavy_plus_sign: {} signal{} joined: {}{}",
+                joined.len(),
+                if joined.len() == 1 { "" } else { "s" },
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+            joined.clear();
+        }
+        if *resolved > 0 {
+            lines.push(format!(
+                ":white_check_mark: {resolved} alert{} stopped firing",
+                if *resolved == 1 { "" } else { "s" }
+            ));
+            *resolved = 0;
+        }
+    };
+    for event in events {
+        match event {
+            Event::SignalAttached(e) => {
+                joined.push(&e.title);
+                continue;
+            }
+            Event::SignalResolved(_) => {
+                resolved += 1;
+                continue;
+            }
+            _ => flush(&mut lines, &mut joined, &mut resolved),
+        }
+        let line = match event {
+            Event::IncidentTransitioned(e) => Some(format!(
+                ":arrow_right: {} by {}{}",
+                e.to.as_str(),
+                escape(&e.actor),
+                note(e.note.as_deref())
+            )),
+            Event::IncidentResolved(e) => Some(format!(
+                ":large_green_circle: resolved by {}{}",
+                escape(&e.actor),
+                note(e.note.as_deref())
+            )),
+            Event::IncidentReopened(e) => Some(format!(
+                ":rotating_light: reopened ({}) by {}",
+                escape(&e.reason),
+                escape(&e.actor)
+            )),
+            Event::IncidentAssigned(e) => Some(match &e.assignee {
+                Some(who) => format!(
+                    ":bust_in_silhouette: assigned to {} by {}",
+                    escape(who),
+                    escape(&e.actor)
+                ),
+                None => format!(":bust_in_silhouette: unassigned by {}", escape(&e.actor)),
+            }),
+            Event::IncidentNoteAdded(e) => Some(format!(
+                ":memo: {}: {}",
+                escape(&e.actor),
+                escape(&e.text)
+            )),
+            Event::HypothesesProposed(e) => e.hypotheses.first().map(|h| {
+                format!(
+                    ":bulb: new hypotheses ({}): top is *{}* ({:.0}%), citing {}",
+                    e.hypotheses.len(),
+                    escape(&h.title),
+                    h.confidence * 100.0,
+                    h.evidence
+                        .iter()
+                        .map(|c| format!("`{}`", escape(c)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }),
+            Event::HypothesisVerdictGiven(e) => Some(format!(
+                ":ballot_box_with_check: {} {} `{}`{}",
+                escape(&e.actor),
+                e.verdict.as_str(),
+                escape(&e.hypothesis_id),
+                note(e.note.as_deref())
+            )),
+            Event::IncidentLinked(e) => Some(format!(
+                ":link: {} linked it as caused by `{}`",
+                escape(&e.actor),
+                short(e.related_incident_id)
+            )),
+            _ => None,
+        };
+        lines.extend(line);
+    }
+    flush(&mut lines, &mut joined, &mut resolved);
+    (!lines.is_empty()).then(|| clip(&lines.join("\n"), SECTION_TEXT_MAX))
+}
+
+fn note(note: Option<&str>) -> String {
+    note.map(|n| format!(": {}", escape(n))).unwrap_or_default()
+}
+
+/// A thread reply's message: its text as one section.
+pub fn reply(text: &str) -> Value {
+    json!({"text": clip(text, 3000), "blocks": [section(text.to_owned())]})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,9 @@
 //! which must lie under the operator's configured Slack prefix.
 
 pub mod blocks;
+pub mod notifier;
 pub mod verify;
+pub mod webapi;
 
 use std::time::Duration;
 
@@ -54,6 +56,8 @@ struct Slack {
 struct Verified {
     tenant: String,
     team: String,
+    /// The workspace's signing secret, which also signs `/copilot link` codes.
+    secret: String,
     request_id: Option<String>,
 }
 
@@ -99,20 +103,7 @@ impl Slack {
         let slack = serde_json::from_value::<TenantIntegrations>(integrations)
             .ok()
             .and_then(|i| i.slack)?;
-        let secret = match (&slack.signing_secret, &slack.signing_secret_env) {
-            (Some(name), _) => {
-                copilot_runtime::secrets::open_tenant_secret(&self.ctx, &tenant, name)
-                    .await
-                    .map(|s| s.value)
-            }
-            (None, Some(name)) => copilot_runtime::secrets::tenant_env(
-                &self.ctx.settings,
-                &tenant,
-                "slack.signing_secret_env",
-                name,
-            ),
-            (None, None) => Err("slack.signing_secret names no secret".into()),
-        };
+        let secret = copilot_commands::slack_link::signing_secret(&self.ctx, &tenant, &slack).await;
         let secret = match secret {
             Ok(secret) => secret,
             Err(error) => {
@@ -136,6 +127,7 @@ impl Slack {
         Some(Verified {
             tenant,
             team: slack.team_id,
+            secret,
             request_id: header("x-request-id").map(str::to_owned),
         })
     }
@@ -242,20 +234,8 @@ impl Slack {
 
     /// The incident's message: its summary, its current hypotheses and the buttons.
     async fn message(&self, tenant: &str, incident: &IncidentSummary) -> Value {
-        let hypotheses = async {
-            let mut tx = self.ctx.store.begin_tenant(tenant).await?;
-            self.ctx
-                .store
-                .incident_proposals(&mut tx, tenant, incident.id, false)
-                .await
-        };
-        let hypotheses = hypotheses
-            .await
-            .ok()
-            .and_then(|p| p.into_iter().next())
-            .map(|p| p.hypotheses)
-            .unwrap_or_default();
-        blocks::incident(incident, &hypotheses)
+        let hypotheses = hypotheses(&self.ctx, tenant, incident.id).await.ok();
+        blocks::incident(incident, &hypotheses.unwrap_or_default())
     }
 
     /// Sends `message` to a request's `response_url`, if it lies under the configured prefix.
@@ -284,6 +264,40 @@ impl Slack {
     }
 }
 
+/// The incident's current hypotheses (its latest proposal's).
+async fn hypotheses(
+    ctx: &Context,
+    tenant: &str,
+    incident: Uuid,
+) -> Result<Vec<copilot_store::HypothesisView>, copilot_store::StoreError> {
+    let mut tx = ctx.store.begin_tenant(tenant).await?;
+    Ok(ctx
+        .store
+        .incident_proposals(&mut tx, tenant, incident, false)
+        .await?
+        .into_iter()
+        .next()
+        .map(|p| p.hypotheses)
+        .unwrap_or_default())
+}
+
+/// An incident's message as the read model has it now (`None`: no such incident).
+async fn incident_message(
+    ctx: &Context,
+    tenant: &str,
+    incident: Uuid,
+) -> Result<Option<Value>, copilot_store::StoreError> {
+    let summary = {
+        let mut tx = ctx.store.begin_tenant(tenant).await?;
+        ctx.store.get_incident(&mut tx, tenant, incident).await?
+    };
+    let Some(summary) = summary else {
+        return Ok(None);
+    };
+    let hypotheses = hypotheses(ctx, tenant, incident).await?;
+    Ok(Some(blocks::incident(&summary, &hypotheses)))
+}
+
 /// The fields of a form body.
 fn form(body: &[u8]) -> std::collections::HashMap<String, String> {
     url::form_urlencoded::parse(body).into_owned().collect()
@@ -297,6 +311,7 @@ const HELP: &str = "*/copilot* commands:\n\
 • `assign <id> <@user|me>`: assign it\n\
 • `note <id> <text>`: add a note\n\
 • `ask <question>`: ask the copilot\n\
+• `link`: link your Slack account to your copilot user\n\
 Ids are the first characters shown in messages (at least 4).";
 
 async fn commands(State(slack): State<Slack>, headers: HeaderMap, body: Bytes) -> Response {
@@ -319,20 +334,24 @@ async fn commands(State(slack): State<Slack>, headers: HeaderMap, body: Bytes) -
             .into_response();
         }
     };
-    let Some((user, role)) = person else {
-        return Json(ephemeral(format!(
-            "Your Slack account ({slack_user}) is not linked to a user of this copilot's tenant {:?}. \
-             Ask an admin to link it: `PATCH /v1/admin/tenants/{}/users/<your user id>` with \
-             `{{\"slack_user_id\": \"{slack_user}\"}}`.",
-            who.tenant, who.tenant
-        )))
-        .into_response();
-    };
     let text = field("text").trim().to_owned();
     let (verb, rest) = text
         .split_once(char::is_whitespace)
         .unwrap_or((text.as_str(), ""));
     let rest = rest.trim();
+    if verb == "link" {
+        return Json(link(&who, slack_user, person.as_ref().map(|p| p.0.as_str()))).into_response();
+    }
+    let Some((user, role)) = person else {
+        return Json(ephemeral(format!(
+            "Your Slack account ({slack_user}) is not linked to a user of this copilot's tenant {:?}. \
+             Run `/copilot link` for a one-time code to confirm as yourself, or ask an admin to \
+             link it: `PATCH /v1/admin/tenants/{}/users/<your user id>` with \
+             `{{\"slack_user_id\": \"{slack_user}\"}}`.",
+            who.tenant, who.tenant
+        )))
+        .into_response();
+    };
     let answer = match verb {
         "" | "help" => ephemeral(HELP),
         "incidents" => list(&slack, &who.tenant, rest == "all").await,
@@ -378,6 +397,30 @@ async fn commands(State(slack): State<Slack>, headers: HeaderMap, body: Bytes) -
         other => ephemeral(format!("unknown command `{other}`.\n{HELP}")),
     };
     Json(answer).into_response()
+}
+
+/// `/copilot link`: a one-time code the Slack user (signed in as their tenant user) or an admin
+/// confirms with `POST /v1/slack/link`.
+fn link(who: &Verified, slack_user: &str, linked_to: Option<&str>) -> Value {
+    if let Some(user) = linked_to {
+        return ephemeral(format!(
+            "Your Slack account is already linked to user `{user}`."
+        ));
+    }
+    let code = copilot_commands::slack_link::link_code(
+        &who.secret,
+        &who.tenant,
+        &who.team,
+        slack_user,
+        chrono::Utc::now().timestamp(),
+    );
+    ephemeral(format!(
+        "Your one-time link code (valid {} minutes): `{code}`\n\
+         Confirm it as yourself with your copilot token: `POST /v1/slack/link` with \
+         `{{\"code\": \"{code}\"}}`, or give it to an admin, who sends \
+         `{{\"code\": \"{code}\", \"user_id\": \"<your user id>\"}}`.",
+        copilot_commands::slack_link::LINK_CODE_SECS / 60
+    ))
 }
 
 /// `/copilot ask`: questions with cited answers arrive with the question service.
@@ -565,7 +608,8 @@ async fn click(
     Ok(slack.message(&who.tenant, &now).await)
 }
 
-/// Runs the Slack routes alone (with health routes) on the configured listen address.
+/// Runs the Slack routes (with health routes) on the configured listen address, and the
+/// notifier.
 pub async fn run(
     settings: copilot_runtime::Settings,
     shutdown: tokio_util::sync::CancellationToken,
@@ -575,7 +619,11 @@ pub async fn run(
     let app = copilot_runtime::http::finish(
         router(ctx.clone()).merge(copilot_runtime::http::health_routes(ctx.clone())),
     );
-    copilot_runtime::http::serve(ctx.settings.http.listen, app, timeouts, shutdown).await
+    tokio::try_join!(
+        copilot_runtime::http::serve(ctx.settings.http.listen, app, timeouts, shutdown.clone()),
+        notifier::serve(ctx.clone(), shutdown),
+    )?;
+    Ok(())
 }
 
 /// The Slack app manifest to paste at "Create an app → From a manifest": the `/copilot` slash

@@ -58,3 +58,91 @@ impl Store {
         .await?)
     }
 }
+
+/// What the copilot has posted about one incident: its summary message and how far its thread
+/// tells the incident's events (from the `SlackMessagePosted` events in `incident_events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlackThread {
+    /// The summary's channel id and `ts`, once posted.
+    pub summary: Option<(String, String)>,
+    /// The INCIDENTS sequence up to which the incident's events are told (0: none).
+    pub through_seq: u64,
+}
+
+/// Whether a tenant's Slack is working, as the notifier last found it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SlackStatus {
+    pub last_error: Option<String>,
+    pub last_error_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub errors_total: i64,
+    pub last_ok_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Store {
+    /// What the copilot has posted about an incident.
+    pub async fn slack_thread(&self, tenant: &str, incident_id: Uuid) -> Result<SlackThread> {
+        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
+            "SELECT payload FROM incident_events
+             WHERE tenant = $1 AND incident_id = $2 AND type = 'SlackMessagePosted' ORDER BY seq",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut thread = SlackThread {
+            summary: None,
+            through_seq: 0,
+        };
+        for (payload,) in rows {
+            let text = |k: &str| payload[k].as_str().map(str::to_owned);
+            if thread.summary.is_none()
+                && payload["thread_ts"].is_null()
+                && let (Some(channel), Some(ts)) = (text("channel"), text("ts"))
+            {
+                thread.summary = Some((channel, ts));
+            }
+            thread.through_seq = thread
+                .through_seq
+                .max(payload["through_seq"].as_u64().unwrap_or(0));
+        }
+        Ok(thread)
+    }
+
+    /// Records a failed Slack call of the tenant's (Slack's error code or what went wrong).
+    pub async fn record_slack_error(&self, tenant: &str, error: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO slack_status (tenant, last_error, last_error_at, errors_total)
+             VALUES ($1, $2, now(), 1)
+             ON CONFLICT (tenant) DO UPDATE SET last_error = $2, last_error_at = now(),
+                 errors_total = slack_status.errors_total + 1",
+        )
+        .bind(tenant)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a Slack call of the tenant's that worked.
+    pub async fn record_slack_ok(&self, tenant: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO slack_status (tenant, last_ok_at) VALUES ($1, now())
+             ON CONFLICT (tenant) DO UPDATE SET last_ok_at = now()",
+        )
+        .bind(tenant)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether the tenant's Slack is working (`None`: the copilot has not called it yet).
+    pub async fn slack_status(&self, tx: &mut Tx<'_>, tenant: &str) -> Result<Option<SlackStatus>> {
+        Ok(sqlx::query_as(
+            "SELECT last_error, last_error_at, errors_total, last_ok_at FROM slack_status
+             WHERE tenant = $1",
+        )
+        .bind(tenant)
+        .fetch_optional(&mut **tx)
+        .await?)
+    }
+}
