@@ -15,8 +15,8 @@ use crate::incidents::{
     CorrelationRulesSet, IncidentAssigned, IncidentNoteAdded, IncidentOpened, IncidentReopened,
     IncidentResolved, IncidentTransitioned, SignalAttached, SignalResolved, TenantIntegrationsSet,
 };
-use crate::slack::SlackMessagePosted;
 use crate::payloads::{SignalReceived, TenantCreated, WebhookTokenIssued, WebhookTokenRevoked};
+use crate::slack::SlackMessagePosted;
 use crate::tasks::{
     TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
     TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskReleased, TaskRetried, WorkerGone,

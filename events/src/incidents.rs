@@ -248,8 +248,7 @@ fn valid_channel(channel: &str) -> bool {
     let name = channel.strip_prefix('#').is_some_and(|n| {
         !n.is_empty()
             && n.len() <= 80
-            && n
-                .chars()
+            && n.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
     });
     id || name

@@ -38,12 +38,12 @@ pub use payloads::{
     Role, Severity, SignalReceived, SignalSource, SignalStatus, TenantCreated, WebhookTokenIssued,
     WebhookTokenRevoked,
 };
+pub use slack::{SLACK_NOTIFIER, SlackMessagePosted};
 pub use tasks::{
     TaskCancelled, TaskClaimed, TaskCompleted, TaskCreated, TaskFailed, TaskLeaseExpired,
     TaskLogged, TaskOutcomeRefused, TaskProgressed, TaskReleased, TaskRetried, WorkerGone,
     WorkerHeartbeatRecorded, WorkerRegistered, WorkerTokenIssued, WorkerTokenRevoked,
 };
-pub use slack::{SLACK_NOTIFIER, SlackMessagePosted};
 pub use trace::TraceParent;
 
 /// A deterministic `Nats-Msg-Id`: blake3 over the parts, in hex.

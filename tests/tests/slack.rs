@@ -9,7 +9,7 @@ use std::{
 
 use axum::{Json, Router, extract::State, routing::post};
 use copilot::app::Services;
-use copilot_e2e::{TestApp, alertmanager_payload, fixture, poll};
+use copilot_e2e::{TestApp, alertmanager_payload, fixture, poll, wait_until};
 use copilot_events::Role;
 use copilot_projector::Projection;
 use serde_json::{Value, json};
@@ -17,15 +17,84 @@ use serde_json::{Value, json};
 const TEAM: &str = "T1DC2JH3J";
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 
-/// Slack's side of `response_url`: keeps every message posted to it.
+/// Slack's side: `response_url`s, keeping every message posted to them, and the Web API
+/// (`chat.postMessage`, `chat.update`) as Slack speaks it, keeping every call. A token other
+/// than a `xoxb-good…` one is refused (`invalid_auth`); `rate_limit(n)` answers the next `n`
+/// calls 429 with `Retry-After: 1`.
 struct FakeSlack {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<Value>>>,
+    api: Arc<Mutex<WebApi>>,
+}
+
+#[derive(Default)]
+struct WebApi {
+    calls: Vec<ApiCall>,
+    rate_limit: u32,
+    next_ts: u64,
+}
+
+#[derive(Clone, Debug)]
+struct ApiCall {
+    method: String,
+    token: String,
+    body: Value,
+    at: std::time::Instant,
+    answered: u16,
+}
+
+async fn web_api(
+    State(api): State<Arc<Mutex<WebApi>>>,
+    axum::extract::Path(method): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned();
+    let mut api = api.lock().unwrap();
+    let mut call = ApiCall {
+        method: method.clone(),
+        token: token.clone(),
+        body: body.clone(),
+        at: std::time::Instant::now(),
+        answered: 200,
+    };
+    if api.rate_limit > 0 {
+        api.rate_limit -= 1;
+        call.answered = 429;
+        api.calls.push(call);
+        return (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            Json(json!({"ok": false, "error": "ratelimited"})),
+        )
+            .into_response();
+    }
+    api.calls.push(call);
+    if !token.starts_with("xoxb-good") {
+        return Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+    }
+    api.next_ts += 1;
+    let ts = format!("1765000000.{:06}", api.next_ts);
+    match method.as_str() {
+        "chat.postMessage" => {
+            Json(json!({"ok": true, "channel": body["channel"], "ts": ts, "message": body}))
+        }
+        "chat.update" => Json(json!({"ok": true, "channel": body["channel"], "ts": body["ts"]})),
+        _ => Json(json!({"ok": false, "error": "unknown_method"})),
+    }
+    .into_response()
 }
 
 impl FakeSlack {
     async fn start() -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
+        let api = Arc::new(Mutex::new(WebApi::default()));
         let app = Router::new()
             .route(
                 "/commands/{team}/{id}/{token}",
@@ -36,15 +105,28 @@ impl FakeSlack {
                     },
                 ),
             )
-            .with_state(received.clone());
+            .with_state(received.clone())
+            .merge(
+                Router::new()
+                    .route("/api/{method}", post(web_api))
+                    .with_state(api.clone()),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { addr, received }
+        Self {
+            addr,
+            received,
+            api,
+        }
     }
 
     fn prefix(&self) -> String {
         format!("http://{}/", self.addr)
+    }
+
+    fn api_url(&self) -> String {
+        format!("http://{}/api", self.addr)
     }
 
     fn response_url(&self) -> String {
@@ -56,6 +138,59 @@ impl FakeSlack {
             self.received.lock().unwrap().get(seen).cloned()
         })
         .await
+    }
+
+    fn rate_limit(&self, calls: u32) {
+        self.api.lock().unwrap().rate_limit = calls;
+    }
+
+    /// The Web API calls that were answered (not rate limited) with `token`.
+    fn calls(&self, token: &str) -> Vec<ApiCall> {
+        self.api
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|c| c.token == token && c.answered == 200)
+            .cloned()
+            .collect()
+    }
+
+    /// The posts with `token`: summaries (no `thread_ts`) and thread replies.
+    fn posts(&self, token: &str) -> (Vec<Value>, Vec<Value>) {
+        self.calls(token)
+            .into_iter()
+            .filter(|c| c.method == "chat.postMessage")
+            .map(|c| c.body)
+            .partition(|b| b["thread_ts"].is_null())
+    }
+
+    fn updates(&self, token: &str) -> Vec<Value> {
+        self.calls(token)
+            .into_iter()
+            .filter(|c| c.method == "chat.update")
+            .map(|c| c.body)
+            .collect()
+    }
+
+    /// Waits until `check` holds of the calls made with `token`.
+    async fn wait_for(&self, token: &str, what: &str, check: impl Fn(&[ApiCall]) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let calls = self.calls(token);
+            if check(&calls) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; calls: {:#?}",
+                calls
+                    .iter()
+                    .map(|c| (&c.method, &c.body["thread_ts"], &c.body["text"]))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -527,4 +662,452 @@ async fn an_enterprise_grid_request_finds_its_tenant_by_the_enterprise_id() {
         "{answer}"
     );
     assert_eq!(with_acmes_secret.status(), 401);
+}
+
+const GOOD_TOKEN: &str = "xoxb-good-acme";
+const CHANNEL: &str = "C0INCIDENTS";
+
+/// Has `tenant`'s Slack post its incidents to [`CHANNEL`] with bot token `token` (a tenant
+/// secret), its workspace `team` signing with `signing`.
+async fn notify(t: &TestApp, tenant: &str, team: &str, signing: &str, token: &str, quiet: bool) {
+    let admin = t.user_jwt(tenant, "ada", Role::Admin).await;
+    for (path, body) in [
+        (
+            "/v1/settings/secrets/slack-signing",
+            json!({"value": signing}),
+        ),
+        ("/v1/settings/secrets/slack-bot", json!({"value": token})),
+        (
+            "/v1/settings/integrations",
+            json!({"slack": {"team_id": team, "signing_secret": "slack-signing",
+                             "channel": CHANNEL, "bot_token_secret": "slack-bot", "quiet": quiet}}),
+        ),
+    ] {
+        let r = t
+            .http
+            .put(format!("{}{path}", t.url))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+    t.settle(Projection::Tenants).await;
+}
+
+/// Everything running, Slack's Web API and `response_url`s the fake's, acme notifying.
+async fn spawn_notifying(quiet: bool) -> (TestApp, FakeSlack) {
+    let slack = FakeSlack::start().await;
+    let (prefix, api) = (slack.prefix(), slack.api_url());
+    let t = TestApp::spawn_with(Services::All, move |s| {
+        s.slack.slack_response_url_prefix = prefix;
+        s.slack.slack_api_url = api;
+    })
+    .await;
+    slack_tenant(&t).await;
+    notify(&t, "acme", TEAM, SECRET, GOOD_TOKEN, quiet).await;
+    (t, slack)
+}
+
+async fn transition(t: &TestApp, id: &str, to: &str) {
+    let engineer = t.user_jwt("acme", "sam", Role::Engineer).await;
+    let r = t
+        .http
+        .post(format!("{}/v1/incidents/{id}/transitions", t.url))
+        .bearer_auth(&engineer)
+        .json(&json!({"to": to}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+async fn add_note(t: &TestApp, id: &str, text: &str) {
+    let engineer = t.user_jwt("acme", "sam", Role::Engineer).await;
+    let r = t
+        .http
+        .post(format!("{}/v1/incidents/{id}/notes", t.url))
+        .bearer_auth(&engineer)
+        .json(&json!({"text": text}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+fn text_of(message: &Value) -> String {
+    let blocks = message["blocks"].as_array().into_iter().flatten();
+    blocks
+        .filter_map(|b| b["text"]["text"].as_str())
+        .chain(message["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn an_incident_gets_one_summary_in_the_channel_its_changes_in_the_thread_and_the_summary_updated_in_place()
+ {
+    let (t, slack) = spawn_notifying(false).await;
+
+    let id = open_incident(&t, "checkout").await;
+    slack
+        .wait_for(GOOD_TOKEN, "the summary", |c| {
+            c.iter().any(|c| c.method == "chat.postMessage")
+        })
+        .await;
+    transition(&t, &id, "acknowledged").await;
+    let more = alertmanager_payload(
+        "firing",
+        &[
+            ("Latency", "checkout", "warning", "2026-11-22T08:01:00Z"),
+            ("Saturation", "checkout", "warning", "2026-11-22T08:01:00Z"),
+            ("Errors5xx", "checkout", "critical", "2026-11-22T08:01:00Z"),
+        ],
+    );
+    assert_eq!(
+        t.post_webhook("alertmanager", &t.acme.webhook_token, more)
+            .await
+            .status(),
+        202
+    );
+    add_note(&t, &id, "rolling back 4.2.1").await;
+    slack
+        .wait_for(GOOD_TOKEN, "the note in the thread", |c| {
+            c.iter().any(|c| {
+                c.body["thread_ts"].is_string() && text_of(&c.body).contains("rolling back")
+            })
+        })
+        .await;
+    slack
+        .wait_for(GOOD_TOKEN, "the summary showing 4 signals", |c| {
+            c.iter()
+                .any(|c| c.method == "chat.update" && text_of(&c.body).contains("4 signals"))
+        })
+        .await;
+
+    let (summaries, replies) = slack.posts(GOOD_TOKEN);
+    assert_eq!(summaries.len(), 1, "one summary: {summaries:#?}");
+    let summary = &summaries[0];
+    assert_eq!(summary["channel"], CHANNEL);
+    assert!(text_of(summary).contains("HighErrorRate"));
+    let actions: Vec<&str> = summary["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["elements"].as_array().into_iter().flatten())
+        .filter_map(|e| e["action_id"].as_str())
+        .collect();
+    assert_eq!(actions, ["ack", "investigate", "resolve", "assign_me"]);
+    let thread: Vec<String> = replies.iter().map(text_of).collect();
+    let told = thread.join("\n");
+    assert!(told.contains("acknowledged by sam"), "{told}");
+    assert!(told.contains("rolling back 4.2.1"), "{told}");
+    // Three signals joined: told in at most as many replies, however the rounds fell.
+    let joined: usize = thread
+        .iter()
+        .filter_map(|r| {
+            let at = r.find(" signal")?;
+            r[..at].rsplit(' ').next()?.parse::<usize>().ok()
+        })
+        .sum();
+    assert_eq!(joined, 3, "{told}");
+    let first_ts = "1765000000.000001";
+    assert!(replies.iter().all(|r| r["thread_ts"] == first_ts));
+    assert!(
+        slack
+            .updates(GOOD_TOKEN)
+            .iter()
+            .all(|u| u["ts"] == first_ts)
+    );
+    let timeline: Value = t
+        .get(&format!("/v1/incidents/{id}/timeline"), &t.acme.viewer_jwt)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let posted: Vec<&Value> = timeline["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "SlackMessagePosted")
+        .collect();
+    assert_eq!(posted.len(), 1 + replies.len(), "{timeline:#}");
+    assert_eq!(posted[0]["actor"], "system:slack");
+}
+
+/// Waits until the notifier has taken and acknowledged everything in INCIDENTS.
+async fn notifier_idle(t: &TestApp) {
+    let ctx = t.ctx().clone();
+    wait_until(Duration::from_secs(30), || {
+        let ctx = ctx.clone();
+        async move {
+            let mut consumer = ctx
+                .js
+                .get_stream(copilot_events::subjects::INCIDENTS)
+                .await
+                .unwrap()
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("slack-notifier")
+                .await
+                .unwrap();
+            let info = consumer.info().await.unwrap();
+            info.num_pending == 0 && info.num_ack_pending == 0
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_notifier_posts_nothing_twice_across_a_restart_and_a_replay_of_the_whole_stream() {
+    // Arrange: an incident posted and acknowledged, its thread told.
+    let (mut t, slack) = spawn_notifying(false).await;
+    let id = open_incident(&t, "checkout").await;
+    slack
+        .wait_for(GOOD_TOKEN, "the summary", |c| {
+            c.iter().any(|c| c.method == "chat.postMessage")
+        })
+        .await;
+    transition(&t, &id, "acknowledged").await;
+    slack
+        .wait_for(GOOD_TOKEN, "the acknowledgement in the thread", |c| {
+            c.iter()
+                .any(|c| text_of(&c.body).contains("acknowledged by"))
+        })
+        .await;
+    notifier_idle(&t).await;
+    let before = slack.posts(GOOD_TOKEN);
+
+    // Act: stop; make the notifier's consumer deliver the whole stream again (a replay, and
+    // every redelivery at once); start again on the same NATS and database.
+    let app = t.app.take().unwrap();
+    let settings = (*app.ctx.settings).clone();
+    app.stop().await;
+    let js = async_nats::jetstream::new(async_nats::connect(t.nats.url()).await.unwrap());
+    let stream = js
+        .get_stream(copilot_events::subjects::INCIDENTS)
+        .await
+        .unwrap();
+    stream.delete_consumer("slack-notifier").await.unwrap();
+    let (_, mut config) = copilot_runtime::nats::consumer_definition("slack-notifier").unwrap();
+    config.deliver_policy = async_nats::jetstream::consumer::DeliverPolicy::All;
+    stream.create_consumer(config).await.unwrap();
+    let app = copilot::app::App::start(settings, Services::All)
+        .await
+        .unwrap();
+    t.url = app.url();
+    t.app = Some(app);
+    notifier_idle(&t).await;
+    let after_replay = slack.posts(GOOD_TOKEN);
+    add_note(&t, &id, "after the restart").await;
+    slack
+        .wait_for(GOOD_TOKEN, "the note told after the restart", |c| {
+            c.iter()
+                .any(|c| text_of(&c.body).contains("after the restart"))
+        })
+        .await;
+
+    // Assert: the replay posted nothing; the restarted notifier still tells what is new, once.
+    assert_eq!(before.0.len(), 1);
+    assert_eq!(after_replay.0.len(), before.0.len(), "no second summary");
+    assert_eq!(
+        after_replay.1.len(),
+        before.1.len(),
+        "no thread reply told twice"
+    );
+    let (summaries, replies) = slack.posts(GOOD_TOKEN);
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(replies.len(), before.1.len() + 1);
+}
+
+#[tokio::test]
+async fn quiet_mode_keeps_only_the_summary_updated_in_place() {
+    let (t, slack) = spawn_notifying(true).await;
+
+    let id = open_incident(&t, "checkout").await;
+    slack
+        .wait_for(GOOD_TOKEN, "the summary", |c| {
+            c.iter().any(|c| c.method == "chat.postMessage")
+        })
+        .await;
+    transition(&t, &id, "acknowledged").await;
+    add_note(&t, &id, "quietly noted").await;
+    slack
+        .wait_for(GOOD_TOKEN, "the summary updated to acknowledged", |c| {
+            c.iter()
+                .any(|c| c.method == "chat.update" && text_of(&c.body).contains("acknowledged"))
+        })
+        .await;
+    notifier_idle(&t).await;
+
+    let (summaries, replies) = slack.posts(GOOD_TOKEN);
+    assert_eq!(summaries.len(), 1);
+    assert!(replies.is_empty(), "no thread chatter: {replies:#?}");
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_waited_out_and_a_tenant_with_a_broken_token_holds_up_no_other() {
+    // Arrange: globex's workspace answers invalid_auth to its token; Slack rate limits the
+    // first call it gets.
+    let (t, slack) = spawn_notifying(false).await;
+    notify(
+        &t,
+        "globex",
+        "T0GLOBEX",
+        "globex-signing",
+        "xoxb-revoked",
+        false,
+    )
+    .await;
+    slack.rate_limit(1);
+
+    // Act: an incident for each.
+    let acme_incident = open_incident(&t, "checkout").await;
+    let r = t
+        .post_webhook(
+            "alertmanager",
+            &t.globex.webhook_token,
+            alertmanager_payload(
+                "firing",
+                &[("DiskFull", "ledger", "critical", "2026-11-22T08:00:00Z")],
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    slack
+        .wait_for(GOOD_TOKEN, "acme's summary", |c| {
+            c.iter().any(|c| c.method == "chat.postMessage")
+        })
+        .await;
+    slack
+        .wait_for("xoxb-revoked", "globex's refused post", |c| !c.is_empty())
+        .await;
+    transition(&t, &acme_incident, "acknowledged").await;
+    slack
+        .wait_for(GOOD_TOKEN, "acme's thread going on", |c| {
+            c.iter()
+                .any(|c| text_of(&c.body).contains("acknowledged by"))
+        })
+        .await;
+
+    // Assert: the 429 was waited out as asked, globex's failure is its own and shown.
+    let calls = slack.api.lock().unwrap().calls.clone();
+    let limited = calls.iter().position(|c| c.answered == 429).unwrap();
+    let retried = calls[limited + 1..]
+        .iter()
+        .find(|c| c.token == calls[limited].token)
+        .expect("the rate-limited call is made again");
+    assert!(retried.at - calls[limited].at >= Duration::from_millis(950));
+    let status = |tenant: &'static str| {
+        let t = &t;
+        async move {
+            let admin = t.user_jwt(tenant, "ada", Role::Admin).await;
+            let v: Value = t
+                .get("/v1/settings/integrations", &admin)
+                .await
+                .json()
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let globex = status("globex").await;
+    assert_eq!(globex["status"]["slack"]["working"], false, "{globex:#}");
+    assert_eq!(
+        globex["status"]["slack"]["last_error"],
+        "chat.postMessage: invalid_auth"
+    );
+    assert!(globex["status"]["slack"]["last_error_at"].is_string());
+    let acme = status("acme").await;
+    assert_eq!(acme["status"]["slack"]["working"], true, "{acme:#}");
+    assert!(acme["status"]["slack"]["last_ok_at"].is_string());
+    assert_eq!(acme["slack"]["channel"], CHANNEL);
+    // What GET answers can be sent back as it is.
+    let admin = t.user_jwt("acme", "ada", Role::Admin).await;
+    let put = t
+        .http
+        .put(format!("{}/v1/settings/integrations", t.url))
+        .bearer_auth(&admin)
+        .json(&acme)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.text().await.unwrap());
+    let metrics = t.metrics().await;
+    assert!(
+        metrics.contains("slack_calls_total{method=\"chat.postMessage\",outcome=\"invalid_auth\"}")
+    );
+    assert!(
+        metrics
+            .contains("slack_calls_total{method=\"chat.postMessage\",outcome=\"ratelimited\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn a_slack_user_links_their_account_with_a_one_time_code() {
+    // Arrange: lin is an engineer of acme with no Slack account linked.
+    let (t, slack) = spawn().await;
+    let admin = t.user_jwt("acme", "ada", Role::Admin).await;
+    let r = t
+        .http
+        .post(format!("{}/v1/admin/tenants/acme/users", t.url))
+        .bearer_auth(&admin)
+        .json(&json!({"user_id": "lin", "email": "lin@acme.test", "display_name": "Lin", "role": "engineer"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    t.settle(Projection::Tenants).await;
+    let lin = t.user_jwt("acme", "lin", Role::Engineer).await;
+    let vic = t.user_jwt("acme", "vic", Role::Viewer).await;
+    let link = |jwt: String, body: Value| {
+        let t = &t;
+        async move {
+            let r = t
+                .http
+                .post(format!("{}/v1/slack/link", t.url))
+                .bearer_auth(jwt)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // Act
+    let unlinked = command(&t, "ULIN", "incidents", &slack).await;
+    let answer = command(&t, "ULIN", "link", &slack).await;
+    let text = answer["text"].as_str().unwrap();
+    let code = text.split('`').nth(1).unwrap().to_owned();
+    let last = if code.ends_with('0') { "1" } else { "0" };
+    let altered = format!("{}{last}", &code[..code.len() - 1]);
+    let refused_altered = link(lin.clone(), json!({"code": altered})).await;
+    let refused_for_another = link(vic.clone(), json!({"code": code, "user_id": "lin"})).await;
+    let linked = link(lin.clone(), json!({"code": code})).await;
+    t.settle(Projection::Tenants).await;
+    let taken = link(vic, json!({"code": code})).await;
+    let listed = command(&t, "ULIN", "incidents", &slack).await;
+
+    // Assert
+    assert!(unlinked["text"].as_str().unwrap().contains("/copilot link"));
+    assert_eq!(answer["response_type"], "ephemeral");
+    assert_eq!(refused_altered.0, 422, "{:?}", refused_altered.1);
+    assert_eq!(refused_for_another.0, 403);
+    assert_eq!(linked.0, 200, "{:?}", linked.1);
+    assert_eq!(linked.1["slack_user_id"], "ULIN");
+    assert_eq!(taken.0, 409, "{:?}", taken.1);
+    assert!(
+        !listed["text"].as_str().unwrap().contains("not linked"),
+        "{listed}"
+    );
+    let audit: Value = t.get("/v1/audit", &admin).await.json().await.unwrap();
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"] == "lin" && e["action"] == "UserUpdated"),
+        "{audit:#}"
+    );
 }

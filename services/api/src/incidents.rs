@@ -583,7 +583,10 @@ pub async fn get_integrations(
     let slack = api
         .ctx
         .store
-        .slack_status(&mut api.tenant_tx(&caller.0.tenant).await?, &caller.0.tenant)
+        .slack_status(
+            &mut api.tenant_tx(&caller.0.tenant).await?,
+            &caller.0.tenant,
+        )
         .await?;
     Ok(Json(views::IntegrationsView::new(integrations, slack)))
 }

@@ -53,7 +53,13 @@ pub async fn signing_secret(
 fn mac(secret: &str, tenant: &str, team: &str, slack_user: &str, expires: i64) -> String {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
-    for part in ["copilot-slack-link", tenant, team, slack_user, &expires.to_string()] {
+    for part in [
+        "copilot-slack-link",
+        tenant,
+        team,
+        slack_user,
+        &expires.to_string(),
+    ] {
         mac.update(part.as_bytes());
         mac.update(&[0]);
     }

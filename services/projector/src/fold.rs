@@ -876,6 +876,18 @@ async fn apply_incident(
                 )
                 .await
         }
+        // Nothing else of the incident changes, but its version follows its subject, which
+        // commands append at.
+        Event::IncidentLinked(_) => {
+            store
+                .touch_incident(tx, tenant, c.incident_id, c.at, c.seq)
+                .await
+        }
+        Event::SlackMessagePosted(_) => {
+            store
+                .move_incident_version(tx, tenant, c.incident_id, c.seq)
+                .await
+        }
         _ => Ok(()),
     }
 }

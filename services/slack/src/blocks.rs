@@ -213,11 +213,9 @@ pub fn changes(events: &[copilot_events::Event]) -> Option<String> {
                 ),
                 None => format!(":bust_in_silhouette: unassigned by {}", escape(&e.actor)),
             }),
-            Event::IncidentNoteAdded(e) => Some(format!(
-                ":memo: {}: {}",
-                escape(&e.actor),
-                escape(&e.text)
-            )),
+            Event::IncidentNoteAdded(e) => {
+                Some(format!(":memo: {}: {}", escape(&e.actor), escape(&e.text)))
+            }
             Event::HypothesesProposed(e) => e.hypotheses.first().map(|h| {
                 format!(
                     ":bulb: new hypotheses ({}): top is *{}* ({:.0}%), citing {}",
@@ -325,5 +323,56 @@ mod tests {
             }
         }
         assert_eq!(action_ids.len(), 4 + 2 * HYPOTHESES_SHOWN);
+    }
+
+    #[test]
+    fn a_storm_of_signals_joining_is_one_line_and_people_s_moves_keep_their_order() {
+        use copilot_events::{
+            Event, IncidentNoteAdded, IncidentState, IncidentTransitioned, Severity, SignalAttached,
+        };
+        let incident_id = Uuid::nil();
+        let attached = |n: usize| {
+            Event::SignalAttached(SignalAttached {
+                incident_id,
+                signal_id: Uuid::nil(),
+                fingerprint: format!("f{n}"),
+                title: format!("Alert{n}"),
+                severity: Severity::Warning,
+                starts_at: chrono::Utc::now(),
+                incident_severity: Severity::Warning,
+                explanation: String::new(),
+            })
+        };
+        let mut events: Vec<Event> = (0..40).map(attached).collect();
+        events.push(Event::IncidentTransitioned(IncidentTransitioned {
+            incident_id,
+            from: IncidentState::Detected,
+            to: IncidentState::Acknowledged,
+            actor: "sam".into(),
+            note: None,
+        }));
+        events.push(attached(41));
+        events.push(Event::IncidentNoteAdded(IncidentNoteAdded {
+            incident_id,
+            note_id: Uuid::nil(),
+            text: "<!channel> rolled back".into(),
+            actor: "sam".into(),
+        }));
+
+        let told = changes(&events).unwrap();
+
+        let lines: Vec<&str> = told.lines().collect();
+        assert_eq!(lines.len(), 4, "{told}");
+        assert!(
+            lines[0]
+                .contains("40 signals joined: Alert0, Alert1, Alert2, Alert3, Alert4 and 35 more")
+        );
+        assert!(lines[1].contains("acknowledged by sam"));
+        assert!(lines[2].contains("1 signal joined: Alert41"));
+        assert!(
+            lines[3].contains("&lt;!channel&gt; rolled back"),
+            "what people write is escaped"
+        );
+        assert_eq!(changes(&[]), None);
     }
 }

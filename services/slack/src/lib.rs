@@ -340,7 +340,12 @@ async fn commands(State(slack): State<Slack>, headers: HeaderMap, body: Bytes) -
         .unwrap_or((text.as_str(), ""));
     let rest = rest.trim();
     if verb == "link" {
-        return Json(link(&who, slack_user, person.as_ref().map(|p| p.0.as_str()))).into_response();
+        return Json(link(
+            &who,
+            slack_user,
+            person.as_ref().map(|p| p.0.as_str()),
+        ))
+        .into_response();
     }
     let Some((user, role)) = person else {
         return Json(ephemeral(format!(

@@ -180,7 +180,11 @@ async fn follow(
         if let Err(returned) = queue.send(delivered) {
             // The tenant's task ended (it only does on shutdown): let the event come again.
             tenants.remove(&tenant);
-            let _ = returned.0.message.ack_with(jetstream::AckKind::Nak(None)).await;
+            let _ = returned
+                .0
+                .message
+                .ack_with(jetstream::AckKind::Nak(None))
+                .await;
         }
     }
 }
@@ -381,8 +385,17 @@ async fn tell(
                         .await
                         .map_err(|e| Failure::slack("chat.postMessage", e))?;
                     let at = new[new.len() - 1].envelope.occurred_at;
-                    record(ctx, tenant, incident, channel, &reply_ts, Some(ts), through, at)
-                        .await?;
+                    record(
+                        ctx,
+                        tenant,
+                        incident,
+                        channel,
+                        &reply_ts,
+                        Some(ts),
+                        through,
+                        at,
+                    )
+                    .await?;
                     through_seq = through;
                 }
                 api.update(&token, channel, ts, &message)
@@ -490,12 +503,9 @@ async fn bot_token(ctx: &Context, tenant: &str, slack: &TenantSlack) -> Result<S
                 _ => Ok(secret.value),
             }
         }
-        (None, Some(name)) => copilot_runtime::secrets::tenant_env(
-            &ctx.settings,
-            tenant,
-            "slack.bot_token_env",
-            name,
-        ),
+        (None, Some(name)) => {
+            copilot_runtime::secrets::tenant_env(&ctx.settings, tenant, "slack.bot_token_env", name)
+        }
         (None, None) => Err("slack.bot_token_secret names no secret".into()),
     }
     .map_err(|e| format!("bot token: {e}"))

@@ -406,6 +406,26 @@ impl Store {
         Ok(())
     }
 
+    /// Moves an incident's version to an event of its subject that changes nothing people see
+    /// (a Slack message recorded), leaving its update time.
+    pub async fn move_incident_version(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        incident_id: Uuid,
+        seq: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE incidents SET last_seq = greatest(last_seq, $3) WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(incident_id)
+        .bind(seq as i64)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     /// Records who the incident is assigned to (`None`: nobody).
     pub async fn assign_incident(
         &self,

@@ -26,8 +26,8 @@ pub use incidents::{
     TenantSetting, TimelineEntry,
 };
 pub use secrets::{SecretMeta, SecretRow};
-pub use slack::{SlackStatus, SlackThread};
 pub use signals::{SignalCursor, SignalFilter, SignalRow, SignalView};
+pub use slack::{SlackStatus, SlackThread};
 pub use tasks::{
     NewTaskRow, TaskChange, TaskCursor, TaskFilter, TaskLogLine, TaskSummary, WorkerTokenRow,
     WorkerTokenView, WorkerView,
