@@ -301,6 +301,8 @@ pub enum BenchCommand {
     Instrumentation(crate::bench::InstrumentationArgs),
     /// Tasks: dispatch rate and claim latency with N native workers, beside a bare JetStream work queue
     Tasks(crate::bench_tasks::TasksArgs),
+    /// Slack: slash-command answer times idle and under a webhook load, everything running
+    Slack(crate::bench_slack::SlackArgs),
 }
 
 /// Runs a parsed command line; errors are printed with their causes.
@@ -397,6 +399,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Tasks(args),
         } => crate::bench_tasks::tasks(settings, args).await,
+        Command::Bench {
+            command: BenchCommand::Slack(args),
+        } => crate::bench_slack::slack(settings, args).await,
         Command::Slack {
             command: SlackCommand::Manifest { tenant, public_url },
         } => {

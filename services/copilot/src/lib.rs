@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod bench_incidents;
+pub mod bench_slack;
 pub mod bench_tasks;
 pub mod cli;
 pub mod eval;

@@ -222,7 +222,7 @@ async fn tenant_worker(
     let mut threads: HashMap<Uuid, SlackThread> = HashMap::new();
     loop {
         let first = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return hand_back(Vec::new(), queue).await,
             d = queue.recv() => match d { Some(d) => d, None => return },
         };
         let mut round = vec![first];
@@ -234,7 +234,7 @@ async fn tenant_worker(
             }
         }
         let told = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return hand_back(round, queue).await,
             told = tell(&ctx, &api, &tenant, &round, &mut threads) => told,
         };
         let again = match told {
@@ -267,6 +267,19 @@ async fn tenant_worker(
                 ack(&delivered.message).await;
             }
         }
+    }
+}
+
+/// On a stop (shutdown, or the notifier restarting after a failure), what was taken but not
+/// told is handed back at once rather than after the consumer's ack wait.
+async fn hand_back(round: Vec<Delivered>, mut queue: mpsc::UnboundedReceiver<Delivered>) {
+    queue.close();
+    let mut rest = round;
+    while let Some(d) = queue.recv().await {
+        rest.push(d);
+    }
+    for d in rest {
+        let _ = d.message.ack_with(jetstream::AckKind::Nak(None)).await;
     }
 }
 
