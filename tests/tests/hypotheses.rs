@@ -614,7 +614,10 @@ async fn tenant_integrations_pick_the_tenants_model_and_send_it_the_tenants_own_
             .await,
     )
     .await;
-    assert_eq!(other, json!({"prometheus_url": null, "llm": null}));
+    assert_eq!(
+        other,
+        json!({"prometheus_url": null, "llm": null, "status": {"slack": null}})
+    );
 
     post(
         &t,
