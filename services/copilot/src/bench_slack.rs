@@ -54,6 +54,9 @@ pub struct Phase {
     pub max_ms: f64,
     /// Per command: (`incidents`, `incident`, `note`) p99 in ms.
     pub p99_by_command_ms: [f64; 3],
+    /// INCIDENTS appends refused during the phase (a command that lost a race to another event
+    /// on its incident's subject, and decided again).
+    pub incident_append_conflicts: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -287,6 +290,13 @@ async fn commands(
     let count = args.command_rate.max(1) as u64 * args.secs;
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.command_rate.max(1)));
     let bar = crate::bench::progress(count, label);
+    let refused = || {
+        copilot_runtime::metrics::Metrics::global()
+            .events_appended_total
+            .with_label_values(&["INCIDENTS", "error"])
+            .get()
+    };
+    let refused_before = refused();
     let started = Instant::now();
     let mut running = tokio::task::JoinSet::new();
     for i in 0..count {
@@ -355,6 +365,7 @@ async fn commands(
             ms(&by_kind[1], 0.99),
             ms(&by_kind[2], 0.99),
         ],
+        incident_append_conflicts: refused() - refused_before,
     })
 }
 
@@ -365,14 +376,15 @@ fn print_report(r: &SlackReport) {
     );
     for (name, p) in [("idle", &r.idle), ("loaded", &r.loaded)] {
         println!(
-            "  {name:<7} {:>5} commands  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  (p99 incidents {:.1}, incident {:.1}, note {:.1} ms)",
+            "  {name:<7} {:>5} commands  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  (p99 incidents {:.1}, incident {:.1}, note {:.1} ms; {} appends decided twice)",
             p.commands,
             p.p50_ms,
             p.p99_ms,
             p.max_ms,
             p.p99_by_command_ms[0],
             p.p99_by_command_ms[1],
-            p.p99_by_command_ms[2]
+            p.p99_by_command_ms[2],
+            p.incident_append_conflicts
         );
     }
     println!(

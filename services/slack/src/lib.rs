@@ -226,7 +226,7 @@ impl Slack {
                 {
                     return Ok(i);
                 }
-                Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 Err(_) => return Err("done, but the incident could not be read back".into()),
             }
         }
