@@ -198,27 +198,21 @@ impl FakeSlack {
 /// `U2CERLKJA` an engineer (sam), `UVIEWER` a viewer (vic).
 async fn slack_tenant(t: &TestApp) {
     let admin = t.user_jwt("acme", "ada", Role::Admin).await;
-    let put = |path: &str, body: Value| {
-        let request = t
-            .http
-            .put(format!("{}{path}", t.url))
-            .bearer_auth(&admin)
-            .json(&body);
-        async move { request.send().await.unwrap().status().as_u16() }
-    };
-    assert_eq!(
-        put(
-            "/v1/settings/secrets/slack-signing",
-            json!({"value": SECRET})
-        )
-        .await,
-        200
-    );
-    let integrations = json!({"slack": {"team_id": TEAM, "signing_secret": "slack-signing"}});
-    assert!(matches!(
-        put("/v1/settings/integrations", integrations).await,
-        200 | 202
-    ));
+    put_all(
+        t,
+        &admin,
+        [
+            (
+                "/v1/settings/secrets/slack-signing",
+                json!({"value": SECRET}),
+            ),
+            (
+                "/v1/settings/integrations",
+                json!({"slack": {"team_id": TEAM, "signing_secret": "slack-signing"}}),
+            ),
+        ],
+    )
+    .await;
     for (user, role, slack) in [
         ("sam", "engineer", "U2CERLKJA"),
         ("vic", "viewer", "UVIEWER"),
@@ -628,27 +622,21 @@ fn the_manifest_points_slack_at_the_public_url() {
 async fn an_enterprise_grid_request_finds_its_tenant_by_the_enterprise_id() {
     let (t, _slack) = spawn().await;
     let admin = t.user_jwt("globex", "gina", Role::Admin).await;
-    for (path, body) in [
-        (
-            "/v1/settings/secrets/grid-signing",
-            json!({"value": "grid-secret"}),
-        ),
-        (
-            "/v1/settings/integrations",
-            json!({"slack": {"team_id": "E111", "signing_secret": "grid-signing"}}),
-        ),
-    ] {
-        let r = t
-            .http
-            .put(format!("{}{path}", t.url))
-            .bearer_auth(&admin)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-    }
-    t.settle(Projection::Tenants).await;
+    put_all(
+        &t,
+        &admin,
+        [
+            (
+                "/v1/settings/secrets/grid-signing",
+                json!({"value": "grid-secret"}),
+            ),
+            (
+                "/v1/settings/integrations",
+                json!({"slack": {"team_id": "E111", "signing_secret": "grid-signing"}}),
+            ),
+        ],
+    )
+    .await;
 
     // bolt-js's Enterprise Grid body, verbatim: team T111 of enterprise E111, user W111.
     let body = fixture("slack-slash-command-body-enterprise.txt");
@@ -671,22 +659,33 @@ const CHANNEL: &str = "C0INCIDENTS";
 /// secret), its workspace `team` signing with `signing`.
 async fn notify(t: &TestApp, tenant: &str, team: &str, signing: &str, token: &str, quiet: bool) {
     let admin = t.user_jwt(tenant, "ada", Role::Admin).await;
-    for (path, body) in [
-        (
-            "/v1/settings/secrets/slack-signing",
-            json!({"value": signing}),
-        ),
-        ("/v1/settings/secrets/slack-bot", json!({"value": token})),
-        (
-            "/v1/settings/integrations",
-            json!({"slack": {"team_id": team, "signing_secret": "slack-signing",
-                             "channel": CHANNEL, "bot_token_secret": "slack-bot", "quiet": quiet}}),
-        ),
-    ] {
+    put_all(
+        t,
+        &admin,
+        [
+            (
+                "/v1/settings/secrets/slack-signing",
+                json!({"value": signing}),
+            ),
+            ("/v1/settings/secrets/slack-bot", json!({"value": token})),
+            (
+                "/v1/settings/integrations",
+                json!({"slack": {"team_id": team, "signing_secret": "slack-signing",
+                                 "channel": CHANNEL, "bot_token_secret": "slack-bot", "quiet": quiet}}),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// PUTs each body at its path as `admin`, each answered 2xx, then waits for the tenants
+/// projection.
+async fn put_all<const N: usize>(t: &TestApp, admin: &str, bodies: [(&str, Value); N]) {
+    for (path, body) in bodies {
         let r = t
             .http
             .put(format!("{}{path}", t.url))
-            .bearer_auth(&admin)
+            .bearer_auth(admin)
             .json(&body)
             .send()
             .await

@@ -91,31 +91,33 @@ pub async fn set_integrations(
                 "no secret named {missing:?}: store it first with PUT /v1/settings/secrets/{missing}"
             )));
         }
-        if let Some(llm) = &integrations.llm
-            && let Some(name) = &llm.api_key_secret
-            && let Some(bound) = stored
+        // A secret bound to an origin is sent there only.
+        let bound = |name: &str| {
+            stored
                 .iter()
-                .find(|s| s.name == *name)
-                .and_then(|s| s.origin.as_deref())
-            && copilot_runtime::egress::origin_of(&llm.base_url).as_deref() != Some(bound)
-        {
-            return Err(invalid(format!(
-                "secret {name:?} may only be sent to {bound}; llm.base_url points elsewhere"
-            )));
-        }
-        if let Some(slack) = &integrations.slack
-            && let Some(name) = &slack.bot_token_secret
-            && let Some(bound) = stored
-                .iter()
-                .find(|s| s.name == *name)
-                .and_then(|s| s.origin.as_deref())
-            && copilot_runtime::egress::origin_of(&settings.slack.slack_api_url).as_deref()
-                != Some(bound)
-        {
-            return Err(invalid(format!(
-                "secret {name:?} may only be sent to {bound}; the bot token goes to Slack's API ({})",
-                settings.slack.slack_api_url
-            )));
+                .find(|s| s.name == name)
+                .and_then(|s| s.origin.clone())
+        };
+        let sent_to = [
+            integrations
+                .llm
+                .as_ref()
+                .and_then(|l| Some((l.api_key_secret.as_deref()?, l.base_url.as_str()))),
+            integrations.slack.as_ref().and_then(|s| {
+                Some((
+                    s.bot_token_secret.as_deref()?,
+                    settings.slack.slack_api_url.as_str(),
+                ))
+            }),
+        ];
+        for (name, url) in sent_to.into_iter().flatten() {
+            if let Some(bound) = bound(name)
+                && copilot_runtime::egress::origin_of(url).as_deref() != Some(bound.as_str())
+            {
+                return Err(invalid(format!(
+                    "secret {name:?} may only be sent to {bound}; it would be sent to {url}"
+                )));
+            }
         }
     }
     let event = TenantIntegrationsSet {

@@ -18,7 +18,10 @@ use crate::{CommandError, UserChange, invalid, update_user};
 pub const LINK_CODE_SECS: i64 = 15 * 60;
 
 /// The tenant's Slack settings, if it set any.
-async fn tenant_slack(ctx: &Context, tenant: &str) -> Result<Option<TenantSlack>, CommandError> {
+pub async fn tenant_slack(
+    ctx: &Context,
+    tenant: &str,
+) -> Result<Option<TenantSlack>, CommandError> {
     let mut tx = ctx.store.begin().await?;
     let json = ctx
         .store

@@ -318,19 +318,8 @@ async fn follow(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<(
 }
 
 async fn follow_once(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let stream = ctx.js.get_stream(subjects::INCIDENTS).await?;
-    let consumer = stream
-        .get_consumer::<pull::Config>(nats::CONSUMER_HYPOTHESIS)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("the hypothesis consumer (run `copilot streams apply`): {e}")
-        })?;
-    let mut messages = consumer
-        .stream()
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?;
+    let mut messages =
+        nats::shared_messages(&ctx.js, subjects::INCIDENTS, nats::CONSUMER_HYPOTHESIS).await?;
     let settle = chrono::Duration::milliseconds(ctx.settings.hypothesis.settle_ms as i64);
     let min_interval = interval(ctx.settings.hypothesis.min_interval_secs);
     loop {

@@ -104,6 +104,28 @@ pub const CONSUMER_DEFINITIONS: [(&str, &str); 10] = [
     ),
 ];
 
+/// The messages of a durable consumer the streams' provisioning made, which several processes
+/// may share (the hypothesis service's, the Slack notifier's), with heartbeats so a lost
+/// connection is noticed.
+pub async fn shared_messages(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> anyhow::Result<pull::Stream> {
+    let consumer = js
+        .get_stream(stream)
+        .await?
+        .get_consumer::<pull::Config>(consumer)
+        .await
+        .map_err(|e| anyhow::anyhow!("consumer {consumer} (run `copilot streams apply`): {e}"))?;
+    Ok(consumer
+        .stream()
+        .heartbeat(std::time::Duration::from_secs(5))
+        .expires(std::time::Duration::from_secs(30))
+        .messages()
+        .await?)
+}
+
 /// The definition of a durable consumer by name.
 pub fn consumer_definition(name: &str) -> Option<(&'static str, pull::Config)> {
     CONSUMER_DEFINITIONS.iter().find_map(|(stream, json)| {

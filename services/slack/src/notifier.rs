@@ -24,9 +24,9 @@ use std::{
 };
 
 use async_nats::jetstream::{self, consumer::pull};
+use copilot_commands::slack_link::tenant_slack;
 use copilot_events::{
-    Envelope, Event, Headers, SLACK_NOTIFIER, SlackMessagePosted, TenantIntegrations, TenantSlack,
-    derived_id, subjects,
+    Envelope, Event, Headers, SLACK_NOTIFIER, SlackMessagePosted, TenantSlack, derived_id, subjects,
 };
 use copilot_runtime::{Context, nats};
 use copilot_store::{SlackThread, checkpoints};
@@ -96,19 +96,8 @@ async fn follow(
     api: &Arc<WebApi>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let stream = ctx.js.get_stream(subjects::INCIDENTS).await?;
-    let consumer = stream
-        .get_consumer::<pull::Config>(nats::CONSUMER_SLACK_NOTIFIER)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("the slack notifier's consumer (run `copilot streams apply`): {e}")
-        })?;
-    let mut messages = consumer
-        .stream()
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?;
+    let mut messages =
+        nats::shared_messages(&ctx.js, subjects::INCIDENTS, nats::CONSUMER_SLACK_NOTIFIER).await?;
     let mut settings: HashMap<String, Cached> = HashMap::new();
     let mut tenants: HashMap<String, mpsc::UnboundedSender<Delivered>> = HashMap::new();
     let stop = shutdown.child_token();
@@ -193,21 +182,6 @@ async fn ack(message: &jetstream::Message) {
     if let Err(error) = message.ack().await {
         tracing::debug!(%error, "slack notifier ack failed; the event will come again");
     }
-}
-
-/// The tenant's Slack settings (`None` when it set none).
-async fn tenant_slack(ctx: &Context, tenant: &str) -> anyhow::Result<Option<TenantSlack>> {
-    let json = ctx
-        .store
-        .tenant_setting(
-            &mut ctx.store.begin().await?,
-            copilot_store::TenantSetting::Integrations,
-            tenant,
-        )
-        .await?;
-    Ok(json
-        .and_then(|j| serde_json::from_value::<TenantIntegrations>(j).ok())
-        .and_then(|i| i.slack))
 }
 
 /// Tells one tenant's events in rounds: what arrived within a short pause of the first, grouped
