@@ -709,30 +709,26 @@ async fn spawn_notifying(quiet: bool) -> (TestApp, FakeSlack) {
     (t, slack)
 }
 
-async fn transition(t: &TestApp, id: &str, to: &str) {
+/// POSTs `body` to one of the incident's routes as sam, an engineer; it must succeed.
+async fn as_sam(t: &TestApp, id: &str, route: &str, body: Value) {
     let engineer = t.user_jwt("acme", "sam", Role::Engineer).await;
     let r = t
         .http
-        .post(format!("{}/v1/incidents/{id}/transitions", t.url))
+        .post(format!("{}/v1/incidents/{id}/{route}", t.url))
         .bearer_auth(&engineer)
-        .json(&json!({"to": to}))
+        .json(&body)
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
+    assert!(r.status().is_success(), "{route}: {}", r.status());
+}
+
+async fn transition(t: &TestApp, id: &str, to: &str) {
+    as_sam(t, id, "transitions", json!({"to": to})).await;
 }
 
 async fn add_note(t: &TestApp, id: &str, text: &str) {
-    let engineer = t.user_jwt("acme", "sam", Role::Engineer).await;
-    let r = t
-        .http
-        .post(format!("{}/v1/incidents/{id}/notes", t.url))
-        .bearer_auth(&engineer)
-        .json(&json!({"text": text}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
+    as_sam(t, id, "notes", json!({"text": text})).await;
 }
 
 fn text_of(message: &Value) -> String {

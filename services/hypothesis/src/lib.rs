@@ -21,14 +21,12 @@ use std::time::{Duration, Instant};
 use crate::evidence::MetricSummary;
 
 use anyhow::Context as _;
-use async_nats::jetstream::consumer::pull;
 use chrono::Utc;
 use copilot_events::{
     Envelope, Event, EventPayload, Headers, HypothesesProposed, Hypothesis, ModelCallRecorded,
     TenantIntegrations, TokenUsage, TraceParent, derived_id, subjects,
 };
 use copilot_runtime::{Context, Settings, egress::EgressPolicy, metrics::Metrics, nats};
-use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -323,15 +321,8 @@ async fn follow_once(ctx: &Context, shutdown: &CancellationToken) -> anyhow::Res
     let settle = chrono::Duration::milliseconds(ctx.settings.hypothesis.settle_ms as i64);
     let min_interval = interval(ctx.settings.hypothesis.min_interval_secs);
     loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            m = messages.next() => m,
-        };
-        let message = match message {
-            Some(Ok(m)) => m,
-            Some(Err(err)) if err.kind() == pull::MessagesErrorKind::MissingHeartbeat => continue,
-            Some(Err(err)) => return Err(err.into()),
-            None => anyhow::bail!("the hypothesis consumer's stream ended"),
+        let Some(message) = nats::next_shared(&mut messages, shutdown).await? else {
+            return Ok(());
         };
         let due = Envelope::from_slice(&message.payload).ok().and_then(|env| {
             // What changes an incident's evidence: its opening, a new signal, a reopening.

@@ -126,6 +126,27 @@ pub async fn shared_messages(
         .await?)
 }
 
+/// The next message of a shared consumer's stream, skipping missed heartbeats; `None` once
+/// `shutdown` is cancelled.
+pub async fn next_shared(
+    messages: &mut pull::Stream,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<jetstream::Message>> {
+    use futures::StreamExt as _;
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            m = messages.next() => m,
+        };
+        return match message {
+            Some(Ok(m)) => Ok(Some(m)),
+            Some(Err(err)) if err.kind() == pull::MessagesErrorKind::MissingHeartbeat => continue,
+            Some(Err(err)) => Err(err.into()),
+            None => anyhow::bail!("the consumer's message stream ended"),
+        };
+    }
+}
+
 /// The definition of a durable consumer by name.
 pub fn consumer_definition(name: &str) -> Option<(&'static str, pull::Config)> {
     CONSUMER_DEFINITIONS.iter().find_map(|(stream, json)| {

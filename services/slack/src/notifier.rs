@@ -23,14 +23,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
 use copilot_commands::slack_link::tenant_slack;
 use copilot_events::{
     Envelope, Event, Headers, SLACK_NOTIFIER, SlackMessagePosted, TenantSlack, derived_id, subjects,
 };
 use copilot_runtime::{Context, nats};
 use copilot_store::{SlackThread, checkpoints};
-use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -103,15 +102,8 @@ async fn follow(
     let stop = shutdown.child_token();
     let _stop_tenants = stop.clone().drop_guard();
     loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            m = messages.next() => m,
-        };
-        let message = match message {
-            Some(Ok(m)) => m,
-            Some(Err(err)) if err.kind() == pull::MessagesErrorKind::MissingHeartbeat => continue,
-            Some(Err(err)) => return Err(err.into()),
-            None => anyhow::bail!("the slack notifier's consumer ended"),
+        let Some(message) = nats::next_shared(&mut messages, shutdown).await? else {
+            return Ok(());
         };
         let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         let decoded = Envelope::from_slice(&message.payload)
