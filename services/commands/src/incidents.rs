@@ -167,10 +167,11 @@ async fn link_causes(
             ],
         );
         let envelope = Envelope::with_id(id, tenant, &payload, now, command.headers.clone());
-        let message =
-            copilot_runtime::append::message(&envelope).expected_last_subject_sequence(version);
+        // Not at an expected sequence: the link's id makes a repeat nothing, and another event
+        // on the subject meanwhile (a Slack message recorded) must not lose it.
+        let message = copilot_runtime::append::message(&envelope);
         match append(js, subjects::incident(tenant, command.incident_id), message).await {
-            Ok(seq) => version = seq,
+            Ok(seq) => version = version.max(seq),
             Err(error) => {
                 tracing::warn!(%error, tenant, incident = %command.incident_id, related = %related_incident_id, "recording a confirmed incident link failed");
                 break;

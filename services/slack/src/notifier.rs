@@ -13,9 +13,12 @@
 //!
 //! One process notifies at a time (a Postgres advisory-lock lease, as a projection). Each
 //! tenant has its own queue and task, so a tenant whose token is broken, or who is waiting out a
-//! 429, never holds up another; its errors are counted, recorded as its last Slack error (shown
-//! in `GET /v1/settings/integrations`) and the events are acknowledged: nothing is retried
-//! forever.
+//! 429, never holds up another; its backlog is bounded ([`BACKLOG_MAX`]: past it, events are
+//! acknowledged untold, and the summaries catch up with the incidents' next events), so it cannot
+//! fill the shared consumer's pending limit either. Slack's refusals are counted, recorded as the
+//! tenant's last Slack error (shown in `GET /v1/settings/integrations`) and the incident's events
+//! acknowledged; a passing failure (Slack unreachable, the projection behind) hands the round back
+//! for later, up to the consumer's delivery limit: nothing is retried forever.
 
 use std::{
     collections::HashMap,
@@ -51,6 +54,13 @@ const SETTINGS_TTL: Duration = Duration::from_secs(2);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// How long the notifier waits for the incidents projection to hold an incident's events.
 const PROJECTION_WAIT: Duration = Duration::from_secs(20);
+/// The most events a tenant may have waiting to be told.
+pub const BACKLOG_MAX: usize = 2_000;
+/// On a stop, how long a round being told may finish (so a post is recorded, not cut off).
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// What a tenant is shown when the copilot itself (not Slack) failed; the logs say what.
+const INTERNAL: &str =
+    "the copilot could not tell Slack just now (its operator's logs say why); it will try again";
 
 /// Runs the notifier until `shutdown`: waits for the lease, then follows INCIDENTS; restarts
 /// after a failure.
@@ -90,17 +100,48 @@ struct Cached {
     read: Instant,
 }
 
+/// A tenant's queue and how many events wait in it.
+struct TenantQueue {
+    tx: mpsc::UnboundedSender<Delivered>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 async fn follow(
     ctx: &Context,
     api: &Arc<WebApi>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let stop = shutdown.child_token();
+    let mut workers = tokio::task::JoinSet::new();
+    let outcome = dispatch(ctx, api, shutdown, &stop, &mut workers).await;
+    // Each tenant's task finishes (or hands back) what it holds before this returns.
+    stop.cancel();
+    let grace = STOP_GRACE + Duration::from_secs(5);
+    if tokio::time::timeout(grace, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("slack notifier tasks did not stop in time; their events come again later");
+    }
+    outcome
+}
+
+/// Routes each incident event to its tenant's queue (or acknowledges it: not an incident's
+/// event, the notifier's own record, a tenant that does not notify, a backlog that is full).
+async fn dispatch(
+    ctx: &Context,
+    api: &Arc<WebApi>,
+    shutdown: &CancellationToken,
+    stop: &CancellationToken,
+    workers: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
     let mut messages =
         nats::shared_messages(&ctx.js, subjects::INCIDENTS, nats::CONSUMER_SLACK_NOTIFIER).await?;
     let mut settings: HashMap<String, Cached> = HashMap::new();
-    let mut tenants: HashMap<String, mpsc::UnboundedSender<Delivered>> = HashMap::new();
-    let stop = shutdown.child_token();
-    let _stop_tenants = stop.clone().drop_guard();
+    let mut tenants: HashMap<String, TenantQueue> = HashMap::new();
     loop {
         let Some(message) = nats::next_shared(&mut messages, shutdown).await? else {
             return Ok(());
@@ -123,14 +164,17 @@ async fn follow(
             .get(&tenant)
             .is_some_and(|c| c.read.elapsed() < SETTINGS_TTL);
         if !fresh {
-            let slack = tenant_slack(ctx, &tenant).await?;
-            settings.insert(
-                tenant.clone(),
-                Cached {
-                    slack,
-                    read: Instant::now(),
-                },
-            );
+            match tenant_slack(ctx, &tenant).await {
+                Ok(slack) => {
+                    let read = Instant::now();
+                    settings.insert(tenant.clone(), Cached { slack, read });
+                }
+                Err(error) => {
+                    tracing::warn!(tenant, %error, "reading a tenant's slack settings failed");
+                    nak_later(&message).await;
+                    continue;
+                }
+            }
         }
         if !settings[&tenant]
             .slack
@@ -140,6 +184,29 @@ async fn follow(
             ack(&message).await;
             continue;
         }
+        let queue = tenants.entry(tenant.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            workers.spawn(tenant_worker(
+                ctx.clone(),
+                api.clone(),
+                tenant.clone(),
+                rx,
+                waiting.clone(),
+                stop.clone(),
+            ));
+            TenantQueue { tx, waiting }
+        });
+        if queue.waiting.load(Ordering::Relaxed) >= BACKLOG_MAX {
+            tracing::warn!(
+                tenant,
+                seq,
+                "slack backlog full; an incident event is not told"
+            );
+            ack(&message).await;
+            continue;
+        }
+        queue.waiting.fetch_add(1, Ordering::Relaxed);
         let delivered = Delivered {
             seq,
             envelope,
@@ -147,19 +214,8 @@ async fn follow(
             incident,
             message,
         };
-        let queue = tenants.entry(tenant.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(tenant_worker(
-                ctx.clone(),
-                api.clone(),
-                tenant.clone(),
-                rx,
-                stop.clone(),
-            ));
-            tx
-        });
-        if let Err(returned) = queue.send(delivered) {
-            // The tenant's task ended (it only does on shutdown): let the event come again.
+        if let Err(returned) = queue.tx.send(delivered) {
+            // The tenant's task ended (it only does on a stop): let the event come again.
             tenants.remove(&tenant);
             let _ = returned
                 .0
@@ -176,6 +232,14 @@ async fn ack(message: &jetstream::Message) {
     }
 }
 
+/// Hands an event back to come again after [`RETRY_AFTER`].
+async fn nak_later(message: &jetstream::Message) {
+    let nak = jetstream::AckKind::Nak(Some(RETRY_AFTER));
+    if let Err(error) = message.ack_with(nak).await {
+        tracing::debug!(%error, "slack notifier nak failed; the event will come again");
+    }
+}
+
 /// Tells one tenant's events in rounds: what arrived within a short pause of the first, grouped
 /// by incident, then acknowledged.
 async fn tenant_worker(
@@ -183,6 +247,7 @@ async fn tenant_worker(
     api: Arc<WebApi>,
     tenant: String,
     mut queue: mpsc::UnboundedReceiver<Delivered>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
     stop: CancellationToken,
 ) {
     let mut threads: HashMap<Uuid, SlackThread> = HashMap::new();
@@ -199,39 +264,36 @@ async fn tenant_worker(
                 Ok(None) | Err(_) => break,
             }
         }
-        let told = tokio::select! {
-            _ = stop.cancelled() => return hand_back(round, queue).await,
-            told = tell(&ctx, &api, &tenant, &round, &mut threads) => told,
-        };
-        let again = match told {
-            Ok(()) => {
-                if let Err(error) = ctx.store.record_slack_ok(&tenant).await {
-                    tracing::warn!(tenant, %error, "recording slack's status failed");
-                }
-                false
-            }
-            Err(failure) => {
-                tracing::warn!(
-                    tenant,
-                    error = failure.why,
-                    again = failure.again,
-                    "slack notification failed"
-                );
-                if let Err(e) = ctx.store.record_slack_error(&tenant, &failure.why).await {
-                    tracing::warn!(tenant, error = %e, "recording slack's status failed");
-                }
-                failure.again
+        waiting.fetch_sub(round.len(), std::sync::atomic::Ordering::Relaxed);
+        let outcome = {
+            let telling = tell(&ctx, &api, &tenant, &round, &mut threads);
+            tokio::pin!(telling);
+            tokio::select! {
+                outcome = &mut telling => Some(outcome),
+                // A stop lets the round finish briefly, so a post is not cut off before its
+                // record; past that it is handed back.
+                _ = stop.cancelled() => tokio::time::timeout(STOP_GRACE, &mut telling).await.ok(),
             }
         };
+        let Some(outcome) = outcome else {
+            return hand_back(round, queue).await;
+        };
+        let status = match &outcome.refused {
+            None => ctx.store.record_slack_ok(&tenant).await,
+            Some(why) => ctx.store.record_slack_error(&tenant, why).await,
+        };
+        if let Err(error) = status {
+            tracing::warn!(tenant, %error, "recording slack's status failed");
+        }
         for delivered in &round {
-            if again {
-                let nak = jetstream::AckKind::Nak(Some(RETRY_AFTER));
-                if let Err(error) = delivered.message.ack_with(nak).await {
-                    tracing::debug!(%error, "slack notifier nak failed; the event will come again");
-                }
+            if outcome.again.contains(&delivered.incident) {
+                nak_later(&delivered.message).await;
             } else {
                 ack(&delivered.message).await;
             }
+        }
+        if stop.is_cancelled() {
+            return hand_back(Vec::new(), queue).await;
         }
     }
 }
@@ -249,26 +311,33 @@ async fn hand_back(round: Vec<Delivered>, mut queue: mpsc::UnboundedReceiver<Del
     }
 }
 
-/// Why a round could not be told, and whether to try it again.
+/// Why an incident's events could not be told, and whether to try them again.
 struct Failure {
+    /// For the logs.
     why: String,
+    /// For the tenant (its last Slack error): Slack's own error, or its settings' problem, or
+    /// [`INTERNAL`] when the copilot itself failed.
+    shown: String,
     /// Slack unreachable or rate limited, the projection behind, NATS or Postgres failing:
-    /// the round comes again later. Otherwise (Slack refused: a bad token, a missing channel;
-    /// no usable settings) it is given up, as trying again would fail the same way.
+    /// the events come again later. Otherwise (Slack refused: a bad token, a missing channel;
+    /// no usable settings) they are given up, as trying again would fail the same way.
     again: bool,
 }
 
 impl Failure {
-    fn again(why: impl Into<String>) -> Self {
+    fn internal(why: impl Into<String>) -> Self {
         Self {
             why: why.into(),
+            shown: INTERNAL.into(),
             again: true,
         }
     }
 
-    fn given_up(why: impl Into<String>) -> Self {
+    fn settings(why: impl Into<String>) -> Self {
+        let why = why.into();
         Self {
-            why: why.into(),
+            shown: why.clone(),
+            why,
             again: false,
         }
     }
@@ -276,7 +345,8 @@ impl Failure {
     fn slack(method: &str, error: SlackError) -> Self {
         let again = !matches!(error, SlackError::Api(_));
         Self {
-            why: format!("{method}: {}", error.code()),
+            why: format!("{method}: {error}"),
+            shown: format!("{method}: {}", error.code()),
             again,
         }
     }
@@ -284,109 +354,194 @@ impl Failure {
 
 impl From<String> for Failure {
     fn from(why: String) -> Self {
-        Self::again(why)
+        Self::internal(why)
     }
 }
 
-/// Tells a round of a tenant's events in Slack. Stops at the first failure.
+/// What telling a round came to.
+#[derive(Default)]
+struct Outcome {
+    /// The incidents whose events come again later.
+    again: Vec<Uuid>,
+    /// The first failure the tenant is shown, if any.
+    refused: Option<String>,
+}
+
+impl Outcome {
+    fn failed(&mut self, tenant: &str, incident: Option<Uuid>, failure: Failure) {
+        tracing::warn!(
+            tenant,
+            incident = ?incident,
+            error = failure.why,
+            again = failure.again,
+            "slack notification failed"
+        );
+        if failure.again {
+            self.again.extend(incident);
+        }
+        self.refused.get_or_insert(failure.shown);
+    }
+}
+
+/// Tells a round of a tenant's events in Slack, incident by incident: one incident's failure
+/// does not keep the others untold, but a passing failure (Slack unreachable, rate limited)
+/// hands the rest of the round back with it.
 async fn tell(
     ctx: &Context,
     api: &WebApi,
     tenant: &str,
     round: &[Delivered],
     threads: &mut HashMap<Uuid, SlackThread>,
-) -> Result<(), Failure> {
-    // Settings may have changed since the event was routed: read them as they are now.
-    let slack = tenant_slack(ctx, tenant)
-        .await
-        .map_err(|e| format!("reading the tenant's slack settings: {e:#}"))?
-        .filter(TenantSlack::notifies)
-        .ok_or_else(|| Failure::given_up("slack notifications are not set up"))?;
-    let token = bot_token(ctx, tenant, &slack)
-        .await
-        .map_err(Failure::given_up)?;
-    let channel = slack.channel.as_deref().unwrap_or_default();
+) -> Outcome {
+    let mut outcome = Outcome::default();
     let mut order: Vec<Uuid> = Vec::new();
     for d in round {
         if !order.contains(&d.incident) {
             order.push(d.incident);
         }
     }
-    for incident in order {
-        let events: Vec<&Delivered> = round.iter().filter(|d| d.incident == incident).collect();
-        let through = events.iter().map(|d| d.seq).max().unwrap_or(0);
-        let thread = match threads.get(&incident) {
-            Some(thread) => thread.clone(),
-            None => posted(ctx, tenant, incident).await?,
-        };
-        caught_up(ctx, through).await?;
-        let new: Vec<&Delivered> = events
-            .into_iter()
-            .filter(|d| d.seq > thread.through_seq)
-            .collect();
-        if new.is_empty() {
-            threads.insert(incident, thread);
-            continue;
+    // Settings may have changed since the events were routed: read them as they are now.
+    let slack = match tenant_slack(ctx, tenant).await {
+        Ok(Some(slack)) if slack.notifies() => slack,
+        Ok(_) => {
+            let failure = Failure::settings("slack notifications are not set up");
+            outcome.failed(tenant, None, failure);
+            return outcome;
         }
-        let Some(message) = crate::incident_message(ctx, tenant, incident)
-            .await
-            .map_err(|e| format!("reading the incident: {e}"))?
-        else {
-            tracing::warn!(tenant, %incident, "an incident to tell in slack is not in the read model");
-            continue;
-        };
-        let thread = match &thread.summary {
-            None if new
-                .iter()
-                .any(|d| matches!(d.event, Event::IncidentOpened(_))) =>
-            {
-                let (channel, ts) = api
-                    .post_message(&token, channel, None, &message)
-                    .await
-                    .map_err(|e| Failure::slack("chat.postMessage", e))?;
-                let opened = new[0].envelope.occurred_at;
-                record(ctx, tenant, incident, &channel, &ts, None, through, opened).await?;
+        Err(error) => {
+            let failure =
+                Failure::internal(format!("reading the tenant's slack settings: {error}"));
+            outcome.failed(tenant, None, failure);
+            outcome.again = order;
+            return outcome;
+        }
+    };
+    let token = match bot_token(ctx, tenant, &slack).await {
+        Ok(token) => token,
+        Err(why) => {
+            outcome.failed(tenant, None, Failure::settings(why));
+            return outcome;
+        }
+    };
+    for (i, incident) in order.iter().enumerate() {
+        let events: Vec<&Delivered> = round.iter().filter(|d| d.incident == *incident).collect();
+        let told = tell_incident(
+            ctx, api, tenant, &slack, &token, *incident, &events, threads,
+        );
+        if let Err(failure) = told.await {
+            let again = failure.again;
+            outcome.failed(tenant, Some(*incident), failure);
+            if again {
+                outcome.again.extend(&order[i + 1..]);
+                break;
+            }
+        }
+    }
+    outcome
+}
+
+/// Tells one incident's events of a round: its summary posted when it opens, else a reply in
+/// its thread (unless quiet) and the summary updated in place. What is posted is remembered in
+/// `threads` as soon as it is recorded, so a failure after it never posts it again.
+#[allow(clippy::too_many_arguments)]
+async fn tell_incident(
+    ctx: &Context,
+    api: &WebApi,
+    tenant: &str,
+    slack: &TenantSlack,
+    token: &str,
+    incident: Uuid,
+    events: &[&Delivered],
+    threads: &mut HashMap<Uuid, SlackThread>,
+) -> Result<(), Failure> {
+    let channel = slack.channel.as_deref().unwrap_or_default();
+    // Posts to one channel are paced per tenant and channel as configured.
+    let pace = format!("{tenant}/{channel}");
+    let through = events.iter().map(|d| d.seq).max().unwrap_or(0);
+    let thread = match threads.get(&incident) {
+        Some(thread) => thread.clone(),
+        None => posted(ctx, tenant, incident).await?,
+    };
+    caught_up(ctx, through).await?;
+    // A redelivery of an event still queued is the same event, told once.
+    let mut seen = std::collections::HashSet::new();
+    let new: Vec<&Delivered> = events
+        .iter()
+        .copied()
+        .filter(|d| d.seq > thread.through_seq && seen.insert(d.seq))
+        .collect();
+    if new.is_empty() {
+        threads.insert(incident, thread);
+        return Ok(());
+    }
+    let Some(message) = crate::incident_message(ctx, tenant, incident)
+        .await
+        .map_err(|e| format!("reading the incident: {e}"))?
+    else {
+        tracing::warn!(tenant, %incident, "an incident to tell in slack is not in the read model");
+        return Ok(());
+    };
+    match &thread.summary {
+        None if new
+            .iter()
+            .any(|d| matches!(d.event, Event::IncidentOpened(_))) =>
+        {
+            let (channel, ts) = api
+                .post_message(token, &pace, channel, None, &message)
+                .await
+                .map_err(|e| Failure::slack("chat.postMessage", e))?;
+            let opened = new[0].envelope.occurred_at;
+            let recorded =
+                record(ctx, tenant, incident, &channel, &ts, None, through, opened).await;
+            threads.insert(
+                incident,
                 SlackThread {
                     summary: Some((channel, ts)),
                     through_seq: through,
-                }
-            }
-            // Opened before Slack was set up: `/copilot incident` shows it on request.
-            None => thread,
-            Some((channel, ts)) => {
-                let events: Vec<Event> = new.iter().map(|d| d.event.clone()).collect();
-                let mut through_seq = thread.through_seq;
-                if !slack.quiet
-                    && let Some(text) = blocks::changes(&events)
-                {
-                    let (_, reply_ts) = api
-                        .post_message(&token, channel, Some(ts), &blocks::reply(&text))
-                        .await
-                        .map_err(|e| Failure::slack("chat.postMessage", e))?;
-                    let at = new[new.len() - 1].envelope.occurred_at;
-                    record(
-                        ctx,
-                        tenant,
-                        incident,
-                        channel,
-                        &reply_ts,
-                        Some(ts),
-                        through,
-                        at,
-                    )
-                    .await?;
-                    through_seq = through;
-                }
-                api.update(&token, channel, ts, &message)
+                },
+            );
+            recorded?;
+        }
+        // Opened before Slack was set up: `/copilot incident` shows it on request.
+        None => {
+            threads.insert(incident, thread);
+        }
+        Some((channel, ts)) => {
+            let events: Vec<Event> = new.iter().map(|d| d.event.clone()).collect();
+            if !slack.quiet
+                && let Some(text) = blocks::changes(&events)
+            {
+                let (_, reply_ts) = api
+                    .post_message(token, &pace, channel, Some(ts), &blocks::reply(&text))
                     .await
-                    .map_err(|e| Failure::slack("chat.update", e))?;
-                SlackThread {
-                    summary: thread.summary.clone(),
-                    through_seq,
-                }
+                    .map_err(|e| Failure::slack("chat.postMessage", e))?;
+                let at = new[new.len() - 1].envelope.occurred_at;
+                let recorded = record(
+                    ctx,
+                    tenant,
+                    incident,
+                    channel,
+                    &reply_ts,
+                    Some(ts),
+                    through,
+                    at,
+                )
+                .await;
+                threads.insert(
+                    incident,
+                    SlackThread {
+                        summary: thread.summary.clone(),
+                        through_seq: through,
+                    },
+                );
+                recorded?;
+            } else {
+                threads.insert(incident, thread.clone());
             }
-        };
-        threads.insert(incident, thread);
+            api.update(token, channel, ts, &message)
+                .await
+                .map_err(|e| Failure::slack("chat.update", e))?;
+        }
     }
     Ok(())
 }

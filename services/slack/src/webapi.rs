@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 
 /// How many times a rate-limited call waits and tries again before it is given up.
 const RATE_LIMIT_TRIES: u32 = 5;
-/// The longest `Retry-After` waited; Slack's are seconds to a minute.
-const RETRY_AFTER_MAX: Duration = Duration::from_secs(120);
+/// The longest `Retry-After` waited; Slack's are seconds to a minute. With [`RATE_LIMIT_TRIES`]
+/// it keeps a call within the notifier consumer's ack wait.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 /// The pause between two posts to one channel (Slack allows about one a second).
 const CHANNEL_PACE: Duration = Duration::from_secs(1);
 
@@ -81,16 +82,17 @@ impl WebApi {
         }
     }
 
-    /// Posts a message (in `thread_ts`'s thread when given); the channel's id and the new
-    /// message's `ts`.
+    /// Posts a message (in `thread_ts`'s thread when given), paced with the other posts under
+    /// `pace` (a workspace's channel); the channel's id and the new message's `ts`.
     pub async fn post_message(
         &self,
         token: &str,
+        pace: &str,
         channel: &str,
         thread_ts: Option<&str>,
         message: &Value,
     ) -> Result<(String, String), SlackError> {
-        self.pace(channel).await;
+        self.pace(pace).await;
         let mut body = message.clone();
         body["channel"] = json!(channel);
         if let Some(thread) = thread_ts {
@@ -120,17 +122,17 @@ impl WebApi {
         self.call(token, "chat.update", &body).await.map(|_| ())
     }
 
-    /// Waits until the channel's last post is a pace old, and takes the turn.
-    async fn pace(&self, channel: &str) {
+    /// Waits until the last post under `key` is a pace old, and takes the turn.
+    async fn pace(&self, key: &str) {
         let wait = {
             let mut last = self.last_post.lock().expect("not poisoned");
             let now = Instant::now();
             let next = last
-                .get(channel)
+                .get(key)
                 .map(|t| *t + CHANNEL_PACE)
                 .filter(|t| *t > now)
                 .unwrap_or(now);
-            last.insert(channel.to_owned(), next);
+            last.insert(key.to_owned(), next);
             next - now
         };
         if !wait.is_zero() {
