@@ -32,6 +32,8 @@ struct WebApi {
     calls: Vec<ApiCall>,
     rate_limit: u32,
     next_ts: u64,
+    /// Messages whose `chat.update` is answered `message_not_found` (deleted in Slack).
+    deleted: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -41,6 +43,8 @@ struct ApiCall {
     body: Value,
     at: std::time::Instant,
     answered: u16,
+    /// The `ts` a post was given.
+    ts: Option<String>,
 }
 
 async fn web_api(
@@ -63,6 +67,7 @@ async fn web_api(
         body: body.clone(),
         at: std::time::Instant::now(),
         answered: 200,
+        ts: None,
     };
     if api.rate_limit > 0 {
         api.rate_limit -= 1;
@@ -75,12 +80,18 @@ async fn web_api(
         )
             .into_response();
     }
-    api.calls.push(call);
+    if method == "chat.update" && api.deleted.iter().any(|ts| body["ts"] == ts.as_str()) {
+        api.calls.push(call);
+        return Json(json!({"ok": false, "error": "message_not_found"})).into_response();
+    }
     if !token.starts_with("xoxb-good") {
+        api.calls.push(call);
         return Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
     }
     api.next_ts += 1;
     let ts = format!("1765000000.{:06}", api.next_ts);
+    call.ts = Some(ts.clone());
+    api.calls.push(call);
     match method.as_str() {
         "chat.postMessage" => {
             Json(json!({"ok": true, "channel": body["channel"], "ts": ts, "message": body}))
@@ -142,6 +153,10 @@ impl FakeSlack {
 
     fn rate_limit(&self, calls: u32) {
         self.api.lock().unwrap().rate_limit = calls;
+    }
+
+    fn delete_message(&self, ts: &str) {
+        self.api.lock().unwrap().deleted.push(ts.to_owned());
     }
 
     /// The Web API calls that were answered (not rate limited) with `token`.
@@ -1105,4 +1120,57 @@ async fn a_slack_user_links_their_account_with_a_one_time_code() {
             .any(|e| e["actor"] == "lin" && e["action"] == "UserUpdated"),
         "{audit:#}"
     );
+}
+
+#[tokio::test]
+async fn a_summary_deleted_in_slack_does_not_keep_another_incident_untold() {
+    // Arrange: two incidents posted; someone deleted the first one's summary in Slack.
+    let (t, slack) = spawn_notifying(false).await;
+    let checkout = open_incident(&t, "checkout").await;
+    let payments = open_incident(&t, "payments").await;
+    slack
+        .wait_for(GOOD_TOKEN, "both summaries", |c| {
+            c.iter().filter(|c| c.method == "chat.postMessage").count() == 2
+        })
+        .await;
+    let ts_of = |service: &str| {
+        slack
+            .calls(GOOD_TOKEN)
+            .into_iter()
+            .find(|c| c.method == "chat.postMessage" && text_of(&c.body).contains(service))
+            .and_then(|c| c.ts)
+            .unwrap()
+    };
+    slack.delete_message(&ts_of("checkout"));
+
+    // Act: both acknowledged at once, so they are told in one round.
+    tokio::join!(
+        transition(&t, &checkout, "acknowledged"),
+        transition(&t, &payments, "acknowledged")
+    );
+
+    // Assert: payments' summary is updated though checkout's update was refused, and the
+    // refusal is the tenant's last Slack error.
+    let payments_ts = ts_of("payments");
+    slack
+        .wait_for(GOOD_TOKEN, "payments' summary updated", |c| {
+            c.iter().any(|c| {
+                c.method == "chat.update"
+                    && c.body["ts"] == payments_ts.as_str()
+                    && text_of(&c.body).contains("acknowledged")
+            })
+        })
+        .await;
+    let admin = t.user_jwt("acme", "ada", Role::Admin).await;
+    let status: Value = poll(Duration::from_secs(10), || async {
+        let v: Value = t
+            .get("/v1/settings/integrations", &admin)
+            .await
+            .json()
+            .await
+            .unwrap();
+        (v["status"]["slack"]["last_error"] == "chat.update: message_not_found").then_some(v)
+    })
+    .await;
+    assert_eq!(status["status"]["slack"]["errors_total"], 1, "{status:#}");
 }
