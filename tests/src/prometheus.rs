@@ -1,6 +1,6 @@
 //! A real Prometheus for tests, from the machine's `prometheus` binary (Debian package
 //! `prometheus`): its own config, storage directory and free port, killed on drop. Tests that
-//! need one are skipped, saying so, where the binary is missing.
+//! need one are skipped, saying so, where the binary is missing, except in CI (see [`binary`]).
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -10,14 +10,21 @@ pub struct Prometheus {
     _dir: tempfile::TempDir,
 }
 
-/// The `prometheus` binary on PATH or in /usr/bin.
+/// The binary `name` (`prometheus`, `promtool`, `amtool`) on PATH or in /usr/bin. Where it is
+/// missing, a test that needs it is skipped, saying so; but not in CI (`CI` set), which
+/// installs them: there a missing one fails the test, so nothing passes by not running.
 pub fn binary(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
+    let found = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .chain([PathBuf::from("/usr/bin")])
         .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+        .find(|p| p.is_file());
+    assert!(
+        found.is_some() || std::env::var_os("CI").is_none(),
+        "{name} is missing, and CI is set: .ci/run installs it (Debian packages prometheus, prometheus-alertmanager)"
+    );
+    found
 }
 
 impl Prometheus {

@@ -1012,10 +1012,21 @@ async fn after_postgres_ends_every_session_reads_intake_and_projection_recover()
     t.settle(Projection::Signals).await;
     assert_eq!(t.get("/v1/signals", &t.acme.viewer_jwt).await.status(), 200);
 
-    // Act: Postgres ends every session of the system's database, as a restart would; then a
-    // reader and a sender go on, retrying as clients do.
+    // Act: Postgres ends every session of the system's database, as a restart would, right
+    // after reads used every pooled connection (so none is checked before its next use); then
+    // readers and a sender go on, retrying as clients do.
+    let reads =
+        || futures::future::join_all((0..8).map(|_| t.get("/v1/signals", &t.acme.viewer_jwt)));
+    reads().await;
     let ended = end_sessions(&t.db.name).await;
     let failed_reads = std::sync::Mutex::new(Vec::new());
+    for response in reads().await {
+        let status = response.status().as_u16();
+        if status != 200 {
+            let retry_after = response.headers().get("retry-after").cloned();
+            failed_reads.lock().unwrap().push((status, retry_after));
+        }
+    }
     wait_until(Duration::from_secs(10), || async {
         let response = t.get("/v1/signals", &t.acme.viewer_jwt).await;
         let status = response.status().as_u16();
@@ -1043,8 +1054,12 @@ async fn after_postgres_ends_every_session_reads_intake_and_projection_recover()
     // retry (not a 500), and the new alerts reach their rows.
     assert!(ended > 0, "the system had sessions to end");
     assert!(
+        !failed_reads.is_empty(),
+        "reads on connections Postgres had ended must fail (else this checks nothing)"
+    );
+    assert!(
         failed_reads.len() <= 8,
-        "{} reads failed; the pool holds at most 8 connections",
+        "{} reads failed; the pool holds at most 8 connections, each failing at most once",
         failed_reads.len()
     );
     for (status, retry_after) in &failed_reads {

@@ -98,8 +98,10 @@ async fn every_route_answers_every_role_as_the_policy_table_says() {
                 (Access::Worker, _) => false,
             };
             if allowed {
+                // A 2xx, or the route's own 4xx for an empty body or an id that names nothing;
+                // never a refusal of the caller, never a failure of the copilot's.
                 assert!(
-                    status != 401 && status != 403,
+                    (200..500).contains(&status) && status != 401 && status != 403,
                     "{who} may {method} {route}, yet got {status}"
                 );
             } else {
