@@ -7,6 +7,7 @@ mod hostile;
 mod hypotheses;
 mod incidents;
 mod observability;
+mod rebuild;
 mod slack;
 mod tasks;
 mod tokens;
