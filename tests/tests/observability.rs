@@ -35,6 +35,80 @@ fn queries(dashboard: &Value, field: &str) -> Vec<(String, String)> {
     out
 }
 
+/// A tenant's Grafana reader role, made by `copilot tenants grafana-reader`, and a pool logged in
+/// as it. Roles are the Postgres server's, not the test database's: it is dropped with the test.
+struct GrafanaReader {
+    role: String,
+    pool: sqlx::PgPool,
+    admin_url: String,
+}
+
+impl GrafanaReader {
+    async fn make(t: &TestApp, tenant: &str) -> Self {
+        let role = format!("grafana_test_{}", uuid::Uuid::new_v4().simple());
+        let settings = copilot_e2e::settings(&t.nats, &t.db);
+        copilot::admin::tenants(
+            settings,
+            copilot::cli::TenantsCommand::GrafanaReader {
+                slug: tenant.into(),
+                role: Some(role.clone()),
+                password: Some("reader-password".into()),
+            },
+        )
+        .await
+        .unwrap();
+        let mut url = url::Url::parse(&t.db.url).unwrap();
+        url.set_username(&role).unwrap();
+        url.set_password(Some("reader-password")).unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(url.as_str())
+            .await
+            .unwrap();
+        Self {
+            role,
+            pool,
+            admin_url: t.db.url.clone(),
+        }
+    }
+}
+
+impl Drop for GrafanaReader {
+    fn drop(&mut self) {
+        // On a thread and runtime of its own: the test's runtime is the one blocked here. The
+        // reader's sessions are ended first (its pool lives on the test's runtime).
+        let (role, url) = (self.role.clone(), self.admin_url.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let admin = sqlx::PgPool::connect(&url).await.unwrap();
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                )
+                .bind(&role)
+                .execute(&admin)
+                .await
+                .unwrap();
+                for statement in [
+                    format!("DROP OWNED BY \"{role}\""),
+                    format!("DROP ROLE \"{role}\""),
+                ] {
+                    sqlx::query(sqlx::AssertSqlSafe(statement))
+                        .execute(&admin)
+                        .await
+                        .unwrap();
+                }
+                admin.close().await;
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
 /// Grafana's Postgres macros and variables, expanded as Grafana would for a wide time range.
 fn expand_sql(sql: &str) -> String {
     let mut sql = sql.replace("$tenant", "acme");
@@ -120,7 +194,61 @@ async fn every_sql_panel_of_the_incident_dashboard_runs_against_real_read_models
         .to_owned();
     panels.push(("$tenant variable".into(), variable));
     assert!(panels.len() >= 8);
-    let pool = t.ctx().store.pool();
+    // Another tenant's incident, which acme's Grafana must never show.
+    let r = t
+        .post_webhook(
+            "alertmanager",
+            &t.globex.webhook_token,
+            alertmanager_payload(
+                "firing",
+                &[("DiskFull", "ledger", "critical", "2026-11-22T08:00:00Z")],
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    copilot_e2e::poll_json(&t, "/v1/incidents?service=checkout", |_| Some(())).await;
+    t.settle(Projection::Incidents).await;
+    // Grafana reads as acme's reader role, made as the CLI makes it.
+    let reader = GrafanaReader::make(&t, "acme").await;
+    let pool = &reader.pool;
+    let (all, as_reader): (i64, i64) = (
+        sqlx::query_scalar("SELECT count(*) FROM incidents")
+            .fetch_one(t.ctx().store.pool())
+            .await
+            .unwrap(),
+        sqlx::query_scalar("SELECT count(*) FROM incidents")
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+    );
+    assert!(
+        all > as_reader && as_reader > 0,
+        "acme's reader sees acme's incidents only ({as_reader} of {all})"
+    );
+    let tenants: Vec<String> = sqlx::query_scalar("SELECT slug FROM tenants")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(tenants, ["acme"]);
+    // Setting the tenant the API's role reads by changes nothing for the reader.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET copilot.tenant = 'globex'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let globex: i64 = sqlx::query_scalar("SELECT count(*) FROM incidents WHERE tenant = 'globex'")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(globex, 0);
+    assert!(
+        sqlx::query("SELECT * FROM tenant_secrets")
+            .fetch_all(&mut *conn)
+            .await
+            .is_err(),
+        "secrets are not the reader's"
+    );
+    drop(conn);
     for (title, sql) in &panels {
         let rows = sqlx::query(sqlx::AssertSqlSafe(expand_sql(sql)))
             .fetch_all(pool)
@@ -319,9 +447,15 @@ fn the_compose_file_follows_the_compose_specification_and_binds_only_loopback() 
                 assert!(root.join(path).exists(), "{name} mounts missing {source}");
             }
         }
-        let worker = ["projector", "correlator", "hypothesis", "migrate"]
-            .iter()
-            .any(|w| name.starts_with(w));
+        let worker = [
+            "projector",
+            "correlator",
+            "hypothesis",
+            "migrate",
+            "grafana-reader",
+        ]
+        .iter()
+        .any(|w| name.starts_with(w));
         assert!(
             worker || service.get("healthcheck").is_some(),
             "{name} has no healthcheck"

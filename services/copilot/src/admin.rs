@@ -133,6 +133,48 @@ pub async fn tenants(settings: Settings, command: TenantsCommand) -> anyhow::Res
                 }
             }
         }
+        TenantsCommand::GrafanaReader {
+            slug,
+            role,
+            password,
+        } => {
+            let role = role.unwrap_or_else(|| format!("grafana_{}", slug.replace('-', "_")));
+            anyhow::ensure!(
+                !role.is_empty()
+                    && role.len() <= 63
+                    && role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && role
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "--role must be 1-63 of a-z, 0-9 and _, not starting with a digit"
+            );
+            let ctx = connect(settings).await?;
+            anyhow::ensure!(
+                ctx.store.tenant_exists(&slug).await?,
+                "tenant {slug:?} does not exist"
+            );
+            let generated = password
+                .is_none()
+                .then(|| copilot_runtime::auth::generate_secret().to_string());
+            let exists = ctx.store.role_exists(&role).await?;
+            let password = password.or(if exists { None } else { generated });
+            let created = ctx
+                .store
+                .grafana_reader(&role, password.as_deref(), &slug)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "{} {role}: reads tenant {slug}'s read models only",
+                if created { "made" } else { "adopted" }
+            );
+            if created && let Some(password) = password {
+                println!("password (shown once): {password}");
+            }
+            println!(
+                "in Grafana: a PostgreSQL datasource with user {role} on database {}",
+                ctx.store.database_name().await?
+            );
+        }
         TenantsCommand::Show { slug } => {
             let ctx = connect(settings).await?;
             let mut tx = ctx.store.begin_tenant(&slug).await?;

@@ -154,6 +154,17 @@ pub enum TenantsCommand {
     },
     /// Resume a suspended tenant
     Resume { slug: String },
+    /// Make (or adopt) a Postgres login that reads this tenant's read models and nothing else,
+    /// for Grafana's Postgres datasource; prints the role and, when it made one, its password
+    GrafanaReader {
+        slug: String,
+        /// The login's name [default: grafana_<slug>, with - as _]
+        #[arg(long)]
+        role: Option<String>,
+        /// Its password [default: a new random one for a new role; an adopted role keeps its own]
+        #[arg(long, env = "COPILOT_GRAFANA_DB_PASSWORD")]
+        password: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

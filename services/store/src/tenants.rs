@@ -231,3 +231,112 @@ impl Store {
         .await?)
     }
 }
+
+/// Why a Grafana reader role cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum GrafanaReaderError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+}
+
+impl Store {
+    /// Whether a database role of that name exists (roles are the server's, not the database's).
+    pub async fn role_exists(&self, role: &str) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(role)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The name of the database the copilot's read models are in.
+    pub async fn database_name(&self) -> Result<String> {
+        Ok(sqlx::query_scalar("SELECT current_database()::text")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Makes `role` a login that reads `tenant`'s read models only (see the `grafana_readers`
+    /// migration), with `password` when given; an existing role is adopted, unless it can do
+    /// more than read (a superuser, a role maker, the copilot's own login or roles). Returns
+    /// whether the role was created.
+    pub async fn grafana_reader(
+        &self,
+        role: &str,
+        password: Option<&str>,
+        tenant: &str,
+    ) -> std::result::Result<bool, GrafanaReaderError> {
+        let refused = |why: String| Err(GrafanaReaderError::Refused(why));
+        let mut tx = self.begin().await?;
+        let existing: Option<(bool, bool, bool)> = sqlx::query_as(
+            "SELECT rolsuper, rolcreaterole, rolname = current_user FROM pg_roles WHERE rolname = $1",
+        )
+        .bind(role)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(crate::StoreError::from)?;
+        if matches!(existing, Some((true, _, _) | (_, true, _) | (_, _, true)))
+            || role.starts_with("pg_")
+            || role.starts_with("copilot_")
+        {
+            return refused(format!(
+                "role {role:?} can do more than read: name a role of its own for Grafana"
+            ));
+        }
+        // Identifiers and the password are quoted by Postgres's own `format` (%I, %L).
+        let mut formats: Vec<(&str, Option<&str>)> = Vec::new();
+        match (&existing, password) {
+            (None, Some(p)) => formats.push((
+                "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
+                Some(p),
+            )),
+            (None, None) => return refused("a new role needs a password".into()),
+            (Some(_), Some(p)) => formats.push((
+                "SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
+                Some(p),
+            )),
+            (Some(_), None) => {}
+        }
+        formats.push((
+            "SELECT format('GRANT copilot_grafana TO %I', $1::text)",
+            None,
+        ));
+        formats.push((
+            "SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), $1::text)",
+            None,
+        ));
+        let mut ddl: Vec<String> = Vec::new();
+        for (format, password) in formats {
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(format)).bind(role);
+            if let Some(password) = password {
+                query = query.bind(password);
+            }
+            ddl.push(
+                query
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(crate::StoreError::from)?,
+            );
+        }
+        for statement in ddl {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut *tx)
+                .await
+                .map_err(crate::StoreError::from)?;
+        }
+        sqlx::query(
+            "INSERT INTO grafana_readers (role_name, tenant) VALUES ($1, $2)
+             ON CONFLICT (role_name) DO UPDATE SET tenant = $2",
+        )
+        .bind(role)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .map_err(crate::StoreError::from)?;
+        tx.commit().await.map_err(crate::StoreError::from)?;
+        Ok(existing.is_none())
+    }
+}
