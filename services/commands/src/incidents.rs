@@ -20,6 +20,19 @@ use crate::{CommandError, CommandEvent, append, command_event, incident, invalid
 
 /// How long a command waits for the projector to show a newer version of the incident.
 const NEWER_VERSION_WAIT: Duration = Duration::from_secs(2);
+/// How many times an unpinned command decides before a lost race is the caller's 409: an
+/// incident in a storm gains events while a person acts on it.
+const DECIDE_TRIES: u32 = 4;
+
+/// The last sequence of the incident's subject, as JetStream has it now.
+async fn subject_last(js: &jetstream::Context, tenant: &str, incident: Uuid) -> Option<u64> {
+    let stream = js.get_stream(subjects::INCIDENTS).await.ok()?;
+    stream
+        .get_last_raw_message_by_subject(&subjects::incident(tenant, incident))
+        .await
+        .ok()
+        .map(|m| m.sequence)
+}
 
 /// What a person asks of an incident.
 #[derive(Debug, Clone)]
@@ -277,7 +290,7 @@ pub async fn run(
         // A version from a command's answer the projector has not applied yet.
         incident = at_least(store, tenant, incident.id, version).await?;
     }
-    for attempt in 0..2 {
+    for attempt in 0..DECIDE_TRIES {
         if let Some(version) = command.pinned
             && version != incident.version as u64
         {
@@ -306,8 +319,14 @@ pub async fn run(
                     version,
                 });
             }
-            Err(AppendError::Conflict) if command.pinned.is_none() && attempt == 0 => {
-                let newer = incident.version as u64 + 1;
+            Err(AppendError::Conflict)
+                if command.pinned.is_none() && attempt + 1 < DECIDE_TRIES =>
+            {
+                // Decided again on the incident as its subject now ends (the correlator, the
+                // hypothesis service or the Slack notifier may have appended meanwhile).
+                let newer = subject_last(js, tenant, incident.id)
+                    .await
+                    .unwrap_or(incident.version as u64 + 1);
                 incident = at_least(store, tenant, incident.id, newer).await?;
             }
             Err(AppendError::Conflict) => {
@@ -319,5 +338,5 @@ pub async fn run(
             Err(e) => return Err(e.into()),
         }
     }
-    unreachable!("the loop returns on its second attempt")
+    unreachable!("the loop returns on its last attempt")
 }
