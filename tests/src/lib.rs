@@ -38,6 +38,21 @@ pub async fn test_db() -> TestDb {
         .expect("creating a test database")
 }
 
+/// Where a rebuild goes: a fresh database of the test's own, migrated, and a context on it and
+/// the test's NATS (`rebuilt.store` to compare, `copilot_projector::catch_up` to fold into).
+pub async fn rebuild_target(nats: &NatsServer) -> (TestDb, Context) {
+    let db = test_db().await;
+    let rebuilt = Context::connect(settings(nats, &db), "rebuild")
+        .await
+        .expect("connecting the rebuild");
+    rebuilt
+        .store
+        .migrate()
+        .await
+        .expect("migrating the rebuild");
+    (db, rebuilt)
+}
+
 /// A tenant of the test system with its credentials.
 pub struct TestTenant {
     pub slug: String,

@@ -420,12 +420,7 @@ async fn a_projector_killed_mid_batch_and_restarted_leaves_the_rows_of_a_clean_r
     );
 
     // A clean run: a fresh database rebuilt from the stream by an uninterrupted projector.
-    let rebuilt_db = copilot_e2e::test_db().await;
-    let rebuilt =
-        copilot_runtime::Context::connect(copilot_e2e::settings(&t.nats, &rebuilt_db), "rebuild")
-            .await
-            .unwrap();
-    rebuilt.store.migrate().await.unwrap();
+    let (_rebuilt_db, rebuilt) = copilot_e2e::rebuild_target(&t.nats).await;
     copilot_projector::catch_up(&rebuilt, Projection::Signals, Duration::from_secs(30))
         .await
         .unwrap();

@@ -878,12 +878,7 @@ async fn proposals_verdicts_and_usage_rebuilt_from_the_streams_equal_the_live_on
         "an ok and an error call"
     );
 
-    let rebuilt_db = copilot_e2e::test_db().await;
-    let rebuilt =
-        copilot_runtime::Context::connect(copilot_e2e::settings(&t.nats, &rebuilt_db), "rebuild")
-            .await
-            .unwrap();
-    rebuilt.store.migrate().await.unwrap();
+    let (_rebuilt_db, rebuilt) = copilot_e2e::rebuild_target(&t.nats).await;
     for projection in [Projection::Incidents, Projection::Telemetry] {
         copilot_projector::catch_up(&rebuilt, projection, Duration::from_secs(30))
             .await

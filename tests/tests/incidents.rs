@@ -870,12 +870,7 @@ async fn the_incident_read_models_rebuilt_from_the_streams_equal_the_live_ones()
     }
     t.app.take().unwrap().stop().await;
 
-    let rebuilt_db = copilot_e2e::test_db().await;
-    let rebuilt =
-        copilot_runtime::Context::connect(copilot_e2e::settings(&t.nats, &rebuilt_db), "rebuild")
-            .await
-            .unwrap();
-    rebuilt.store.migrate().await.unwrap();
+    let (_rebuilt_db, rebuilt) = copilot_e2e::rebuild_target(&t.nats).await;
     copilot_projector::catch_up(&rebuilt, Projection::Incidents, Duration::from_secs(30))
         .await
         .unwrap();

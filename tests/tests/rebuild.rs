@@ -176,12 +176,7 @@ async fn every_read_model_rebuilt_from_the_streams_equals_the_live_one() {
     }
 
     // Act: a fresh database, every projection rebuilt from the streams.
-    let rebuilt_db = copilot_e2e::test_db().await;
-    let rebuilt =
-        copilot_runtime::Context::connect(copilot_e2e::settings(&t.nats, &rebuilt_db), "rebuild")
-            .await
-            .unwrap();
-    rebuilt.store.migrate().await.unwrap();
+    let (_rebuilt_db, rebuilt) = copilot_e2e::rebuild_target(&t.nats).await;
     let mut empty = Vec::new();
     for model in ReadModel::ALL {
         empty.push(rebuilt.store.checksum(model).await.unwrap());

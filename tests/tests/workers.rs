@@ -582,12 +582,7 @@ async fn the_task_read_models_rebuilt_from_the_stream_equal_the_live_ones() {
     }
 
     // Act: a fresh database, rebuilt from the streams.
-    let rebuilt_db = copilot_e2e::test_db().await;
-    let rebuilt =
-        copilot_runtime::Context::connect(copilot_e2e::settings(&app.nats, &rebuilt_db), "rebuild")
-            .await
-            .unwrap();
-    rebuilt.store.migrate().await.unwrap();
+    let (_rebuilt_db, rebuilt) = copilot_e2e::rebuild_target(&app.nats).await;
     let mut empty = Vec::new();
     for model in models {
         empty.push(rebuilt.store.checksum(model).await.unwrap());
