@@ -146,6 +146,19 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// One firing Alertmanager alert (`alertname` on `service`, critical) for `tenant`, which
+    /// must be taken (202).
+    pub async fn fire(&self, tenant: &TestTenant, alertname: &str, service: &str) {
+        let body = alertmanager_payload(
+            "firing",
+            &[(alertname, service, "critical", "2026-11-22T08:00:00Z")],
+        );
+        let r = self
+            .post_webhook("alertmanager", &tenant.webhook_token, body)
+            .await;
+        assert_eq!(r.status(), 202, "the webhook is taken");
+    }
+
     /// `GET path` with a bearer token.
     pub async fn get(&self, path: &str, jwt: &str) -> reqwest::Response {
         self.http

@@ -195,17 +195,7 @@ async fn every_sql_panel_of_the_incident_dashboard_runs_against_real_read_models
     panels.push(("$tenant variable".into(), variable));
     assert!(panels.len() >= 8);
     // Another tenant's incident, which acme's Grafana must never show.
-    let r = t
-        .post_webhook(
-            "alertmanager",
-            &t.globex.webhook_token,
-            alertmanager_payload(
-                "firing",
-                &[("DiskFull", "ledger", "critical", "2026-11-22T08:00:00Z")],
-            ),
-        )
-        .await;
-    assert_eq!(r.status(), 202);
+    t.fire(&t.globex, "DiskFull", "ledger").await;
     copilot_e2e::poll_json(&t, "/v1/incidents?service=checkout", |_| Some(())).await;
     t.settle(Projection::Incidents).await;
     // Grafana reads as acme's reader role, made as the CLI makes it.

@@ -328,6 +328,15 @@ async fn open_incident(t: &TestApp, service: &str) -> String {
     .await
 }
 
+/// The incident's timeline, as a viewer reads it.
+async fn timeline(t: &TestApp, id: &str) -> Value {
+    t.get(&format!("/v1/incidents/{id}/timeline"), &t.acme.viewer_jwt)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn incident(t: &TestApp, id: &str) -> Value {
     t.get(&format!("/v1/incidents/{id}"), &t.acme.viewer_jwt)
         .await
@@ -515,12 +524,7 @@ async fn slash_commands_run_the_same_commands_as_the_api_as_the_linked_user() {
     assert_eq!(detail["state"], "resolved");
     assert_eq!(detail["assignee"], "sam");
     assert_eq!(detail["notes"][0]["text"], "rolled back the deploy");
-    let timeline: Value = t
-        .get(&format!("/v1/incidents/{id}/timeline"), &t.acme.viewer_jwt)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let timeline = timeline(&t, &id).await;
     let by_slack: Vec<&str> = timeline["items"]
         .as_array()
         .unwrap()
@@ -830,12 +834,7 @@ async fn an_incident_gets_one_summary_in_the_channel_its_changes_in_the_thread_a
             .iter()
             .all(|u| u["ts"] == first_ts)
     );
-    let timeline: Value = t
-        .get(&format!("/v1/incidents/{id}/timeline"), &t.acme.viewer_jwt)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let timeline = timeline(&t, &id).await;
     let posted: Vec<&Value> = timeline["items"]
         .as_array()
         .unwrap()
@@ -972,17 +971,7 @@ async fn a_rate_limit_is_waited_out_and_a_tenant_with_a_broken_token_holds_up_no
 
     // Act: an incident for each.
     let acme_incident = open_incident(&t, "checkout").await;
-    let r = t
-        .post_webhook(
-            "alertmanager",
-            &t.globex.webhook_token,
-            alertmanager_payload(
-                "firing",
-                &[("DiskFull", "ledger", "critical", "2026-11-22T08:00:00Z")],
-            ),
-        )
-        .await;
-    assert_eq!(r.status(), 202);
+    t.fire(&t.globex, "DiskFull", "ledger").await;
     slack
         .wait_for(GOOD_TOKEN, "acme's summary", |c| {
             c.iter().any(|c| c.method == "chat.postMessage")
