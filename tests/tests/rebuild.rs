@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use copilot_e2e::{TestApp, alertmanager_payload, poll};
+use copilot_e2e::{TestApp, poll};
 use copilot_events::Role;
 use copilot_projector::Projection;
 use copilot_store::{NOT_READ_MODELS, ReadModel};
@@ -102,22 +102,7 @@ async fn every_read_model_rebuilt_from_the_streams_equals_the_live_one() {
         Some(json!({"name": "ci"})),
     )
     .await;
-    let r = t
-        .post_webhook(
-            "alertmanager",
-            &t.acme.webhook_token,
-            alertmanager_payload(
-                "firing",
-                &[(
-                    "HighErrorRate",
-                    "checkout",
-                    "critical",
-                    "2026-11-22T08:00:00Z",
-                )],
-            ),
-        )
-        .await;
-    assert_eq!(r.status(), 202);
+    t.fire(&t.acme, "HighErrorRate", "checkout").await;
     let proposal = poll(Duration::from_secs(30), || async {
         let page: Value = t
             .get("/v1/incidents", &t.acme.viewer_jwt)

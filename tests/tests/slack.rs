@@ -302,17 +302,7 @@ async fn command(t: &TestApp, user: &str, text: &str, slack: &FakeSlack) -> Valu
 }
 
 async fn open_incident(t: &TestApp, service: &str) -> String {
-    let r = t
-        .post_webhook(
-            "alertmanager",
-            &t.acme.webhook_token,
-            alertmanager_payload(
-                "firing",
-                &[("HighErrorRate", service, "critical", "2026-11-22T08:00:00Z")],
-            ),
-        )
-        .await;
-    assert_eq!(r.status(), 202);
+    t.fire(&t.acme, "HighErrorRate", service).await;
     poll(Duration::from_secs(20), || async {
         let page: Value = t
             .get(

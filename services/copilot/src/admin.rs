@@ -153,21 +153,21 @@ pub async fn tenants(settings: Settings, command: TenantsCommand) -> anyhow::Res
                 ctx.store.tenant_exists(&slug).await?,
                 "tenant {slug:?} does not exist"
             );
-            let generated = password
-                .is_none()
-                .then(|| copilot_runtime::auth::generate_secret().to_string());
-            let exists = ctx.store.role_exists(&role).await?;
-            let password = password.or(if exists { None } else { generated });
-            let created = ctx
+            let generated = copilot_runtime::auth::generate_secret();
+            let made_with = ctx
                 .store
-                .grafana_reader(&role, password.as_deref(), &slug)
+                .grafana_reader(&role, password.as_deref(), &generated, &slug)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "{} {role}: reads tenant {slug}'s read models only",
-                if created { "made" } else { "adopted" }
+                if made_with.is_some() {
+                    "made"
+                } else {
+                    "adopted"
+                }
             );
-            if created && let Some(password) = password {
+            if let Some(password) = made_with {
                 println!("password (shown once): {password}");
             }
             println!(

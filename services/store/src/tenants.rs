@@ -242,16 +242,6 @@ pub enum GrafanaReaderError {
 }
 
 impl Store {
-    /// Whether a database role of that name exists (roles are the server's, not the database's).
-    pub async fn role_exists(&self, role: &str) -> Result<bool> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(role)
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
     /// The name of the database the copilot's read models are in.
     pub async fn database_name(&self) -> Result<String> {
         Ok(sqlx::query_scalar("SELECT current_database()::text")
@@ -260,15 +250,17 @@ impl Store {
     }
 
     /// Makes `role` a login that reads `tenant`'s read models only (see the `grafana_readers`
-    /// migration), with `password` when given; an existing role is adopted, unless it can do
-    /// more than read (a superuser, a role maker, the copilot's own login or roles). Returns
-    /// whether the role was created.
-    pub async fn grafana_reader(
+    /// migration). An existing role is adopted, keeping its password unless `password` is
+    /// given, unless it can do more than read (a superuser, a role maker, the copilot's own
+    /// login or roles); a new one is made with `password`, else `new_role_password`. Returns the
+    /// password a new role was made with (`None`: an existing one was adopted).
+    pub async fn grafana_reader<'a>(
         &self,
         role: &str,
-        password: Option<&str>,
+        password: Option<&'a str>,
+        new_role_password: &'a str,
         tenant: &str,
-    ) -> std::result::Result<bool, GrafanaReaderError> {
+    ) -> std::result::Result<Option<&'a str>, GrafanaReaderError> {
         let refused = |why: String| Err(GrafanaReaderError::Refused(why));
         let mut tx = self.begin().await?;
         let existing: Option<(bool, bool, bool)> = sqlx::query_as(
@@ -288,17 +280,19 @@ impl Store {
         }
         // Identifiers and the password are quoted by Postgres's own `format` (%I, %L).
         let mut formats: Vec<(&str, Option<&str>)> = Vec::new();
-        match (&existing, password) {
-            (None, Some(p)) => formats.push((
+        let made_with = existing
+            .is_none()
+            .then(|| password.unwrap_or(new_role_password));
+        match (made_with, password) {
+            (Some(p), _) => formats.push((
                 "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
                 Some(p),
             )),
-            (None, None) => return refused("a new role needs a password".into()),
-            (Some(_), Some(p)) => formats.push((
+            (None, Some(p)) => formats.push((
                 "SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
                 Some(p),
             )),
-            (Some(_), None) => {}
+            (None, None) => {}
         }
         formats.push((
             "SELECT format('GRANT copilot_grafana TO %I', $1::text)",
@@ -337,6 +331,6 @@ impl Store {
         .await
         .map_err(crate::StoreError::from)?;
         tx.commit().await.map_err(crate::StoreError::from)?;
-        Ok(existing.is_none())
+        Ok(made_with)
     }
 }
